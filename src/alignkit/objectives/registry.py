@@ -1,0 +1,212 @@
+"""One registry of objectives. A new method is a function plus ``@register``; the trainer never changes.
+
+An objective is a pure function ``fn(stats: SequenceStats, **hparams) -> LossOutput``. Its
+registration declares what it needs, so data is checked before any compute:
+
+* ``needs_reference`` — reads ``stats.ref_logps``;
+* ``label_kinds`` — which record labels it accepts (``ranks``, ``scores``, ``labels``);
+* ``min_responses`` / ``max_responses`` — the K it works with;
+* ``needs_token_logps`` — reads ``stats.token_logps``;
+* ``stateful`` — takes a ``state`` dict it may update (e.g. a running mean), saved by checkpoints.
+
+``get_objective("dpo")(stats, beta=0.1)`` calls one objective with explicit hyper-parameters;
+``build_objective([{"name": "dpo", "weight": 1.0, "beta": 0.1}, {"name": "sft", "weight": 0.1}])``
+binds hyper-parameters and sums weighted losses, prefixing metrics with each name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignkit.objectives.stats import LossOutput, SequenceStats
+
+LossFn = Callable[..., LossOutput]
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    fn: LossFn
+    needs_reference: bool = False
+    label_kinds: tuple[str, ...] = ("ranks",)
+    min_responses: int = 1
+    max_responses: int | None = None
+    needs_token_logps: bool = False
+    stateful: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, stats: SequenceStats, state: dict | None = None, **hparams: Any) -> LossOutput:
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise TypeError(
+                f"objective '{self.name}' got unknown hyper-parameter(s) {sorted(unknown)}; "
+                f"allowed: {sorted(self.defaults)}"
+            )
+        kwargs = {**self.defaults, **hparams}
+        if self.stateful:
+            kwargs["state"] = {} if state is None else state
+        return self.fn(stats, **kwargs)
+
+    def check_data(self, label_kind: str, k_min: int, k_max: int, has_reference: bool = True) -> None:
+        """Raise a clear error when data cannot feed this objective."""
+        if label_kind not in self.label_kinds:
+            raise ValueError(
+                f"objective '{self.name}' needs records labelled with {' or '.join(self.label_kinds)}, "
+                f"but the data has '{label_kind}'"
+            )
+        if k_min < self.min_responses:
+            raise ValueError(
+                f"objective '{self.name}' needs at least {self.min_responses} responses per prompt; "
+                f"some records have {k_min}"
+            )
+        if self.max_responses is not None and k_max > self.max_responses:
+            raise ValueError(
+                f"objective '{self.name}' takes at most {self.max_responses} responses per prompt; "
+                f"some records have {k_max} (build pairs first, e.g. best-vs-worst)"
+            )
+        if self.needs_reference and not has_reference:
+            raise ValueError(f"objective '{self.name}' needs reference log-probs but no reference is available")
+
+
+_REGISTRY: dict[str, ObjectiveSpec] = {}
+
+
+def register(
+    name: str,
+    *,
+    needs_reference: bool = False,
+    label_kinds: Sequence[str] = ("ranks",),
+    min_responses: int = 1,
+    max_responses: int | None = None,
+    needs_token_logps: bool = False,
+    stateful: bool = False,
+) -> Callable[[LossFn], LossFn]:
+    def deco(fn: LossFn) -> LossFn:
+        if name in _REGISTRY:
+            raise ValueError(f"objective '{name}' is registered twice")
+        params = inspect.signature(fn).parameters
+        defaults = {
+            k: p.default
+            for k, p in list(params.items())[1:]
+            if k != "state" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        missing = [k for k, v in defaults.items() if v is inspect.Parameter.empty]
+        if missing:
+            raise TypeError(f"objective '{name}': hyper-parameters {missing} need defaults")
+        _REGISTRY[name] = ObjectiveSpec(
+            name, fn, needs_reference, tuple(label_kinds), min_responses, max_responses,
+            needs_token_logps, stateful, defaults,
+        )
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the modules runs their @register decorators.
+    from alignkit.objectives import pairwise, sft  # noqa: F401
+
+
+def available() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def get_objective(name: str) -> ObjectiveSpec:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise KeyError(f"unknown objective '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+@dataclass
+class BoundTerm:
+    spec: ObjectiveSpec
+    weight: float
+    hparams: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective:
+    """One or more registered objectives with bound hyper-parameters and weights: ``obj(stats)``."""
+
+    def __init__(self, terms: list[BoundTerm]):
+        if not terms:
+            raise ValueError("an objective needs at least one term")
+        self.terms = terms
+
+    @property
+    def name(self) -> str:
+        return "+".join(t.spec.name for t in self.terms)
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(t.spec.needs_reference for t in self.terms)
+
+    @property
+    def needs_token_logps(self) -> bool:
+        return any(t.spec.needs_token_logps for t in self.terms)
+
+    def check_data(self, label_kind: str, k_min: int, k_max: int, has_reference: bool = True) -> None:
+        for t in self.terms:
+            t.spec.check_data(label_kind, k_min, k_max, has_reference)
+
+    def __call__(self, stats: SequenceStats) -> LossOutput:
+        if len(self.terms) == 1 and self.terms[0].weight == 1.0:
+            t = self.terms[0]
+            return t.spec(stats, state=t.state, **t.hparams)
+        loss = torch.zeros((), dtype=stats.logps.dtype, device=stats.logps.device)
+        per_example = torch.zeros(stats.batch_size, dtype=stats.logps.dtype, device=stats.logps.device)
+        metrics: dict[str, float] = {}
+        for t in self.terms:
+            out = t.spec(stats, state=t.state, **t.hparams)
+            loss = loss + t.weight * out.loss
+            per_example = per_example + t.weight * out.per_example
+            metrics[f"{t.spec.name}/loss"] = float(out.loss.detach())
+            metrics.update({f"{t.spec.name}/{k}": v for k, v in out.metrics.items()})
+        return LossOutput(loss, per_example, metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f"{i}:{t.spec.name}": dict(t.state) for i, t in enumerate(self.terms)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for i, t in enumerate(self.terms):
+            t.state.clear()
+            t.state.update(state.get(f"{i}:{t.spec.name}", {}))
+
+
+def build_objective(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]], **shared: Any) -> Objective:
+    """Bind an objective from a name, a dict ``{name, weight, **hparams}`` or a list of them.
+
+    ``shared`` hyper-parameters (e.g. ``beta`` from the top-level config) apply to every term that
+    accepts them, unless the term sets its own.
+    """
+    items = [spec] if isinstance(spec, (str, Mapping)) else list(spec)
+    terms = []
+    for item in items:
+        item = {"name": item} if isinstance(item, str) else dict(item)
+        if "name" not in item:
+            raise ValueError(f"objective entry {item} needs a 'name'")
+        obj = get_objective(item.pop("name"))
+        weight = float(item.pop("weight", 1.0))
+        hparams = {k: v for k, v in shared.items() if k in obj.defaults and v is not None}
+        hparams.update(item)
+        unknown = set(hparams) - set(obj.defaults)
+        if unknown:
+            close = {u: difflib.get_close_matches(u, obj.defaults, n=1) for u in unknown}
+            raise ValueError(
+                f"objective '{obj.name}' has no hyper-parameter(s) {sorted(unknown)}"
+                f"{' (did you mean ' + str({u: c[0] for u, c in close.items() if c}) + '?)' if any(close.values()) else ''}; "
+                f"allowed: {sorted(obj.defaults)}"
+            )
+        terms.append(BoundTerm(obj, weight, hparams))
+    return Objective(terms)
+

@@ -1,0 +1,203 @@
+"""Batches of tokenized records -> model inputs, with shared-prompt packing.
+
+``shared_prompt`` layout (default): one record becomes one segment
+``[prompt | response_1 | ... | response_K]``; a block attention mask lets every response attend to
+the prompt and causally to itself only, and position ids restart after the prompt for each
+response, so each response sees exactly the context it would see alone. Segments of several
+records are packed into rows of at most ``max_row_tokens`` tokens (padding-free apart from the
+tail of each row). The prompt is encoded once for all K responses.
+
+``padded`` layout (fallback for attention backends that cannot take a 4D mask, e.g. flash-attention):
+one row per (record, response), right-padded, with an ordinary 2D mask.
+
+Either way the batch names, for every scored completion token, the flat index of the hidden state
+that predicts it (``pred_index``), its id (``targets``) and its response slot (``slot``, = b * K + k),
+so the executor never needs logits at other positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from alignkit.data.schema import PreferenceRecord
+from alignkit.data.tokenize import TokenizedRecord
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # [R, L]
+    position_ids: Tensor  # [R, L]
+    attention_mask: Tensor  # [R, 1, L, L] bool (shared_prompt) or [R, L] long (padded)
+    pred_index: Tensor  # [N] flat index r * L + t of the hidden state predicting each scored token
+    targets: Tensor  # [N]
+    slot: Tensor  # [N] response slot b * K + k
+    token_pos: Tensor  # [N] position of the token within its completion (0-based)
+    lengths: Tensor  # [B, K] completion tokens per response (0 for padded slots)
+    valid: Tensor  # [B, K]
+    labels: dict[str, Tensor] = field(default_factory=dict)  # ranks / scores / labels [B, K(, m)]
+    weights: Tensor | None = None  # [B]
+    indices: list[int] = field(default_factory=list)  # record indices in the dataset
+    layout: str = "shared_prompt"
+    num_tokens: int = 0  # real (non-padding) input tokens, for throughput
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.valid.shape)
+
+    def to(self, device) -> Batch:
+        moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        moved["labels"] = {k: v.to(device) for k, v in self.labels.items()}
+        return Batch(**moved)
+
+
+def label_tensors(records: list[PreferenceRecord], k: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Labels of B records padded to K responses, and record weights."""
+    kind = records[0].label_kind
+    if any(r.label_kind != kind for r in records):
+        raise ValueError("a batch mixes label kinds; every record of a dataset needs the same kind")
+    weights = torch.tensor([r.weight for r in records], dtype=torch.float32)
+    if kind == "ranks":
+        t = torch.full((len(records), k), float("inf"))
+        for b, r in enumerate(records):
+            t[b, : r.k] = torch.tensor(r.ranks)
+    elif kind == "labels":
+        t = torch.zeros(len(records), k)
+        for b, r in enumerate(records):
+            t[b, : r.k] = torch.tensor([float(x) for x in r.labels])
+    else:
+        first = records[0].scores[0]
+        dims = (len(first),) if isinstance(first, list) else ()
+        t = torch.full((len(records), k, *dims), float("-inf"))
+        for b, r in enumerate(records):
+            t[b, : r.k] = torch.tensor(r.scores, dtype=torch.float32)
+    return {kind: t}, weights
+
+
+def _scored_tokens(tr: TokenizedRecord, k: int) -> range:
+    return range(tr.score_start[k], len(tr.segments[k]))
+
+
+def collate_shared_prompt(
+    items: list[TokenizedRecord], pad_id: int, max_row_tokens: int = 4096
+) -> Batch:
+    """Pack records into rows; each record is one segment with a block mask."""
+    K = max(tr.k for tr in items)
+    rows: list[list[int]] = []  # record positions per row
+    sizes: list[int] = []
+    for i, tr in enumerate(items):  # first fit, in order
+        n = tr.num_tokens
+        for r, size in enumerate(sizes):
+            if size + n <= max_row_tokens:
+                rows[r].append(i)
+                sizes[r] += n
+                break
+        else:
+            rows.append([i])
+            sizes.append(n)
+    R, L = len(rows), max(sizes)
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    position_ids = torch.full((R, L), -1, dtype=torch.long)
+    mask = torch.zeros((R, L, L), dtype=torch.bool)
+    pred, targets, slots, tpos = [], [], [], []
+    lengths = torch.zeros(len(items), K, dtype=torch.long)
+    for r, members in enumerate(rows):
+        off = 0
+        for b in members:
+            tr = items[b]
+            P = len(tr.prompt_ids)
+            input_ids[r, off : off + P] = torch.tensor(tr.prompt_ids, dtype=torch.long)
+            position_ids[r, off : off + P] = torch.arange(P)
+            mask[r, off : off + P, off : off + P] = torch.ones(P, P, dtype=torch.bool).tril()
+            start = off + P
+            for k, seg in enumerate(tr.segments):
+                S = len(seg)
+                input_ids[r, start : start + S] = torch.tensor(seg, dtype=torch.long)
+                position_ids[r, start : start + S] = torch.arange(P, P + S)
+                mask[r, start : start + S, off : off + P] = True
+                mask[r, start : start + S, start : start + S] = torch.ones(S, S, dtype=torch.bool).tril()
+                for j in _scored_tokens(tr, k):
+                    prev = start + j - 1 if j > 0 else off + P - 1
+                    pred.append(r * L + prev)
+                    targets.append(seg[j])
+                    slots.append(b * K + k)
+                    tpos.append(j - tr.score_start[k])
+                lengths[b, k] = S - tr.score_start[k]
+                start += S
+            off = start
+        for t in range(off, L):  # padding attends to itself only (no empty softmax rows)
+            mask[r, t, t] = True
+    if any(tr.score_start[k] == 0 and len(tr.prompt_ids) == 0 for tr in items for k in range(tr.k)):
+        raise ValueError("a record has an empty prompt: the first completion token has no context to predict it")
+    return Batch(
+        input_ids=input_ids,
+        position_ids=position_ids.clamp(min=0),
+        attention_mask=mask[:, None],
+        pred_index=torch.tensor(pred, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+        slot=torch.tensor(slots, dtype=torch.long),
+        token_pos=torch.tensor(tpos, dtype=torch.long),
+        lengths=lengths,
+        valid=lengths > 0,
+        layout="shared_prompt",
+        num_tokens=sum(sizes),
+    )
+
+
+def collate_padded(items: list[TokenizedRecord], pad_id: int) -> Batch:
+    """One right-padded row per (record, response); works with any attention backend."""
+    K = max(tr.k for tr in items)
+    seqs, owners = [], []
+    for b, tr in enumerate(items):
+        for k in range(tr.k):
+            seqs.append(tr.full_ids(k))
+            owners.append((b, k))
+    R, L = len(seqs), max(len(s) for s in seqs)
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((R, L), dtype=torch.long)
+    pred, targets, slots, tpos = [], [], [], []
+    lengths = torch.zeros(len(items), K, dtype=torch.long)
+    for r, (seq, (b, k)) in enumerate(zip(seqs, owners)):
+        tr = items[b]
+        input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attn[r, : len(seq)] = 1
+        P = len(tr.prompt_ids)
+        for j in _scored_tokens(tr, k):
+            pred.append(r * L + P + j - 1)
+            targets.append(seq[P + j])
+            slots.append(b * K + k)
+            tpos.append(j - tr.score_start[k])
+        lengths[b, k] = len(tr.segments[k]) - tr.score_start[k]
+    return Batch(
+        input_ids=input_ids,
+        position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+        attention_mask=attn,
+        pred_index=torch.tensor(pred, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+        slot=torch.tensor(slots, dtype=torch.long),
+        token_pos=torch.tensor(tpos, dtype=torch.long),
+        lengths=lengths,
+        valid=lengths > 0,
+        layout="padded",
+        num_tokens=int(attn.sum()),
+    )
+
+
+def collate(
+    items: list[TokenizedRecord],
+    records: list[PreferenceRecord],
+    pad_id: int,
+    layout: str = "shared_prompt",
+    max_row_tokens: int = 4096,
+) -> Batch:
+    if layout == "shared_prompt":
+        batch = collate_shared_prompt(items, pad_id, max_row_tokens)
+    elif layout == "padded":
+        batch = collate_padded(items, pad_id)
+    else:
+        raise ValueError(f"unknown packing layout {layout!r}; use 'shared_prompt' or 'padded'")
+    batch.labels, batch.weights = label_tensors(records, batch.valid.shape[1])
+    batch.indices = [tr.index for tr in items]
+    return batch

@@ -1,0 +1,139 @@
+"""The sequence-statistics executor: batch + causal LM -> `SequenceStats`, without [B, L, V] logits.
+
+1. The decoder runs once over the packed rows (shared-prompt block mask, restarted positions).
+2. Only the hidden states that predict completion tokens are gathered: [N, H].
+3. They are projected to the vocabulary in chunks of ``chunk_size`` tokens; each chunk's
+   log-softmax is gathered at the target ids and discarded. Under autograd every chunk is
+   checkpointed, so backward recomputes its logits instead of keeping them: peak extra memory is
+   one [chunk_size, V] block whatever the sequence length.
+4. Token log-probs are summed per response slot into ``logps [B, K]``.
+
+`LogProbModel` wraps a causal LM as an ``nn.Module`` whose forward does all of this, so accelerate can
+wrap *it* (DDP/FSDP hooks see every parameter the loss touches).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from alignkit.data.collate import Batch
+from alignkit.objectives.stats import SequenceStats
+
+PACKING_BACKENDS = ("sdpa", "eager", "flex_attention")
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """Shared-prompt packing needs an attention backend that honours a custom 4D mask."""
+    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
+    return impl in PACKING_BACKENDS
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers `PreTrainedModel` under peft / DDP / `LogProbModel` wrappers."""
+    while True:
+        if isinstance(model, LogProbModel):
+            model = model.model
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+class LogProbModel(nn.Module):
+    """Causal LM -> per-token log-probs of the scored completion tokens of a `Batch`."""
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, batch: Batch) -> Tensor:
+        base = unwrap(self.model)
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+        mask = batch.attention_mask
+        if mask.dim() == 4:  # bool block mask -> additive float mask in the compute dtype
+            dtype = head.weight.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(dtype).min
+            )
+        hidden = decoder(
+            input_ids=batch.input_ids,
+            attention_mask=mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.pred_index)
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        return chunked_token_logps(hidden, head, batch.targets, self.chunk_size, softcap)
+
+
+def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: float | None) -> Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def chunked_token_logps(
+    hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 1024, softcap: float | None = None
+) -> Tensor:
+    """log p(targets | hidden) for [N, H] hidden states, computed ``chunk_size`` rows at a time (fp32 softmax)."""
+    out = []
+    for i in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[i : i + chunk_size], targets[i : i + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            out.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
+        else:
+            out.append(_chunk_logps(h, t, head, softcap))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def sum_per_slot(token_logps: Tensor, batch: Batch) -> Tensor:
+    """Sum token log-probs into their response slots -> [B, K]."""
+    B, K = batch.shape
+    out = torch.zeros(B * K, dtype=token_logps.dtype, device=token_logps.device)
+    return out.index_add(0, batch.slot, token_logps).view(B, K)
+
+
+def pad_per_slot(token_logps: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Scatter token log-probs into [B, K, T] with a bool mask (T = longest completion)."""
+    B, K = batch.shape
+    T = int(batch.lengths.max()) if batch.lengths.numel() else 0
+    dense = torch.zeros(B * K, T, dtype=token_logps.dtype, device=token_logps.device)
+    dense = dense.index_put((batch.slot, batch.token_pos), token_logps)
+    mask = torch.zeros(B * K, T, dtype=torch.bool, device=token_logps.device)
+    mask[batch.slot, batch.token_pos] = True
+    return dense.view(B, K, T), mask.view(B, K, T)
+
+
+def build_stats(
+    batch: Batch,
+    token_logps: Tensor,
+    ref_token_logps: Tensor | None = None,
+    with_token_logps: bool = False,
+) -> SequenceStats:
+    """`SequenceStats` from per-token log-probs of the policy (and optionally the reference)."""
+    stats = SequenceStats(
+        logps=sum_per_slot(token_logps, batch),
+        ref_logps=None if ref_token_logps is None else sum_per_slot(ref_token_logps, batch),
+        lengths=batch.lengths.to(token_logps.dtype),
+        valid=batch.valid,
+        weights=batch.weights,
+        **{k: v for k, v in batch.labels.items()},
+    )
+    if with_token_logps:
+        stats.token_logps, stats.token_mask = pad_per_slot(token_logps, batch)
+        if ref_token_logps is not None:
+            stats.extra["ref_token_logps"] = pad_per_slot(ref_token_logps, batch)[0]
+    return stats
+
+
+@torch.no_grad()
+def token_logps_no_grad(model: nn.Module, batch: Batch, chunk_size: int = 1024) -> Tensor:
+    """Per-token log-probs without autograd (reference models, evaluation, `alignkit logprobs`)."""
+    scorer = model if isinstance(model, LogProbModel) else LogProbModel(model, chunk_size)
+    return scorer(batch)

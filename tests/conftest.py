@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    """A tiny Qwen2-style model + BPE tokenizer with a chat template, saved like a real checkpoint."""
+    from alignkit.models.tiny import build_tiny
+
+    return str(build_tiny(tmp_path_factory.mktemp("tiny"), seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory):
+    """A tiny Llama-style model whose tokenizer has no chat template."""
+    from alignkit.models.tiny import build_tiny
+
+    return str(build_tiny(tmp_path_factory.mktemp("tiny_llama"), arch="llama", chat_template=False, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_path):
+    from alignkit.models.load import load_model, load_tokenizer
+
+    return load_model(tiny_path), load_tokenizer(tiny_path)

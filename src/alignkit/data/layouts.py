@@ -98,8 +98,10 @@ def explain_layout(columns: Iterable[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------- mapping
-def check_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
-    """Validate a ``{alignkit field: user column}`` mapping; returns a plain dict."""
+def check_columns(columns: Mapping[str, str] | None, layout: str | None = None) -> dict[str, str]:
+    """Validate a ``{alignkit field: user column}`` mapping (and a layout name); returns a plain dict."""
+    if layout is not None and layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     if not columns:
         return {}
     if not isinstance(columns, Mapping):
@@ -127,6 +129,22 @@ def rename(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]
 def renamed_columns(cols: Iterable[str], columns: Mapping[str, str]) -> list[str]:
     back = {user: ours for ours, user in (columns or {}).items()}
     return [back.get(c, c) for c in cols if c in back or c not in (columns or {})]
+
+
+def layout_for_columns(cols: Iterable[str], columns: Mapping[str, str] | None = None, *, header: bool = True):
+    """(layout, reason) for data with these user column names, after the ``columns=`` mapping.
+
+    ``header=True`` means ``cols`` is the full column list, so every mapped column must be in it.
+    """
+    cols, mapping = list(cols), columns or {}
+    missing = [f"{ours}->'{user}'" for ours, user in mapping.items() if user not in cols]
+    if missing and header:
+        raise LayoutError(f"columns= names column(s) not in the data: {', '.join(missing)}; "
+                          f"columns are: {', '.join(map(str, cols))}")  # fmt: skip
+    layout, reason = _detect(renamed_columns(cols, mapping))
+    if mapping:
+        reason += " (after columns=" + ", ".join(f"{k}<-{v}" for k, v in mapping.items()) + ")"
+    return layout, reason
 
 
 # ------------------------------------------------------------------------------ value helpers
@@ -319,9 +337,8 @@ def parse_row(
     row: Mapping[str, Any], layout: str, *, columns: Mapping[str, str] | None = None, text_cells: bool = False
 ) -> PreferenceRecord:
     """One raw row -> `PreferenceRecord`; raises `RecordError` naming the user's column."""
-    if layout not in _PARSERS:
-        raise LayoutError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
-    r = rename(row, columns or {})
+    columns = check_columns(columns, layout)
+    r = rename(row, columns)
     try:
         return _PARSERS[layout](r, text_cells, layout)
     except RecordError as e:
@@ -333,5 +350,5 @@ def parse_row(
             msg = quoted.group(2)
         if field is None:
             raise
-        user = _user_field(field, layout, r, columns or {})
+        user = _user_field(field, layout, r, columns)
         raise RecordError(f"field '{user}': {msg}", user, e.reason) from None

@@ -164,7 +164,7 @@ def _expm1_capped(x: Tensor) -> Tensor:
     """
     c = 0.5 * math.log(torch.finfo(x.dtype).max)
     ec = math.exp(c)
-    return torch.where(x > c, ec * (1 + (x - c)) - 1, torch.expm1(x.clamp(max=c)))
+    return torch.where(x > c, ec * (1 + 0*(x - c)) - 1, torch.expm1(x.clamp(max=c)))
 
 
 FDIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
@@ -199,7 +199,7 @@ def fdpo(
         _positive(alpha=a)
         margin = (_expm1_capped(-a * p.rho_l) - _expm1_capped(-a * p.rho_w)) / a
     per = -F.logsigmoid(beta * margin)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l, f_margin=margin)
+    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 @register("simpo", **PAIR)

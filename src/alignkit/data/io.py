@@ -1,0 +1,399 @@
+"""Read preference data from files, `save_to_disk` folders or cached Hub datasets; write records.
+
+Sources: ``.jsonl``/``.ndjson``/``.json`` (JSON lines; a ``.json`` file starting with ``[`` is one
+JSON array), ``.parquet`` (pyarrow; columns `write_records` JSON-encoded are decoded via the
+``alignkit.json_columns`` metadata), ``.csv`` (header first; list/message cells are JSON text,
+decoded where the layout needs a list, see `alignkit.data.layouts`), a ``save_to_disk`` folder
+(``split`` picks from a DatasetDict), or ``owner/name`` already in the local Hub cache (offline).
+
+Row numbers are 1-based: JSONL ``line N`` = physical line N (blank lines count); CSV ``row N`` = N-th
+data row after the header (the message adds its first physical line); JSON arrays ``item N``;
+Parquet/datasets ``row N`` in table order. Bad rows raise `BadRowError` (file, row, field, reason),
+or with ``on_bad_row="skip"`` go to ``<stem>.rejects.jsonl`` and are counted by reason. Blank JSONL
+lines are always skipped and counted as ``blank_line``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from alignkit.data.layouts import check_columns, layout_for_columns, parse_row
+from alignkit.data.schema import PreferenceRecord, RecordError
+
+log = logging.getLogger("alignkit")
+ON_BAD_ROW = ("error", "skip")
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+CANONICAL = ("prompt", "responses", "ranks", "scores", "labels", "system", "id", "weight", "group", "meta")
+JSON_COLUMNS_KEY = b"alignkit.json_columns"
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class SourceError(ValueError):
+    """A problem with the source as a whole (format, layout, split, availability, no records)."""
+
+
+class BadRowError(ValueError):
+    """One invalid row: ``path``, 1-based ``row``, ``field`` (None if the row is unreadable), ``reason``."""
+
+    def __init__(self, message: str, path: str, row: int, field: str | None, reason: str, raw: Any = None):
+        super().__init__(message)
+        self.path, self.row, self.field, self.reason, self.raw = path, row, field, reason, raw
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "row": self.row, "field": self.field, "reason": self.reason,
+                "message": str(self), "raw": self.raw}  # fmt: skip
+
+
+@dataclass
+class ReadResult:
+    records: list[PreferenceRecord]
+    layout: str
+    skipped: Counter = field(default_factory=Counter)
+    n_rows: int = 0
+    rejects_path: Path | None = None
+    source: str = ""
+    layout_reason: str = ""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def summary(self) -> str:
+        out = f"read {len(self.records)} records from {self.source} (layout '{self.layout}')"
+        if total := sum(self.skipped.values()):
+            counts = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+            out += f"; skipped {total} row{'s' if total != 1 else ''}: {counts}"
+        return out + (f" -> {self.rejects_path}" if self.rejects_path is not None else "")
+
+
+@dataclass
+class _Raw:
+    row: int
+    raw: Any
+    data: dict[str, Any] | None = None
+    error: RecordError | None = None
+    line: int | None = None  # first physical line, where it differs from `row` (CSV)
+
+
+@dataclass
+class _Source:
+    name: str
+    path: str
+    unit: str
+    rows: Iterator[_Raw]
+    columns: list[str] | None = None  # known up front (header/schema), else taken from the first row
+    text_cells: bool = False
+    rejects: Path | None = None
+
+
+def _fail(n: int, raw: Any, detail: str, reason: str, field: str | None = None, line: int | None = None) -> _Raw:
+    return _Raw(n, raw, error=RecordError(detail, field, reason), line=line)
+
+
+def _object_row(n: int, raw: Any, data: Any) -> _Raw:
+    if isinstance(data, dict):
+        return _Raw(n, raw, data)
+    return _fail(n, raw, f"expected a JSON object, got {type(data).__name__}", "not_object")
+
+
+def _jsonl_row(n: int, bline: bytes) -> _Raw:
+    bline = bline.rstrip(b"\r\n").removeprefix(b"\xef\xbb\xbf" if n == 1 else b"")
+    try:
+        text = bline.decode("utf-8")
+    except UnicodeDecodeError as e:
+        detail = f"not valid UTF-8 (byte 0x{bline[e.start]:02x} at column {e.start + 1})"
+        return _fail(n, bline.decode("utf-8", "backslashreplace"), detail, "bad_encoding")
+    if not text.strip():
+        return _fail(n, text, "blank line", "blank_line")
+    try:
+        return _object_row(n, text, json.loads(text))
+    except ValueError as e:
+        return _fail(n, text, f"invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})", "bad_json")
+
+
+def _jsonl_rows(path: Path) -> Iterator[_Raw]:
+    with open(path, "rb") as f:  # binary: line N is physical line N, and bad bytes stay in their line
+        yield from (_jsonl_row(n, bline) for n, bline in enumerate(f, 1))
+
+
+def _undecodable(v: str) -> bool:  # CSV is read with errors="surrogateescape"
+    return not v.isascii() and any("\udc80" <= ch <= "\udcff" for ch in v)
+
+
+def _csv_row(n: int, start: int, header: list[str], cells: list[str]) -> _Raw:
+    if not any(c.strip() for c in cells):
+        return _fail(n, "", "blank line", "blank_line", line=start)
+    row = dict(zip(header, cells))
+    raw = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for k, v in row.items()}
+    if (bad := next((k for k, v in row.items() if _undecodable(v)), None)) is not None:
+        return _fail(n, raw, f"field '{bad}': not valid UTF-8", "bad_encoding", bad, start)
+    if len(cells) > len(header):
+        return _fail(n, raw, f"has {len(cells)} cells but the header has {len(header)}", "extra_cells", line=start)
+    return _Raw(n, raw, row, line=start)
+
+
+def _csv_rows(header: list[str], f: Any, reader: Any) -> Iterator[_Raw]:
+    with f:
+        last = reader.line_num  # physical lines consumed so far (the header may span several)
+        for n, cells in enumerate(reader, 1):
+            start, last = last + 1, reader.line_num
+            yield _csv_row(n, start, header, cells)
+
+
+def _open_csv(path: Path) -> _Source:
+    csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
+    f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115 (closed by rows)
+    reader = csv.reader(f)
+    header = next(reader, None) or []
+    problem = ("empty CSV file (no header)" if not header else "header is not valid UTF-8"
+               if any(map(_undecodable, header)) else f"duplicate column names in the header: {header}"
+               if len(set(header)) != len(header) else None)  # fmt: skip
+    if problem:
+        f.close()
+        raise SourceError(f"{path.name}: {problem}")
+    return _Source(path.name, str(path), "row", _csv_rows(header, f, reader), header, True)
+
+
+def _parquet_rows(pf: Any, json_cols: list[str]) -> Iterator[_Raw]:
+    rows = (row for batch in pf.iter_batches(batch_size=1024) for row in batch.to_pylist())
+    for n, row in enumerate(rows, 1):
+        try:
+            row.update({c: json.loads(row[c]) for c in json_cols if row.get(c) is not None})
+        except ValueError as e:
+            yield _fail(n, row, f"bad JSON in a JSON-encoded column: {e}", "bad_json")
+            continue
+        yield _Raw(n, row, row)
+
+
+def _open_parquet(path: Path) -> _Source:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise SourceError(f"{path.name}: cannot read as Parquet: {e}") from None
+    meta = pf.schema_arrow.metadata or {}
+    json_cols = json.loads(meta[JSON_COLUMNS_KEY]) if JSON_COLUMNS_KEY in meta else []
+    return _Source(path.name, str(path), "row", _parquet_rows(pf, json_cols), list(pf.schema_arrow.names))
+
+
+def _dataset_source(ds: Any, name: str, path: str, split: str) -> _Source:
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise SourceError(f"{name} has no split '{split}'; available splits: {', '.join(ds)}")
+        ds, name = ds[split], f"{name}[{split}]"
+    return _Source(name, path, "row", (_Raw(n, row, row) for n, row in enumerate(ds, 1)), list(ds.column_names))
+
+
+def _open_hub(name: str, split: str) -> _Source:
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    try:  # force offline: env vars, plus the flags datasets/huggingface_hub already read at import
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.dict(os.environ, {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}))
+            for module in (datasets.config, hub_constants):
+                stack.enter_context(mock.patch.object(module, "HF_HUB_OFFLINE", True))
+            ds = datasets.load_dataset(name)
+    except Exception as e:
+        raise SourceError(f"dataset '{name}' is not available offline: it is not a local path and not in the local "
+                          f"Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}); alignkit never downloads "
+                          f"data - pass a local path (.jsonl, .json, .parquet, .csv or a save_to_disk folder) "
+                          f"instead [{type(e).__name__}: {e}]") from None  # fmt: skip
+    src = _dataset_source(ds, name, name, split)
+    src.rejects = Path.cwd() / f"{name.replace('/', '__')}.{split}.rejects.jsonl"
+    return src
+
+
+def _open(source: str | os.PathLike, split: str) -> _Source:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not any((path / m).exists() for m in ("dataset_dict.json", "state.json")):
+            raise SourceError(f"{path} is a folder but not a datasets save_to_disk folder (no dataset_dict.json "
+                              "or state.json); pass a .jsonl/.json/.parquet/.csv file instead")  # fmt: skip
+        import datasets
+
+        src = _dataset_source(datasets.load_from_disk(str(path)), path.name, str(path), split)
+    elif path.is_file():
+        kind = SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise SourceError(f"{path.name}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
+        if kind == "csv":
+            src = _open_csv(path)
+        elif kind == "parquet":
+            src = _open_parquet(path)
+        elif kind == "json" and path.read_bytes()[:4096].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+            try:  # one JSON array; rows are its items
+                items = json.loads(path.read_text(encoding="utf-8-sig"))
+            except ValueError as e:  # UnicodeDecodeError included
+                raise SourceError(f"{path.name}: not a valid JSON array: {e}") from None
+            src = _Source(path.name, str(path), "item", (_object_row(n, x, x) for n, x in enumerate(items, 1)))
+        else:
+            src = _Source(path.name, str(path), "line", _jsonl_rows(path))
+    elif isinstance(source, str) and _HUB_NAME.match(source) and Path(source).suffix.lower() not in SUFFIXES:
+        return _open_hub(source, split)
+    else:
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    src.rejects = path.with_name(path.name + ".rejects.jsonl") if path.is_dir() else path.with_suffix(".rejects.jsonl")
+    return src
+
+
+def iter_rows(source: str | os.PathLike, *, split: str = "train") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(row_number, raw dict)`` lazily (JSONL streams line by line; CSV cells stay strings).
+
+    Blank lines are passed over; an unreadable row (bad bytes, bad JSON, not an object) raises `BadRowError`.
+    """
+    src = _open(source, split)
+    for raw in src.rows:
+        if raw.error is None and raw.data is not None:
+            yield raw.row, raw.data
+        elif raw.error is not None and raw.error.reason != "blank_line":
+            raise _bad(src, raw, raw.error)
+
+
+def _layout_for(src: _Source, cols: list[str], mapping: dict[str, str]) -> tuple[str, str]:
+    try:
+        layout, reason = layout_for_columns(cols, mapping, header=src.columns is not None)
+    except ValueError as e:
+        raise SourceError(f"{src.name}: {e}") from None
+    log.info("%s: %s", src.name, reason)
+    return layout, reason
+
+
+def _bad(src: _Source, raw: _Raw, err: RecordError) -> BadRowError:
+    where = f"{src.name} {src.unit} {raw.row}" + (f" (line {raw.line})" if raw.line is not None else "")
+    message = f"{where}{', ' if err.field else ': '}{err}"
+    return BadRowError(message, src.path, raw.row, err.field, err.reason, raw.raw)
+
+
+def read_records(
+    source: str | os.PathLike,
+    *,
+    layout: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    on_bad_row: str = "error",
+    rejects_path: str | os.PathLike | None = None,
+    split: str = "train",
+) -> ReadResult:
+    """Read every row of ``source`` into `PreferenceRecord`s (see the module docstring).
+
+    ``layout`` overrides detection (one of `LAYOUTS`); ``columns`` maps alignkit field -> your column
+    name; ``on_bad_row`` is ``"error"`` (raise `BadRowError` at the first bad row) or ``"skip"``.
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
+    mapping = check_columns(columns, layout)
+    src = _open(source, split)
+    reason = f"layout '{layout}' given explicitly" if layout else ""
+    if layout is None and src.columns is not None:
+        layout, reason = _layout_for(src, src.columns, mapping)
+    rejects_file = Path(rejects_path) if rejects_path is not None else src.rejects
+    if on_bad_row == "skip" and rejects_file and rejects_file.resolve() == Path(src.path).resolve():
+        raise ValueError(f"rejects_path {rejects_file} is the input file itself")
+    records: list[PreferenceRecord] = []
+    skipped: Counter = Counter()
+    out, n = None, 0
+    try:
+        for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
+            err = raw.error
+            if err is None and raw.data is not None:
+                if layout is None:
+                    layout, reason = _layout_for(src, list(raw.data), mapping)
+                try:
+                    records.append(parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells))
+                    continue
+                except RecordError as e:
+                    err = e
+            assert err is not None
+            if err.reason == "blank_line":
+                skipped["blank_line"] += 1
+                continue
+            bad = _bad(src, raw, err)
+            if on_bad_row == "error":
+                raise bad
+            skipped[bad.reason] += 1
+            out = out or open(rejects_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            out.write(json.dumps(bad.to_json(), ensure_ascii=False, default=str) + "\n")
+    finally:
+        if out is not None:
+            out.close()
+    rejects = rejects_file if out is not None else None
+    result = ReadResult(records, layout or "unknown", skipped, n, rejects, src.name, reason)
+    if not records:
+        raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({result.summary()})" if skipped else ""))
+    log.log(logging.WARNING if skipped else logging.INFO, "%s", result.summary())
+    return result
+
+
+def _same(a: Any, b: Any) -> bool:  # equal, with equal types all the way down (1 vs 1.0, dict keys)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _write_parquet(rows: list[dict[str, Any]], names: list[str], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays, encoded = [], []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            arr = pa.array(values)
+            ok = _same(arr.to_pylist(), values)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:  # mixed text/messages, ragged dicts...: store JSON text, decoded again on read
+            arr = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+            encoded.append(name)
+        arrays.append(arr)
+    table = pa.Table.from_arrays(arrays, names=names)
+    pq.write_table(table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(encoded).encode()}), path)
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None or isinstance(value, (str, float)):
+        return "" if value is None else value if isinstance(value, str) else repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def write_records(records: Iterable[PreferenceRecord], path: str | os.PathLike) -> Path:
+    """Write records in canonical form (`PreferenceRecord.to_dict`): JSON lines for ``.jsonl``/
+    ``.ndjson``/``.json``, Parquet for ``.parquet``, CSV (list/dict cells JSON-encoded) for ``.csv``."""
+    path = Path(path)
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path.name}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
+    rows = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, PreferenceRecord):
+            raise TypeError(f"write_records: item {i} is a {type(rec).__name__}, not a PreferenceRecord")
+        rows.append(rec.to_dict())
+    names = [c for c in CANONICAL if any(c in row for row in rows)]
+    if kind == "parquet":
+        _write_parquet(rows, names, path)
+    elif kind == "csv":
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(names)
+            writer.writerows([_csv_cell(row.get(c)) for c in names] for row in rows)
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return path

@@ -1,0 +1,85 @@
+"""One place for run output: a console progress bar, ``metrics.jsonl``, and trackers when installed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("alignkit")
+
+
+def setup_console_logging(level: int = logging.INFO) -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[alignkit] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+class MetricsLogger:
+    """Writes one JSON line per logged step; mirrors scalars to trackers (tensorboard, wandb)."""
+
+    def __init__(self, output_dir: Path, trackers: list[str], config: dict[str, Any], enabled: bool = True,
+                 resume: bool = False):
+        self.enabled = enabled
+        self.path = output_dir / "metrics.jsonl"
+        self.trackers = []
+        if not enabled:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a" if resume else "w", encoding="utf-8")
+        for name in trackers:
+            self.trackers.append(_make_tracker(name, output_dir, config))
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(metrics) + "\n")
+        self.file.flush()
+        step = metrics.get("step", 0)
+        for tracker in self.trackers:
+            tracker(metrics, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+
+
+def _make_tracker(name: str, output_dir: Path, config: dict[str, Any]):
+    if name == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("trackers=[tensorboard] needs `pip install tensorboard`") from e
+        writer = SummaryWriter(str(output_dir / "tensorboard"))
+
+        def tb(metrics, step):
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    writer.add_scalar(k, v, step)
+            writer.flush()
+
+        return tb
+    if name == "wandb":
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError("trackers=[wandb] needs `pip install wandb`") from e
+        run = wandb.init(config=config, dir=str(output_dir))
+        return lambda metrics, step: run.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
+    raise ValueError(f"unknown tracker {name!r}; use tensorboard or wandb")

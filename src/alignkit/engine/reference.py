@@ -1,0 +1,90 @@
+"""Reference log-prob strategies.
+
+* ``none`` — the objective reads no reference (SimPO, ORPO, CPO, SFT...): nothing is loaded.
+* ``copy`` — a frozen copy of the initial policy (default for full fine-tuning).
+* ``path`` — a separate checkpoint (``ref_model=PATH``), loaded frozen.
+* ``disable_adapters`` — with LoRA, the policy itself with its adapters switched off: the base
+  weights *are* the initial policy, so no second copy is held in memory (default with LoRA).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from alignkit.data.collate import Batch
+from alignkit.engine.logprobs import LogProbModel
+from alignkit.models.load import frozen_copy, load_model
+
+STRATEGIES = ("auto", "copy", "path", "disable_adapters", "none")
+
+
+class Reference:
+    strategy = "none"
+
+    def token_logps(self, batch: Batch) -> Tensor | None:
+        return None
+
+
+class ModelReference(Reference):
+    def __init__(self, model: nn.Module, strategy: str, chunk_size: int):
+        self.scorer = LogProbModel(model, chunk_size)
+        self.strategy = strategy
+
+    @torch.no_grad()
+    def token_logps(self, batch: Batch) -> Tensor:
+        return self.scorer(batch)
+
+
+class DisabledAdapterReference(Reference):
+    strategy = "disable_adapters"
+
+    def __init__(self, peft_model: nn.Module, chunk_size: int):
+        self.model = peft_model
+        self.scorer = LogProbModel(peft_model, chunk_size)
+
+    @torch.no_grad()
+    def token_logps(self, batch: Batch) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()  # no dropout in the reference pass
+        try:
+            with self.model.disable_adapter():
+                return self.scorer(batch)
+        finally:
+            self.model.train(was_training)
+
+
+def resolve_strategy(strategy: str, needs_reference: bool, lora: bool, ref_model: str | None) -> str:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"ref_strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not needs_reference:
+        return "none"
+    if strategy != "auto":
+        if strategy == "path" and not ref_model:
+            raise ValueError("ref_strategy=path needs ref_model=PATH")
+        if strategy == "disable_adapters" and not lora:
+            raise ValueError("ref_strategy=disable_adapters needs lora=true")
+        if strategy == "none":
+            raise ValueError("the objective needs reference log-probs; ref_strategy=none is not possible")
+        return strategy
+    if ref_model:
+        return "path"
+    return "disable_adapters" if lora else "copy"
+
+
+def build_reference(
+    strategy: str, policy: nn.Module, ref_model: str | None, device, chunk_size: int, load_kwargs: dict
+) -> Reference:
+    """Must be called with the *initial* policy (before any checkpoint is loaded into it)."""
+    if strategy == "none":
+        return Reference()
+    if strategy == "disable_adapters":
+        return DisabledAdapterReference(policy, chunk_size)
+    if strategy == "copy":
+        ref = frozen_copy(policy)
+    else:
+        ref = load_model(ref_model, **load_kwargs)
+        ref.eval()
+        ref.requires_grad_(False)
+    return ModelReference(ref.to(device), strategy, chunk_size)
+

@@ -1,0 +1,315 @@
+"""The one training loop for every offline objective, on `accelerate`.
+
+Read it top to bottom: `Trainer.__init__` wires data, model, reference, objective, optimizer and
+scheduler from a `TrainConfig`; `Trainer.train` runs steps; `Trainer.step` is one optimizer step
+(``grad_accum`` micro-batches). The trainer knows nothing of individual losses: it computes
+`SequenceStats` and hands them to the bound `Objective`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from alignkit.config import TrainConfig, save_config
+from alignkit.data.io import read_records
+from alignkit.data.tokenize import TokenizeConfig
+from alignkit.engine import checkpoint as ckpt
+from alignkit.engine.dataset import BatchOrder, TokenizedDataset, split_by_prompt
+from alignkit.engine.logging import MetricsLogger, logger, peak_memory_mb, setup_console_logging
+from alignkit.engine.logprobs import LogProbModel, build_stats, supports_packing, unwrap
+from alignkit.engine.reference import build_reference, resolve_strategy
+from alignkit.engine.schedule import build_scheduler
+from alignkit.models.load import LoraConfig, load_model, load_tokenizer
+from alignkit.objectives import build_objective
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    skipped_steps: int = 0
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        setup_console_logging()
+        self.config = c = config
+        if not c.model or not c.data:
+            raise ValueError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
+        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, cpu=not torch.cuda.is_available())
+        set_seed(c.seed)
+        self.output_dir = Path(c.output_dir)
+        self.objective = build_objective(c.objective, beta=c.beta, **c.hparams)
+
+        # data: read, check against the objective, tokenize
+        self.tokenizer = load_tokenizer(c.model, trust_remote_code=c.trust_remote_code)
+        train_records = self._read(c.data)
+        eval_records = self._read(c.eval_data) if c.eval_data else []
+        if not eval_records and c.eval_split > 0:
+            train_records, eval_records = split_by_prompt(train_records, c.eval_split, c.seed)
+        kinds = {r.label_kind for r in train_records}
+        k_all = [r.k for r in train_records]
+        strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
+        self.objective.check_data(next(iter(kinds)), min(k_all), max(k_all), has_reference=strategy != "none")
+        tok_cfg = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template)
+        self.train_data = TokenizedDataset.build(train_records, self.tokenizer, tok_cfg, "train data")
+        self.eval_data = TokenizedDataset.build(eval_records, self.tokenizer, tok_cfg, "eval data") if eval_records else None
+
+        # model and reference (the reference is built from the *initial* policy, before any resume)
+        load_kwargs = dict(dtype=c.dtype, attn_implementation=c.attn_implementation,
+                           trust_remote_code=c.trust_remote_code)
+        lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
+        policy = load_model(c.model, lora=lora, **load_kwargs)
+        self.layout = self._layout(policy)
+        self.reference = build_reference(strategy, policy, c.ref_model, self.accelerator.device, c.chunk_size,
+                                         load_kwargs)
+        logger.info("objective %s; reference: %s; packing: %s", self.objective.name, self.reference.strategy,
+                    self.layout)
+
+        # optimisation
+        self.order = BatchOrder(len(self.train_data), c.batch_size, c.seed, self.accelerator.process_index,
+                                self.accelerator.num_processes)
+        self.total_steps = c.max_steps if c.max_steps > 0 else max(
+            1, math.floor(c.epochs * self.order.per_epoch / c.grad_accum))
+        params = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self.total_steps)
+        scorer = LogProbModel(policy, c.chunk_size)
+        self.scorer, self.optimizer, self.scheduler = self.accelerator.prepare(scorer, optimizer, scheduler)
+        self.policy = policy
+        self.step_idx = 0
+        self.skipped_total = 0
+        self.skipped_in_row = 0
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- setup helpers
+    def _read(self, path: str):
+        c = self.config
+        return read_records(path, layout=c.layout, columns=c.columns, on_bad_row=c.on_bad_row).records
+
+    def _layout(self, policy) -> str:
+        c = self.config
+        if c.packing not in ("auto", "shared_prompt", "padded"):
+            raise ValueError(f"packing must be auto, shared_prompt or padded, got {c.packing!r}")
+        if c.packing != "auto":
+            return c.packing
+        if supports_packing(policy):
+            return "shared_prompt"
+        impl = getattr(unwrap(policy).config, "_attn_implementation", None)
+        logger.info("attention backend %r cannot take a 4D block mask: using padded batches (no packing)", impl)
+        return "padded"
+
+    # ----------------------------------------------------------------- one step
+    def _micro_loss(self, indices: list[int], data: TokenizedDataset, train: bool):
+        batch = data.collate(indices, self.tokenizer.pad_token_id, self.layout,
+                             self.config.max_row_tokens).to(self.accelerator.device)
+        ref = self.reference.token_logps(batch)
+        token_logps = self.scorer(batch)
+        stats = build_stats(batch, token_logps, ref, with_token_logps=self.objective.needs_token_logps)
+        out = self.objective(stats) if train else _no_state_update(self.objective, stats)
+        return out, batch.num_tokens
+
+    def step(self) -> dict[str, Any]:
+        c, acc = self.config, self.accelerator
+        t0 = time.perf_counter()
+        self.scorer.train()
+        loss_sum, tokens, metrics = 0.0, 0, {}
+        for a in range(c.grad_accum):
+            micro = self.step_idx * c.grad_accum + a
+            sync = a == c.grad_accum - 1
+            ctx = acc.no_sync(self.scorer) if not sync else _null()
+            with ctx:
+                out, n_tok = self._micro_loss(self.order.indices(micro), self.train_data, train=True)
+                acc.backward(out.loss / c.grad_accum)
+            loss_sum += float(out.loss.detach()) / c.grad_accum
+            tokens += n_tok
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v / c.grad_accum
+        grad_norm = acc.clip_grad_norm_(self.scorer.parameters(), c.max_grad_norm if c.max_grad_norm > 0 else 1e30)
+        grad_norm = float(grad_norm)
+        finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.skipped_in_row = 0
+        else:
+            self.skipped_total += 1
+            self.skipped_in_row += 1
+            logger.warning("step %d: non-finite loss (%s) or grad norm (%s): update skipped (%d in a row)",
+                           self.step_idx + 1, loss_sum, grad_norm, self.skipped_in_row)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_idx += 1
+        dt = time.perf_counter() - t0
+        record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx * c.grad_accum - 1),
+                  "loss": loss_sum, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  "tokens_per_second": tokens / dt, "peak_memory_mb": peak_memory_mb(acc.device),
+                  "skipped_steps": self.skipped_total}
+        if self.skipped_in_row >= c.max_bad_steps:
+            raise TrainingStopped(
+                f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient; stopping. "
+                "Lower lr, check the data, or use dtype=float32."
+            )
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_data is None:
+            return {}
+        self.scorer.eval()
+        bs = self.config.batch_size
+        totals: dict[str, float] = {}
+        n = 0
+        for start in range(0, len(self.eval_data), bs):
+            idx = list(range(start, min(start + bs, len(self.eval_data))))
+            out, _ = self._micro_loss(idx, self.eval_data, train=False)
+            w = len(idx)
+            totals["loss"] = totals.get("loss", 0.0) + float(out.loss) * w
+            for k, v in out.metrics.items():
+                totals[k] = totals.get(k, 0.0) + v * w
+            n += w
+        return {f"eval/{k}": v / n for k, v in totals.items()}
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self) -> Path:
+        state = {"skipped_total": self.skipped_total, "skipped_in_row": self.skipped_in_row,
+                 "total_steps": self.total_steps}
+        path = ckpt.save_checkpoint(
+            self.output_dir / "checkpoints", self.step_idx, self.policy, self.optimizer, self.scheduler, state,
+            yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False), self.config.keep_checkpoints,
+            self.objective.state_dict(),
+        )
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def resume(self, where: str) -> None:
+        path = ckpt.latest_checkpoint(self.output_dir / "checkpoints") if where == "latest" else Path(where)
+        if path is None:
+            logger.info("resume_from=latest: no checkpoint in %s, starting fresh", self.output_dir)
+            return
+        state, obj_state = ckpt.load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+        self.step_idx = state["step"]
+        self.skipped_total = state["skipped_total"]
+        self.skipped_in_row = state["skipped_in_row"]
+        self.objective.load_state_dict(obj_state)
+        logger.info("resumed from %s at step %d", path, self.step_idx)
+
+    def save_final(self) -> Path:
+        final = self.output_dir / "final"
+        model = unwrap(self.policy)
+        if self.config.lora:
+            self.policy.save_pretrained(self.output_dir / "adapter")
+            model = self.policy.merge_and_unload()
+        model.save_pretrained(final, safe_serialization=True)
+        self.tokenizer.save_pretrained(final)
+        return final
+
+    # ----------------------------------------------------------------- the loop
+    def train(self) -> TrainResult:
+        c = self.config
+        if c.resume_from:
+            self.resume(c.resume_from)
+        main = self.accelerator.is_main_process
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.output_dir / "config.yaml")
+        log = MetricsLogger(self.output_dir, c.trackers, dataclasses.asdict(c), enabled=main,
+                            resume=bool(c.resume_from))
+        history: list[dict[str, Any]] = []
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = _progress(self.total_steps, self.step_idx, enabled=c.progress and main)
+        interrupted = False
+        try:
+            while self.step_idx < self.total_steps:
+                record = self.step()
+                if c.eval_every and self.step_idx % c.eval_every == 0:
+                    record.update(self.evaluate())
+                history.append(record)
+                if self.step_idx % max(1, c.log_every) == 0 or self.step_idx == self.total_steps:
+                    log.log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('rewards/accuracy', 0):.2f}")
+                if c.save_every and self.step_idx % c.save_every == 0 and main:
+                    self.save()
+                if self._stop_signal is not None:
+                    interrupted = True
+                    break
+        finally:
+            bar.close()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        final_dir = None
+        if interrupted:
+            path = self.save() if main else None
+            logger.warning("interrupted by signal %d after step %d; checkpoint %s. Resume with: "
+                           "alignkit train %s/config.yaml resume_from=latest", self._stop_signal, self.step_idx,
+                           path, self.output_dir)
+        else:
+            final_eval = self.evaluate() if self.eval_data is not None and not c.eval_every else {}
+            if final_eval:
+                final_eval["step"] = self.step_idx
+                log.log(final_eval)
+                history.append(final_eval)
+                logger.info("eval: %s", {k: round(v, 4) for k, v in final_eval.items()})
+            if main:
+                if not c.save_every or self.step_idx % c.save_every:
+                    self.save()
+                final_dir = self.save_final()
+        log.close()
+        if self.skipped_total:
+            logger.warning("%d step(s) were skipped for non-finite loss or gradient", self.skipped_total)
+        return TrainResult(self.output_dir, final_dir, history, interrupted, self.skipped_total)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        logger.warning("signal %d received: finishing this step, then saving a checkpoint", signum)
+
+
+def _no_state_update(objective, stats):
+    saved = objective.state_dict()
+    out = objective(stats)
+    objective.load_state_dict(saved)
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
+    """Train with a `TrainConfig` (or a dict of its fields); returns the run folder, final model and history."""
+    if isinstance(config, dict):
+        from alignkit.config import from_dict
+
+        config = from_dict(TrainConfig, dict(config), source="train()")
+    return Trainer(config).train()

@@ -1,0 +1,185 @@
+"""A toy language of short movie reviews whose reward is known exactly.
+
+Reviews come from a small seeded grammar::
+
+    review  := "Review:" clause (connective clause){0,2} end [" Overall, it was " adj "."]
+    clause  := " The" | " the" subject verb [intensifier] adjective
+    adj     := a POSITIVE word or a NEGATIVE word
+
+for example ``Review: The acting was truly brilliant, but the plot felt dull.`` There is no negation,
+so a word's sentiment never flips.
+
+Each review draws a hidden *mood* (positive or negative, 50/50) and every adjective agrees with it
+with probability ``coherence`` (0.8 by default). A model pretrained on this corpus therefore writes
+a mix of glowing, scathing and mixed reviews, and its first adjective largely decides the rest —
+preference learning has plenty of room to raise the reward, and a clear direction to do it in.
+
+The reward (`reward`) is a sentiment lexicon score: with ``P`` positive and ``N`` negative lexicon
+words in the text (whole words, case-insensitive), ``reward = (P − N) / (P + N)``, and 0 when the
+text has none. It lies in [−1, 1]: 1 for an all-positive review, −1 for an all-negative one.
+Prompts (`prompts`) are review openings such as ``Review: The acting was`` and never contain a
+lexicon word, so the reward of ``prompt + completion`` equals that of the completion.
+
+`build_world` trains a byte-level BPE tokenizer on the corpus, builds a tiny Qwen2-style model
+with `alignkit.models.tiny.build_tiny`, and pretrains it with the alignkit trainer (``objective=sft``
+on records ``{"prompt": "Review:", "responses": [" The acting was ..."], "ranks": [0]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger("alignkit")
+
+PREFIX = "Review:"
+SUBJECTS = ("acting", "plot", "story", "music", "dialogue", "ending", "cast", "script", "soundtrack",
+            "pacing", "villain", "humor")
+VERBS = ("was", "felt", "seemed", "is")
+INTENSIFIERS = ("very", "really", "truly", "quite", "so", "rather")
+POSITIVE = ("brilliant", "wonderful", "great", "superb", "charming", "moving", "delightful", "clever",
+            "gripping", "beautiful", "fresh", "fun")
+NEGATIVE = ("awful", "boring", "dull", "terrible", "clumsy", "bland", "tedious", "messy", "weak",
+            "forgettable", "stale", "silly")
+CONNECTIVES = (" and", " but", ", and", ", but", ", while", ";")
+ENDINGS = (".", "!")
+CLAUSE_WEIGHTS = (0.3, 0.45, 0.25)  # probability of 1, 2 or 3 clauses
+
+_POS, _NEG = frozenset(POSITIVE), frozenset(NEGATIVE)
+_WORD = re.compile(r"[a-z]+")
+
+
+def sentiment_counts(text: str) -> tuple[int, int]:
+    """(P, N): how many whole words of ``text`` are in the positive / negative lexicon."""
+    words = _WORD.findall(text.lower())
+    return sum(w in _POS for w in words), sum(w in _NEG for w in words)
+
+
+def reward(text: str) -> float:
+    """The known reward: ``(P − N) / (P + N)`` over lexicon words, 0.0 when there are none; in [−1, 1].
+
+    ``reward("The plot was superb and the cast was dull.") == 0.0``;
+    ``reward("The plot was superb, but the ending was great!") == 1.0``;
+    ``reward("great, dull, boring") == -1/3``.
+    """
+    p, n = sentiment_counts(text)
+    return (p - n) / (p + n) if p + n else 0.0
+
+
+def _review(rng: random.Random, coherence: float) -> str:
+    mood = rng.random() < 0.5
+    n_clauses = rng.choices((1, 2, 3), weights=CLAUSE_WEIGHTS)[0]
+    parts = []
+    for i in range(n_clauses):
+        positive = mood if rng.random() < coherence else not mood
+        adjective = rng.choice(POSITIVE if positive else NEGATIVE)
+        intens = rng.choice(INTENSIFIERS) + " " if rng.random() < 0.3 else ""
+        lead = " The" if i == 0 else rng.choice(CONNECTIVES) + " the"
+        parts.append(f"{lead} {rng.choice(SUBJECTS)} {rng.choice(VERBS)} {intens}{adjective}")
+    text = PREFIX + "".join(parts) + rng.choice(ENDINGS)
+    if rng.random() < 0.25:
+        positive = mood if rng.random() < coherence else not mood
+        text += f" Overall, it was {rng.choice(POSITIVE if positive else NEGATIVE)}."
+    return text
+
+
+def corpus(n: int, seed: int = 0, coherence: float = 0.8) -> list[str]:
+    """``n`` full reviews (each starting with ``"Review:"``) for pretraining; deterministic in ``seed``."""
+    rng = random.Random(seed)
+    return [_review(rng, coherence) for _ in range(n)]
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    """``n`` review openings, ``"Review: The <subject> <verb>"``, a third of them with an intensifier.
+
+    None contains a lexicon word. There are 12 x 4 x 7 = 336 distinct openings; draws with another
+    seed play the role of held-out prompts.
+    """
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        intens = " " + rng.choice(INTENSIFIERS) if rng.random() < 1 / 3 else ""
+        out.append(f"{PREFIX} The {rng.choice(SUBJECTS)} {rng.choice(VERBS)}{intens}")
+    return out
+
+
+def sft_records(lines: list[str]) -> list[dict]:
+    """Pretraining records: prompt ``"Review:"``, the rest of the review as the one (K = 1) response."""
+    out = []
+    for line in lines:
+        if not line.startswith(PREFIX):
+            raise ValueError(f"a review must start with {PREFIX!r}: {line!r}")
+        out.append({"prompt": PREFIX, "responses": [line[len(PREFIX):]], "ranks": [0]})
+    return out
+
+
+@dataclass
+class WorldConfig:
+    """Sizes of the world: corpus, tokenizer, model and pretraining run (defaults: ~20 s on 2 cores)."""
+
+    seed: int = 0
+    n_corpus: int = 6000
+    coherence: float = 0.8
+    vocab_size: int = 512
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    pretrain_epochs: float = 1.0
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 3e-3
+    progress: bool = False
+
+
+def build_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None, reuse: bool = True,
+                **overrides) -> Path:
+    """Build the tokenizer + tiny model and pretrain it on the review corpus; return the checkpoint folder.
+
+    ``out_dir/base`` holds the untrained model, ``out_dir/pretrain`` the trainer's run, and
+    ``out_dir/world.json`` the settings and the path of the pretrained checkpoint (a folder with model
+    and tokenizer, loadable with `alignkit.models.load`). With ``reuse=True`` a world already built
+    with the same settings is returned without retraining. ``overrides`` set `WorldConfig` fields.
+    """
+    from alignkit.config import TrainConfig
+    from alignkit.engine.trainer import train
+    from alignkit.models.tiny import build_tiny
+
+    config = config or WorldConfig(seed=seed)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise TypeError(f"build_world got an unknown setting {key!r}; WorldConfig has {list(asdict(config))}")
+        setattr(config, key, value)
+    out_dir = Path(out_dir)
+    manifest = out_dir / "world.json"
+    settings = {k: v for k, v in asdict(config).items() if k != "progress"}
+    if reuse and manifest.exists():
+        saved = json.loads(manifest.read_text(encoding="utf-8"))
+        if saved.get("settings") == settings and Path(saved["checkpoint"]).is_dir():
+            log.info("world: reusing the pretrained model at %s", saved["checkpoint"])
+            return Path(saved["checkpoint"])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = corpus(config.n_corpus, seed=config.seed, coherence=config.coherence)
+    base = build_tiny(out_dir / "base", corpus=lines, vocab_size=config.vocab_size, chat_template=False,
+                      seed=config.seed, hidden_size=config.hidden_size, num_layers=config.num_layers,
+                      num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, max_positions=256)
+    data = out_dir / "corpus.jsonl"
+    with data.open("w", encoding="utf-8") as f:
+        for record in sft_records(lines):
+            f.write(json.dumps(record) + "\n")
+    log.info("world: pretraining a %d-layer, %d-wide model on %d reviews", config.num_layers,
+             config.hidden_size, len(lines))
+    result = train(TrainConfig(
+        model=str(base), objective="sft", data=str(data), output_dir=str(out_dir / "pretrain"),
+        batch_size=config.pretrain_batch_size, epochs=config.pretrain_epochs, lr=config.pretrain_lr,
+        warmup=0.05, scheduler="cosine", seed=config.seed, max_length=96, log_every=10,
+        progress=config.progress,
+    ))
+    checkpoint = Path(result.final_dir)
+    manifest.write_text(json.dumps({"settings": settings, "checkpoint": str(checkpoint)}, indent=2),
+                        encoding="utf-8")
+    return checkpoint

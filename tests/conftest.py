@@ -28,3 +28,20 @@ def tiny(tiny_path):
     from alignkit.models.load import load_model, load_tokenizer
 
     return load_model(tiny_path), load_tokenizer(tiny_path)
+
+
+@pytest.fixture(scope="session")
+def pairs_path(tmp_path_factory):
+    """32 sentiment pairs in the paired layout (prompt, chosen, rejected)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    pos, neg = "great good brilliant wonderful fun".split(), "bad awful boring terrible dull".split()
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    with open(path, "w") as f:
+        for _ in range(32):
+            subj = rng.choice(["The movie", "The film", "The story", "The plot"])
+            row = {"prompt": f"{subj} was", "chosen": f" {rng.choice(pos)}.", "rejected": f" {rng.choice(neg)}."}
+            f.write(json.dumps(row) + "\n")
+    return str(path)

@@ -244,3 +244,15 @@ def test_unknown_layout_and_mapping_field():
         parse_row({}, "pairs")
     with pytest.raises(LayoutError, match="unknown alignkit field"):
         parse_row({"q": 1}, "paired", columns={"question": "q"})
+
+
+def test_paired_whole_conversations_are_split_ultrafeedback_style():
+    row = {"prompt": "Name a color.", "chosen": [u("Name a color."), a("Blue.")],
+           "rejected": [u("Name a color."), a("Seven.")], "score_chosen": 9.0, "score_rejected": 2.0}  # fmt: skip
+    rec = parse_row(row, "paired")
+    assert rec.prompt == [u("Name a color.")]
+    assert rec.responses == [[a("Blue.")], [a("Seven.")]]
+    assert rec.meta == {"score_chosen": 9.0, "score_rejected": 2.0}
+    # assistant-only message lists are ordinary responses
+    rec = parse_row({"prompt": [u("q")], "chosen": [a("x")], "rejected": [a("y")]}, "paired")
+    assert rec.prompt == [u("q")] and rec.responses == [[a("x")], [a("y")]]

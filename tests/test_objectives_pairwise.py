@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignkit.objectives import SequenceStats, get_objective
-from alignkit.objectives.pairwise import _log_odds
+from alignkit.objectives.pairwise import _expm1_capped, _log_odds
 
 D = torch.float64
 B_ = 0.1  # beta used throughout unless a test says otherwise
@@ -179,6 +179,20 @@ def test_fdpo_forward_kl_is_alpha_one_and_rejects_unknown_divergence():
     torch.testing.assert_close(f.loss, a.loss)
     with pytest.raises(ValueError, match="reverse_kl"):
         get_objective("fdpo")(mk(S, R, RK), divergence="tv")
+
+
+def test_capped_expm1_is_exact_below_the_cap_and_linear_above():
+    c = 0.5 * math.log(torch.finfo(D).max)
+    x = T([-3.0, 0.5, 300.0, c, c + 1.0, 1e4], requires_grad=True)
+    y = _expm1_capped(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    for i, xi in enumerate([-3.0, 0.5, 300.0]):
+        assert y[i].item() == pytest.approx(math.expm1(xi), rel=1e-15)
+        assert g[i].item() == pytest.approx(math.exp(xi), rel=1e-15)
+    ec = math.exp(c)
+    assert y[4].item() == pytest.approx(2 * ec - 1, rel=1e-14) and y[5].item() == pytest.approx(ec * (1e4 - c + 1))
+    assert g[4].item() == pytest.approx(ec, rel=1e-14) and g[5].item() == pytest.approx(ec, rel=1e-14)
+    assert torch.isfinite(y).all() and torch.isfinite(g).all()
 
 
 # ---------------------------------------------------------------- reference-free

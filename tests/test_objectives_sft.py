@@ -76,6 +76,8 @@ def test_targets_scores_labels_ties_padding_and_sft_data():
     assert tgt.tolist() == [[True, True, False]]  # tied best responses are all targets
     padded = SequenceStats(logps=T([[0.0, 0.0]]), ranks=T([[1.0, 0.0]]), valid=torch.tensor([[True, False]]))
     assert sft_targets(padded).tolist() == [[True, False]]  # best among valid slots
+    lab = SequenceStats(logps=T([[0.0, 0.0]]), labels=T([[0.0, 1.0]]), valid=torch.tensor([[True, False]]))
+    assert sft_targets(lab).tolist() == [[False, False]]  # a padded slot is never a target
     assert sft_targets(SequenceStats(logps=T([[0.0], [0.0]]))).tolist() == [[True], [True]]
     with pytest.raises(ValueError, match="ranks, scalar scores or labels"):
         sft_targets(SequenceStats(logps=T([[0.0, 0.0]])))

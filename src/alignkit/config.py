@@ -102,19 +102,47 @@ def _type_name(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
+# Names users bring from transformers / TRL, mapped to ours for the "did you mean" hint.
+ALIASES = {
+    "learning_rate": "lr", "learning_rat": "lr", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "warmup_ratio": "warmup",
+    "warmup_steps": "warmup", "model_name_or_path": "model", "ref_model_name_or_path": "ref_model",
+    "lr_scheduler_type": "scheduler", "loss_type": "objective", "dataset": "data", "train_file": "data",
+    "torch_dtype": "dtype", "bf16": "mixed_precision", "use_peft": "lora", "logging_steps": "log_every",
+    "save_steps": "save_every", "eval_steps": "eval_every", "resume_from_checkpoint": "resume_from",
+}
+
+
+def _allows(hint: Any, t: type) -> bool:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return t in typing.get_args(hint)
+    return hint is t
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """int -> float for float keys; '1e-5' (PyYAML reads it as a string) -> 1e-05."""
+    if not _allows(hint, float) or _allows(hint, str) or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
     """Build a config dataclass, checking every key and type."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in values.items():
         if key not in hints:
-            close = difflib.get_close_matches(key, names, n=1)
+            close = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{source}: unknown key '{key}'.{hint} Allowed keys: {', '.join(names)}")
-        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(float(value), hints[key]) \
-                and not _type_ok(value, hints[key]):
-            value = float(value)
-            values[key] = value
+        value = values[key] = _coerce(value, hints[key])
         if not _type_ok(value, hints[key]):
             raise ConfigError(
                 f"{source}: key '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"

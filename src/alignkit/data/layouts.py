@@ -3,7 +3,9 @@
 Layouts and how `detect_layout` recognises them from the column names (first match wins):
 
 * ``paired``       — ``prompt, chosen, rejected`` -> K=2, ranks ``[0, 1]``; ``margin``,
-  ``score_chosen``, ``score_rejected`` (checked finite) are kept in ``meta``.
+  ``score_chosen``, ``score_rejected`` (checked finite) are kept in ``meta``. If chosen and rejected
+  are whole conversations starting with a non-assistant turn (UltraFeedback-binarized style, the
+  prompt repeated inside), they are split like ``conversation`` and the prefix is the prompt.
 * ``conversation`` — ``chosen, rejected`` and no ``prompt``: whole conversations (message lists,
   or HH-RLHF text with ``"\\n\\nHuman:"``/``"\\n\\nAssistant:"`` turns) split at their shared prefix.
 * ``unpaired``     — ``prompt, completion, label`` -> K=1 labels record (KTO style).
@@ -223,6 +225,12 @@ def _extras(r: Mapping[str, Any], used: Iterable[str], text: bool) -> dict[str, 
 # ------------------------------------------------------------------------------------- layouts
 def _paired(r: dict[str, Any], text: bool, layout: str) -> PreferenceRecord:
     prompt, chosen, rejected = (_text(r, n, text) for n in ("prompt", "chosen", "rejected"))
+    if all(isinstance(x, list) and x and isinstance(x[0], dict) and x[0].get("role") != "assistant"
+           for x in (chosen, rejected)):  # fmt: skip
+        # whole conversations that repeat the prompt (UltraFeedback-binarized style): split them;
+        # the shared leading turns become the prompt and the `prompt` column is not used
+        chosen, rejected = _messages(chosen, "chosen", text), _messages(rejected, "rejected", text)
+        prompt, chosen, rejected = split_conversation(chosen, rejected)
     for name in PAIR_NUMBERS:
         value = _opt(r, name, text)
         if value is not None:

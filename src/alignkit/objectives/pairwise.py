@@ -164,7 +164,7 @@ def _expm1_capped(x: Tensor) -> Tensor:
     """
     c = 0.5 * math.log(torch.finfo(x.dtype).max)
     ec = math.exp(c)
-    return torch.where(x > c, ec * (1 + 0*(x - c)) - 1, torch.expm1(x.clamp(max=c)))
+    return torch.where(x > c, ec * (1 + (x - c)) - 1, torch.expm1(x.clamp(max=c)))
 
 
 FDIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
@@ -224,7 +224,7 @@ def _log_odds(m: Tensor) -> Tensor:
     of the log-softmax that produced it, and at m = 0 the odds are infinite.
     """
     m = m.clamp(max=-torch.finfo(m.dtype).eps)
-    return m - torch.log(-torch.expm1(m))
+    return m - torch.log1p(-torch.exp(m))
 
 
 @register("orpo", **PAIR)

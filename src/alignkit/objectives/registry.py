@@ -190,6 +190,13 @@ def build_objective(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]],
     accepts them, unless the term sets its own.
     """
     items = [spec] if isinstance(spec, (str, Mapping)) else list(spec)
+    names = [i if isinstance(i, str) else i.get("name", "") for i in items]
+    accepted = {k for n in names if n in available() for k in get_objective(n).defaults}
+    unused = sorted(k for k, v in shared.items() if v is not None and k not in accepted)
+    if unused:
+        raise ValueError(
+            f"objective {'+'.join(names)} takes no hyper-parameter(s) {unused}; allowed: {sorted(accepted)}"
+        )
     terms = []
     for item in items:
         item = {"name": item} if isinstance(item, str) else dict(item)

@@ -1,0 +1,73 @@
+"""Config files, key=value overrides and their errors; the CLI end to end (in-process)."""
+
+import json
+
+import pytest
+import yaml
+
+from alignkit.cli import main
+from alignkit.config import ConfigError, TrainConfig, load_config, parse_overrides
+
+
+def test_overrides_are_parsed_as_yaml_scalars_not_eval():
+    got = parse_overrides(["beta=0.1", "lora=true", "max_steps=50", "objective=[{name: dpo}, {name: sft, weight: 0.1}]",
+                           "output_dir=runs/x", "ref_model=null"])
+    assert got == {"beta": 0.1, "lora": True, "max_steps": 50, "objective": [{"name": "dpo"}, {"name": "sft", "weight": 0.1}],
+                   "output_dir": "runs/x", "ref_model": None}
+    assert parse_overrides(["model=__import__('os')"]) == {"model": "__import__('os')"}  # a string, never evaluated
+
+
+def test_yaml_file_plus_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"objective": "ipo", "beta": 0.2, "lr": 1e-5, "batch_size": 4}))
+    c = load_config(TrainConfig, str(path), ["beta=0.3", "lr=2"])
+    assert (c.objective, c.beta, c.lr, c.batch_size) == ("ipo", 0.3, 2.0, 4)
+    assert isinstance(c.lr, float)  # an int given for a float key is accepted as a float
+
+
+def test_unknown_key_names_it_and_suggests(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_rat'.*Did you mean") as e:
+        load_config(TrainConfig, None, ["learning_rat=0.1"])
+    assert "Allowed keys" in str(e.value)
+    with pytest.raises(ConfigError, match=r"unknown key 'bta'. Did you mean 'beta'"):
+        load_config(TrainConfig, None, ["bta=0.1"])
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'batch_size' must be int, got 'eight'"):
+        load_config(TrainConfig, None, ["batch_size=eight"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(TrainConfig, str(path))
+
+
+def test_cli_errors_are_one_line_messages(tiny_path, pairs_path, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", f"model={tiny_path}", f"data={pairs_path}", "bta=0.1"]) == 2
+    assert "unknown key 'bta'. Did you mean 'beta'?" in capsys.readouterr().err
+    assert main(["train", f"model={tiny_path}", f"data={pairs_path}", "objective=dpoo"]) == 2
+    assert "Did you mean 'dpo'?" in capsys.readouterr().err
+    assert main(["train", f"model={tiny_path}", f"data={pairs_path}", "objective=simpo", "hparams={gama: 1}"]) == 2
+    assert "gamma" in capsys.readouterr().err
+
+
+def test_cli_train_yaml_resume_and_logprobs(tiny_path, pairs_path, tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "dpo.yaml"
+    cfg.write_text(yaml.safe_dump({"objective": "dpo", "beta": 0.5, "model": tiny_path, "data": pairs_path,
+                                   "batch_size": 4, "lr": 1e-3, "output_dir": str(out), "progress": False}))
+    assert main(["train", str(cfg), "max_steps=4", "save_every=2"]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["max_steps"] == 4 and saved["beta"] == 0.5
+    # Resume the finished run for two more steps: it continues from step 4.
+    assert main(["train", str(out / "config.yaml"), "max_steps=6", "resume_from=latest"]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    lp = tmp_path / "lp.jsonl"
+    assert main(["logprobs", "--model", str(out / "final"), "--data", pairs_path, "--out", str(lp)]) == 0
+    rows = [json.loads(x) for x in lp.read_text().splitlines()]
+    assert len(rows) == 64 and rows[0]["id"] == 0 and rows[1]["response_index"] == 1
+    assert all(r["logp"] < 0 and r["n_tokens"] >= 2 for r in rows)

@@ -65,7 +65,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     # executor
     packing: str = "auto"  # auto | shared_prompt | padded
-    max_row_tokens: int = 4096
+    max_row_tokens: int = 1024
     chunk_size: int = 1024
     # output, logging, checkpoints
     output_dir: str = "runs/alignkit"

@@ -10,11 +10,13 @@ Layouts and how `detect_layout` recognises them from the column names (first mat
   or HH-RLHF text with ``"\\n\\nHuman:"``/``"\\n\\nAssistant:"`` turns) split at their shared prefix.
 * ``unpaired``     — ``prompt, completion, label`` -> K=1 labels record (KTO style).
 * ``native``       — ``prompt, responses`` and ranks/scores/labels: `PreferenceRecord.to_dict()`.
-* ``ranked`` / ``scored`` — ``prompt, completions`` plus ``ranks`` / ``scores``.
+* ``ranked`` / ``scored`` — ``prompt, completions`` plus ``ranks`` / ``scores`` (``completions`` with
+  ``labels`` reads as ``native``; all three share one parser, ``completions`` = ``responses``).
 * ``messages`` alone is chat (SFT) data, not preference data -> `LayoutError`.
 
 Every layout carries ``system``, ``id``, ``weight``, ``group`` into the record, merges a ``meta``
-dict column into ``meta`` and puts every other non-null column into ``meta`` too.
+dict column into ``meta`` and puts every other non-null column into ``meta`` too (integer ``id`` and
+``group`` values become strings; null optional columns count as absent).
 
 ``text_cells=True`` (CSV): cells are strings, so a cell where a list is needed (responses, ranks,
 scores, labels, conversations) is JSON-decoded when it parses as a JSON list; a prompt/response

@@ -224,7 +224,7 @@ def _log_odds(m: Tensor) -> Tensor:
     of the log-softmax that produced it, and at m = 0 the odds are infinite.
     """
     m = m.clamp(max=-torch.finfo(m.dtype).eps)
-    return m - torch.log1p(-torch.exp(m))
+    return m - torch.log(-torch.expm1(m))
 
 
 @register("orpo", **PAIR)

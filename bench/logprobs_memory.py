@@ -1,0 +1,108 @@
+"""Executor vs naive forward: peak memory and time of one forward+backward of sequence log-probs.
+
+Each variant runs in a fresh process (peak RSS is per process). The model is a local Qwen2-style
+model (vocab 8k, 4 layers, hidden 256) with random weights; the batch is B prompts of 100-150 tokens
+with K responses of 40-80 tokens each.
+
+    python bench/logprobs_memory.py [--batch 8] [--k 2] [--vocab 8192]
+
+Prints a table and the alignkit/naive ratios. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+
+
+def make_inputs(args):
+    import torch
+
+    rng = random.Random(0)
+    from alignkit.data.tokenize import TokenizedRecord
+
+    items = []
+    for b in range(args.batch):
+        prompt = [rng.randrange(10, args.vocab) for _ in range(rng.randint(100, 150))]
+        segs = [[rng.randrange(10, args.vocab) for _ in range(rng.randint(40, 80))] for _ in range(args.k)]
+        items.append(TokenizedRecord(prompt, segs, [0] * args.k, b))
+    torch.manual_seed(0)
+    return items
+
+
+def build_model(args):
+    from alignkit.models.tiny import build_model as build
+
+    return build(args.vocab, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, max_positions=2048,
+                 intermediate_size=688, tie_embeddings=False)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_variant(args) -> dict:
+    import torch
+
+    from alignkit.data.collate import collate_padded, collate_shared_prompt
+    from alignkit.engine.logprobs import LogProbModel, sum_per_slot
+
+    torch.set_num_threads(2)
+    model = build_model(args)
+    items = make_inputs(args)
+    base = rss_mb()
+    t0 = time.perf_counter()
+    for _ in range(args.repeats):
+        if args.variant == "naive":
+            batch = collate_padded(items, pad_id=0)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            lp = logits.log_softmax(-1).view(-1, logits.shape[-1])[batch.pred_index].gather(
+                -1, batch.targets[:, None]).squeeze(-1)
+            total = sum_per_slot(lp, batch).sum()
+        else:
+            batch = collate_shared_prompt(items, pad_id=0, max_row_tokens=args.max_row_tokens)
+            total = sum_per_slot(LogProbModel(model, chunk_size=1024)(batch), batch).sum()
+        total.backward()
+        model.zero_grad(set_to_none=True)
+    dt = (time.perf_counter() - t0) / args.repeats
+    return {"variant": args.variant, "seconds": dt, "peak_rss_mb": rss_mb(), "baseline_rss_mb": base,
+            "tokens": batch.num_tokens, "value": float(total)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variant", default=None)
+    p.add_argument("--max-row-tokens", type=int, default=4096)
+    args = p.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    rows = {}
+    for variant in ("naive", "alignkit"):
+        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch), "--k", str(args.k),
+               "--vocab", str(args.vocab), "--repeats", str(args.repeats), "--max-row-tokens", str(args.max_row_tokens)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        rows[variant] = json.loads(out)
+    print(f"B={args.batch} K={args.k} vocab={args.vocab}, prompts 100-150, completions 40-80 tokens, CPU")
+    print(f"{'variant':10s} {'s/step':>8s} {'input tokens':>13s} {'peak RSS MB':>12s} {'delta MB':>9s}")
+    for name, r in rows.items():
+        delta = r["peak_rss_mb"] - r["baseline_rss_mb"]
+        print(f"{name:10s} {r['seconds']:8.3f} {r['tokens']:13d} {r['peak_rss_mb']:12.0f} {delta:9.0f}")
+    n, a = rows["naive"], rows["alignkit"]
+    print(f"ratio alignkit/naive: time {a['seconds'] / n['seconds']:.2f}, "
+          f"peak RSS {a['peak_rss_mb'] / n['peak_rss_mb']:.2f}, "
+          f"memory above baseline {(a['peak_rss_mb'] - a['baseline_rss_mb']) / (n['peak_rss_mb'] - n['baseline_rss_mb']):.2f}")
+    print(f"summed log-prob: naive {n['value']:.4f} alignkit {a['value']:.4f} (|diff| {abs(n['value'] - a['value']):.2e})")
+
+
+if __name__ == "__main__":
+    main()

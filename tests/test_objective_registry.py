@@ -97,7 +97,9 @@ def test_build_objective_sums_weighted_terms_and_prefixes_metrics():
     assert out.metrics["dpo/loss"] == pytest.approx(dpo) and out.metrics["sft/loss"] == pytest.approx(sft)
     assert out.metrics["dpo/rewards/margin"] == pytest.approx(0.3)
     assert out.metrics["sft/nll"] == pytest.approx(sft)
-    assert {"dpo/rewards/chosen", "dpo/rewards/accuracy", "dpo/logps/chosen", "sft/logps/chosen"} <= set(out.metrics)
+    assert {"dpo/rewards/chosen", "dpo/rewards/accuracy", "dpo/logps/chosen", "sft/logps/chosen"} <= set(
+        out.metrics
+    )
 
 
 def test_shared_hyper_parameters_bind_only_where_accepted():

@@ -31,8 +31,13 @@ def mk(logps, ref=None, ranks=None, scores=None, lengths=None, weights=None, val
     if ranks is None and scores is None and labels is None:
         ranks = [[0.0, 1.0]] * len(logps)
     return SequenceStats(
-        logps=T(logps, requires_grad=True), ref_logps=T(ref), ranks=T(ranks), scores=T(scores),
-        lengths=T(lengths), weights=T(weights), labels=T(labels),
+        logps=T(logps, requires_grad=True),
+        ref_logps=T(ref),
+        ranks=T(ranks),
+        scores=T(scores),
+        lengths=T(lengths),
+        weights=T(weights),
+        labels=T(labels),
         valid=None if valid is None else torch.tensor(valid),
     )
 
@@ -104,7 +109,9 @@ def test_rdpo_value_and_unbiased_under_flips():
     eps = 0.3
     out, _ = run("rdpo", mk(S, R, RK), beta=B_, flip_rate=eps)
     z = B_ * 1.5
-    assert out.loss.item() == pytest.approx(((1 - eps) * -lsig(z) - eps * -lsig(-z)) / (1 - 2 * eps), rel=1e-13)
+    assert out.loss.item() == pytest.approx(
+        ((1 - eps) * -lsig(z) - eps * -lsig(-z)) / (1 - 2 * eps), rel=1e-13
+    )
     clean, flipped = mk(S, R, RK), mk(S, R, [[1 - r for r in row] for row in RK])
     a, ga = run("rdpo", clean, beta=B_, flip_rate=eps)
     b, gb = run("rdpo", flipped, beta=B_, flip_rate=eps)
@@ -190,7 +197,9 @@ def test_capped_expm1_is_exact_below_the_cap_and_linear_above():
         assert y[i].item() == pytest.approx(math.expm1(xi), rel=1e-15)
         assert g[i].item() == pytest.approx(math.exp(xi), rel=1e-15)
     ec = math.exp(c)
-    assert y[4].item() == pytest.approx(2 * ec - 1, rel=1e-14) and y[5].item() == pytest.approx(ec * (1e4 - c + 1))
+    assert y[4].item() == pytest.approx(2 * ec - 1, rel=1e-14) and y[5].item() == pytest.approx(
+        ec * (1e4 - c + 1)
+    )
     assert g[4].item() == pytest.approx(ec, rel=1e-14) and g[5].item() == pytest.approx(ec, rel=1e-14)
     assert torch.isfinite(y).all() and torch.isfinite(g).all()
 
@@ -297,8 +306,12 @@ def test_jpo_cross_prompt_pairs_from_scores():
 
 
 def test_jpo_ranks_stay_within_prompt_and_skip_ties_and_padding():
-    st = mk([[-1.0, -2.0, -9.0], [-1.0, -1.0, -1.0]], [[0.0] * 3] * 2,
-            ranks=[[0.0, 1.0, 2.0], [0.0, 0.0, 1.0]], valid=[[True, True, False], [True, True, True]])
+    st = mk(
+        [[-1.0, -2.0, -9.0], [-1.0, -1.0, -1.0]],
+        [[0.0] * 3] * 2,
+        ranks=[[0.0, 1.0, 2.0], [0.0, 0.0, 1.0]],
+        valid=[[True, True, False], [True, True, True]],
+    )
     out, _ = run("jpo", st, beta=1.0)
     # row 0: one pair (rho 1 vs rho 2 margin 1); row 1: two pairs (tie skipped), margin 0 each.
     expected = (-lsig(1.0) + 2 * math.log(2)) / 3
@@ -345,10 +358,13 @@ def test_chosen_in_column_one_equals_swapped_columns(name, use_scores):
 @pytest.mark.parametrize("name", PAIR_OBJECTIVES)
 def test_ties_padding_and_record_weights(name):
     nan = float("nan")
-    st = mk([[-3.0, -5.0], [-1.0, -2.0], [-4.0, nan], [-4.0, -2.5]],
-            [[-3.5, -4.0], [-1.0, -1.0], [-1.0, nan], [-3.5, -3.5]],
-            ranks=[[0.0, 1.0], [0.0, 0.0], [0.0, 1.0], [1.0, 0.0]], weights=[2.0, 7.0, 7.0, 0.5],
-            valid=[[True, True], [True, True], [True, False], [True, True]])
+    st = mk(
+        [[-3.0, -5.0], [-1.0, -2.0], [-4.0, nan], [-4.0, -2.5]],
+        [[-3.5, -4.0], [-1.0, -1.0], [-1.0, nan], [-3.5, -3.5]],
+        ranks=[[0.0, 1.0], [0.0, 0.0], [0.0, 1.0], [1.0, 0.0]],
+        weights=[2.0, 7.0, 7.0, 0.5],
+        valid=[[True, True], [True, True], [True, False], [True, True]],
+    )
     out, g = run(name, st, **_hp(name))
     single = [run(name, mk([S[b]], [R[b]], [RK[b]]), **_hp(name))[0].loss.item() for b in range(2)]
     torch.testing.assert_close(out.per_example, T([single[0], 0.0, 0.0, single[1]]))
@@ -364,9 +380,11 @@ def test_dpo_weights_hand_computed():
     torch.testing.assert_close(g, T([[0.75 * dw, -0.75 * dw], [-0.25 * dw, 0.25 * dw]]))
 
 
-STABILITY_CASES = [(n, _hp(n)) for n in ALL if n != "fdpo"] + [
-    ("fdpo", {"divergence": d}) for d in ("reverse_kl", "forward_kl", "js", "alpha")
-] + [("ipo", {"length_normalize": True}), ("jpo", {"scores_instead": True})]
+STABILITY_CASES = (
+    [(n, _hp(n)) for n in ALL if n != "fdpo"]
+    + [("fdpo", {"divergence": d}) for d in ("reverse_kl", "forward_kl", "js", "alpha")]
+    + [("ipo", {"length_normalize": True}), ("jpo", {"scores_instead": True})]
+)
 
 
 @pytest.mark.parametrize("name,hp", STABILITY_CASES)
@@ -374,8 +392,12 @@ def test_extreme_log_ratios_give_finite_loss_and_gradients(name, hp):
     # |Delta| = 1e4 both ways, logps of -1e4 and of exactly 0 (m -> 0 for orpo).
     hp = dict(hp)
     lab = {"scores": [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]} if hp.pop("scores_instead", False) else {}
-    st = mk([[-1e4, -1.0], [-1.0, -1e4], [0.0, -1e4]], [[0.0, 0.0], [0.0, 0.0], [-1e4, 0.0]],
-            lengths=[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], **lab)
+    st = mk(
+        [[-1e4, -1.0], [-1.0, -1e4], [0.0, -1e4]],
+        [[0.0, 0.0], [0.0, 0.0], [-1e4, 0.0]],
+        lengths=[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]],
+        **lab,
+    )
     out, g = run(name, st, **hp)
     assert torch.isfinite(out.loss) and torch.isfinite(out.per_example).all()
     assert torch.isfinite(g).all() and g.abs().sum() > 0

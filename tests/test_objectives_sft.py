@@ -18,8 +18,13 @@ def T(x, **kw):
 
 def mk(logps, lengths=None, ranks=None, scores=None, labels=None, weights=None, valid=None):
     return SequenceStats(
-        logps=T(logps, requires_grad=True), lengths=T(lengths), ranks=T(ranks), scores=T(scores),
-        labels=T(labels), weights=T(weights), valid=None if valid is None else torch.tensor(valid),
+        logps=T(logps, requires_grad=True),
+        lengths=T(lengths),
+        ranks=T(ranks),
+        scores=T(scores),
+        labels=T(labels),
+        weights=T(weights),
+        valid=None if valid is None else torch.tensor(valid),
     )
 
 
@@ -65,7 +70,9 @@ def test_equals_transformers_causal_lm_loss_on_the_same_tokens():
     ref = ForCausalLMLoss(logits[torch.arange(B), best], labels, vocab_size=V)
     out = get_objective("sft")(st, length_normalize=False)
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-6)  # transformers computes in fp32
-    per_seq = torch.stack([ForCausalLMLoss(logits[b, best[b]][None], labels[b][None], vocab_size=V) for b in range(B)])
+    per_seq = torch.stack(
+        [ForCausalLMLoss(logits[b, best[b]][None], labels[b][None], vocab_size=V) for b in range(B)]
+    )
     torch.testing.assert_close(get_objective("sft")(st).loss.float(), per_seq.mean(), rtol=1e-6, atol=0)
 
 
@@ -86,8 +93,12 @@ def test_targets_scores_labels_ties_padding_and_sft_data():
 def test_ties_average_targets_labels_mask_empty_rows_and_weights():
     tie, _ = run(mk([[-2.0, -6.0]], lengths=[[1.0, 2.0]], ranks=[[0.0, 0.0]]))
     assert tie.loss.item() == pytest.approx((2.0 + 3.0) / 2)
-    st = mk([[-2.0, -6.0], [-1.0, -1.0], [-4.0, -9.0]], lengths=[[1.0, 2.0], [1.0, 1.0], [2.0, 3.0]],
-            labels=[[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], weights=[1.0, 5.0, 3.0])
+    st = mk(
+        [[-2.0, -6.0], [-1.0, -1.0], [-4.0, -9.0]],
+        lengths=[[1.0, 2.0], [1.0, 1.0], [2.0, 3.0]],
+        labels=[[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]],
+        weights=[1.0, 5.0, 3.0],
+    )
     out, g = run(st)
     torch.testing.assert_close(out.per_example, T([2.0, 0.0, (2.0 + 3.0) / 2]))
     assert out.loss.item() == pytest.approx((1 * 2.0 + 3 * 2.5) / 4, rel=1e-15)

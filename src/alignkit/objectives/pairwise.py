@@ -56,7 +56,9 @@ def _pair(stats: SequenceStats, reference: bool) -> _Pair:
     return _Pair(view, s_w, s_l, n_w, n_l, rho_w, rho_l)
 
 
-def _finish(stats: SequenceStats, p: _Pair, per: Tensor, r_w: Tensor, r_l: Tensor, **extra: Tensor) -> LossOutput:
+def _finish(
+    stats: SequenceStats, p: _Pair, per: Tensor, r_w: Tensor, r_l: Tensor, **extra: Tensor
+) -> LossOutput:
     mask = p.view.mask
     per = torch.where(mask, per, torch.zeros_like(per))
     metrics = reward_metrics(r_w, r_l, mask)
@@ -321,7 +323,9 @@ def jpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     pw = torch.sqrt(w.to(rho.dtype)[row[u]] * w.to(rho.dtype)[row[v]])
     loss = (pw * per_pair).sum() / pw.sum().clamp(min=torch.finfo(rho.dtype).tiny)
     count = torch.zeros(B, dtype=rho.dtype, device=rho.device).index_add(0, row[u], torch.ones_like(per_pair))
-    per = torch.zeros(B, dtype=rho.dtype, device=rho.device).index_add(0, row[u], per_pair) / count.clamp(min=1)
+    per = torch.zeros(B, dtype=rho.dtype, device=rho.device).index_add(0, row[u], per_pair) / count.clamp(
+        min=1
+    )
     all_pairs = torch.ones_like(per_pair, dtype=torch.bool)
     metrics = reward_metrics(beta * rho[u], beta * rho[v], all_pairs)
     metrics.update(pair_metrics({"logps/chosen": s[u], "logps/rejected": s[v]}, all_pairs))

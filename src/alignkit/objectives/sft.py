@@ -74,7 +74,9 @@ def sft(stats: SequenceStats, length_normalize: bool = True) -> LossOutput:
         row_nll = -logps.sum(1) / tokens.clamp(min=1)
         loss = _token_mean(-logps.sum(1), tokens, stats, mask)
     per_example = torch.where(mask, row_nll, torch.zeros_like(row_nll))
-    metrics = pair_metrics({"nll": row_nll, "logps/chosen": (logps * tf).sum(1) / tf.sum(1).clamp(min=1)}, mask)
+    metrics = pair_metrics(
+        {"nll": row_nll, "logps/chosen": (logps * tf).sum(1) / tf.sum(1).clamp(min=1)}, mask
+    )
     metrics["tokens"] = float(lengths.sum().detach())
     return LossOutput(loss, per_example, metrics)
 

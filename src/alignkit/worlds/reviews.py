@@ -53,6 +53,22 @@ _POS, _NEG = frozenset(POSITIVE), frozenset(NEGATIVE)
 _WORD = re.compile(r"[a-z]+")
 
 
+def _alt(words) -> str:
+    return "(?:" + "|".join(re.escape(w) for w in words) + ")"
+
+
+_ADJ = _alt(POSITIVE + NEGATIVE)
+_CLAUSE = rf"the {_alt(SUBJECTS)} {_alt(VERBS)}(?: {_alt(INTENSIFIERS)})? {_ADJ}"
+_GRAMMAR = re.compile(
+    rf"{re.escape(PREFIX)} T{_CLAUSE[1:]}(?:{_alt(CONNECTIVES)} {_CLAUSE}){{0,2}}[.!](?: Overall, it was {_ADJ}\.)?"
+)
+
+
+def is_grammatical(text: str) -> bool:
+    """Whether ``text`` (a full review, prompt + completion) is a sentence the grammar can produce."""
+    return _GRAMMAR.fullmatch(text) is not None
+
+
 def sentiment_counts(text: str) -> tuple[int, int]:
     """(P, N): how many whole words of ``text`` are in the positive / negative lexicon."""
     words = _WORD.findall(text.lower())

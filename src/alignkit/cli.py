@@ -25,6 +25,8 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config)
     if result.interrupted:
         return 130
+    if result.final_dir is None:  # not the main process of a multi-process run
+        return 0
     print(f"done: {len(result.history)} steps logged to {result.output_dir / 'metrics.jsonl'}; "
           f"final model in {result.final_dir}")
     return 0

@@ -143,13 +143,15 @@ def run_demo(
     quick: bool = False,
     num_threads: int | None = 1,
     progress: bool = False,
+    settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns what ``results.json`` holds.
 
     ``betas`` default to ``(0.03, 0.1, 0.3, 1.0)`` (``(0.1, 1.0)`` when ``quick``). ``num_threads``
     sets torch's intra-op threads for the run (restored afterwards): the models are so small that one
     thread is fastest and several threads on a busy machine are many times slower. A world already
-    built in ``out_dir/world`` with the same settings is reused.
+    built in ``out_dir/world`` with the same settings is reused. ``settings`` replaces the preset
+    sizes (`FULL`, or `QUICK` when ``quick``).
     """
     from alignkit.config import TrainConfig
     from alignkit.engine.logging import setup_console_logging
@@ -157,7 +159,7 @@ def run_demo(
     from alignkit.models.load import load_model, load_tokenizer
 
     setup_console_logging()
-    s = QUICK if quick else FULL
+    s = settings or (QUICK if quick else FULL)
     betas = tuple(betas) if betas is not None else s.betas
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,8 @@ class Trainer:
             raise ValueError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
         self.accelerator = Accelerator(mixed_precision=c.mixed_precision, cpu=not torch.cuda.is_available())
         set_seed(c.seed)
+        if not self.accelerator.is_main_process:
+            logger.setLevel("WARNING")  # one process speaks for the run
         self.output_dir = Path(c.output_dir)
         self.objective = build_objective(c.objective, beta=c.beta, **c.hparams)
 
@@ -93,7 +95,9 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self.total_steps)
         scorer = LogProbModel(policy, c.chunk_size)
-        self.scorer, self.optimizer, self.scheduler = self.accelerator.prepare(scorer, optimizer, scheduler)
+        # The schedule counts optimizer steps; accelerate would step a prepared scheduler once per process.
+        self.scorer, self.optimizer = self.accelerator.prepare(scorer, optimizer)
+        self.scheduler = scheduler
         self.policy = policy
         self.step_idx = 0
         self.skipped_total = 0
@@ -143,6 +147,12 @@ class Trainer:
             tokens += n_tok
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v / c.grad_accum
+        if acc.num_processes > 1:  # log the mean over processes, not the main process's share
+            keys = list(metrics)
+            vals = torch.tensor([loss_sum, *[metrics[k] for k in keys]], device=acc.device)
+            vals = acc.reduce(vals, reduction="mean")
+            loss_sum, metrics = float(vals[0]), {k: float(v) for k, v in zip(keys, vals[1:])}
+            tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
         grad_norm = acc.clip_grad_norm_(self.scorer.parameters(), c.max_grad_norm if c.max_grad_norm > 0 else 1e30)
         grad_norm = float(grad_norm)
         finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)

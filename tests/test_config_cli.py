@@ -71,3 +71,22 @@ def test_cli_train_yaml_resume_and_logprobs(tiny_path, pairs_path, tmp_path):
     rows = [json.loads(x) for x in lp.read_text().splitlines()]
     assert len(rows) == 64 and rows[0]["id"] == 0 and rows[1]["response_index"] == 1
     assert all(r["logp"] < 0 and r["n_tokens"] >= 2 for r in rows)
+
+
+def test_bad_rows_stop_with_file_line_field_or_are_skipped_next_to_the_run(tiny_path, pairs_path, tmp_path, capsys):
+    lines = open(pairs_path).read().splitlines()
+    bad = json.loads(lines[2])
+    bad["chosen"] = ""
+    lines[2] = json.dumps(bad)
+    lines[5] = "{not json"
+    data = tmp_path / "dirty.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    common = ["train", f"model={tiny_path}", f"data={data}", "max_steps=1", "batch_size=4", f"output_dir={out}",
+              "progress=false"]
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert "dirty.jsonl line 3" in err and "'chosen'" in err
+    assert main([*common, "on_bad_row=skip"]) == 0
+    rejects = [json.loads(x) for x in (out / "dirty.rejects.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["reason"]) for r in rejects] == [(3, "empty_field"), (6, "bad_json")]

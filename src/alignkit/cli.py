@@ -42,7 +42,8 @@ def _logprobs(args: argparse.Namespace) -> int:
     from alignkit.models.load import load_model, load_tokenizer
 
     setup_console_logging()
-    result = read_records(args.data, layout=args.layout, on_bad_row=args.on_bad_row)
+    rejects = Path(args.out).with_suffix(".rejects.jsonl")  # skipped rows land next to the output
+    result = read_records(args.data, layout=args.layout, on_bad_row=args.on_bad_row, rejects_path=rejects)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     model = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     out = Path(args.out)

@@ -324,7 +324,9 @@ def read_records(
             if on_bad_row == "error":
                 raise bad
             skipped[bad.reason] += 1
-            out = out or open(rejects_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            if out is None:
+                rejects_file.parent.mkdir(parents=True, exist_ok=True)
+                out = open(rejects_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
             out.write(json.dumps(bad.to_json(), ensure_ascii=False, default=str) + "\n")
     finally:
         if out is not None:

@@ -107,7 +107,9 @@ class Trainer:
     # ----------------------------------------------------------------- setup helpers
     def _read(self, path: str):
         c = self.config
-        return read_records(path, layout=c.layout, columns=c.columns, on_bad_row=c.on_bad_row).records
+        rejects = Path(c.output_dir) / f"{Path(path).stem}.rejects.jsonl"  # skipped rows land next to the run
+        return read_records(path, layout=c.layout, columns=c.columns, on_bad_row=c.on_bad_row,
+                            rejects_path=rejects).records
 
     def _layout(self, policy) -> str:
         c = self.config

@@ -42,6 +42,8 @@ class TrainConfig:
     # reference model
     ref_model: str | None = None  # a checkpoint path; default: a frozen copy of the initial policy
     ref_strategy: str = "auto"  # auto | copy | path | disable_adapters | none
+    ref_cache: str = "auto"  # auto | on | off: precompute reference log-probs once, then hold no reference
+    ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache (share it across runs of a sweep)
     # optimisation
     batch_size: int = 8
     grad_accum: int = 1

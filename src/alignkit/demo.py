@@ -40,8 +40,9 @@ log = logging.getLogger("alignkit")
 class DemoSettings:
     """Sizes of one demo run. `FULL` is the default demo; `QUICK` a < 60 s version for tests."""
 
-    n_corpus: int = 4000
+    n_corpus: int = 8000
     pretrain_epochs: float = 3.0
+    hidden_size: int = 128
     n_train_prompts: int = 512
     k: int = 4
     n_eval_prompts: int = 256
@@ -50,11 +51,11 @@ class DemoSettings:
     dpo_epochs: float = 3.0
     dpo_batch_size: int = 32
     dpo_lr: float = 1e-3
-    betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(n_corpus=2000, pretrain_epochs=2.0, n_train_prompts=192, n_eval_prompts=96,
+QUICK = DemoSettings(n_corpus=2000, pretrain_epochs=2.0, hidden_size=64, n_train_prompts=192, n_eval_prompts=96,
                      dpo_epochs=3.0, dpo_batch_size=32, betas=(0.1, 1.0))
 
 
@@ -100,20 +101,22 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], samples: i
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'beta':>6} | {'mean reward ± 95% CI':>20} | {'KL k3 ± 95% CI':>16} | {'KL k1 ± 95% CI':>16} | "
-            f"{'reward gain vs ref':>18} | {'grammatical':>11}")
+    """The printed table: one line per policy (the reference first); gain in reward units and in ref stds."""
+    head = (f"{'beta':>6} | {'mean reward ± 95% CI':>20} | {'KL k1 ± 95% CI':>16} | {'KL k3 ± 95% CI':>16} | "
+            f"{'reward gain vs ref':>20} | {'grammatical':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
         beta = "ref" if r["beta"] is None else f"{r['beta']:g}"
-        gain = f"{r['gain']:+.3f} ({r['gain_spread']:+.0%})"
+        gain = f"{r['gain']:+.3f} ({r['gain_spread']:+.2f} sd)"
         lines.append(
-            f"{beta:>6} | {r['reward']:>10.3f} ± {r['reward_ci']:<7.3f} | {r['k3']:>7.2f} ± {r['k3_ci']:<6.2f} | "
-            f"{r['k1']:>7.2f} ± {r['k1_ci']:<6.2f} | {gain:>18} | {r['grammatical']:>11.0%}"
+            f"{beta:>6} | {r['reward']:>10.3f} ± {r['reward_ci']:<7.3f} | {r['k1']:>7.2f} ± {r['k1_ci']:<6.2f} | "
+            f"{r['k3']:>7.2f} ± {r['k3_ci']:<6.2f} | {gain:>20} | {r['grammatical']:>11.0%}"
         )
     return "\n".join(lines)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean reward vs KL (k1, unbiased and robust far from the reference) with 95% CIs, one point per β."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,15 +124,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ref = next(r for r in rows if r["beta"] is None)
-    ax.axhline(ref["reward"], color="grey", ls="--", lw=1, label=f"reference ({ref['reward']:.2f})")
-    pol = [r for r in rows if r["beta"] is not None]
-    ax.errorbar([r["k3"] for r in pol], [r["reward"] for r in pol], xerr=[r["k3_ci"] for r in pol],
-                yerr=[r["reward_ci"] for r in pol], fmt="o-", capsize=3, label="DPO policies")
+    ax.axhline(ref["reward"], color="grey", ls="--", lw=1, label=f"reference π_ref ({ref['reward']:.2f})")
+    pol = sorted((r for r in rows if r["beta"] is not None), key=lambda r: r["k1"])
+    ax.errorbar([0.0] + [r["k1"] for r in pol], [ref["reward"]] + [r["reward"] for r in pol],
+                xerr=[0.0] + [r["k1_ci"] for r in pol], yerr=[ref["reward_ci"]] + [r["reward_ci"] for r in pol],
+                fmt="o-", capsize=3, label="DPO policies")
     for r in pol:
-        ax.annotate(f"β={r['beta']:g}", (r["k3"], r["reward"]), textcoords="offset points", xytext=(6, -12))
-    ax.set_xlabel("KL(π ‖ π_ref) per review, nats (k3 estimate)")
+        ax.annotate(f"β={r['beta']:g}", (r["k1"], r["reward"]), textcoords="offset points", xytext=(6, -12))
+    ax.set_xlabel("KL(π ‖ π_ref) per review, nats (k1 estimate)")
     ax.set_ylabel("mean reward (sentiment score)")
-    ax.set_title("Reward vs KL on held-out prompts")
+    ax.set_title("Reward vs KL on held-out prompts (DPO, several β)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -147,7 +151,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns what ``results.json`` holds.
 
-    ``betas`` default to ``(0.03, 0.1, 0.3, 1.0)`` (``(0.1, 1.0)`` when ``quick``). ``num_threads``
+    ``betas`` default to ``(0.03, 0.1, 0.3, 1.0, 3.0)`` (``(0.1, 1.0)`` when ``quick``). ``num_threads``
     sets torch's intra-op threads for the run (restored afterwards): the models are so small that one
     thread is fastest and several threads on a busy machine are many times slower. A world already
     built in ``out_dir/world`` with the same settings is reused. ``settings`` replaces the preset
@@ -171,7 +175,8 @@ def run_demo(
     try:
         log.info("demo 1/4: building the review world and pretraining the reference model")
         ref_path = reviews.build_world(out / "world", seed=seed, n_corpus=s.n_corpus,
-                                       pretrain_epochs=s.pretrain_epochs, progress=progress)
+                                       pretrain_epochs=s.pretrain_epochs, hidden_size=s.hidden_size,
+                                       progress=progress)
         timings["world"] = time.perf_counter() - t0
         tokenizer = load_tokenizer(str(ref_path))
         reference = load_model(str(ref_path))

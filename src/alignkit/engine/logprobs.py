@@ -51,6 +51,10 @@ class LogProbModel(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
+    @property
+    def _no_split_modules(self):  # lets FSDP's transformer-based auto-wrap find the decoder layers
+        return getattr(unwrap(self.model), "_no_split_modules", None)
+
     def forward(self, batch: Batch) -> Tensor:
         base = unwrap(self.model)
         decoder, head = base.get_decoder(), base.get_output_embeddings()
@@ -115,11 +119,15 @@ def build_stats(
     token_logps: Tensor,
     ref_token_logps: Tensor | None = None,
     with_token_logps: bool = False,
+    ref_logps: Tensor | None = None,
 ) -> SequenceStats:
-    """`SequenceStats` from per-token log-probs of the policy (and optionally the reference)."""
+    """`SequenceStats` from per-token log-probs of the policy and, optionally, the reference's
+    per-token (``ref_token_logps``) or summed (``ref_logps [B, K]``, e.g. from a cache) log-probs."""
+    if ref_token_logps is not None:
+        ref_logps = sum_per_slot(ref_token_logps, batch)
     stats = SequenceStats(
         logps=sum_per_slot(token_logps, batch),
-        ref_logps=None if ref_token_logps is None else sum_per_slot(ref_token_logps, batch),
+        ref_logps=ref_logps,
         lengths=batch.lengths.to(token_logps.dtype),
         valid=batch.valid,
         weights=batch.weights,

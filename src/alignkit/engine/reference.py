@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import LogProbModel
+from alignkit.engine.logprobs import LogProbModel, sum_per_slot
 from alignkit.models.load import frozen_copy, load_model
 
 STRATEGIES = ("auto", "copy", "path", "disable_adapters", "none")
@@ -23,7 +23,13 @@ class Reference:
     strategy = "none"
 
     def token_logps(self, batch: Batch) -> Tensor | None:
+        """Per-token reference log-probs of the batch's scored tokens [N], or None."""
         return None
+
+    def sequence_logps(self, batch: Batch) -> Tensor | None:
+        """Summed reference log-probs [B, K], or None."""
+        tokens = self.token_logps(batch)
+        return None if tokens is None else sum_per_slot(tokens, batch)
 
 
 class ModelReference(Reference):

@@ -26,6 +26,7 @@ from alignkit.engine import checkpoint as ckpt
 from alignkit.engine.dataset import BatchOrder, TokenizedDataset, split_by_prompt
 from alignkit.engine.logging import MetricsLogger, logger, peak_memory_mb, setup_console_logging
 from alignkit.engine.logprobs import LogProbModel, build_stats, supports_packing, unwrap
+from alignkit.engine.refcache import cached_reference
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
 from alignkit.models.load import LoraConfig, load_model, load_tokenizer
@@ -81,10 +82,11 @@ class Trainer:
         lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
         policy = load_model(c.model, lora=lora, **load_kwargs)
         self.layout = self._layout(policy)
+        self.eval_reference = None
         self.reference = build_reference(strategy, policy, c.ref_model, self.accelerator.device, c.chunk_size,
                                          load_kwargs)
-        logger.info("objective %s; reference: %s; packing: %s", self.objective.name, self.reference.strategy,
-                    self.layout)
+        logger.info("objective %s; reference: %s; packing: %s; %d process(es) on %s", self.objective.name,
+                    self.reference.strategy, self.layout, self.accelerator.num_processes, self.accelerator.device)
 
         # optimisation
         self.order = BatchOrder(len(self.train_data), c.batch_size, c.seed, self.accelerator.process_index,
@@ -99,6 +101,7 @@ class Trainer:
         self.scorer, self.optimizer = self.accelerator.prepare(scorer, optimizer)
         self.scheduler = scheduler
         self.policy = policy
+        self._maybe_cache_reference()
         self.step_idx = 0
         self.skipped_total = 0
         self.skipped_in_row = 0
@@ -110,6 +113,31 @@ class Trainer:
         rejects = Path(c.output_dir) / f"{Path(path).stem}.rejects.jsonl"  # skipped rows land next to the run
         return read_records(path, layout=c.layout, columns=c.columns, on_bad_row=c.on_bad_row,
                             rejects_path=rejects).records
+
+    def _maybe_cache_reference(self) -> None:
+        """Replace the reference model by a table of its log-probs (see `engine/refcache.py`)."""
+        c = self.config
+        if c.ref_cache not in ("auto", "on", "off"):
+            raise ValueError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
+        if self.reference.strategy == "none" or c.ref_cache == "off":
+            return
+        if self.objective.needs_token_logps:
+            if c.ref_cache == "on":
+                raise ValueError(f"objective {self.objective.name} reads per-token reference log-probs; "
+                                 "the sequence-level cache cannot serve it (use ref_cache=off)")
+            return
+        weights = getattr(self.reference, "scorer", None)
+        weights = self.policy if weights is None else weights.model
+        cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else self.output_dir / "ref_cache"
+        acc = self.accelerator
+        args = (self.tokenizer.pad_token_id, self.layout, c.max_row_tokens, c.batch_size, acc.device)
+        with acc.main_process_first():  # the main process computes and writes; the others read
+            train = cached_reference(self.reference, weights, self.train_data, cache_dir, "train", *args,
+                                     progress=c.progress and acc.is_main_process, write=acc.is_main_process)
+            evals = cached_reference(self.reference, weights, self.eval_data, cache_dir, "eval", *args,
+                                     progress=False, write=acc.is_main_process) if self.eval_data else None
+        self.reference = train  # the reference model is released here
+        self.eval_reference = evals
 
     def _layout(self, policy) -> str:
         c = self.config
@@ -127,9 +155,14 @@ class Trainer:
     def _micro_loss(self, indices: list[int], data: TokenizedDataset, train: bool):
         batch = data.collate(indices, self.tokenizer.pad_token_id, self.layout,
                              self.config.max_row_tokens).to(self.accelerator.device)
-        ref = self.reference.token_logps(batch)
+        reference = self.reference if train or self.eval_reference is None else self.eval_reference
+        if self.objective.needs_token_logps:
+            ref_tokens, ref_seq = reference.token_logps(batch), None
+        else:
+            ref_tokens, ref_seq = None, reference.sequence_logps(batch)
         token_logps = self.scorer(batch)
-        stats = build_stats(batch, token_logps, ref, with_token_logps=self.objective.needs_token_logps)
+        stats = build_stats(batch, token_logps, ref_tokens, with_token_logps=self.objective.needs_token_logps,
+                            ref_logps=ref_seq)
         out = self.objective(stats) if train else _no_state_update(self.objective, stats)
         return out, batch.num_tokens
 

@@ -135,17 +135,17 @@ def sft_records(lines: list[str]) -> list[dict]:
 
 @dataclass
 class WorldConfig:
-    """Sizes of the world: corpus, tokenizer, model and pretraining run (defaults: ~20 s on 2 cores)."""
+    """Sizes of the world: corpus, tokenizer, model and pretraining run (defaults: ~1 minute on one core)."""
 
     seed: int = 0
-    n_corpus: int = 6000
+    n_corpus: int = 8000
     coherence: float = 0.8
-    vocab_size: int = 512
-    hidden_size: int = 64
+    vocab_size: int = 512  # the BPE merges run out at ~460: every word of the grammar is one token
+    hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    pretrain_epochs: float = 1.0
+    pretrain_epochs: float = 3.0
     pretrain_batch_size: int = 32
     pretrain_lr: float = 3e-3
     progress: bool = False

@@ -1,0 +1,98 @@
+"""Cached reference log-probs: one no-grad pass over the data, then no reference model at all.
+
+The reference's summed log-prob of every response is computed once, stored on disk as safetensors
+under a key that hashes everything the numbers depend on — the reference weights, and the exact
+token ids of every prompt and response (which covers the data, the tokenizer, the chat template and
+the truncation settings) — and reused by every later run with the same key (e.g. a sweep over beta).
+Training with the cache holds no reference model in memory.
+
+Objectives that read per-token reference log-probs cannot use the sequence-level cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from alignkit.data.collate import Batch
+from alignkit.engine.dataset import TokenizedDataset
+from alignkit.engine.reference import Reference
+
+logger = logging.getLogger("alignkit")
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over parameter names, shapes, dtypes and bytes (adapters excluded: disabled in the reference)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def data_digest(data: TokenizedDataset) -> str:
+    h = hashlib.sha256()
+    for tr in data.items:
+        h.update(repr((tr.prompt_ids, tr.segments, tr.score_start)).encode())
+    return h.hexdigest()
+
+
+class CachedReference(Reference):
+    """Serves ``ref_logps [B, K]`` for a batch from a precomputed ``[N, K_max]`` table (by record index)."""
+
+    strategy = "cache"
+
+    def __init__(self, table: Tensor):
+        self.table = table
+
+    def sequence_logps(self, batch: Batch) -> Tensor:
+        idx = torch.tensor(batch.indices, dtype=torch.long)
+        B, K = batch.shape
+        out = self.table.index_select(0, idx)[:, :K].to(batch.valid.device)
+        return out.masked_fill(~batch.valid, 0.0)
+
+
+@torch.no_grad()
+def compute_table(reference: Reference, data: TokenizedDataset, pad_id: int, layout: str, max_row_tokens: int,
+                  batch_size: int, device, progress: bool = True) -> Tensor:
+    from tqdm.auto import tqdm
+
+    k_max = data.k_range[1]
+    table = torch.zeros(len(data), k_max, dtype=torch.float32)
+    with tqdm(total=len(data), desc="reference log-probs", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(data), batch_size):
+            idx = list(range(start, min(start + batch_size, len(data))))
+            batch = data.collate(idx, pad_id, layout, max_row_tokens).to(device)
+            seq = reference.sequence_logps(batch).float().cpu()
+            table[idx, : seq.shape[1]] = seq
+            bar.update(len(idx))
+    return table
+
+
+def cached_reference(reference: Reference, ref_weights: nn.Module, data: TokenizedDataset, cache_dir: Path,
+                     name: str, pad_id: int, layout: str, max_row_tokens: int, batch_size: int, device,
+                     progress: bool = True, write: bool = True) -> CachedReference:
+    """Load the table for this (reference, data) from ``cache_dir``, or compute and store it."""
+    key = hashlib.sha256((weights_digest(ref_weights) + data_digest(data)).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{name}-{key}.safetensors"
+    if path.exists():
+        table = load_file(path)["ref_logps"]
+        logger.info("%s: reference log-probs from cache %s", name, path)
+        return CachedReference(table)
+    table = compute_table(reference, data, pad_id, layout, max_row_tokens, batch_size, device, progress)
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"ref_logps": table}, tmp)
+        tmp.replace(path)
+        logger.info("%s: reference log-probs cached in %s", name, path)
+    return CachedReference(table)
+

@@ -131,7 +131,8 @@ class Trainer:
         cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else self.output_dir / "ref_cache"
         acc = self.accelerator
         args = (self.tokenizer.pad_token_id, self.layout, c.max_row_tokens, c.batch_size, acc.device)
-        with acc.main_process_first():  # the main process computes and writes; the others read
+        # the main process computes and writes, the others read; same precision as the training forward
+        with acc.main_process_first(), acc.autocast():
             train = cached_reference(self.reference, weights, self.train_data, cache_dir, "train", *args,
                                      progress=c.progress and acc.is_main_process, write=acc.is_main_process)
             evals = cached_reference(self.reference, weights, self.eval_data, cache_dir, "eval", *args,
@@ -156,10 +157,11 @@ class Trainer:
         batch = data.collate(indices, self.tokenizer.pad_token_id, self.layout,
                              self.config.max_row_tokens).to(self.accelerator.device)
         reference = self.reference if train or self.eval_reference is None else self.eval_reference
-        if self.objective.needs_token_logps:
-            ref_tokens, ref_seq = reference.token_logps(batch), None
-        else:
-            ref_tokens, ref_seq = None, reference.sequence_logps(batch)
+        with self.accelerator.autocast():
+            if self.objective.needs_token_logps:
+                ref_tokens, ref_seq = reference.token_logps(batch), None
+            else:
+                ref_tokens, ref_seq = None, reference.sequence_logps(batch)
         token_logps = self.scorer(batch)
         stats = build_stats(batch, token_logps, ref_tokens, with_token_logps=self.objective.needs_token_logps,
                             ref_logps=ref_seq)

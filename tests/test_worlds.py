@@ -75,3 +75,8 @@ def test_sft_records():
     assert recs == [{"prompt": "Review:", "responses": [" The plot was great."], "ranks": [0]}]
     with pytest.raises(ValueError, match="must start with"):
         reviews.sft_records(["The plot was great."])
+
+
+def test_build_world_rejects_unknown_settings(tmp_path):
+    with pytest.raises(TypeError, match="hidden_sise"):
+        reviews.build_world(tmp_path, hidden_sise=64)

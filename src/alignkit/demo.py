@@ -14,7 +14,12 @@
    `alignkit.eval.kl`), the reward gain over π_ref, and the share of samples the grammar accepts.
    The table is printed; ``reward_vs_kl.png`` and ``results.json`` are written to ``out_dir``.
 
-Small β lets the policy move far from π_ref (high reward, high KL); large β keeps it close.
+Small β lets the policy move far from π_ref (higher reward, higher KL, and — the reward being a word
+count — more reward hacking: samples that stop being grammatical); large β keeps it close. Under Adam,
+DPO's gradient scale ``β·σ(−βΔ)`` is normalised away while ``βΔ`` is small, so for a fixed number of
+steps every small β follows nearly the same path; β starts to bind once ``βΔ`` reaches O(1). The
+default βs (0.1 … 10) span that range for this budget (reviews are short: a few nats of log-ratio is
+already a large change).
 """
 
 from __future__ import annotations
@@ -40,23 +45,23 @@ log = logging.getLogger("alignkit")
 class DemoSettings:
     """Sizes of one demo run. `FULL` is the default demo; `QUICK` a < 60 s version for tests."""
 
-    n_corpus: int = 8000
+    n_corpus: int = 6000
     pretrain_epochs: float = 3.0
-    hidden_size: int = 128
-    n_train_prompts: int = 512
+    hidden_size: int = 96
+    n_train_prompts: int = 1024
     k: int = 4
     n_eval_prompts: int = 256
     eval_samples: int = 2  # samples per held-out prompt
     max_new_tokens: int = 48
-    dpo_epochs: float = 3.0
+    dpo_epochs: float = 2.0
     dpo_batch_size: int = 32
-    dpo_lr: float = 1e-3
-    betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
+    dpo_lr: float = 5e-4
+    betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(n_corpus=2000, pretrain_epochs=2.0, hidden_size=64, n_train_prompts=192, n_eval_prompts=96,
-                     dpo_epochs=3.0, dpo_batch_size=32, betas=(0.1, 1.0))
+QUICK = DemoSettings(n_corpus=3000, pretrain_epochs=3.0, hidden_size=64, n_train_prompts=256, n_eval_prompts=128,
+                     dpo_epochs=3.0, dpo_lr=1e-3, betas=(0.1, 10.0))
 
 
 def best_vs_worst(prompts: list[str], completions: list[list[str]], rewards: list[list[float]]):
@@ -151,7 +156,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns what ``results.json`` holds.
 
-    ``betas`` default to ``(0.03, 0.1, 0.3, 1.0, 3.0)`` (``(0.1, 1.0)`` when ``quick``). ``num_threads``
+    ``betas`` default to ``(0.1, 0.3, 1.0, 3.0, 10.0)`` (``(0.1, 10.0)`` when ``quick``). ``num_threads``
     sets torch's intra-op threads for the run (restored afterwards): the models are so small that one
     thread is fastest and several threads on a busy machine are many times slower. A world already
     built in ``out_dir/world`` with the same settings is reused. ``settings`` replaces the preset
@@ -204,6 +209,8 @@ def run_demo(
                 lr=s.dpo_lr, warmup=0.1, scheduler="linear", seed=seed, max_length=128, log_every=5,
                 progress=progress,
             ))
+            if result.final_dir is None:
+                raise RuntimeError(f"DPO with beta={beta:g} was interrupted; its checkpoint is in {result.output_dir}")
             policies[beta], histories[beta] = Path(result.final_dir), result.history
         timings["dpo"] = time.perf_counter() - t0 - sum(timings.values())
 
@@ -241,5 +248,18 @@ def run_demo(
         torch.set_num_threads(threads)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m alignkit.demo [--out DIR] [--quick] [--seed N] [--betas 0.1 1 10]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--quick", action="store_true", help="a much smaller run (< 1 minute)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--betas", type=float, nargs="+", default=None)
+    args = parser.parse_args(argv)
+    run_demo(args.out, betas=args.betas, seed=args.seed, quick=args.quick)
+
+
 if __name__ == "__main__":
-    run_demo()
+    main()

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger("alignkit")
@@ -138,10 +139,11 @@ class WorldConfig:
     """Sizes of the world: corpus, tokenizer, model and pretraining run (defaults: ~1 minute on one core)."""
 
     seed: int = 0
-    n_corpus: int = 8000
+    n_corpus: int = 6000
     coherence: float = 0.8
     vocab_size: int = 512  # the BPE merges run out at ~460: every word of the grammar is one token
-    hidden_size: int = 128
+    hidden_size: int = 96
+    intermediate_size: int | None = None  # MLP width; None: 4 x hidden_size
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
@@ -155,34 +157,37 @@ def build_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None =
                 **overrides) -> Path:
     """Build the tokenizer + tiny model and pretrain it on the review corpus; return the checkpoint folder.
 
-    ``out_dir/base`` holds the untrained model, ``out_dir/pretrain`` the trainer's run, and
-    ``out_dir/world.json`` the settings and the path of the pretrained checkpoint (a folder with model
-    and tokenizer, loadable with `alignkit.models.load`). With ``reuse=True`` a world already built
-    with the same settings is returned without retraining. ``overrides`` set `WorldConfig` fields.
+    ``out_dir/base`` holds the untrained model, ``out_dir/pretrain`` the trainer's run (its ``final``
+    folder is the checkpoint: model + tokenizer, loadable with `alignkit.models.load`), and
+    ``out_dir/world.json`` the settings and the checkpoint's path relative to ``out_dir``. With
+    ``reuse=True`` a world already built there with the same settings is returned without retraining.
+    ``seed`` is used when no ``config`` is given; ``overrides`` replace `WorldConfig` fields.
     """
     from alignkit.config import TrainConfig
     from alignkit.engine.trainer import train
     from alignkit.models.tiny import build_tiny
 
     config = config or WorldConfig(seed=seed)
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise TypeError(f"build_world got an unknown setting {key!r}; WorldConfig has {list(asdict(config))}")
-        setattr(config, key, value)
+    unknown = sorted(set(overrides) - set(asdict(config)))
+    if unknown:
+        raise TypeError(f"build_world got unknown setting(s) {unknown}; WorldConfig has {list(asdict(config))}")
+    config = replace(config, **overrides)
     out_dir = Path(out_dir)
     manifest = out_dir / "world.json"
     settings = {k: v for k, v in asdict(config).items() if k != "progress"}
     if reuse and manifest.exists():
         saved = json.loads(manifest.read_text(encoding="utf-8"))
-        if saved.get("settings") == settings and Path(saved["checkpoint"]).is_dir():
-            log.info("world: reusing the pretrained model at %s", saved["checkpoint"])
-            return Path(saved["checkpoint"])
+        checkpoint = out_dir / saved.get("checkpoint", "")
+        if saved.get("settings") == settings and (checkpoint / "config.json").is_file():
+            log.info("world: reusing the pretrained model at %s", checkpoint)
+            return checkpoint
 
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = corpus(config.n_corpus, seed=config.seed, coherence=config.coherence)
     base = build_tiny(out_dir / "base", corpus=lines, vocab_size=config.vocab_size, chat_template=False,
                       seed=config.seed, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                      num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, max_positions=256)
+                      num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,
+                      intermediate_size=config.intermediate_size, max_positions=256)
     data = out_dir / "corpus.jsonl"
     with data.open("w", encoding="utf-8") as f:
         for record in sft_records(lines):
@@ -195,7 +200,9 @@ def build_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None =
         warmup=0.05, scheduler="cosine", seed=config.seed, max_length=96, log_every=10,
         progress=config.progress,
     ))
+    if result.final_dir is None:
+        raise RuntimeError(f"pretraining in {out_dir / 'pretrain'} was interrupted; run build_world again")
     checkpoint = Path(result.final_dir)
-    manifest.write_text(json.dumps({"settings": settings, "checkpoint": str(checkpoint)}, indent=2),
-                        encoding="utf-8")
+    relative = os.path.relpath(checkpoint, out_dir)  # the folder can move
+    manifest.write_text(json.dumps({"settings": settings, "checkpoint": relative}, indent=2), encoding="utf-8")
     return checkpoint

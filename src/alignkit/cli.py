@@ -27,7 +27,8 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     if result.final_dir is None:  # not the main process of a multi-process run
         return 0
-    print(f"done: {len(result.history)} steps logged to {result.output_dir / 'metrics.jsonl'}; "
+    steps = sum(1 for h in result.history if "loss" in h)
+    print(f"done: {steps} steps logged to {result.output_dir / 'metrics.jsonl'}; "
           f"final model in {result.final_dir}")
     return 0
 
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard load/save bars; alignkit shows its own progress
     from alignkit.config import ConfigError
 
     try:

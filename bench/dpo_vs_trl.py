@@ -1,0 +1,332 @@
+"""alignkit DPO vs TRL's DPOTrainer: seconds/step, tokens/s and peak memory on the same model and data.
+
+    python bench/dpo_vs_trl.py [--steps 5] [--warmup 2] [--profile]
+
+On first run it creates ``bench/.venv-trl`` (TRL lives there only, never in alignkit's dependencies):
+``torch==2.13.0`` first (a CPU wheel; override with TORCH_SPEC / TORCH_PIP_ARGS as in the Makefile), then
+``-e .`` and ``bench/requirements-trl.txt``. It then builds, in a work folder (``bench/.work/dpo_vs_trl``),
+a local Qwen2-style model (vocab 8192, 4 layers, hidden 256, random weights) with a byte-level BPE
+tokenizer, and a synthetic preference set (prompts 100-150 tokens, completions 40-80 tokens incl. EOS).
+It runs, each in a fresh process and one after the other: TRL with its defaults, TRL with its fastest
+options, alignkit with its defaults: same model, data order, batch size, max length, lr, beta, fp32,
+no eval, no checkpoint saving. Only the steps after ``--warmup`` are timed.
+
+tokens/s counts real tokens of each pair once: len(prompt) + len(chosen) + len(rejected) (EOS
+included), the same count for every variant, whatever padding or packing a framework does.
+Peak memory: peak RSS of the worker process on CPU; ``torch.cuda.max_memory_allocated`` on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV = BENCH / ".venv-trl"
+REQS = BENCH / "requirements-trl.txt"
+VARIANTS = {  # name -> (label, worker script, extra args)
+    "trl_default": ("TRL defaults", "_trl_worker.py", ["--variant", "default"]),
+    "trl_best": ("TRL best options", "_trl_worker.py", ["--variant", "best"]),
+    "alignkit": ("alignkit defaults", "_alignkit_worker.py", []),
+    "alignkit_live_ref": ("alignkit ref_cache=off", "_alignkit_worker.py", ["--ref-cache", "off"]),
+}
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def setup_env() -> Path:
+    """Create bench/.venv-trl once (again when requirements-trl.txt or the torch spec change)."""
+    torch_spec = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+    torch_args = os.environ.get("TORCH_PIP_ARGS", "").split()
+    key = hashlib.sha256((REQS.read_text() + torch_spec + " ".join(torch_args)).encode()).hexdigest()
+    marker = VENV / ".installed"
+    if marker.exists() and marker.read_text().strip() == key:
+        return venv_python()
+    print(f"[bench] setting up {VENV} (a few minutes, once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine
+    subprocess.run([*pip, *torch_args, torch_spec], check=True)
+    subprocess.run([*pip, "-e", str(REPO), "-r", str(REQS)], check=True)
+    marker.write_text(key + "\n")
+    return venv_python()
+
+
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds spent busy by the whole machine so far (Linux /proc/stat), or None elsewhere."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.2) -> None:
+    """Wait (up to ``max_wait`` s) until other processes use less than ``threshold`` cores."""
+    deadline = time.time() + max_wait
+    while time.time() < deadline:
+        b0 = cpu_busy_seconds()
+        if b0 is None:
+            return
+        time.sleep(2)
+        busy = (cpu_busy_seconds() - b0) / 2
+        if busy < threshold:
+            return
+        print(f"[bench]   machine busy ({busy:.1f} cores in use by other processes); waiting ...", flush=True)
+        time.sleep(8)
+
+
+# ---------------------------------------------------------------------------------------------- model + data
+def prepare(work: Path, rows: int, seed: int) -> dict:
+    """Tokenizer + model (save_pretrained) and a JSONL preference set; runs inside the bench venv."""
+    import random
+
+    from alignkit.models.tiny import build_model, build_tokenizer
+
+    rng = random.Random(seed)
+    cons = "b c d f g h j k l m n p r s t v w z ch sh th st tr pl".split()
+    vows = "a e i o u ai ea ou io".split()
+
+    def word() -> str:
+        syl = rng.choice([1, 2, 2, 3, 3, 4])
+        return "".join(rng.choice(cons) + rng.choice(vows) for _ in range(syl)) + rng.choice(["", "", "n", "s", "t"])
+
+    lexicon = list(dict.fromkeys(word() for _ in range(12000)))
+    weights = [1 / (i + 1) ** 0.8 for i in range(len(lexicon))]  # Zipf-like
+
+    def words(n: int) -> list[str]:
+        return rng.choices(lexicon, weights, k=n)
+
+    def sentence() -> str:
+        s = " ".join(words(rng.randint(6, 24))).capitalize()
+        if rng.random() < 0.3:
+            s += f" {rng.randint(0, 9999)}"
+        return s + rng.choice([".", "!", "?", ",", ";"])
+
+    tok = build_tokenizer([sentence() for _ in range(40000)], vocab_size=8192, chat_template=False)
+    model = build_model(8192, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=688,
+                        max_positions=2048, tie_embeddings=False, seed=seed, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id)
+    model_dir = work / "model"
+    tok.save_pretrained(model_dir)
+    model.save_pretrained(model_dir, safe_serialization=True)
+
+    def n_tok(text: str) -> int:
+        return len(tok(text)["input_ids"])
+
+    def grow(prefix: str, lo: int, hi: int, base: int, suffix: str = "") -> str:
+        """Append words to ``prefix`` until prefix + text + suffix is lo..hi tokens (minus ``base``)."""
+        while True:
+            target, text = rng.randint(lo, hi), ""
+            for w in words(400):
+                text += " " + w
+                n = n_tok(prefix + text + suffix) - base
+                if n >= target:
+                    break
+            if lo <= n <= hi:
+                return text + suffix
+
+    out, stats = [], {"prompt": [], "chosen": [], "rejected": []}
+    for i in range(rows):
+        prompt = (f"Review {i}:" + grow(f"Review {i}:", 100, 150, 0, suffix="\nAnswer:"))
+        p_ids = tok(prompt)["input_ids"]
+        row = {"prompt": prompt}
+        for col in ("chosen", "rejected"):
+            comp = grow(prompt, 39, 79, len(p_ids), suffix=".")  # + EOS -> 40..80 completion tokens
+            full = tok(prompt + comp)["input_ids"]
+            assert full[: len(p_ids)] == p_ids, "the prompt/completion boundary must be a token boundary"
+            row[col] = comp
+            stats[col].append(len(full) - len(p_ids) + 1)
+        stats["prompt"].append(len(p_ids))
+        out.append(row)
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
+    info = {"model": str(model_dir), "data": str(data), "rows": rows, "tokenizer_vocab": len(tok),
+            "model_vocab": model.config.vocab_size, "params": sum(p.numel() for p in model.parameters()),
+            **{f"{k}_tokens": [min(v), max(v)] for k, v in stats.items()}}
+    (work / "prepared.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+def fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_report(results: dict, info: dict, args) -> None:
+    ok = {k: r for k, r in results.items() if "error" not in r}
+    first = next(iter(ok.values()), {})
+    print(f"\n== DPO step time: {args.steps} timed steps after {args.warmup} warm-up, batch {args.batch} pairs, "
+          f"max_length {args.max_length}, fp32, device {first.get('device', '?')} "
+          f"({first.get('torch_threads', '?')} torch threads) ==")
+    versions = {r["trl_version"] for r in ok.values() if "trl_version" in r}
+    print(f"trl {', '.join(versions) or '-'}, transformers {first.get('transformers_version', '?')}, "
+          f"torch {first.get('torch_version', '?')}")
+    print(f"model: Qwen2-style, vocab {info['model_vocab']} (tokenizer {info['tokenizer_vocab']}), "
+          f"{info['params'] / 1e6:.1f}M params; prompts {info['prompt_tokens']}, chosen {info['chosen_tokens']}, "
+          f"rejected {info['rejected_tokens']} tokens")
+    print("tokens = prompt + chosen + rejected tokens per pair (each real token once, EOS included)\n")
+    head = (f"{'variant':<24}{'s/step':>8}{'min':>7}{'CPU s/step':>11}{'tokens/s':>10}{'peak MB':>9}"
+            f"{'setup s':>9}{'positions':>10}{'other':>7}")
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        label = VARIANTS[name][0]
+        if "error" in r:
+            print(f"{label:<24}FAILED: {r['error'][:200]}")
+            continue
+        print(f"{label:<24}{r['seconds_per_step']:>8.3f}{r['min_seconds_per_step']:>7.3f}"
+              f"{r['cpu_seconds_per_step']:>11.3f}{r['tokens_per_second']:>10.0f}{r['peak_memory_mb']:>9.0f}"
+              f"{r['setup_seconds']:>9.1f}{r['positions_per_step']:>10.0f}{fmt(r.get('other_cores'), '.2f'):>7}")
+    print(f"s/step: mean wall time of the timed steps (min next to it; tokens/s uses the mean); CPU s/step:\n"
+          f"process CPU time (all threads) per timed step; positions: model input positions per step, padding\n"
+          f"included; other: cores used by other processes during the run (of {os.cpu_count()}; ideally ~0)")
+    for ak in ("alignkit", "alignkit_live_ref"):
+        for name in ("trl_default", "trl_best"):
+            if ak in ok and name in ok:
+                a, r = ok[ak], ok[name]
+                speed = r["seconds_per_step"] / a["seconds_per_step"]
+                print(f"{VARIANTS[ak][0]} vs {VARIANTS[name][0]:<17} speed-up x{speed:.2f}"
+                      f" (min x{r['min_seconds_per_step'] / a['min_seconds_per_step']:.2f}, CPU time "
+                      f"x{r['cpu_seconds_per_step'] / a['cpu_seconds_per_step']:.2f}), "
+                      f"peak memory alignkit/TRL {a['peak_memory_mb'] / r['peak_memory_mb']:.2f}")
+    for name, r in ok.items():
+        if r.get("overrides"):
+            print(f"note [{VARIANTS[name][0]}]: TrainConfig overrides {r['overrides']}")
+        for note in r.get("notes", []):
+            print(f"note [{VARIANTS[name][0]}]: {note}")
+    compare_first_step(ok)
+
+
+def compare_first_step(ok: dict) -> None:
+    if len(ok) < 2:
+        return
+    print("\n== agreement (same initial model = reference, same first batch) ==")
+    orders = {k: r["first_batch_rows"] for k, r in ok.items()}
+    same = len({tuple(v) for v in orders.values()}) == 1
+    verdict = "same in every run" if same else f"DIFFER: {orders}"
+    print(f"first batch rows: {next(iter(orders.values()))} ({verdict})")
+    names = list(ok)
+    print(f"{'metric':<28}" + "".join(f"{VARIANTS[n][0]:>24}" for n in names))
+    for key in ("loss", "logps/chosen", "logps/rejected"):
+        vals = [ok[n]["history"][0].get(key) for n in names]
+        print(f"{'step 1 ' + key:<28}" + "".join(f"{fmt(v, '.6f'):>24}" for v in vals))
+    ref = ok.get("alignkit") or ok[names[0]]
+    for n in names:
+        r = ok[n]
+        if r is ref:
+            continue
+        for col in ("chosen", "rejected"):
+            a, b = r["first_batch_logps"][col], ref["first_batch_logps"][col]
+            diff = max(abs(x - y) for x, y in zip(a, b))
+            rel = diff / max(abs(y) for y in b)
+            print(f"per-pair summed logps/{col:<8} max |{VARIANTS[n][0]} - alignkit| = {diff:.2e} (rel {rel:.1e})")
+    print("\nloss by step (same data, lr schedule and optimizer; later steps agree only approximately):")
+    steps = min(len(r["history"]) for r in ok.values())
+    print(f"{'step':<6}" + "".join(f"{VARIANTS[n][0]:>24}" for n in names))
+    for s in range(steps):
+        print(f"{s + 1:<6}" + "".join(f"{fmt(ok[n]['history'][s].get('loss'), '.6f'):>24}" for n in names))
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--rows", type=int, default=64, help="preference pairs in the synthetic set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=BENCH / ".work" / "dpo_vs_trl")
+    p.add_argument("--only", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--profile", action="store_true", help="profile one extra alignkit step (torch.profiler)")
+    p.add_argument("--alignkit", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig key in the alignkit runs (experiments), e.g. max_row_tokens=256")
+    p.add_argument("--trl-compile", dest="trl_compile", action="store_true",
+                   help="add torch_compile=True to TRL's best options (off by default: measured ~7%% faster "
+                        "per step with 1 CPU thread, plus compile time in the warm-up steps)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per worker (0: torch's default, one per core); on a shared machine 1 is "
+                        "less disturbed by other load")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                   help="before each worker, wait up to S seconds for other processes to leave the CPUs idle")
+    p.add_argument("--prepare-only", dest="prepare_only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    work = args.work.resolve()
+
+    if args.prepare_only:  # internal: runs inside the bench venv
+        work.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(prepare(work, args.rows, args.seed)))
+        return
+
+    t_all = time.perf_counter()
+    python = setup_env()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(exist_ok=True)
+    print(f"[bench] building model and data in {work}", flush=True)
+    subprocess.run([str(python), __file__, "--prepare-only", "--work", str(work), "--rows", str(args.rows),
+                    "--seed", str(args.seed)], check=True, stdout=subprocess.DEVNULL)
+    info = json.loads((work / "prepared.json").read_text())
+    common = ["--model", info["model"], "--data", info["data"], "--batch", str(args.batch), "--max-length",
+              str(args.max_length), "--lr", str(args.lr), "--beta", str(args.beta), "--steps", str(args.steps),
+              "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+    results = {}
+    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        label, script, extra = VARIANTS[name]
+        out, log = work / f"{name}.json", work / "logs" / f"{name}.log"
+        out.unlink(missing_ok=True)
+        shutil.rmtree(work / "runs" / name, ignore_errors=True)  # no cached reference from an earlier run
+        cmd = [str(python), str(BENCH / script), *common, *extra, "--out", str(out),
+               "--output-dir", str(work / "runs" / name)]
+        if name.startswith("alignkit"):
+            cmd += [f"--set={kv}" for kv in args.alignkit]
+        if name == "trl_best" and args.trl_compile:
+            cmd.append("--compile")
+        if name == "alignkit" and args.profile:
+            cmd.append("--profile")
+        print(f"[bench] {label} (fresh process, log {log}) ...", flush=True)
+        wait_quiet(args.wait_quiet)
+        t0, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), children_cpu_seconds()
+        with open(log, "w") as fh:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - t0
+        # cores used by *other* processes while the worker ran (machine busy time minus the worker's own)
+        other = None if busy0 is None else max(0.0, cpu_busy_seconds() - busy0 - (children_cpu_seconds() - own0)) / wall
+        if out.exists():
+            results[name] = json.loads(out.read_text())
+        else:
+            tail = log.read_text().strip().splitlines()[-5:]
+            results[name] = {"error": f"worker exited {rc}: " + " | ".join(tail)}
+        results[name].update(process_seconds=wall, other_cores=other)
+        print(f"[bench]   done in {wall:.0f} s", flush=True)
+    print_report(results, info, args)
+    if "alignkit" in results and results["alignkit"].get("profile"):
+        print("\n== one alignkit step under torch.profiler ==\n" + results["alignkit"]["profile"])
+    (work / "results.json").write_text(json.dumps({"info": info, "args": {k: str(v) for k, v in vars(args).items()},
+                                                   "results": results}, indent=1))
+    print(f"\nresults: {work / 'results.json'}; whole bench {time.perf_counter() - t_all:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """alignkit DPO vs TRL's DPOTrainer: seconds/step, tokens/s and peak memory on the same model and data.
 
-    python bench/dpo_vs_trl.py [--steps 5] [--warmup 2] [--profile]
+    python3 bench/dpo_vs_trl.py [--steps 5] [--warmup 2] [--rounds 2] [--threads N] [--profile]   (see --help)
 
 On first run it creates ``bench/.venv-trl`` (TRL lives there only, never in alignkit's dependencies):
 ``torch==2.13.0`` first (a CPU wheel; override with TORCH_SPEC / TORCH_PIP_ARGS as in the Makefile), then
@@ -8,8 +8,10 @@ On first run it creates ``bench/.venv-trl`` (TRL lives there only, never in alig
 a local Qwen2-style model (vocab 8192, 4 layers, hidden 256, random weights) with a byte-level BPE
 tokenizer, and a synthetic preference set (prompts 100-150 tokens, completions 40-80 tokens incl. EOS).
 It runs, each in a fresh process and one after the other: TRL with its defaults, TRL with its fastest
-options, alignkit with its defaults: same model, data order, batch size, max length, lr, beta, fp32,
-no eval, no checkpoint saving. Only the steps after ``--warmup`` are timed.
+options, alignkit with its defaults, alignkit with a live reference model (``ref_cache=off``): same
+model, data order, batch size, max length, lr, beta, fp32, no eval, no checkpoint saving. Only the
+steps after ``--warmup`` are timed; the variants run ``--rounds`` times, interleaved, and the fastest
+round of each is reported. See bench/README.md.
 
 tokens/s counts real tokens of each pair once: len(prompt) + len(chosen) + len(rejected) (EOS
 included), the same count for every variant, whatever padding or packing a framework does.
@@ -54,12 +56,14 @@ def setup_env() -> Path:
     if marker.exists() and marker.read_text().strip() == key:
         return venv_python()
     print(f"[bench] setting up {VENV} (a few minutes, once) ...", flush=True)
+    t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine
     subprocess.run([*pip, *torch_args, torch_spec], check=True)
     subprocess.run([*pip, "-e", str(REPO), "-r", str(REQS)], check=True)
     marker.write_text(key + "\n")
+    print(f"[bench] {VENV} ready in {time.perf_counter() - t0:.0f} s", flush=True)
     return venv_python()
 
 
@@ -200,6 +204,10 @@ def print_report(results: dict, info: dict, args) -> None:
     print(f"s/step: mean wall time of the timed steps (min next to it; tokens/s uses the mean); CPU s/step:\n"
           f"process CPU time (all threads) per timed step; positions: model input positions per step, padding\n"
           f"included; other: cores used by other processes during the run (of {os.cpu_count()}; ideally ~0)")
+    if args.rounds > 1:
+        per = "; ".join(f"{VARIANTS[n][0]} " + ", ".join(fmt(x, ".3f") for x in r["rounds_seconds_per_step"])
+                        for n, r in results.items())
+        print(f"mean s/step of each round (the table shows the fastest): {per}")
     for ak in ("alignkit", "alignkit_live_ref"):
         for name in ("trl_default", "trl_best"):
             if ak in ok and name in ok:
@@ -247,6 +255,32 @@ def compare_first_step(ok: dict) -> None:
         print(f"{s + 1:<6}" + "".join(f"{fmt(ok[n]['history'][s].get('loss'), '.6f'):>24}" for n in names))
 
 
+def run_worker(cmd: list[str], work: Path, tag: str, label: str, wait: float) -> dict:
+    """One variant in a fresh process; its JSON result, plus the wall time and the other load on the machine."""
+    out, log = work / f"{tag}.json", work / "logs" / f"{tag}.log"
+    out.unlink(missing_ok=True)
+    run_dir = work / "runs" / tag
+    shutil.rmtree(run_dir, ignore_errors=True)  # no cached reference from an earlier run
+    print(f"[bench] {label} (fresh process, log {log}) ...", flush=True)
+    wait_quiet(wait)
+    t0, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), children_cpu_seconds()
+    with open(log, "w") as fh:
+        rc = subprocess.run([*cmd, "--out", str(out), "--output-dir", str(run_dir)], stdout=fh,
+                            stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    # cores used by *other* processes while the worker ran (machine busy time minus the worker's own)
+    other = None if busy0 is None else max(0.0, cpu_busy_seconds() - busy0 - (children_cpu_seconds() - own0)) / wall
+    if out.exists():
+        result = json.loads(out.read_text())
+    else:
+        tail = log.read_text().strip().splitlines()[-5:]
+        result = {"error": f"worker exited {rc}: " + " | ".join(tail)}
+    result.update(process_seconds=wall, other_cores=other)
+    print(f"[bench]   {wall:.0f} s" + (f", {result['seconds_per_step']:.3f} s/step" if "error" not in result else
+                                        f", FAILED: {result['error'][:120]}"), flush=True)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -256,6 +290,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="run the variants this many times, interleaved; the table shows each one's fastest round")
     p.add_argument("--rows", type=int, default=64, help="preference pairs in the synthetic set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=BENCH / ".work" / "dpo_vs_trl")
@@ -291,40 +327,29 @@ def main() -> None:
     common = ["--model", info["model"], "--data", info["data"], "--batch", str(args.batch), "--max-length",
               str(args.max_length), "--lr", str(args.lr), "--beta", str(args.beta), "--steps", str(args.steps),
               "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for rnd in range(1, args.rounds + 1):  # rounds interleave the variants: A B C D A B C D
+        for name in names:
+            cmd = [str(python), str(BENCH / VARIANTS[name][1]), *common, *VARIANTS[name][2]]
+            if name.startswith("alignkit"):
+                cmd += [f"--set={kv}" for kv in args.alignkit]
+            if name == "trl_best" and args.trl_compile:
+                cmd.append("--compile")
+            if name == "alignkit" and args.profile and rnd == args.rounds:
+                cmd.append("--profile")
+            runs[name].append(run_worker(cmd, work, f"{name}-r{rnd}", VARIANTS[name][0], args.wait_quiet))
     results = {}
-    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-        label, script, extra = VARIANTS[name]
-        out, log = work / f"{name}.json", work / "logs" / f"{name}.log"
-        out.unlink(missing_ok=True)
-        shutil.rmtree(work / "runs" / name, ignore_errors=True)  # no cached reference from an earlier run
-        cmd = [str(python), str(BENCH / script), *common, *extra, "--out", str(out),
-               "--output-dir", str(work / "runs" / name)]
-        if name.startswith("alignkit"):
-            cmd += [f"--set={kv}" for kv in args.alignkit]
-        if name == "trl_best" and args.trl_compile:
-            cmd.append("--compile")
-        if name == "alignkit" and args.profile:
-            cmd.append("--profile")
-        print(f"[bench] {label} (fresh process, log {log}) ...", flush=True)
-        wait_quiet(args.wait_quiet)
-        t0, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), children_cpu_seconds()
-        with open(log, "w") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
-        wall = time.perf_counter() - t0
-        # cores used by *other* processes while the worker ran (machine busy time minus the worker's own)
-        other = None if busy0 is None else max(0.0, cpu_busy_seconds() - busy0 - (children_cpu_seconds() - own0)) / wall
-        if out.exists():
-            results[name] = json.loads(out.read_text())
-        else:
-            tail = log.read_text().strip().splitlines()[-5:]
-            results[name] = {"error": f"worker exited {rc}: " + " | ".join(tail)}
-        results[name].update(process_seconds=wall, other_cores=other)
-        print(f"[bench]   done in {wall:.0f} s", flush=True)
+    for name, rs in runs.items():  # the round with the lowest mean s/step (other load only adds time)
+        good = [r for r in rs if "error" not in r]
+        results[name] = min(good, key=lambda r: r["seconds_per_step"]) if good else rs[-1]
+        results[name]["rounds_seconds_per_step"] = [r.get("seconds_per_step") for r in rs]
     print_report(results, info, args)
-    if "alignkit" in results and results["alignkit"].get("profile"):
-        print("\n== one alignkit step under torch.profiler ==\n" + results["alignkit"]["profile"])
+    profile = next((r["profile"] for r in runs.get("alignkit", []) if r.get("profile")), None)
+    if profile:
+        print("\n== one alignkit step under torch.profiler ==\n" + profile)
     (work / "results.json").write_text(json.dumps({"info": info, "args": {k: str(v) for k, v in vars(args).items()},
-                                                   "results": results}, indent=1))
+                                                   "results": results, "rounds": runs}, indent=1))
     print(f"\nresults: {work / 'results.json'}; whole bench {time.perf_counter() - t_all:.0f} s")
 
 

@@ -67,7 +67,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     # executor
     packing: str = "auto"  # auto | shared_prompt | padded
-    max_row_tokens: int = 1024
+    max_row_tokens: int = 256  # short records share a row up to this many tokens (dense masks are quadratic)
     chunk_size: int = 1024
     # output, logging, checkpoints
     output_dir: str = "runs/alignkit"

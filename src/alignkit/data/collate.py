@@ -81,7 +81,7 @@ def _scored_tokens(tr: TokenizedRecord, k: int) -> range:
 
 
 def collate_shared_prompt(
-    items: list[TokenizedRecord], pad_id: int, max_row_tokens: int = 1024
+    items: list[TokenizedRecord], pad_id: int, max_row_tokens: int = 256
 ) -> Batch:
     """Pack records into rows; each record is one segment with a block mask."""
     K = max(tr.k for tr in items)
@@ -190,7 +190,7 @@ def collate(
     records: list[PreferenceRecord],
     pad_id: int,
     layout: str = "shared_prompt",
-    max_row_tokens: int = 1024,
+    max_row_tokens: int = 256,
 ) -> Batch:
     if layout == "shared_prompt":
         batch = collate_shared_prompt(items, pad_id, max_row_tokens)

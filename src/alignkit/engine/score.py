@@ -20,7 +20,7 @@ def iter_logprobs(
     batch_size: int = 8,
     tokenize: TokenizeConfig | None = None,
     chunk_size: int = 1024,
-    max_row_tokens: int = 1024,
+    max_row_tokens: int = 256,
     progress: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Yield ``{"id", "response_index", "logp", "n_tokens"}`` for each response, in record order.

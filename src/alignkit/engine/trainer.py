@@ -68,10 +68,11 @@ class Trainer:
         eval_records = self._read(c.eval_data) if c.eval_data else []
         if not eval_records and c.eval_split > 0:
             train_records, eval_records = split_by_prompt(train_records, c.eval_split, c.seed)
-        kinds = {r.label_kind for r in train_records}
-        k_all = [r.k for r in train_records]
         strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
-        self.objective.check_data(next(iter(kinds)), min(k_all), max(k_all), has_reference=strategy != "none")
+        for records in (train_records, eval_records):  # checked before any model is loaded
+            if records:
+                k_all = [r.k for r in records]
+                self.objective.check_data(records[0].label_kind, min(k_all), max(k_all), strategy != "none")
         tok_cfg = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template)
         self.train_data = TokenizedDataset.build(train_records, self.tokenizer, tok_cfg, "train data")
         self.eval_data = TokenizedDataset.build(eval_records, self.tokenizer, tok_cfg, "eval data") if eval_records else None

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench bench-trl clean
 
 setup: $(VENV)/.installed
 
@@ -31,7 +31,10 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 
 bench: setup
-	$(BIN)/python bench/logprobs_memory.py
+	$(BIN)/python bench/logprobs_memory.py --sweep
+
+bench-trl:
+	$(PYTHON) bench/dpo_vs_trl.py
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache

@@ -126,3 +126,14 @@ def test_bf16_close_to_fp32(tiny_path):
         lp16 = build_stats(batch, LogProbModel(load_model(tiny_path, dtype="bfloat16"))(batch)).logps
     assert lp16.dtype == torch.float32  # softmax in fp32 even for bf16 weights
     torch.testing.assert_close(lp16, lp32, rtol=3e-2, atol=0.3)
+
+
+def test_a_first_completion_token_without_context_is_a_clear_error(tiny):
+    from alignkit.data.tokenize import TokenizedRecord
+
+    _, tok = tiny
+    rec = PreferenceRecord(prompt="a", responses=["b", "c"], ranks=[0, 1])
+    items = [TokenizedRecord(prompt_ids=[], segments=[[5, 6], [7]], score_start=[0, 1], index=3)]
+    for layout in ("shared_prompt", "padded"):
+        with pytest.raises(ValueError, match="record 3: the prompt tokenizes into the first completion token"):
+            collate(items, [rec], tok.pad_token_id, layout=layout)

@@ -181,3 +181,15 @@ def test_reference_cache_equals_live_reference_and_is_reused(tiny_path, pairs_pa
     assert sorted(p.name for p in cache_dir.iterdir()) == files
     # The live run's losses agree with the cached run's to float precision.
     assert [h["loss"] for h in live.train().history] == pytest.approx([h["loss"] for h in h1], abs=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_path, pairs_path, tmp_path):
+    plain = Trainer(cfg(tiny_path, pairs_path, tmp_path / "a"))
+    ckpt_run = Trainer(cfg(tiny_path, pairs_path, tmp_path / "b", gradient_checkpointing=True))
+    assert ckpt_run.policy.is_gradient_checkpointing and not plain.policy.is_gradient_checkpointing
+    ra, rb = plain.step(), ckpt_run.step()
+    assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-7)
+    assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-5)
+    pa, pb = params(plain.policy), params(ckpt_run.policy)
+    for n in pa:
+        torch.testing.assert_close(pa[n], pb[n], atol=1e-6, rtol=1e-5)

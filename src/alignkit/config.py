@@ -57,7 +57,8 @@ class TrainConfig:
     seed: int = 0
     # model and precision
     dtype: str = "float32"
-    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast)
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else no) | no | bf16 | fp16
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -110,7 +111,7 @@ ALIASES = {
     "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "warmup_ratio": "warmup",
     "warmup_steps": "warmup", "model_name_or_path": "model", "ref_model_name_or_path": "ref_model",
     "lr_scheduler_type": "scheduler", "loss_type": "objective", "dataset": "data", "train_file": "data",
-    "torch_dtype": "dtype", "bf16": "mixed_precision", "use_peft": "lora", "logging_steps": "log_every",
+    "torch_dtype": "dtype", "bf16": "mixed_precision", "use_peft": "lora", "activation_checkpointing": "gradient_checkpointing", "logging_steps": "log_every",
     "save_steps": "save_every", "eval_steps": "eval_every", "resume_from_checkpoint": "resume_from",
 }
 

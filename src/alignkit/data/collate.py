@@ -129,21 +129,8 @@ def collate_shared_prompt(
             off = start
         for t in range(off, L):  # padding attends to itself only (no empty softmax rows)
             mask[r, t, t] = True
-    if any(tr.score_start[k] == 0 and len(tr.prompt_ids) == 0 for tr in items for k in range(tr.k)):
-        raise ValueError("a record has an empty prompt: the first completion token has no context to predict it")
-    return Batch(
-        input_ids=input_ids,
-        position_ids=position_ids.clamp(min=0),
-        attention_mask=mask[:, None],
-        pred_index=torch.tensor(pred, dtype=torch.long),
-        targets=torch.tensor(targets, dtype=torch.long),
-        slot=torch.tensor(slots, dtype=torch.long),
-        token_pos=torch.tensor(tpos, dtype=torch.long),
-        lengths=lengths,
-        valid=lengths > 0,
-        layout="shared_prompt",
-        num_tokens=sum(sizes),
-    )
+    return _batch(input_ids, position_ids.clamp(min=0), mask[:, None], (pred, targets, slots, tpos), lengths,
+                  "shared_prompt", sum(sizes))
 
 
 def collate_padded(items: list[TokenizedRecord], pad_id: int) -> Batch:
@@ -170,19 +157,26 @@ def collate_padded(items: list[TokenizedRecord], pad_id: int) -> Batch:
             slots.append(b * K + k)
             tpos.append(j - tr.score_start[k])
         lengths[b, k] = len(tr.segments[k]) - tr.score_start[k]
-    return Batch(
-        input_ids=input_ids,
-        position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-        attention_mask=attn,
-        pred_index=torch.tensor(pred, dtype=torch.long),
-        targets=torch.tensor(targets, dtype=torch.long),
-        slot=torch.tensor(slots, dtype=torch.long),
-        token_pos=torch.tensor(tpos, dtype=torch.long),
-        lengths=lengths,
-        valid=lengths > 0,
-        layout="padded",
-        num_tokens=int(attn.sum()),
-    )
+    return _batch(input_ids, (attn.cumsum(-1) - 1).clamp(min=0), attn, (pred, targets, slots, tpos), lengths,
+                  "padded", int(attn.sum()))
+
+
+def _batch(input_ids, position_ids, mask, scored: tuple[list[int], ...], lengths, layout, num_tokens) -> Batch:
+    pred, targets, slots, tpos = (torch.tensor(x, dtype=torch.long) for x in scored)
+    return Batch(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, pred_index=pred,
+                 targets=targets, slot=slots, token_pos=tpos, lengths=lengths, valid=lengths > 0,
+                 layout=layout, num_tokens=num_tokens)
+
+
+def _check_context(items: list[TokenizedRecord]) -> None:
+    """Every scored token needs at least one token before it to be predicted from."""
+    for tr in items:
+        if not tr.prompt_ids and 0 in tr.score_start:
+            raise ValueError(
+                f"record {tr.index}: the prompt tokenizes into the first completion token (or is empty), so "
+                "that token has no context; give the prompt a separator (e.g. end it with a newline) or use "
+                "a tokenizer that adds a BOS token"
+            )
 
 
 def collate(
@@ -192,6 +186,7 @@ def collate(
     layout: str = "shared_prompt",
     max_row_tokens: int = 256,
 ) -> Batch:
+    _check_context(items)
     if layout == "shared_prompt":
         batch = collate_shared_prompt(items, pad_id, max_row_tokens)
     elif layout == "padded":

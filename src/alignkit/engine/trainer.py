@@ -55,7 +55,8 @@ class Trainer:
         self.config = c = config
         if not c.model or not c.data:
             raise ValueError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
-        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=_mixed_precision(c.mixed_precision),
+                                       cpu=not torch.cuda.is_available())
         set_seed(c.seed)
         if not self.accelerator.is_main_process:
             logger.setLevel("WARNING")  # one process speaks for the run
@@ -82,6 +83,10 @@ class Trainer:
                            trust_remote_code=c.trust_remote_code)
         lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
         policy = load_model(c.model, lora=lora, **load_kwargs)
+        if c.gradient_checkpointing:
+            unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if c.lora:
+                unwrap(policy).enable_input_require_grads()
         self.layout = self._layout(policy)
         self.eval_reference = None
         self.reference = build_reference(strategy, policy, c.ref_model, self.accelerator.device, c.chunk_size,
@@ -331,6 +336,14 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_signal = signum
         logger.warning("signal %d received: finishing this step, then saving a checkpoint", signum)
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting not in ("auto", "no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def _no_state_update(objective, stats):

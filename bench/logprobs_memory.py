@@ -71,7 +71,7 @@ def run_variant(args) -> dict:
             total = sum_per_slot(lp, batch).sum()
         else:
             batch = collate_shared_prompt(items, pad_id=0, max_row_tokens=args.max_row_tokens)
-            total = sum_per_slot(LogProbModel(model, chunk_size=1024)(batch), batch).sum()
+            total = sum_per_slot(LogProbModel(model)(batch), batch).sum()
         total.backward()
         model.zero_grad(set_to_none=True)
     dt = (time.perf_counter() - t0) / args.repeats

@@ -69,7 +69,7 @@ class TrainConfig:
     # executor
     packing: str = "auto"  # auto | shared_prompt | padded
     max_row_tokens: int = 256  # short records share a row up to this many tokens (dense masks are quadratic)
-    chunk_size: int = 1024
+    chunk_size: int = 0  # completion tokens per vocabulary-projection chunk; 0: auto (2^23 logits a chunk)
     # output, logging, checkpoints
     output_dir: str = "runs/alignkit"
     log_every: int = 1

@@ -2,10 +2,11 @@
 
 1. The decoder runs once over the packed rows (shared-prompt block mask, restarted positions).
 2. Only the hidden states that predict completion tokens are gathered: [N, H].
-3. They are projected to the vocabulary in chunks of ``chunk_size`` tokens; each chunk's
+3. They are projected to the vocabulary in chunks of ``chunk_size`` tokens (default: as many as
+   make ``CHUNK_ELEMENTS`` = 2^23 logits, e.g. 1024 tokens at V = 8k, 64 at V = 128k); each chunk's
    log-softmax is gathered at the target ids and discarded. Under autograd every chunk is
    checkpointed, so backward recomputes its logits instead of keeping them: peak extra memory is
-   one [chunk_size, V] block whatever the sequence length.
+   one [chunk, V] block (32 MB in fp32 by default) whatever the sequence length and vocabulary.
 4. Token log-probs are summed per response slot into ``logps [B, K]``.
 
 `LogProbModel` wraps a causal LM as an ``nn.Module`` whose forward does all of this, so accelerate can
@@ -22,6 +23,7 @@ from alignkit.data.collate import Batch
 from alignkit.objectives.stats import SequenceStats
 
 PACKING_BACKENDS = ("sdpa", "eager", "flex_attention")
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk when chunk_size is 0 (auto)
 
 
 def supports_packing(model: nn.Module) -> bool:
@@ -46,7 +48,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 class LogProbModel(nn.Module):
     """Causal LM -> per-token log-probs of the scored completion tokens of a `Batch`."""
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: nn.Module, chunk_size: int = 0):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
@@ -83,9 +85,14 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: floa
 
 
 def chunked_token_logps(
-    hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 1024, softcap: float | None = None
+    hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 0, softcap: float | None = None
 ) -> Tensor:
-    """log p(targets | hidden) for [N, H] hidden states, computed ``chunk_size`` rows at a time (fp32 softmax)."""
+    """log p(targets | hidden) for [N, H] hidden states, ``chunk_size`` rows at a time (fp32 softmax).
+
+    ``chunk_size <= 0`` picks ``CHUNK_ELEMENTS // vocab`` rows (at least 16).
+    """
+    if chunk_size <= 0:
+        chunk_size = max(16, CHUNK_ELEMENTS // head.weight.shape[0])
     out = []
     for i in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[i : i + chunk_size], targets[i : i + chunk_size]
@@ -141,7 +148,7 @@ def build_stats(
 
 
 @torch.no_grad()
-def token_logps_no_grad(model: nn.Module, batch: Batch, chunk_size: int = 1024) -> Tensor:
+def token_logps_no_grad(model: nn.Module, batch: Batch, chunk_size: int = 0) -> Tensor:
     """Per-token log-probs without autograd (reference models, evaluation, `alignkit logprobs`)."""
     scorer = model if isinstance(model, LogProbModel) else LogProbModel(model, chunk_size)
     return scorer(batch)

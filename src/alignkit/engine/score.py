@@ -19,7 +19,7 @@ def iter_logprobs(
     records: list[PreferenceRecord],
     batch_size: int = 8,
     tokenize: TokenizeConfig | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 0,
     max_row_tokens: int = 256,
     progress: bool = True,
 ) -> Iterator[dict[str, Any]]:

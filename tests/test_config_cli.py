@@ -90,3 +90,32 @@ def test_bad_rows_stop_with_file_line_field_or_are_skipped_next_to_the_run(tiny_
     assert main([*common, "on_bad_row=skip"]) == 0
     rejects = [json.loads(x) for x in (out / "dirty.rejects.jsonl").read_text().splitlines()]
     assert [(r["row"], r["reason"]) for r in rejects] == [(3, "empty_field"), (6, "bad_json")]
+
+
+def test_cli_logprobs_equal_a_naive_transformers_forward(tiny_llama_path, tmp_path):
+    """`alignkit logprobs` on a Llama-style checkpoint (no chat template) against logits.log_softmax gathered."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = tmp_path / "ranked.jsonl"
+    rows = [{"id": "r1", "prompt": "Answer: ", "completions": ["yes", " no", "the movie was great"], "ranks": [0, 1, 2]},
+            {"id": "r2", "prompt": "The mov", "completions": ["ie was fun", " x"], "ranks": [1, 0]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "lp.jsonl"
+    assert main(["logprobs", "--model", tiny_llama_path, "--data", str(data), "--out", str(out)]) == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(g["id"], g["response_index"]) for g in got] == [("r1", 0), ("r1", 1), ("r1", 2), ("r2", 0), ("r2", 1)]
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
+    g = iter(got)
+    for row in rows:
+        for completion in row["completions"]:
+            prompt_ids = tok(row["prompt"])["input_ids"]
+            full = tok(row["prompt"] + completion)["input_ids"] + [tok.eos_token_id]
+            start = next(i for i, (a, b) in enumerate(zip(prompt_ids + [-1], full)) if a != b)
+            with torch.no_grad():
+                lp = model(torch.tensor([full])).logits.double().log_softmax(-1)[0]
+            naive = sum(lp[t - 1, full[t]].item() for t in range(start, len(full)))
+            rec = next(g)
+            assert rec["n_tokens"] == len(full) - start
+            assert abs(rec["logp"] - naive) < 2e-5

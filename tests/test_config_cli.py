@@ -88,7 +88,7 @@ def test_bad_rows_stop_with_file_line_field_or_are_skipped_next_to_the_run(tiny_
     err = capsys.readouterr().err
     assert "dirty.jsonl line 3" in err and "'chosen'" in err
     assert main([*common, "on_bad_row=skip"]) == 0
-    rejects = [json.loads(x) for x in (out / "dirty.rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(x) for x in (out / "train.dirty.rejects.jsonl").read_text().splitlines()]
     assert [(r["row"], r["reason"]) for r in rejects] == [(3, "empty_field"), (6, "bad_json")]
 
 
@@ -119,3 +119,47 @@ def test_cli_logprobs_equal_a_naive_transformers_forward(tiny_llama_path, tmp_pa
             rec = next(g)
             assert rec["n_tokens"] == len(full) - start
             assert abs(rec["logp"] - naive) < 2e-5
+
+
+@pytest.mark.parametrize("override,message", [
+    ("batch_size=0", "key 'batch_size' must be >= 1, got 0"),
+    ("grad_accum=0", "key 'grad_accum' must be >= 1, got 0"),
+    ("max_bad_steps=0", "key 'max_bad_steps' must be >= 1"),
+    ("eval_split=1", "key 'eval_split' must be in [0, 1)"),
+    ("lr=-1", "key 'lr' must be > 0"),
+    ("max_steps=0", "key 'max_steps' must be >= 1, or -1"),
+])
+def test_out_of_range_values_name_the_key_and_the_rule(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, None, [override])
+    assert message in str(e.value)
+
+
+def test_beta_in_two_places_is_an_error():
+    with pytest.raises(ConfigError, match="'beta' is set both at the top level and in hparams"):
+        load_config(TrainConfig, None, ["beta=0.1", "hparams={beta: 0.2}"])
+
+
+def test_resume_after_a_crash_keeps_one_metrics_line_per_step(tiny_path, pairs_path, tmp_path):
+    from alignkit.engine.trainer import Trainer
+
+    out = tmp_path / "run"
+    base = dict(model=tiny_path, data=pairs_path, batch_size=4, max_steps=5, output_dir=str(out), progress=False,
+                save_every=2)
+    first = Trainer(TrainConfig(**base))
+    step = first.step
+
+    def crash_after_three():
+        rec = step()
+        if rec["step"] == 3:
+            raise KeyboardInterrupt("killed")
+        return rec
+
+    first.step = crash_after_three
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    lines = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [1, 2]  # step 3 never finished logging
+    Trainer(TrainConfig(**base, resume_from="latest")).train()
+    lines = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [1, 2, 3, 4, 5]

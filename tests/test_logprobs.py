@@ -137,3 +137,43 @@ def test_a_first_completion_token_without_context_is_a_clear_error(tiny):
     for layout in ("shared_prompt", "padded"):
         with pytest.raises(ValueError, match="record 3: the prompt tokenizes into the first completion token"):
             collate(items, [rec], tok.pad_token_id, layout=layout)
+
+
+def test_logit_scaling_families_match_their_forward(tiny_path):
+    """Granite divides logits by `logits_scaling`; the executor reproduces the model's own forward."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from alignkit.engine.logprobs import verify_against_forward
+    from alignkit.models.load import load_tokenizer
+
+    tok = load_tokenizer(tiny_path)
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(GraniteConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                             logits_scaling=8.0, attn_implementation="sdpa")).eval()
+    recs = make_records([2, 3])
+    items, _ = tokenize_records(recs, tok, TokenizeConfig())
+    batch = collate(items, recs, tok.pad_token_id)
+    with torch.no_grad():
+        got = build_stats(batch, LogProbModel(model)(batch)).logps
+        ref = naive_logps(model, items)
+    for b, tr in enumerate(items):
+        for k in range(tr.k):
+            assert abs(got[b, k].item() - ref[b][k].item()) < 1e-5
+    assert verify_against_forward(model, batch, rtol=1e-5) < 1e-4
+
+
+def test_verify_catches_a_forward_the_executor_does_not_reproduce(tiny):
+    from alignkit.engine.logprobs import verify_against_forward
+
+    model, tok = tiny
+    recs = make_records([2])
+    items, _ = tokenize_records(recs, tok, TokenizeConfig())
+    batch = collate(items, recs, tok.pad_token_id)
+    assert verify_against_forward(model, batch, rtol=1e-5) < 1e-4
+    model.config.logit_scale = 2.0  # Qwen2's forward ignores it; the executor would apply it
+    try:
+        with pytest.raises(RuntimeError, match="disagrees with this model's own forward"):
+            verify_against_forward(model, batch, rtol=1e-4)
+    finally:
+        del model.config.logit_scale

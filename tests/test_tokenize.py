@@ -83,3 +83,13 @@ def test_chat_prompt_without_template_is_a_clear_error(tiny_llama_path):
         tokenize_record(rec, tok, TokenizeConfig())
     tr = tokenize_record(rec, tok, TokenizeConfig(chat_template="never"))
     assert tok.decode(tr.full_ids(0)).startswith("hia")
+
+
+def test_system_field_conflicting_with_a_system_message_is_an_error(tiny):
+    _, tok = tiny
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    same = PreferenceRecord(prompt=msgs, responses=["yes"], ranks=[0], system="be brief")
+    assert tok.decode(tokenize_record(same, tok, TokenizeConfig()).prompt_ids).count("be brief") == 1
+    clash = PreferenceRecord(prompt=msgs, responses=["yes"], ranks=[0], system="be nice", id="r7")
+    with pytest.raises(ValueError, match="record r7: 'system' is set and the chat prompt starts with a different"):
+        tokenize_record(clash, tok, TokenizeConfig())

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, KeyError, TypeError, FileNotFoundError) as e:
         if os.environ.get("ALIGNKIT_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -69,6 +69,7 @@ class TrainConfig:
     # executor
     packing: str = "auto"  # auto | shared_prompt | padded
     max_row_tokens: int = 256  # short records share a row up to this many tokens (dense masks are quadratic)
+    verify_logprobs: bool = True  # check the executor against the model's own forward on one response
     chunk_size: int = 0  # completion tokens per vocabulary-projection chunk; 0: auto (2^23 logits a chunk)
     # output, logging, checkpoints
     output_dir: str = "runs/alignkit"
@@ -80,6 +81,28 @@ class TrainConfig:
     trackers: list = field(default_factory=list)  # tensorboard, wandb
     max_bad_steps: int = 5  # stop after this many NaN/inf steps in a row
     progress: bool = True
+
+
+# (key, test, what the key must be): checked after types, so a bad value names the key and the rule.
+BOUNDS = [
+    ("batch_size", lambda v: v >= 1, ">= 1"), ("grad_accum", lambda v: v >= 1, ">= 1"),
+    ("max_bad_steps", lambda v: v >= 1, ">= 1"), ("lr", lambda v: v > 0, "> 0"),
+    ("warmup", lambda v: v >= 0, ">= 0"), ("epochs", lambda v: v > 0, "> 0"),
+    ("eval_split", lambda v: 0 <= v < 1, "in [0, 1)"), ("max_row_tokens", lambda v: v >= 1, ">= 1"),
+    ("keep_checkpoints", lambda v: v >= 0, ">= 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("max_length", lambda v: v is None or v >= 2, ">= 2 or null"), ("chunk_size", lambda v: v >= 0, ">= 0"),
+    ("lora_r", lambda v: v >= 1, ">= 1"), ("log_every", lambda v: v >= 1, ">= 1"),
+    ("max_steps", lambda v: v == -1 or v >= 1, ">= 1, or -1 to run `epochs` epochs"),
+]
+
+
+def check_bounds(config: Any, source: str = "config") -> None:
+    for key, ok, rule in BOUNDS:
+        if hasattr(config, key) and not ok(getattr(config, key)):
+            raise ConfigError(f"{source}: key '{key}' must be {rule}, got {getattr(config, key)!r}")
+    hp = getattr(config, "hparams", None) or {}
+    if getattr(config, "beta", None) is not None and "beta" in hp:
+        raise ConfigError(f"{source}: 'beta' is set both at the top level and in hparams; keep one")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -150,7 +173,9 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
             raise ConfigError(
                 f"{source}: key '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
             )
-    return cls(**values)
+    config = cls(**values)
+    check_bounds(config, source)
+    return config
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

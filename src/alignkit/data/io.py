@@ -217,6 +217,11 @@ def _open_hub(name: str, split: str) -> _Source:
     return src
 
 
+def _head(path: Path, n: int = 4096) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def _open(source: str | os.PathLike, split: str) -> _Source:
     path = Path(source).expanduser()
     if path.is_dir():
@@ -234,7 +239,7 @@ def _open(source: str | os.PathLike, split: str) -> _Source:
             src = _open_csv(path)
         elif kind == "parquet":
             src = _open_parquet(path)
-        elif kind == "json" and path.read_bytes()[:4096].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        elif kind == "json" and _head(path).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             try:  # one JSON array; rows are its items
                 items = json.loads(path.read_text(encoding="utf-8-sig"))
             except ValueError as e:  # UnicodeDecodeError included

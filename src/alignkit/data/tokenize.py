@@ -87,7 +87,7 @@ def _as_messages(text: Text, role: str) -> list[dict]:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
-def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig) -> tuple[str, list[str], bool]:
+def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig, index: int = 0) -> tuple[str, list[str], bool]:
     """Prompt text and full texts (prompt + response k). Returns (prompt, fulls, used_template)."""
     use_template = config.chat_template == "always" or (config.chat_template == "auto" and record.is_chat)
     if use_template:
@@ -97,8 +97,14 @@ def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig) -> tuple
                 "to join message contents as plain text, or use a tokenizer with a template"
             )
         msgs = _as_messages(record.prompt, "user")
-        if record.system is not None and not (msgs and msgs[0]["role"] == "system"):
-            msgs = [{"role": "system", "content": record.system}] + msgs
+        if record.system is not None:
+            if msgs[0]["role"] == "system" and msgs[0]["content"] != record.system:
+                raise ValueError(
+                    f"record {record.id or index}: 'system' is set and the chat prompt starts with a different "
+                    "system message; keep one of them"
+                )
+            if msgs[0]["role"] != "system":
+                msgs = [{"role": "system", "content": record.system}] + msgs
         prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         fulls = [
             tokenizer.apply_chat_template(msgs + _as_messages(r, "assistant"), tokenize=False)
@@ -133,7 +139,7 @@ def _completion_with_eos(ids: list[int], start: int, eos: int | None, add_eos: b
 def tokenize_record(
     record: PreferenceRecord, tokenizer, config: TokenizeConfig, report: TokenizeReport | None = None, index: int = 0
 ) -> TokenizedRecord:
-    prompt_text, fulls, used_template = render(record, tokenizer, config)
+    prompt_text, fulls, used_template = render(record, tokenizer, config, index)
     prompt_ids = _encode(tokenizer, prompt_text, used_template)
     full_ids, bounds = [], []
     for text in fulls:

@@ -83,7 +83,7 @@ class BatchOrder:
                 f"the dataset has {n} records but one step needs {self.global_batch} "
                 f"(batch_size={batch_size} x {world} processes); lower batch_size"
             )
-        self.per_epoch = n // self.global_batch  # the tail that does not fill a batch waits for the next epoch
+        self.per_epoch = n // self.global_batch  # records past the last full batch sit this epoch out
         self._cache: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:

@@ -35,14 +35,20 @@ class MetricsLogger:
     """Writes one JSON line per logged step; mirrors scalars to trackers (tensorboard, wandb)."""
 
     def __init__(self, output_dir: Path, trackers: list[str], config: dict[str, Any], enabled: bool = True,
-                 resume: bool = False):
+                 resume_step: int | None = None):
+        """``resume_step``: keep the lines of steps up to it (a resumed run), drop later ones (they are redone)."""
         self.enabled = enabled
         self.path = output_dir / "metrics.jsonl"
         self.trackers = []
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a" if resume else "w", encoding="utf-8")
+        kept = []
+        if resume_step and self.path.exists():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= resume_step]
+        self.file = open(self.path, "w", encoding="utf-8")
+        self.file.writelines(x + "\n" for x in kept)
         for name in trackers:
             self.trackers.append(_make_tracker(name, output_dir, config))
 

@@ -73,19 +73,33 @@ class LogProbModel(nn.Module):
             use_cache=False,
         ).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.pred_index)
-        softcap = getattr(base.config, "final_logit_softcapping", None)
-        return chunked_token_logps(hidden, head, batch.targets, self.chunk_size, softcap)
+        scale, softcap = logit_transform(base.config)
+        return chunked_token_logps(hidden, head, batch.targets, self.chunk_size, softcap, scale)
 
 
-def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: float | None) -> Tensor:
+def logit_transform(config) -> tuple[float, float | None]:
+    """What some families apply to ``lm_head`` outputs: (multiplier, soft cap).
+
+    Cohere's ``logit_scale`` multiplies, Granite's ``logits_scaling`` divides, Gemma-2's
+    ``final_logit_softcapping`` caps with tanh. `verify_against_forward` catches any other quirk.
+    """
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    scale /= float(getattr(config, "logits_scaling", None) or 1.0)
+    return scale, getattr(config, "final_logit_softcapping", None)
+
+
+def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, scale: float, softcap: float | None) -> Tensor:
     logits = head(hidden).float()
+    if scale != 1.0:
+        logits = logits * scale
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def chunked_token_logps(
-    hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 0, softcap: float | None = None
+    hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 0, softcap: float | None = None,
+    scale: float = 1.0,
 ) -> Tensor:
     """log p(targets | hidden) for [N, H] hidden states, ``chunk_size`` rows at a time (fp32 softmax).
 
@@ -97,9 +111,9 @@ def chunked_token_logps(
     for i in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[i : i + chunk_size], targets[i : i + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            out.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
+            out.append(checkpoint(_chunk_logps, h, t, head, scale, softcap, use_reentrant=False))
         else:
-            out.append(_chunk_logps(h, t, head, softcap))
+            out.append(_chunk_logps(h, t, head, scale, softcap))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
@@ -152,3 +166,33 @@ def token_logps_no_grad(model: nn.Module, batch: Batch, chunk_size: int = 0) -> 
     """Per-token log-probs without autograd (reference models, evaluation, `alignkit logprobs`)."""
     scorer = model if isinstance(model, LogProbModel) else LogProbModel(model, chunk_size)
     return scorer(batch)
+
+
+@torch.no_grad()
+def verify_against_forward(model: nn.Module, batch: Batch, rtol: float) -> float:
+    """Compare the executor with ``model(input_ids).logits.log_softmax(-1)`` on the batch's first response.
+
+    Guards against model families whose forward does something the executor does not reproduce.
+    Returns the absolute difference of the summed log-prob; raises when it exceeds ``rtol`` relative.
+    """
+    slot0 = batch.slot == batch.slot[0]
+    ours = float(LogProbModel(model)(batch)[slot0].sum())
+    row = int(batch.pred_index[slot0][0]) // batch.input_ids.shape[1]
+    if batch.attention_mask.dim() == 4:  # rebuild the plain sequence: the prompt, then the first response
+        last = int(batch.pred_index[slot0][-1]) % batch.input_ids.shape[1] + 1  # the last scored token
+        keep = batch.attention_mask[row, 0, last]
+        ids = batch.input_ids[row][keep][None]
+    else:
+        ids = batch.input_ids[row][batch.attention_mask[row].bool()][None]
+    logits = model(input_ids=ids).logits.float().log_softmax(-1)[0]
+    n = int(slot0.sum())
+    targets = ids[0, -n:]
+    naive = float(logits[-n - 1 : -1].gather(-1, targets[:, None]).sum())
+    diff = abs(ours - naive)
+    if diff > rtol * max(1.0, abs(naive)):
+        raise RuntimeError(
+            f"the log-prob executor disagrees with this model's own forward ({ours:.4f} vs {naive:.4f}); the "
+            "model family transforms its logits or attention in a way alignkit does not reproduce. Try "
+            "packing=padded, or report the model type."
+        )
+    return diff

@@ -1,9 +1,9 @@
 """Cached reference log-probs: one no-grad pass over the data, then no reference model at all.
 
 The reference's summed log-prob of every response is computed once, stored on disk as safetensors
-under a key that hashes everything the numbers depend on — the reference weights, and the exact
-token ids of every prompt and response (which covers the data, the tokenizer, the chat template and
-the truncation settings) — and reused by every later run with the same key (e.g. a sweep over beta).
+under a key that hashes what the numbers depend on — the reference weights, the exact token ids of
+every prompt and response (which covers the data, the tokenizer, the chat template and the
+truncation settings) and the autocast precision — and reused by every later run with the same key (e.g. a sweep over beta).
 Training with the cache holds no reference model in memory.
 
 Objectives that read per-token reference log-probs cannot use the sequence-level cache.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -79,9 +80,10 @@ def compute_table(reference: Reference, data: TokenizedDataset, pad_id: int, lay
 
 def cached_reference(reference: Reference, ref_weights: nn.Module, data: TokenizedDataset, cache_dir: Path,
                      name: str, pad_id: int, layout: str, max_row_tokens: int, batch_size: int, device,
-                     progress: bool = True, write: bool = True) -> CachedReference:
-    """Load the table for this (reference, data) from ``cache_dir``, or compute and store it."""
-    key = hashlib.sha256((weights_digest(ref_weights) + data_digest(data)).encode()).hexdigest()[:24]
+                     progress: bool = True, write: bool = True, precision: str = "no") -> CachedReference:
+    """Load the table for this (reference, data, autocast precision) from ``cache_dir``, or compute and store it."""
+    parts = weights_digest(ref_weights) + data_digest(data) + f"autocast={precision}"
+    key = hashlib.sha256(parts.encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"{name}-{key}.safetensors"
     if path.exists():
         table = load_file(path)["ref_logps"]
@@ -90,7 +92,7 @@ def cached_reference(reference: Reference, ref_weights: nn.Module, data: Tokeniz
     table = compute_table(reference, data, pad_id, layout, max_row_tokens, batch_size, device, progress)
     if write:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # concurrent runs never share a temp file
         save_file({"ref_logps": table}, tmp)
         tmp.replace(path)
         logger.info("%s: reference log-probs cached in %s", name, path)

@@ -19,13 +19,19 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, save_config
+from alignkit.config import TrainConfig, check_bounds, save_config
 from alignkit.data.io import read_records
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine.dataset import BatchOrder, TokenizedDataset, split_by_prompt
 from alignkit.engine.logging import MetricsLogger, logger, peak_memory_mb, setup_console_logging
-from alignkit.engine.logprobs import LogProbModel, build_stats, supports_packing, unwrap
+from alignkit.engine.logprobs import (
+    LogProbModel,
+    build_stats,
+    supports_packing,
+    unwrap,
+    verify_against_forward,
+)
 from alignkit.engine.refcache import cached_reference
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
@@ -52,6 +58,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         setup_console_logging()
+        check_bounds(config, "TrainConfig")
         self.config = c = config
         if not c.model or not c.data:
             raise ValueError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
@@ -65,8 +72,8 @@ class Trainer:
 
         # data: read, check against the objective, tokenize
         self.tokenizer = load_tokenizer(c.model, trust_remote_code=c.trust_remote_code)
-        train_records = self._read(c.data)
-        eval_records = self._read(c.eval_data) if c.eval_data else []
+        train_records = self._read(c.data, "train")
+        eval_records = self._read(c.eval_data, "eval") if c.eval_data else []
         if not eval_records and c.eval_split > 0:
             train_records, eval_records = split_by_prompt(train_records, c.eval_split, c.seed)
         strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
@@ -97,6 +104,10 @@ class Trainer:
         # optimisation
         self.order = BatchOrder(len(self.train_data), c.batch_size, c.seed, self.accelerator.process_index,
                                 self.accelerator.num_processes)
+        tail = len(self.train_data) - self.order.per_epoch * self.order.global_batch
+        if tail:
+            logger.info("%d of %d records do not fill a batch and sit out each epoch (different ones every "
+                        "epoch: the order is reshuffled)", tail, len(self.train_data))
         self.total_steps = c.max_steps if c.max_steps > 0 else max(
             1, math.floor(c.epochs * self.order.per_epoch / c.grad_accum))
         params = [p for p in policy.parameters() if p.requires_grad]
@@ -107,6 +118,8 @@ class Trainer:
         self.scorer, self.optimizer = self.accelerator.prepare(scorer, optimizer)
         self.scheduler = scheduler
         self.policy = policy
+        if c.verify_logprobs:
+            self._verify_logprobs()
         self._maybe_cache_reference()
         self.step_idx = 0
         self.skipped_total = 0
@@ -114,11 +127,25 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- setup helpers
-    def _read(self, path: str):
+    def _read(self, path: str, split: str):
         c = self.config
-        rejects = Path(c.output_dir) / f"{Path(path).stem}.rejects.jsonl"  # skipped rows land next to the run
+        rejects = Path(c.output_dir) / f"{split}.{Path(path).stem}.rejects.jsonl"  # skipped rows land in the run
         return read_records(path, layout=c.layout, columns=c.columns, on_bad_row=c.on_bad_row,
                             rejects_path=rejects).records
+
+    def _verify_logprobs(self) -> None:
+        """One response through the executor and through the model's own forward must agree."""
+        c = self.config
+        batch = self.train_data.collate([0], self.tokenizer.pad_token_id, self.layout, c.max_row_tokens)
+        fp32 = c.dtype in ("float32", "fp32") and _mixed_precision(c.mixed_precision) == "no"
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.accelerator.autocast():
+                diff = verify_against_forward(self.policy, batch.to(self.accelerator.device), 1e-4 if fp32 else 3e-2)
+        finally:
+            self.policy.train(was_training)
+        logger.info("log-prob executor matches the model's forward (|diff| %.2e on one response)", diff)
 
     def _maybe_cache_reference(self) -> None:
         """Replace the reference model by a table of its log-probs (see `engine/refcache.py`)."""
@@ -140,9 +167,11 @@ class Trainer:
         # the main process computes and writes, the others read; same precision as the training forward
         with acc.main_process_first(), acc.autocast():
             train = cached_reference(self.reference, weights, self.train_data, cache_dir, "train", *args,
-                                     progress=c.progress and acc.is_main_process, write=acc.is_main_process)
+                                     progress=c.progress and acc.is_main_process, write=acc.is_main_process,
+                                     precision=acc.mixed_precision)
             evals = cached_reference(self.reference, weights, self.eval_data, cache_dir, "eval", *args,
-                                     progress=False, write=acc.is_main_process) if self.eval_data else None
+                                     progress=False, write=acc.is_main_process,
+                                     precision=acc.mixed_precision) if self.eval_data else None
         self.reference = train  # the reference model is released here
         self.eval_reference = evals
 
@@ -200,8 +229,13 @@ class Trainer:
         grad_norm = float(grad_norm)
         finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        if finite:
+        if acc.scaler is not None and math.isfinite(loss_sum):
+            # fp16: the grad scaler must see every step (it skips overflowing ones and lowers its scale)
             self.optimizer.step()
+            finite = not self.optimizer.step_was_skipped
+        elif finite:
+            self.optimizer.step()
+        if finite:
             self.scheduler.step()
             self.skipped_in_row = 0
         else:
@@ -285,7 +319,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(c, self.output_dir / "config.yaml")
         log = MetricsLogger(self.output_dir, c.trackers, dataclasses.asdict(c), enabled=main,
-                            resume=bool(c.resume_from))
+                            resume_step=self.step_idx)
         history: list[dict[str, Any]] = []
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(self.total_steps, self.step_idx, enabled=c.progress and main)

@@ -177,3 +177,29 @@ def test_verify_catches_a_forward_the_executor_does_not_reproduce(tiny):
             verify_against_forward(model, batch, rtol=1e-4)
     finally:
         del model.config.logit_scale
+
+
+def test_auto_layout_packs_short_completions_and_pads_long_ones():
+    from alignkit.data.collate import choose_layout, layout_cost
+    from alignkit.data.tokenize import TokenizedRecord
+
+    w = 2.0 / (2 * 256 + 2 * 128 + 3 * 688)  # attention_cost_weight of the bench model (H 256, kv 128, I 688)
+
+    def batch(prompt, completion):
+        return [TokenizedRecord(list(range(prompt)), [list(range(completion))] * 2, [0, 0], i) for i in range(8)]
+
+    short, long = batch(125, 60), batch(125, 1024)
+    # Hand-computed: one record of 245 tokens per row (8 rows) vs 16 padded rows of 185 tokens.
+    assert layout_cost(short, "shared_prompt", 256, w) == pytest.approx(8 * 245 + w * 8 * 245**2)
+    assert layout_cost(short, "padded", 256, w) == pytest.approx(16 * 185 + w * 16 * 185**2)
+    assert choose_layout(short, 256, w) == "shared_prompt"
+    # 2173-token packed rows attend over both responses densely: padded rows of 1149 are cheaper.
+    assert choose_layout(long, 256, w) == "padded"
+    assert choose_layout(long, 256, 0.0) == "shared_prompt"  # without attention cost, packing always wins
+
+
+def test_attention_cost_weight_from_config(tiny):
+    from alignkit.engine.logprobs import attention_cost_weight
+
+    model, _ = tiny  # hidden 64, 4 heads, 2 kv heads (head_dim 16), intermediate 256
+    assert attention_cost_weight(model) == pytest.approx(2.0 / (2 * 64 + 2 * 32 + 3 * 256))

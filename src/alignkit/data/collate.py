@@ -80,14 +80,11 @@ def _scored_tokens(tr: TokenizedRecord, k: int) -> range:
     return range(tr.score_start[k], len(tr.segments[k]))
 
 
-def collate_shared_prompt(
-    items: list[TokenizedRecord], pad_id: int, max_row_tokens: int = 256
-) -> Batch:
-    """Pack records into rows; each record is one segment with a block mask."""
-    K = max(tr.k for tr in items)
-    rows: list[list[int]] = []  # record positions per row
+def pack_rows(items: list[TokenizedRecord], max_row_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """First-fit, in order: record positions per row and each row's token count."""
+    rows: list[list[int]] = []
     sizes: list[int] = []
-    for i, tr in enumerate(items):  # first fit, in order
+    for i, tr in enumerate(items):
         n = tr.num_tokens
         for r, size in enumerate(sizes):
             if size + n <= max_row_tokens:
@@ -97,6 +94,34 @@ def collate_shared_prompt(
         else:
             rows.append([i])
             sizes.append(n)
+    return rows, sizes
+
+
+def layout_cost(items: list[TokenizedRecord], layout: str, max_row_tokens: int, attn_weight: float) -> float:
+    """Estimated forward cost in units of one token's linear layers: rows x length, plus the dense
+    attention every row pays (``attn_weight`` per query-key pair, see `attention_cost_weight`)."""
+    if layout == "shared_prompt":
+        _, sizes = pack_rows(items, max_row_tokens)
+        R, L = len(sizes), max(sizes)
+    else:
+        R, L = sum(tr.k for tr in items), max(len(tr.full_ids(k)) for tr in items for k in range(tr.k))
+    return R * L + attn_weight * R * L * L
+
+
+def choose_layout(items: list[TokenizedRecord], max_row_tokens: int, attn_weight: float) -> str:
+    """Shared-prompt rows save the repeated prompt but attend densely over all K responses; with long
+    completions padded rows can be cheaper. Pick the cheaper of the two for this batch."""
+    packed = layout_cost(items, "shared_prompt", max_row_tokens, attn_weight)
+    padded = layout_cost(items, "padded", max_row_tokens, attn_weight)
+    return "shared_prompt" if packed <= padded else "padded"
+
+
+def collate_shared_prompt(
+    items: list[TokenizedRecord], pad_id: int, max_row_tokens: int = 256
+) -> Batch:
+    """Pack records into rows; each record is one segment with a block mask."""
+    K = max(tr.k for tr in items)
+    rows, sizes = pack_rows(items, max_row_tokens)
     R, L = len(rows), max(sizes)
     input_ids = torch.full((R, L), pad_id, dtype=torch.long)
     position_ids = torch.full((R, L), -1, dtype=torch.long)
@@ -185,14 +210,18 @@ def collate(
     pad_id: int,
     layout: str = "shared_prompt",
     max_row_tokens: int = 256,
+    attn_weight: float = 0.0,
 ) -> Batch:
+    """``layout``: shared_prompt, padded, or auto (the cheaper per batch, by `choose_layout`)."""
     _check_context(items)
+    if layout == "auto":
+        layout = choose_layout(items, max_row_tokens, attn_weight)
     if layout == "shared_prompt":
         batch = collate_shared_prompt(items, pad_id, max_row_tokens)
     elif layout == "padded":
         batch = collate_padded(items, pad_id)
     else:
-        raise ValueError(f"unknown packing layout {layout!r}; use 'shared_prompt' or 'padded'")
+        raise ValueError(f"unknown packing layout {layout!r}; use 'auto', 'shared_prompt' or 'padded'")
     batch.labels, batch.weights = label_tensors(records, batch.valid.shape[1])
     batch.indices = [tr.index for tr in items]
     return batch

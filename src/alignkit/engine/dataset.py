@@ -49,11 +49,10 @@ class TokenizedDataset:
         logger.info("%s: %s", name, report.summary())
         return cls(records, items)
 
-    def collate(self, indices: list[int], pad_id: int, layout: str, max_row_tokens: int) -> Batch:
-        items = [self.items[i] for i in indices]
-        for pos, i in enumerate(indices):
-            items[pos].index = i
-        return collate(items, [self.records[i] for i in indices], pad_id, layout, max_row_tokens)
+    def collate(self, indices: list[int], pad_id: int, layout: str, max_row_tokens: int,
+                attn_weight: float = 0.0) -> Batch:
+        items = [self.items[i] for i in indices]  # item.index is the record's position (set by tokenize)
+        return collate(items, [self.records[i] for i in indices], pad_id, layout, max_row_tokens, attn_weight)
 
 
 def prompt_key(record: PreferenceRecord) -> str:

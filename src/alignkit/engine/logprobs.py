@@ -32,6 +32,18 @@ def supports_packing(model: nn.Module) -> bool:
     return impl in PACKING_BACKENDS
 
 
+def attention_cost_weight(model: nn.Module) -> float:
+    """Cost of one attention query-key pair relative to one token through the linear layers (per layer):
+    ``4H / (2(2H^2 + 2H·kv + 3H·I))`` for a Llama-style block (QK^T and AV vs. q/k/v/o and gated MLP)."""
+    cfg = unwrap(model).config
+    H = cfg.hidden_size
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or H // heads
+    inter = getattr(cfg, "intermediate_size", None) or 4 * H
+    return 2.0 / (2 * H + 2 * kv * head_dim + 3 * inter)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The transformers `PreTrainedModel` under peft / DDP / `LogProbModel` wrappers."""
     while True:

@@ -10,7 +10,7 @@ import torch
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine.dataset import TokenizedDataset
-from alignkit.engine.logprobs import LogProbModel, build_stats, supports_packing
+from alignkit.engine.logprobs import LogProbModel, attention_cost_weight, build_stats, supports_packing
 
 
 def iter_logprobs(
@@ -30,14 +30,15 @@ def iter_logprobs(
     from tqdm.auto import tqdm
 
     data = TokenizedDataset.build(records, tokenizer, tokenize or TokenizeConfig(), "data")
-    layout = "shared_prompt" if supports_packing(model) else "padded"
+    layout = "auto" if supports_packing(model) else "padded"
+    attn_weight = attention_cost_weight(model)
     scorer = LogProbModel(model, chunk_size)
     device = next(model.parameters()).device
     model.eval()
     with tqdm(total=len(records), desc="logprobs", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(records), batch_size):
             idx = list(range(start, min(start + batch_size, len(records))))
-            batch = data.collate(idx, tokenizer.pad_token_id, layout, max_row_tokens).to(device)
+            batch = data.collate(idx, tokenizer.pad_token_id, layout, max_row_tokens, attn_weight).to(device)
             with torch.no_grad():
                 stats = build_stats(batch, scorer(batch))
             for row, i in enumerate(idx):

@@ -27,6 +27,7 @@ from alignkit.engine.dataset import BatchOrder, TokenizedDataset, split_by_promp
 from alignkit.engine.logging import MetricsLogger, logger, peak_memory_mb, setup_console_logging
 from alignkit.engine.logprobs import (
     LogProbModel,
+    attention_cost_weight,
     build_stats,
     supports_packing,
     unwrap,
@@ -95,6 +96,7 @@ class Trainer:
             if c.lora:
                 unwrap(policy).enable_input_require_grads()
         self.layout = self._layout(policy)
+        self.attn_weight = attention_cost_weight(policy)
         self.eval_reference = None
         self.reference = build_reference(strategy, policy, c.ref_model, self.accelerator.device, c.chunk_size,
                                          load_kwargs)
@@ -136,7 +138,8 @@ class Trainer:
     def _verify_logprobs(self) -> None:
         """One response through the executor and through the model's own forward must agree."""
         c = self.config
-        batch = self.train_data.collate([0], self.tokenizer.pad_token_id, self.layout, c.max_row_tokens)
+        batch = self.train_data.collate([0], self.tokenizer.pad_token_id, self.layout, c.max_row_tokens,
+                                        self.attn_weight)
         fp32 = c.dtype in ("float32", "fp32") and _mixed_precision(c.mixed_precision) == "no"
         was_training = self.policy.training
         self.policy.eval()
@@ -177,20 +180,20 @@ class Trainer:
 
     def _layout(self, policy) -> str:
         c = self.config
-        if c.packing not in ("auto", "shared_prompt", "padded"):
+        if c.packing not in ("auto", "shared_prompt", "padded"):  # auto: cheaper of the two per batch
             raise ValueError(f"packing must be auto, shared_prompt or padded, got {c.packing!r}")
         if c.packing != "auto":
             return c.packing
         if supports_packing(policy):
-            return "shared_prompt"
+            return "auto"  # shared-prompt rows or padded rows, whichever is cheaper per batch
         impl = getattr(unwrap(policy).config, "_attn_implementation", None)
         logger.info("attention backend %r cannot take a 4D block mask: using padded batches (no packing)", impl)
         return "padded"
 
     # ----------------------------------------------------------------- one step
     def _micro_loss(self, indices: list[int], data: TokenizedDataset, train: bool):
-        batch = data.collate(indices, self.tokenizer.pad_token_id, self.layout,
-                             self.config.max_row_tokens).to(self.accelerator.device)
+        batch = data.collate(indices, self.tokenizer.pad_token_id, self.layout, self.config.max_row_tokens,
+                             self.attn_weight).to(self.accelerator.device)
         reference = self.reference if train or self.eval_reference is None else self.eval_reference
         with self.accelerator.autocast():
             if self.objective.needs_token_logps:

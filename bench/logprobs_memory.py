@@ -54,8 +54,8 @@ def rss_mb() -> float:
 def run_variant(args) -> dict:
     import torch
 
-    from alignkit.data.collate import collate_padded, collate_shared_prompt
-    from alignkit.engine.logprobs import LogProbModel, sum_per_slot
+    from alignkit.data.collate import choose_layout, collate_padded, collate_shared_prompt
+    from alignkit.engine.logprobs import LogProbModel, attention_cost_weight, sum_per_slot
 
     torch.set_num_threads(2)
     model = build_model(args)
@@ -70,13 +70,16 @@ def run_variant(args) -> dict:
                 -1, batch.targets[:, None]).squeeze(-1)
             total = sum_per_slot(lp, batch).sum()
         else:
-            batch = collate_shared_prompt(items, pad_id=0, max_row_tokens=args.max_row_tokens)
+            # alignkit's default packing=auto: shared-prompt rows unless padded rows are cheaper
+            layout = choose_layout(items, args.max_row_tokens, attention_cost_weight(model))
+            batch = (collate_shared_prompt(items, pad_id=0, max_row_tokens=args.max_row_tokens)
+                     if layout == "shared_prompt" else collate_padded(items, pad_id=0))
             total = sum_per_slot(LogProbModel(model)(batch), batch).sum()
         total.backward()
         model.zero_grad(set_to_none=True)
     dt = (time.perf_counter() - t0) / args.repeats
     grads_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    return {"variant": args.variant, "seconds": dt, "param_grads_mb": grads_mb, "peak_rss_mb": rss_mb(), "baseline_rss_mb": base,
+    return {"variant": args.variant, "layout": batch.layout, "seconds": dt, "param_grads_mb": grads_mb, "peak_rss_mb": rss_mb(), "baseline_rss_mb": base,
             "tokens": batch.num_tokens, "value": float(total.detach())}
 
 
@@ -112,14 +115,15 @@ def sweep(args) -> None:
           "memory = peak RSS above the post-setup baseline (MB)")
     print("grads = parameter gradients (the same for both; they grow with the vocabulary whatever the method)")
     print(f"{'vocab':>7s} {'completion':>10s} {'grads MB':>9s} {'naive MB':>9s} {'alignkit MB':>12s} {'ratio':>6s} "
-          f"{'act. ratio':>10s} {'naive s':>8s} {'alignkit s':>10s}")
+          f"{'act. ratio':>10s} {'naive s':>8s} {'alignkit s':>10s}  alignkit layout")
     grid = [(v, None) for v in (8192, 32768, 131072)] + [(32768, c) for c in (64, 256, 1024)]
     for vocab, comp in grid:
         rows = run_pair(args, vocab=vocab, completion=comp, repeats=1)
         n, a = rows["naive"], rows["alignkit"]
         g = n["param_grads_mb"]
         print(f"{vocab:7d} {comp or '40-80':>10} {g:9.0f} {delta(n):9.0f} {delta(a):12.0f} {delta(a) / delta(n):6.2f} "
-              f"{(delta(a) - g) / (delta(n) - g):10.2f} {n['seconds']:8.2f} {a['seconds']:10.2f}", flush=True)
+              f"{(delta(a) - g) / (delta(n) - g):10.2f} {n['seconds']:8.2f} {a['seconds']:10.2f}  {a['layout']}",
+              flush=True)
 
 
 def main() -> None:

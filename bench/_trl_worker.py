@@ -13,23 +13,12 @@ previous optimizer step to the end of this one (batch fetch, collate, forward/ba
 
 from __future__ import annotations
 
-import argparse
 import json
-import resource
-import sys
 import time
-import traceback
+
+from _worker_common import peak_memory_mb, run_and_write, worker_parser
 
 T_START = time.perf_counter()
-
-
-def peak_memory_mb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
 def build_config(args, variant: str, drop: set[str]):
@@ -155,31 +144,10 @@ def run(args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    for name in ("--model", "--data", "--out", "--output-dir"):
-        p.add_argument(name, required=True)
+    p = worker_parser()
     p.add_argument("--variant", choices=["default", "best"], default="default")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="best variant: also torch_compile=True")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = p.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        result = run(args)
-    except Exception as e:
-        traceback.print_exc()
-        result = {"error": f"{type(e).__name__}: {e}"}
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    run_and_write(p.parse_args(), run)
 
 
 if __name__ == "__main__":

@@ -193,3 +193,20 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_path, pairs_path, tmp_p
     pa, pb = params(plain.policy), params(ckpt_run.policy)
     for n in pa:
         torch.testing.assert_close(pa[n], pb[n], atol=1e-6, rtol=1e-5)
+
+
+def test_checkpoint_round_trips_extra_states_like_the_grad_scaler(tmp_path):
+    from alignkit.engine.schedule import build_scheduler
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, "linear", 0, 10)
+    scaler_state = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                    "_growth_tracker": 3}
+    path = ckpt.save_checkpoint(tmp_path, 7, model, opt, sched, {"skipped_total": 0}, "a: 1\n",
+                                extra_states={"grad_scaler": scaler_state})
+    with torch.no_grad():
+        model.weight.zero_()
+    state, _ = ckpt.load_checkpoint(path, model, opt, sched)
+    assert state["step"] == 7 and state["extra"] == {"grad_scaler": scaler_state}
+    assert model.weight.abs().sum() > 0  # weights restored

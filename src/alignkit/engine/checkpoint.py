@@ -68,7 +68,9 @@ def save_checkpoint(
     config_yaml: str,
     keep: int = 2,
     objective_state: dict[str, Any] | None = None,
+    extra_states: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
+    """``extra_states``: more ``state_dict``s to keep (e.g. the fp16 grad scaler), saved as ``extra_<name>.pt``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -82,6 +84,8 @@ def save_checkpoint(
     rng_json, rng_tensors = rng_state()
     torch.save(rng_tensors, tmp / "rng.pt")
     torch.save(objective_state or {}, tmp / "objective.pt")
+    for name, state in (extra_states or {}).items():
+        torch.save(state, tmp / f"extra_{name}.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step, "rng": rng_json}))
     (tmp / "config.yaml").write_text(config_yaml)
     _fsync_dir(tmp)
@@ -122,7 +126,9 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(
     path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore weights, optimizer, scheduler and RNG; return (trainer state, objective state)."""
+    """Restore weights, optimizer, scheduler and RNG; return (trainer state, objective state).
+
+    Extra states saved with the checkpoint come back in ``trainer_state["extra"]`` by name."""
     path = Path(path)
     if not (path / "trainer_state.json").exists():
         raise FileNotFoundError(f"{path} is not an alignkit checkpoint (no trainer_state.json)")
@@ -143,4 +149,5 @@ def load_checkpoint(
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"), torch.load(path / "rng.pt", weights_only=True))
     objective_state = torch.load(path / "objective.pt", weights_only=True)
+    state["extra"] = {f.stem[len("extra_"):]: torch.load(f, weights_only=True) for f in path.glob("extra_*.pt")}
     return state, objective_state

@@ -264,19 +264,26 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.eval_data is None:
             return {}
+        from accelerate.utils import gather_object
+
         self.scorer.eval()
-        bs = self.config.batch_size
-        totals: dict[str, float] = {}
-        n = 0
-        for start in range(0, len(self.eval_data), bs):
+        acc, bs = self.accelerator, self.config.batch_size
+        totals: dict[str, float] = {"_n": 0.0}
+        # each process evaluates every num_processes-th batch; the sums are merged below
+        for start in range(acc.process_index * bs, len(self.eval_data), bs * acc.num_processes):
             idx = list(range(start, min(start + bs, len(self.eval_data))))
             out, _ = self._micro_loss(idx, self.eval_data, train=False)
             w = len(idx)
-            totals["loss"] = totals.get("loss", 0.0) + float(out.loss) * w
-            for k, v in out.metrics.items():
+            for k, v in {"loss": float(out.loss), **out.metrics}.items():
                 totals[k] = totals.get(k, 0.0) + v * w
-            n += w
-        return {f"eval/{k}": v / n for k, v in totals.items()}
+            totals["_n"] += w
+        parts = gather_object([totals]) if acc.num_processes > 1 else [totals]
+        merged: dict[str, float] = {}
+        for part in parts:
+            for k, v in part.items():
+                merged[k] = merged.get(k, 0.0) + v
+        n = merged.pop("_n")
+        return {f"eval/{k}": v / n for k, v in merged.items()}
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> Path:
@@ -286,6 +293,7 @@ class Trainer:
             self.output_dir / "checkpoints", self.step_idx, self.policy, self.optimizer, self.scheduler, state,
             yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False), self.config.keep_checkpoints,
             self.objective.state_dict(),
+            {"grad_scaler": self.accelerator.scaler.state_dict()} if self.accelerator.scaler is not None else None,
         )
         logger.info("saved checkpoint %s", path)
         return path
@@ -300,6 +308,8 @@ class Trainer:
         self.skipped_total = state["skipped_total"]
         self.skipped_in_row = state["skipped_in_row"]
         self.objective.load_state_dict(obj_state)
+        if self.accelerator.scaler is not None and "grad_scaler" in state["extra"]:
+            self.accelerator.scaler.load_state_dict(state["extra"]["grad_scaler"])
         logger.info("resumed from %s at step %d", path, self.step_idx)
 
     def save_final(self) -> Path:

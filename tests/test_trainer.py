@@ -210,3 +210,15 @@ def test_checkpoint_round_trips_extra_states_like_the_grad_scaler(tmp_path):
     state, _ = ckpt.load_checkpoint(path, model, opt, sched)
     assert state["step"] == 7 and state["extra"] == {"grad_scaler": scaler_state}
     assert model.weight.abs().sum() > 0  # weights restored
+
+
+def test_reference_cache_pass_makes_no_copy_of_the_model(tiny_path, pairs_path, tmp_path, monkeypatch):
+    import alignkit.engine.reference as reference
+
+    def no_copy(model):
+        raise AssertionError("the cache pass must use the initial policy, not a copy")
+
+    monkeypatch.setattr(reference, "frozen_copy", no_copy)
+    t = Trainer(cfg(tiny_path, pairs_path, tmp_path, ref_cache="on"))
+    assert t.reference.strategy == "cache"
+    assert t.train().history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # reference = initial policy

@@ -60,6 +60,22 @@ class DisabledAdapterReference(Reference):
             self.model.train(was_training)
 
 
+class InitialPolicyReference(DisabledAdapterReference):
+    """The policy itself, before its first update: serves the one pass that fills the reference cache
+    for the ``copy`` strategy, so no copy of the model is ever made. Invalid once training starts."""
+
+    strategy = "copy"
+
+    @torch.no_grad()
+    def token_logps(self, batch: Batch) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.scorer(batch)
+        finally:
+            self.model.train(was_training)
+
+
 def resolve_strategy(strategy: str, needs_reference: bool, lora: bool, ref_model: str | None) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"ref_strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -79,13 +95,19 @@ def resolve_strategy(strategy: str, needs_reference: bool, lora: bool, ref_model
 
 
 def build_reference(
-    strategy: str, policy: nn.Module, ref_model: str | None, device, chunk_size: int, load_kwargs: dict
+    strategy: str, policy: nn.Module, ref_model: str | None, device, chunk_size: int, load_kwargs: dict,
+    for_cache: bool = False,
 ) -> Reference:
-    """Must be called with the *initial* policy (before any checkpoint is loaded into it)."""
+    """Must be called with the *initial* policy (before any checkpoint is loaded into it).
+
+    ``for_cache``: the reference only fills the log-prob cache before training, so ``copy`` can use
+    the initial policy itself instead of a second copy in memory."""
     if strategy == "none":
         return Reference()
     if strategy == "disable_adapters":
         return DisabledAdapterReference(policy, chunk_size)
+    if strategy == "copy" and for_cache:
+        return InitialPolicyReference(policy, chunk_size)
     if strategy == "copy":
         ref = frozen_copy(policy)
     else:

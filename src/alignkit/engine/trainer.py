@@ -99,7 +99,7 @@ class Trainer:
         self.attn_weight = attention_cost_weight(policy)
         self.eval_reference = None
         self.reference = build_reference(strategy, policy, c.ref_model, self.accelerator.device, c.chunk_size,
-                                         load_kwargs)
+                                         load_kwargs, for_cache=self._will_cache(strategy))
         logger.info("objective %s; reference: %s; packing: %s; %d process(es) on %s", self.objective.name,
                     self.reference.strategy, self.layout, self.accelerator.num_processes, self.accelerator.device)
 
@@ -150,17 +150,23 @@ class Trainer:
             self.policy.train(was_training)
         logger.info("log-prob executor matches the model's forward (|diff| %.2e on one response)", diff)
 
-    def _maybe_cache_reference(self) -> None:
-        """Replace the reference model by a table of its log-probs (see `engine/refcache.py`)."""
+    def _will_cache(self, strategy: str) -> bool:
         c = self.config
         if c.ref_cache not in ("auto", "on", "off"):
             raise ValueError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
-        if self.reference.strategy == "none" or c.ref_cache == "off":
-            return
+        if strategy == "none" or c.ref_cache == "off":
+            return False
         if self.objective.needs_token_logps:
             if c.ref_cache == "on":
                 raise ValueError(f"objective {self.objective.name} reads per-token reference log-probs; "
                                  "the sequence-level cache cannot serve it (use ref_cache=off)")
+            return False
+        return True
+
+    def _maybe_cache_reference(self) -> None:
+        """Replace the reference model by a table of its log-probs (see `engine/refcache.py`)."""
+        c = self.config
+        if not self._will_cache(self.reference.strategy):
             return
         weights = getattr(self.reference, "scorer", None)
         weights = self.policy if weights is None else weights.model

@@ -163,3 +163,17 @@ def test_resume_after_a_crash_keeps_one_metrics_line_per_step(tiny_path, pairs_p
     Trainer(TrainConfig(**base, resume_from="latest")).train()
     lines = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines == [1, 2, 3, 4, 5]
+
+
+def test_python_api_from_the_readme(tiny_path, pairs_path, tmp_path):
+    import alignkit
+
+    result = alignkit.train({"objective": "dpo", "beta": 0.1, "model": tiny_path, "data": pairs_path,
+                             "batch_size": 8, "max_steps": 2, "lr": 1e-3, "output_dir": str(tmp_path / "dpo"),
+                             "progress": False})
+    assert result.final_dir == tmp_path / "dpo" / "final"
+    assert [h["step"] for h in result.history] == [1, 2]
+    assert 0.0 <= result.history[-1]["rewards/accuracy"] <= 1.0
+    assert isinstance(alignkit.Trainer, type) and alignkit.TrainConfig().objective == "dpo"
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'. Did you mean 'lr'"):
+        alignkit.train({"learning_rate": 0.1})

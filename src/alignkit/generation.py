@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from alignkit.data.collate import collate
 from alignkit.data.schema import PreferenceRecord, Text
-from alignkit.data.tokenize import TokenizeConfig, render, tokenize_records
-from alignkit.engine.logprobs import build_stats, supports_packing, token_logps_no_grad
+from alignkit.data.tokenize import TokenizeConfig, encode, render, tokenize_records
+from alignkit.engine.dataset import TokenizedDataset
+from alignkit.engine.score import iter_batch_logps, model_scorer
 
 
 @dataclass
@@ -57,7 +57,7 @@ def _record(prompt: Text, completions: list[str]) -> PreferenceRecord:
 def prompt_ids(tokenizer, prompt: Text, chat_template: str = "auto") -> list[int]:
     """Token ids of a prompt as the trainer and `score_logps` see it (chat template for message lists)."""
     text, _, used_template = render(_record(prompt, ["x"]), tokenizer, TokenizeConfig(chat_template=chat_template))
-    return list(tokenizer(text, add_special_tokens=not used_template)["input_ids"])
+    return encode(tokenizer, text, used_template)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -157,7 +157,7 @@ def score_logps(
     finished: list[list[bool]] | None = None,
     batch_size: int = 32,
     chat_template: str = "auto",
-    chunk_size: int = 1024,
+    chunk_size: int = 0,
 ) -> Tensor:
     """Summed log-probs ``s(y) = Σ_t log π(y_t | x, y_<t)`` of completions, ``[B, K]`` float32 on CPU.
 
@@ -177,21 +177,17 @@ def score_logps(
                 if len(item.segments[j]) - item.score_start[j] <= 1:
                     raise ValueError(f"completion {j} of prompt {b} is empty and unfinished: nothing to score")
                 item.segments[j] = item.segments[j][:-1]
-    layout = "shared_prompt" if supports_packing(model) else "padded"
+    score, layout, attn_weight = model_scorer(model, chunk_size)
     device = next(model.parameters()).device
     k_max = max(len(c) for c in completions)
     out = torch.full((len(prompts), k_max), float("nan"))
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            batch = collate(chunk, records[start:start + batch_size], tokenizer.pad_token_id, layout=layout)
-            batch = batch.to(device)
-            stats = build_stats(batch, token_logps_no_grad(model, batch, chunk_size))
-            logps = stats.logps.float().cpu()
-            valid = stats.valid.cpu()
-            out[start:start + len(chunk), : logps.shape[1]] = torch.where(valid, logps, float("nan"))
+        data = TokenizedDataset(records, items)
+        for idx, batch, logps in iter_batch_logps(score, data, tokenizer.pad_token_id, layout, batch_size, device,
+                                                  attn_weight=attn_weight):
+            out[idx, : logps.shape[1]] = torch.where(batch.valid.cpu(), logps, float("nan"))
     finally:
         model.train(was_training)
     return out

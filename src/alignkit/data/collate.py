@@ -42,6 +42,15 @@ class Batch:
     indices: list[int] = field(default_factory=list)  # record indices in the dataset
     layout: str = "shared_prompt"
     num_tokens: int = 0  # real (non-padding) input tokens, for throughput
+    float_masks: dict = field(default_factory=dict, repr=False)  # additive 4D masks by dtype, built once
+
+    def additive_mask(self, dtype: torch.dtype) -> Tensor:
+        """The 4D bool mask as 0 / dtype-min floats; shared by the policy and reference passes of a batch."""
+        if dtype not in self.float_masks:
+            m = self.attention_mask
+            self.float_masks[dtype] = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(
+                ~m, torch.finfo(dtype).min)
+        return self.float_masks[dtype]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -50,6 +59,7 @@ class Batch:
     def to(self, device) -> Batch:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         moved["labels"] = {k: v.to(device) for k, v in self.labels.items()}
+        moved["float_masks"] = {}
         return Batch(**moved)
 
 

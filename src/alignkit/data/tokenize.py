@@ -121,7 +121,7 @@ def _plain(text: Text) -> str:
     return text if isinstance(text, str) else "\n".join(m["content"] for m in text)
 
 
-def _encode(tokenizer, text: str, used_template: bool) -> list[int]:
+def encode(tokenizer, text: str, used_template: bool) -> list[int]:
     # Templates already contain their special tokens; plain text gets the tokenizer's (e.g. BOS).
     return list(tokenizer(text, add_special_tokens=not used_template)["input_ids"])
 
@@ -140,10 +140,10 @@ def tokenize_record(
     record: PreferenceRecord, tokenizer, config: TokenizeConfig, report: TokenizeReport | None = None, index: int = 0
 ) -> TokenizedRecord:
     prompt_text, fulls, used_template = render(record, tokenizer, config, index)
-    prompt_ids = _encode(tokenizer, prompt_text, used_template)
+    prompt_ids = encode(tokenizer, prompt_text, used_template)
     full_ids, bounds = [], []
     for text in fulls:
-        ids = _encode(tokenizer, text, used_template)
+        ids = encode(tokenizer, text, used_template)
         n = _lcp(prompt_ids, ids)
         ids = _completion_with_eos(ids, n, tokenizer.eos_token_id, config.add_eos)
         if len(ids) <= n:

@@ -32,10 +32,6 @@ class TokenizedDataset:
         return len(self.records)
 
     @property
-    def label_kind(self) -> str:
-        return self.records[0].label_kind
-
-    @property
     def k_range(self) -> tuple[int, int]:
         ks = [r.k for r in self.records]
         return min(ks), max(ks)

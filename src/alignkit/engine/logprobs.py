@@ -74,10 +74,7 @@ class LogProbModel(nn.Module):
         decoder, head = base.get_decoder(), base.get_output_embeddings()
         mask = batch.attention_mask
         if mask.dim() == 4:  # bool block mask -> additive float mask in the compute dtype
-            dtype = head.weight.dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-                ~mask, torch.finfo(dtype).min
-            )
+            mask = batch.additive_mask(head.weight.dtype)
         hidden = decoder(
             input_ids=batch.input_ids,
             attention_mask=mask,
@@ -172,12 +169,6 @@ def build_stats(
             stats.extra["ref_token_logps"] = pad_per_slot(ref_token_logps, batch)[0]
     return stats
 
-
-@torch.no_grad()
-def token_logps_no_grad(model: nn.Module, batch: Batch, chunk_size: int = 0) -> Tensor:
-    """Per-token log-probs without autograd (reference models, evaluation, `alignkit logprobs`)."""
-    scorer = model if isinstance(model, LogProbModel) else LogProbModel(model, chunk_size)
-    return scorer(batch)
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from alignkit.data.collate import Batch
 from alignkit.engine.dataset import TokenizedDataset
 from alignkit.engine.reference import Reference
+from alignkit.engine.score import iter_batch_logps
 
 logger = logging.getLogger("alignkit")
 
@@ -61,20 +62,13 @@ class CachedReference(Reference):
         return out.masked_fill(~batch.valid, 0.0)
 
 
-@torch.no_grad()
 def compute_table(reference: Reference, data: TokenizedDataset, pad_id: int, layout: str, max_row_tokens: int,
                   batch_size: int, device, progress: bool = True) -> Tensor:
-    from tqdm.auto import tqdm
-
-    k_max = data.k_range[1]
-    table = torch.zeros(len(data), k_max, dtype=torch.float32)
-    with tqdm(total=len(data), desc="reference log-probs", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(data), batch_size):
-            idx = list(range(start, min(start + batch_size, len(data))))
-            batch = data.collate(idx, pad_id, layout, max_row_tokens).to(device)
-            seq = reference.sequence_logps(batch).float().cpu()
-            table[idx, : seq.shape[1]] = seq
-            bar.update(len(idx))
+    table = torch.zeros(len(data), data.k_range[1], dtype=torch.float32)
+    batches = iter_batch_logps(reference.sequence_logps, data, pad_id, layout, batch_size, device, max_row_tokens,
+                               desc="reference log-probs" if progress else None)
+    for idx, _, seq in batches:
+        table[idx, : seq.shape[1]] = seq
     return table
 
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -49,12 +51,15 @@ class DisabledAdapterReference(Reference):
         self.model = peft_model
         self.scorer = LogProbModel(peft_model, chunk_size)
 
+    def _as_reference(self):
+        return self.model.disable_adapter()
+
     @torch.no_grad()
     def token_logps(self, batch: Batch) -> Tensor:
         was_training = self.model.training
         self.model.eval()  # no dropout in the reference pass
         try:
-            with self.model.disable_adapter():
+            with self._as_reference():
                 return self.scorer(batch)
         finally:
             self.model.train(was_training)
@@ -66,14 +71,8 @@ class InitialPolicyReference(DisabledAdapterReference):
 
     strategy = "copy"
 
-    @torch.no_grad()
-    def token_logps(self, batch: Batch) -> Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return self.scorer(batch)
-        finally:
-            self.model.train(was_training)
+    def _as_reference(self):
+        return contextlib.nullcontext()
 
 
 def resolve_strategy(strategy: str, needs_reference: bool, lora: bool, ref_model: str | None) -> str:

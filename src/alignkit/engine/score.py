@@ -1,16 +1,54 @@
-"""Log-probs of every response of every record (`alignkit logprobs`): reference caches, ranking checks."""
+"""Log-probs of every response of every record, batch by batch, without gradients.
+
+`iter_batch_logps` is the one loop behind the reference cache (`engine/refcache.py`), scoring
+sampled completions (`alignkit.generation.score_logps`) and `alignkit logprobs` (`iter_logprobs`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from alignkit.data.collate import Batch
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine.dataset import TokenizedDataset
-from alignkit.engine.logprobs import LogProbModel, attention_cost_weight, build_stats, supports_packing
+from alignkit.engine.logprobs import LogProbModel, attention_cost_weight, sum_per_slot, supports_packing
+
+
+def iter_batch_logps(
+    score: Callable[[Batch], Tensor],
+    data: TokenizedDataset,
+    pad_id: int,
+    layout: str,
+    batch_size: int,
+    device,
+    max_row_tokens: int = 256,
+    attn_weight: float = 0.0,
+    desc: str | None = None,
+) -> Iterator[tuple[list[int], Batch, Tensor]]:
+    """Yield ``(record indices, batch, summed log-probs [b, K] as float32 on CPU)`` over ``data`` in order.
+
+    ``score`` maps a batch to its ``[b, K]`` summed log-probs; ``desc`` shows a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(data), desc=desc, disable=desc is None, dynamic_ncols=True) as bar, torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            idx = list(range(start, min(start + batch_size, len(data))))
+            batch = data.collate(idx, pad_id, layout, max_row_tokens, attn_weight).to(device)
+            yield idx, batch, score(batch).float().cpu()
+            bar.update(len(idx))
+
+
+def model_scorer(model, chunk_size: int = 0) -> tuple[Callable[[Batch], Tensor], str, float]:
+    """A ``score`` function for `iter_batch_logps` from a causal LM, with its layout and attention weight."""
+    scorer = LogProbModel(model, chunk_size)
+    layout = "auto" if supports_packing(model) else "padded"
+    return (lambda batch: sum_per_slot(scorer(batch), batch)), layout, attention_cost_weight(model)
 
 
 def iter_logprobs(
@@ -27,27 +65,19 @@ def iter_logprobs(
 
     ``id`` is the record's ``id`` or, when it has none, its 0-based position in ``records``.
     """
-    from tqdm.auto import tqdm
-
     data = TokenizedDataset.build(records, tokenizer, tokenize or TokenizeConfig(), "data")
-    layout = "auto" if supports_packing(model) else "padded"
-    attn_weight = attention_cost_weight(model)
-    scorer = LogProbModel(model, chunk_size)
+    score, layout, attn_weight = model_scorer(model, chunk_size)
     device = next(model.parameters()).device
     model.eval()
-    with tqdm(total=len(records), desc="logprobs", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(records), batch_size):
-            idx = list(range(start, min(start + batch_size, len(records))))
-            batch = data.collate(idx, tokenizer.pad_token_id, layout, max_row_tokens, attn_weight).to(device)
-            with torch.no_grad():
-                stats = build_stats(batch, scorer(batch))
-            for row, i in enumerate(idx):
-                rec = records[i]
-                for k in range(rec.k):
-                    yield {
-                        "id": rec.id if rec.id is not None else i,
-                        "response_index": k,
-                        "logp": float(stats.logps[row, k]),
-                        "n_tokens": int(stats.lengths[row, k]),
-                    }
-            bar.update(len(idx))
+    batches = iter_batch_logps(score, data, tokenizer.pad_token_id, layout, batch_size, device, max_row_tokens,
+                               attn_weight, desc="logprobs" if progress else None)
+    for idx, batch, logps in batches:
+        for row, i in enumerate(idx):
+            rec = records[i]
+            for k in range(rec.k):
+                yield {
+                    "id": rec.id if rec.id is not None else i,
+                    "response_index": k,
+                    "logp": float(logps[row, k]),
+                    "n_tokens": int(batch.lengths[row, k]),
+                }

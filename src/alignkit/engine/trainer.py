@@ -8,6 +8,7 @@ scheduler from a `TrainConfig`; `Trainer.train` runs steps; `Trainer.step` is on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -220,7 +221,7 @@ class Trainer:
         for a in range(c.grad_accum):
             micro = self.step_idx * c.grad_accum + a
             sync = a == c.grad_accum - 1
-            ctx = acc.no_sync(self.scorer) if not sync else _null()
+            ctx = acc.no_sync(self.scorer) if not sync else contextlib.nullcontext()
             with ctx:
                 out, n_tok = self._micro_loss(self.order.indices(micro), self.train_data, train=True)
                 acc.backward(out.loss / c.grad_accum)
@@ -404,14 +405,6 @@ def _no_state_update(objective, stats):
     out = objective(stats)
     objective.load_state_dict(saved)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -3,6 +3,7 @@
     alignkit train configs/dpo.yaml max_steps=50
     alignkit train objective=dpo model=PATH data=pairs.jsonl max_steps=50
     alignkit logprobs --model PATH --data FILE --out OUT.jsonl
+    alignkit logprobs --model REF --data FILE --out ref.safetensors --cache --max-length 512
     alignkit demo
 """
 
@@ -47,6 +48,8 @@ def _logprobs(args: argparse.Namespace) -> int:
     result = read_records(args.data, layout=args.layout, on_bad_row=args.on_bad_row, rejects_path=rejects)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     model = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    if args.cache:
+        return _write_cache(args, result.records, tokenizer, model)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -56,6 +59,34 @@ def _logprobs(args: argparse.Namespace) -> int:
             f.write(json.dumps(row) + "\n")
             n += 1
     tqdm.write(f"wrote {n} log-probs for {len(result.records)} records to {out}")
+    return 0
+
+
+def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
+    """A reference cache that `alignkit train ... ref_cache_file=OUT` accepts (see engine/refcache.py)."""
+    from alignkit.data.tokenize import TokenizeConfig
+    from alignkit.engine import refcache as rc
+    from alignkit.engine.dataset import TokenizedDataset
+    from alignkit.engine.reference import ModelReference
+    from alignkit.engine.score import model_scorer
+    from alignkit.objectives import build_objective
+
+    from alignkit.config import TrainConfig
+
+    extras = build_objective(args.objective).extras
+    max_length = args.max_length if args.max_length is not None else TrainConfig.max_length  # train's default
+    tok = TokenizeConfig(max_length, args.max_prompt_length, chat_template=args.chat_template)
+    data = TokenizedDataset.build(records, tokenizer, tok, "data", extras, args.seed)
+    weights = rc.files_digest(args.model)
+    weights = (weights or rc.weights_digest(model)) + f"|dtype={args.dtype}"
+    _, layout, _ = model_scorer(model)
+    model.eval()
+    table = rc.compute_table(ModelReference(model, "path", 0), data, tokenizer.pad_token_id, layout, 256,
+                             args.batch_size, next(model.parameters()).device)
+    rc.store_table(Path(args.out), table, rc.cache_meta(weights, data, "no"))
+    print(f"wrote reference log-probs of {len(records)} records to {args.out}; train with ref_cache_file={args.out} "
+          f"(same data, max_length={max_length}, max_prompt_length={args.max_prompt_length}, "
+          f"chat_template={args.chat_template}, seed={args.seed})")
     return 0
 
 
@@ -97,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--layout", default=None, help="force a data layout (paired, unpaired, ranked, ...)")
     lp.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
     lp.add_argument("--trust-remote-code", action="store_true")
+    lp.add_argument("--cache", action="store_true",
+                    help="write a reference cache (safetensors) for `train ref_cache_file=OUT` instead of JSONL")
+    lp.add_argument("--objective", default="dpo", help="with --cache: the objective to train (KTO adds completions)")
+    lp.add_argument("--max-prompt-length", type=int, default=None)
+    lp.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
+    lp.add_argument("--seed", type=int, default=0, help="with --cache: the training seed (KTO's pairing)")
     lp.set_defaults(fn=_logprobs)
 
     d = sub.add_parser("demo", help="the built-in demo world: pretrain, label, DPO at several betas")

@@ -43,6 +43,8 @@ class Batch:
     layout: str = "shared_prompt"
     num_tokens: int = 0  # real (non-padding) input tokens, for throughput
     float_masks: dict = field(default_factory=dict, repr=False)  # additive 4D masks by dtype, built once
+    aux_slot: Tensor | None = None  # [B] slot of each record's auxiliary (KL) completion, -1 if none
+    extra: dict[str, Tensor] = field(default_factory=dict)  # per-slot extras, e.g. shared_tokens [B, K]
 
     def additive_mask(self, dtype: torch.dtype) -> Tensor:
         """The 4D bool mask as 0 / dtype-min floats; shared by the policy and reference passes of a batch."""
@@ -59,6 +61,7 @@ class Batch:
     def to(self, device) -> Batch:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         moved["labels"] = {k: v.to(device) for k, v in self.labels.items()}
+        moved["extra"] = {k: v.to(device) for k, v in self.extra.items()}
         moved["float_masks"] = {}
         return Batch(**moved)
 
@@ -234,4 +237,10 @@ def collate(
         raise ValueError(f"unknown packing layout {layout!r}; use 'auto', 'shared_prompt' or 'padded'")
     batch.labels, batch.weights = label_tensors(records, batch.valid.shape[1])
     batch.indices = [tr.index for tr in items]
+    K = batch.valid.shape[1]
+    if any(tr.aux for tr in items):
+        batch.aux_slot = torch.tensor([tr.k - 1 if tr.aux else -1 for tr in items], dtype=torch.long)
+    if items[0].shared is not None:
+        batch.extra["shared_tokens"] = torch.tensor([tr.shared + [0] * (K - len(tr.shared)) for tr in items],
+                                                    dtype=torch.float32)
     return batch

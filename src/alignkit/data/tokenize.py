@@ -47,6 +47,8 @@ class TokenizedRecord:
     segments: list[list[int]]
     score_start: list[int]
     index: int = 0
+    aux: int = 0  # trailing segments that are not the record's responses (KTO's mismatched KL completion)
+    shared: list[int] | None = None  # leading completion tokens each response shares with a sibling (trees)
 
     @property
     def k(self) -> int:

@@ -8,6 +8,7 @@ slice of every global micro-batch (``batch_size`` records per process).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,19 +37,91 @@ class TokenizedDataset:
         ks = [r.k for r in self.records]
         return min(ks), max(ks)
 
+    @property
+    def slots(self) -> int:
+        """Response slots per record including auxiliary ones (>= ``k_range[1]``)."""
+        return max(tr.k for tr in self.items)
+
     @classmethod
-    def build(cls, records: list[PreferenceRecord], tokenizer, config: TokenizeConfig, name: str = "data"):
+    def build(cls, records: list[PreferenceRecord], tokenizer, config: TokenizeConfig, name: str = "data",
+              extras: tuple[str, ...] = (), seed: int = 0):
+        """Tokenize ``records``. ``extras`` (an objective's needs, see `objectives.registry.EXTRAS`):
+
+        * ``kl_logratios`` — each record gains one auxiliary completion: the first response of another
+          record with a different prompt (a fixed seeded derangement), scored under this record's prompt in
+          the same packed segment, so the prompt is encoded once and the reference cache covers it too;
+        * ``shared_tokens`` — for each response, how many leading completion tokens it shares with another
+          response of the same record (preference trees).
+        """
         kinds = {r.label_kind for r in records}
         if len(kinds) > 1:
             raise ValueError(f"{name}: records mix label kinds {sorted(kinds)}; one dataset needs one kind")
-        items, report = tokenize_records(records, tokenizer, config)
+        to_tokenize = records
+        if "kl_logratios" in extras:
+            partners = mismatched_partners(records, seed)
+            to_tokenize = [_with_extra_response(r, records[j].responses[0]) for r, j in zip(records, partners)]
+        items, report = tokenize_records(to_tokenize, tokenizer, config)
         logger.info("%s: %s", name, report.summary())
+        if "kl_logratios" in extras:
+            for tr in items:
+                tr.aux = 1
+        if "shared_tokens" in extras:
+            for tr in items:
+                tr.shared = shared_completion_tokens(tr)
         return cls(records, items)
 
     def collate(self, indices: list[int], pad_id: int, layout: str, max_row_tokens: int,
                 attn_weight: float = 0.0) -> Batch:
         items = [self.items[i] for i in indices]  # item.index is the record's position (set by tokenize)
         return collate(items, [self.records[i] for i in indices], pad_id, layout, max_row_tokens, attn_weight)
+
+
+def mismatched_partners(records: list[PreferenceRecord], seed: int) -> list[int]:
+    """For each record, another record whose prompt differs (seeded; a derangement where possible)."""
+    keys = [prompt_key(r) for r in records]
+    if len(set(keys)) < 2:
+        raise ValueError("the KL baseline pairs each prompt with another prompt's response, but the data has "
+                         f"{len(set(keys))} distinct prompt(s); it needs at least 2")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    partners = [0] * len(records)
+    for pos, i in enumerate(order):  # the next record in a shuffled cycle whose prompt differs
+        step = 1
+        while keys[order[(pos + step) % len(order)]] == keys[i]:
+            step += 1
+        partners[i] = order[(pos + step) % len(order)]
+    return partners
+
+
+def _with_extra_response(record: PreferenceRecord, response) -> PreferenceRecord:
+    labels = {record.label_kind: getattr(record, record.label_kind) + [getattr(record, record.label_kind)[0]]}
+    return dataclasses.replace(record, responses=record.responses + [response], **labels)
+
+
+def shared_completion_tokens(tr: TokenizedRecord) -> list[int]:
+    """Leading completion tokens of each response that another response of the record also starts with."""
+    n = tr.k - tr.aux
+    out = []
+    for k in range(n):
+        full = tr.segments[k]
+        common = 0
+        for j in range(n):
+            if j != k:
+                other = tr.segments[j]
+                m = 0
+                while m < min(len(full), len(other)) and full[m] == other[m]:
+                    m += 1
+                common = max(common, m)
+        out.append(max(0, min(common - tr.score_start[k], len(full) - tr.score_start[k])))
+    return out
+
+
+def data_shape(records: list[PreferenceRecord]) -> tuple[str, int, int, int | None]:
+    """(label kind, min K, max K, score-vector length or None): what `Objective.check_data` needs."""
+    ks = [r.k for r in records]
+    first = records[0]
+    dim = len(first.scores[0]) if first.label_kind == "scores" and isinstance(first.scores[0], list) else None
+    return first.label_kind, min(ks), max(ks), dim
 
 
 def prompt_key(record: PreferenceRecord) -> str:
@@ -70,8 +143,9 @@ def split_by_prompt(records: list[PreferenceRecord], fraction: float, seed: int)
 class BatchOrder:
     """Which record indices form micro-batch ``m`` for process ``rank`` of ``world``."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.shuffle = shuffle  # False: the data's own order every epoch (e.g. a curriculum)
         self.global_batch = batch_size * world
         if n < self.global_batch:
             raise ValueError(
@@ -82,6 +156,8 @@ class BatchOrder:
         self._cache: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
         if epoch not in self._cache:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             self._cache = {epoch: torch.randperm(self.n, generator=g).tolist()}

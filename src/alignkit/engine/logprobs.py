@@ -152,23 +152,46 @@ def build_stats(
     ref_logps: Tensor | None = None,
 ) -> SequenceStats:
     """`SequenceStats` from per-token log-probs of the policy and, optionally, the reference's
-    per-token (``ref_token_logps``) or summed (``ref_logps [B, K]``, e.g. from a cache) log-probs."""
+    per-token (``ref_token_logps``) or summed (``ref_logps [B, K]``, e.g. from a cache) log-probs.
+
+    A batch with auxiliary slots (``batch.aux_slot``: KTO's mismatched completions) yields their
+    detached log-ratios as ``extra["kl_logratios"]`` [B]; the slots themselves are dropped from the stats.
+    """
     if ref_token_logps is not None:
         ref_logps = sum_per_slot(ref_token_logps, batch)
+    logps = sum_per_slot(token_logps, batch)
+    lengths, valid = batch.lengths.to(token_logps.dtype), batch.valid
+    extra = dict(batch.extra)
+    if batch.aux_slot is not None:
+        if ref_logps is None:
+            raise ValueError("the KL baseline (kl_logratios) needs reference log-probs")
+        rows = torch.arange(logps.shape[0], device=logps.device)
+        aux = batch.aux_slot.clamp(min=0)
+        extra["kl_logratios"] = (logps[rows, aux] - ref_logps[rows, aux]).detach()
+        valid = valid.clone()
+        valid[rows, aux] = valid[rows, aux] & (batch.aux_slot < 0)
+        if bool((batch.aux_slot == logps.shape[1] - 1).all()):  # the usual case: drop the last column
+            logps, ref_logps, lengths, valid = (t[:, :-1] for t in (logps, ref_logps, lengths, valid))
+    K = logps.shape[1]
     stats = SequenceStats(
-        logps=sum_per_slot(token_logps, batch),
+        logps=logps,
         ref_logps=ref_logps,
-        lengths=batch.lengths.to(token_logps.dtype),
-        valid=batch.valid,
+        lengths=lengths,
+        valid=valid,
         weights=batch.weights,
-        **{k: v for k, v in batch.labels.items()},
+        **{k: v[:, :K] for k, v in batch.labels.items()},
+        extra={k: v[:, :K] for k, v in extra.items() if v.dim() > 1} | {k: v for k, v in extra.items() if v.dim() == 1},
     )
     if with_token_logps:
         stats.token_logps, stats.token_mask = pad_per_slot(token_logps, batch)
         if ref_token_logps is not None:
             stats.extra["ref_token_logps"] = pad_per_slot(ref_token_logps, batch)[0]
+        if stats.token_logps.shape[1] != K:
+            for name in ("token_logps", "token_mask"):
+                setattr(stats, name, getattr(stats, name)[:, :K])
+            if "ref_token_logps" in stats.extra:
+                stats.extra["ref_token_logps"] = stats.extra["ref_token_logps"][:, :K]
     return stats
-
 
 
 @torch.no_grad()

@@ -1,23 +1,31 @@
 """Cached reference log-probs: one no-grad pass over the data, then no reference model at all.
 
-The reference's summed log-prob of every response is computed once, stored on disk as safetensors
-under a key that hashes what the numbers depend on — the reference weights, the exact token ids of
-every prompt and response (which covers the data, the tokenizer, the chat template and the
-truncation settings) and the autocast precision — and reused by every later run with the same key (e.g. a sweep over beta).
-Training with the cache holds no reference model in memory.
+The reference's summed log-prob of every response is computed once and stored on disk as safetensors,
+with metadata naming what the numbers depend on:
 
-Objectives that read per-token reference log-probs cannot use the sequence-level cache.
+* ``weights`` — a digest of the reference weights: of its weight files when the reference is a local
+  folder (so a cache hit needs no model loaded), else of the loaded tensors; plus the load dtype;
+* ``data`` — a digest of the exact token ids of every prompt and response (covers the data file, the
+  tokenizer, the chat template, truncation settings and auxiliary completions such as KTO's);
+* ``precision`` — the autocast precision of the pass.
+
+Automatic caches live in ``ref_cache_dir`` under a file name derived from those three (a sweep over beta
+reuses one pass). An explicit ``ref_cache_file`` (e.g. written by ``alignkit logprobs --cache``) is
+checked field by field and refused, with the reason, when any of them differs. Objectives that read
+per-token reference log-probs cannot use the sequence-level cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
@@ -26,6 +34,8 @@ from alignkit.engine.reference import Reference
 from alignkit.engine.score import iter_batch_logps
 
 logger = logging.getLogger("alignkit")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -40,6 +50,22 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def files_digest(path: str | Path | None) -> str | None:
+    """sha256 over the weight files of a local checkpoint folder (names and bytes); None if not a folder."""
+    if not path or not Path(path).is_dir():
+        return None
+    files = sorted(f for f in Path(path).iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return "files:" + h.hexdigest()
+
+
 def data_digest(data: TokenizedDataset) -> str:
     h = hashlib.sha256()
     for tr in data.items:
@@ -47,8 +73,53 @@ def data_digest(data: TokenizedDataset) -> str:
     return h.hexdigest()
 
 
+def cache_meta(weights: str, data: TokenizedDataset, precision: str) -> dict[str, str]:
+    return {"weights": weights, "data": data_digest(data), "precision": precision,
+            "records": str(len(data)), "slots": str(data.slots), "format": "alignkit-ref-logps/1"}
+
+
+def cache_path(cache_dir: str | Path, name: str, meta: dict[str, str]) -> Path:
+    key = hashlib.sha256((meta["weights"] + meta["data"] + f"autocast={meta['precision']}").encode()).hexdigest()
+    return Path(cache_dir) / f"{name}-{key[:24]}.safetensors"
+
+
+_WHY = {
+    "weights": "the reference weights differ (another model, checkpoint or dtype)",
+    "data": "the token ids differ (another data file, tokenizer, chat template, max_length, or objective "
+            "extras such as KTO's mismatched completions)",
+    "precision": "the autocast precision differs",
+    "records": "the number of records differs",
+    "slots": "the number of response slots differs",
+    "format": "the file is not an alignkit reference cache",
+}
+
+
+def load_table(path: str | Path, expect: dict[str, str]) -> Tensor:
+    """The cached ``[N, slots]`` table at ``path``; raises ValueError naming every field that differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference cache {path} does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        stale = [k for k in ("format", "weights", "records", "slots", "data", "precision")
+                 if meta.get(k) != expect.get(k)]
+        if stale:
+            details = "; ".join(f"{_WHY[k]} (cache: {str(meta.get(k))[:20]}, this run: {str(expect[k])[:20]})"
+                                for k in stale)
+            raise ValueError(f"reference cache {path} does not match this run and is refused: {details}. "
+                             "Recompute it (delete it, or drop ref_cache_file to use an automatic cache).")
+        return f.get_tensor("ref_logps")
+
+
+def store_table(path: Path, table: Tensor, meta: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # concurrent runs never share a temp file
+    save_file({"ref_logps": table.contiguous()}, tmp, metadata=meta)
+    tmp.replace(path)
+
+
 class CachedReference(Reference):
-    """Serves ``ref_logps [B, K]`` for a batch from a precomputed ``[N, K_max]`` table (by record index)."""
+    """Serves ``ref_logps [B, K]`` for a batch from a precomputed ``[N, slots]`` table (by record index)."""
 
     strategy = "cache"
 
@@ -64,7 +135,7 @@ class CachedReference(Reference):
 
 def compute_table(reference: Reference, data: TokenizedDataset, pad_id: int, layout: str, max_row_tokens: int,
                   batch_size: int, device, progress: bool = True) -> Tensor:
-    table = torch.zeros(len(data), data.k_range[1], dtype=torch.float32)
+    table = torch.zeros(len(data), data.slots, dtype=torch.float32)
     batches = iter_batch_logps(reference.sequence_logps, data, pad_id, layout, batch_size, device, max_row_tokens,
                                desc="reference log-probs" if progress else None)
     for idx, _, seq in batches:
@@ -72,23 +143,5 @@ def compute_table(reference: Reference, data: TokenizedDataset, pad_id: int, lay
     return table
 
 
-def cached_reference(reference: Reference, ref_weights: nn.Module, data: TokenizedDataset, cache_dir: Path,
-                     name: str, pad_id: int, layout: str, max_row_tokens: int, batch_size: int, device,
-                     progress: bool = True, write: bool = True, precision: str = "no") -> CachedReference:
-    """Load the table for this (reference, data, autocast precision) from ``cache_dir``, or compute and store it."""
-    parts = weights_digest(ref_weights) + data_digest(data) + f"autocast={precision}"
-    key = hashlib.sha256(parts.encode()).hexdigest()[:24]
-    path = Path(cache_dir) / f"{name}-{key}.safetensors"
-    if path.exists():
-        table = load_file(path)["ref_logps"]
-        logger.info("%s: reference log-probs from cache %s", name, path)
-        return CachedReference(table)
-    table = compute_table(reference, data, pad_id, layout, max_row_tokens, batch_size, device, progress)
-    if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # concurrent runs never share a temp file
-        save_file({"ref_logps": table}, tmp)
-        tmp.replace(path)
-        logger.info("%s: reference log-probs cached in %s", name, path)
-    return CachedReference(table)
-
+def describe(meta: dict[str, str]) -> str:
+    return json.dumps({k: meta[k][:16] for k in ("weights", "data", "precision")})

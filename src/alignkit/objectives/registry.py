@@ -7,7 +7,8 @@ registration declares what it needs, so data is checked before any compute:
 * ``label_kinds`` — which record labels it accepts (``ranks``, ``scores``, ``labels``);
 * ``min_responses`` / ``max_responses`` — the K it works with;
 * ``needs_token_logps`` — reads ``stats.token_logps``;
-* ``stateful`` — takes a ``state`` dict it may update (e.g. a running mean), saved by checkpoints.
+* ``stateful`` — takes a ``state`` dict it may update (e.g. a running mean), saved by checkpoints;
+* ``extras`` — names of ``stats.extra`` tensors the executor must compute for it (see `EXTRAS`).
 
 ``get_objective("dpo")(stats, beta=0.1)`` calls one objective with explicit hyper-parameters;
 ``build_objective([{"name": "dpo", "weight": 1.0, "beta": 0.1}, {"name": "sft", "weight": 0.1}])``
@@ -28,6 +29,12 @@ from alignkit.objectives.stats import LossOutput, SequenceStats
 
 LossFn = Callable[..., LossOutput]
 
+# Extra statistics the executor knows how to compute (engine/logprobs.py and engine/trainer.py):
+EXTRAS = {
+    "kl_logratios": "[B] ρ of mismatched (prompt_i, response_{i+1}) pairs: KTO's KL baseline",
+    "shared_tokens": "[B, K] leading completion tokens a response shares with another response of its record",
+}
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
@@ -40,6 +47,8 @@ class ObjectiveSpec:
     needs_token_logps: bool = False
     stateful: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    extras: tuple[str, ...] = ()
+    score_shape: str = "scalar"  # scalar | vector: what `scores` records must carry when labelled by scores
 
     def __call__(self, stats: SequenceStats, state: dict | None = None, **hparams: Any) -> LossOutput:
         unknown = set(hparams) - set(self.defaults)
@@ -53,13 +62,26 @@ class ObjectiveSpec:
             kwargs["state"] = {} if state is None else state
         return self.fn(stats, **kwargs)
 
-    def check_data(self, label_kind: str, k_min: int, k_max: int, has_reference: bool = True) -> None:
-        """Raise a clear error when data cannot feed this objective."""
+    def check_data(self, label_kind: str, k_min: int, k_max: int, has_reference: bool = True,
+                   score_dim: int | None = None) -> None:
+        """Raise a clear error when data cannot feed this objective (``score_dim``: length of score vectors)."""
         if label_kind not in self.label_kinds:
+            hint = {
+                "labels": " (unpaired desirable/undesirable labels: use kto, bco, unlikelihood, or d2o)",
+                "ranks": " (to split pairs into labels: transforms: [{name: to_unpaired}])",
+            }.get(label_kind, "")
             raise ValueError(
                 f"objective '{self.name}' needs records labelled with {' or '.join(self.label_kinds)}, "
-                f"but the data has '{label_kind}'"
+                f"but the data has '{label_kind}'{hint}"
             )
+        if label_kind == "scores" and score_dim is not None and self.score_shape == "scalar":
+            raise ValueError(
+                f"objective '{self.name}' needs one score per response, but the records carry score vectors "
+                f"of length {score_dim}; turn them into scalars first: "
+                f"transforms: [{{name: weight_scores, weights: [...]}}] (or use modpo)"
+            )
+        if label_kind == "scores" and score_dim is None and self.score_shape == "vector":
+            raise ValueError(f"objective '{self.name}' needs score vectors (one score per objective) per response")
         if k_min < self.min_responses:
             raise ValueError(
                 f"objective '{self.name}' needs at least {self.min_responses} responses per prompt; "
@@ -86,10 +108,15 @@ def register(
     max_responses: int | None = None,
     needs_token_logps: bool = False,
     stateful: bool = False,
+    extras: Sequence[str] = (),
+    score_shape: str = "scalar",
 ) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
             raise ValueError(f"objective '{name}' is registered twice")
+        unknown_extras = set(extras) - set(EXTRAS)
+        if unknown_extras:
+            raise ValueError(f"objective '{name}': unknown extras {sorted(unknown_extras)}; known: {sorted(EXTRAS)}")
         params = inspect.signature(fn).parameters
         defaults = {
             k: p.default
@@ -101,7 +128,7 @@ def register(
             raise TypeError(f"objective '{name}': hyper-parameters {missing} need defaults")
         _REGISTRY[name] = ObjectiveSpec(
             name, fn, needs_reference, tuple(label_kinds), min_responses, max_responses,
-            needs_token_logps, stateful, defaults,
+            needs_token_logps, stateful, defaults, tuple(extras), score_shape,
         )
         return fn
 
@@ -110,7 +137,7 @@ def register(
 
 def _ensure_loaded() -> None:
     # Importing the modules runs their @register decorators.
-    from alignkit.objectives import pairwise, sft  # noqa: F401
+    from alignkit.objectives import listwise, multiobjective, pairwise, sft, unpaired  # noqa: F401
 
 
 def available() -> list[str]:
@@ -155,9 +182,14 @@ class Objective:
     def needs_token_logps(self) -> bool:
         return any(t.spec.needs_token_logps for t in self.terms)
 
-    def check_data(self, label_kind: str, k_min: int, k_max: int, has_reference: bool = True) -> None:
+    @property
+    def extras(self) -> tuple[str, ...]:
+        return tuple(sorted({e for t in self.terms for e in t.spec.extras}))
+
+    def check_data(self, label_kind: str, k_min: int, k_max: int, has_reference: bool = True,
+                   score_dim: int | None = None) -> None:
         for t in self.terms:
-            t.spec.check_data(label_kind, k_min, k_max, has_reference)
+            t.spec.check_data(label_kind, k_min, k_max, has_reference, score_dim)
 
     def __call__(self, stats: SequenceStats) -> LossOutput:
         if len(self.terms) == 1 and self.terms[0].weight == 1.0:

@@ -87,6 +87,58 @@ def reward(text: str) -> float:
     return (p - n) / (p + n) if p + n else 0.0
 
 
+def brevity(text: str) -> float:
+    """A second, competing objective: ``1 − min(1, words / 24)`` — shorter reviews score higher; in [0, 1]."""
+    return 1.0 - min(1.0, len(text.split()) / 24)
+
+
+def reward_vector(text: str) -> list[float]:
+    """``[reward, brevity]``: sentiment and conciseness, for multi-objective data."""
+    return [reward(text), brevity(text)]
+
+
+SHAPES = ("scored", "ranked", "pairs", "unpaired", "vector")
+
+
+def labelled_records(prompts: list[str], completions: list[list[str]], shape: str = "scored") -> tuple[list[dict], int]:
+    """Records (``PreferenceRecord.to_dict`` form) of sampled completions labelled with the known reward.
+
+    ``shape``: ``scored`` (K responses, scores = reward), ``ranked`` (K responses, ranks by reward, ties
+    share a rank), ``pairs`` (best vs worst, K = 2), ``unpaired`` (one record per completion, desirable
+    when reward > 0, undesirable when < 0), ``vector`` (scores = ``reward_vector``). Returns the records
+    and how many prompts or completions were dropped: all-tied prompts for ranked/pairs (their order is
+    undefined), reward-0 completions for unpaired.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    out, dropped = [], 0
+    for prompt, texts in zip(prompts, completions):
+        texts = [t for t in texts if t.strip()]
+        rewards = [reward(t) for t in texts]
+        if shape == "unpaired":
+            for t, r in zip(texts, rewards):
+                if r == 0:
+                    dropped += 1
+                    continue
+                out.append({"prompt": prompt, "responses": [t], "labels": [r > 0]})
+            continue
+        if len(texts) < 2 or (shape != "vector" and shape != "scored" and len(set(rewards)) == 1):
+            dropped += 1
+            continue
+        if shape == "scored":
+            out.append({"prompt": prompt, "responses": texts, "scores": rewards})
+        elif shape == "vector":
+            out.append({"prompt": prompt, "responses": texts, "scores": [reward_vector(t) for t in texts]})
+        elif shape == "ranked":
+            levels = sorted(set(rewards), reverse=True)
+            out.append({"prompt": prompt, "responses": texts, "ranks": [levels.index(r) for r in rewards]})
+        else:
+            best = max(range(len(texts)), key=rewards.__getitem__)
+            worst = min(range(len(texts)), key=rewards.__getitem__)
+            out.append({"prompt": prompt, "responses": [texts[best], texts[worst]], "ranks": [0, 1]})
+    return out, dropped
+
+
 def _review(rng: random.Random, coherence: float) -> str:
     mood = rng.random() < 0.5
     n_clauses = rng.choices((1, 2, 3), weights=CLAUSE_WEIGHTS)[0]

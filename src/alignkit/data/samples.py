@@ -104,12 +104,14 @@ def _generate(model_path: str, prompts: list, opts: dict[str, Any], seed: int, p
 def apply_with_samples(records: list[PreferenceRecord], specs: list[dict], seed: int = 0, model: str = "",
                        cache_dir: str | Path = "samples", progress: bool = True):
     """Run ``specs`` in order; ``self_samples`` uses the model at ``model``, the rest are pure transforms."""
-    from alignkit.data.transforms import apply_transforms
+    from alignkit.data.transforms import apply_transforms, resolve_transforms
 
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"transforms[{i}] needs a 'name', got {spec!r}")
+    resolve_transforms([s for s in specs if s["name"] != "self_samples"])  # every spec checked before any runs
     reports: list[dict] = []
     for spec in specs:
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ValueError(f"each transform needs a 'name', got {spec!r}")
         if spec["name"] == "self_samples":
             options = {k: v for k, v in spec.items() if k != "name"}
             records, report = add_self_samples(records, model, cache_dir, seed, progress, **options)

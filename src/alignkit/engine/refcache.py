@@ -145,3 +145,25 @@ def compute_table(reference: Reference, data: TokenizedDataset, pad_id: int, lay
 
 def describe(meta: dict[str, str]) -> str:
     return json.dumps({k: meta[k][:16] for k in ("weights", "data", "precision")})
+
+
+def cached_tables(splits: dict[str, TokenizedDataset], weights: str, precision: str, cache_dir: Path,
+                  cache_file: str | None, make_reference, pad_id: int, layout: str, max_row_tokens: int,
+                  batch_size: int, device, progress: bool = True, write: bool = True) -> dict[str, Tensor]:
+    """The ``[N, slots]`` table of every split: from ``cache_file`` (train only, checked), from an
+    automatic cache in ``cache_dir``, or computed with ``make_reference()`` (called only on a miss) and stored."""
+    tables = {}
+    for name, data in splits.items():
+        meta = cache_meta(weights, data, precision)
+        explicit = name == "train" and bool(cache_file)
+        path = Path(cache_file) if explicit else cache_path(cache_dir, name, meta)
+        if explicit or path.exists():
+            tables[name] = load_table(path, meta)
+            logger.info("%s: reference log-probs from cache %s", name, path)
+            continue
+        tables[name] = compute_table(make_reference(), data, pad_id, layout, max_row_tokens, batch_size, device,
+                                     progress=progress and name == "train")
+        if write:
+            store_table(path, tables[name], meta)
+            logger.info("%s: reference log-probs cached in %s", name, path)
+    return tables

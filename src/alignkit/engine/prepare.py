@@ -1,0 +1,70 @@
+"""Training data from a `TrainConfig`: read, transform, split, check against the objective, tokenize.
+
+Everything here runs before any model is loaded, so a data problem (a bad row, a label kind the
+objective cannot use, too few responses, score vectors without weights) stops the run in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alignkit.data.io import read_records
+from alignkit.data.samples import apply_with_samples
+from alignkit.data.schema import PreferenceRecord
+from alignkit.data.tokenize import TokenizeConfig
+from alignkit.data.transforms import format_report
+from alignkit.engine.dataset import TokenizedDataset, data_shape, split_by_prompt
+
+logger = logging.getLogger("alignkit")
+
+
+def read_split(config, path: str, split: str) -> list[PreferenceRecord]:
+    """Records of one file; skipped rows (``on_bad_row=skip``) land in the run folder."""
+    rejects = Path(config.output_dir) / f"{split}.{Path(path).stem}.rejects.jsonl"
+    return read_records(path, layout=config.layout, columns=config.columns, on_bad_row=config.on_bad_row,
+                        rejects_path=rejects).records
+
+
+def transform(config, records: list[PreferenceRecord], split: str) -> list[PreferenceRecord]:
+    """Apply ``config.transforms`` (docs/data_transforms.md), logging what each one did."""
+    if not config.transforms:
+        return records
+    records, reports = apply_with_samples(records, config.transforms, seed=config.seed,
+                                          model=config.ref_model or config.model,
+                                          cache_dir=Path(config.output_dir) / "samples", progress=config.progress)
+    for spec, report in zip(config.transforms, reports):
+        logger.info("%s data, %s", split, format_report(report) if "transform" in report else
+                    f"{spec.get('name')}: {report}")
+    if not records:
+        names = [t.get("name") for t in config.transforms]
+        raise ValueError(f"{split} data: no records left after transforms {names}")
+    return records
+
+
+def resolve_shuffle(config) -> bool:
+    """``shuffle=auto``: shuffle unless a curriculum transform put the records in order."""
+    value = config.shuffle
+    if value == "auto":
+        return not any(t.get("name") == "curriculum" for t in config.transforms)
+    if not isinstance(value, bool):
+        raise ValueError(f"shuffle must be auto, true or false, got {value!r}")
+    return value
+
+
+def prepare_data(config, tokenizer, objective, has_reference: bool):
+    """(train, eval or None) as `TokenizedDataset`s with the extras ``objective`` needs."""
+    c = config
+    train = transform(c, read_split(c, c.data, "train"), "train")
+    evals = transform(c, read_split(c, c.eval_data, "eval"), "eval") if c.eval_data else []
+    if not evals and c.eval_split > 0:
+        train, evals = split_by_prompt(train, c.eval_split, c.seed)
+    for records in (train, evals):
+        if records:
+            kind, k_min, k_max, dim = data_shape(records)
+            objective.check_data(kind, k_min, k_max, has_reference, score_dim=dim)
+    tok = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template)
+    build = TokenizedDataset.build
+    train_data = build(train, tokenizer, tok, "train data", objective.extras, c.seed)
+    eval_data = build(evals, tokenizer, tok, "eval data", objective.extras, c.seed) if evals else None
+    return train_data, eval_data

@@ -75,8 +75,8 @@ def cfg(tiny_path, pairs_path, out, **kw):
 
 
 def test_cache_file_from_logprobs_cli_trains_without_any_reference(tiny_path, pairs_path, tmp_path, monkeypatch):
-    from alignkit import cli
     import alignkit.engine.trainer as trainer_mod
+    from alignkit import cli
 
     out = tmp_path / "ref.safetensors"
     assert cli.main(["logprobs", "--model", tiny_path, "--data", pairs_path, "--out", str(out), "--cache"]) == 0

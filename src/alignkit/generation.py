@@ -3,6 +3,7 @@
 * `generate` — batched ``model.generate`` with left padding: K samples per prompt, stopping at EOS,
   reproducible for a given seed. It returns token ids, texts and whether each sample ended with EOS.
 * `sample` — the same, texts only: ``list[list[str]]`` of B prompts x K completions.
+* `generate_conditioned` — `generate` at a chosen trade-off for a model trained with ``condition_weights``.
 * `score_logps` — ``[B, K]`` summed log-probs of given completions under a model, computed by the
   alignkit executor (`alignkit.data.tokenize` exact boundaries, shared-prompt packing,
   `alignkit.engine.logprobs`), i.e. exactly the ``s(y)`` the trainer uses. Scoring sampled completions
@@ -147,6 +148,25 @@ def sample(
 ) -> list[list[str]]:
     """``k`` sampled completions (text, without EOS) per prompt: ``out[b][j]``. See `generate`."""
     return generate(model, tokenizer, prompts, k, max_new_tokens, temperature, top_p, seed, batch_size).texts
+
+
+def generate_conditioned(
+    model,
+    tokenizer,
+    prompts: list[Text],
+    weights: list[float],
+    template: str | None = None,
+    digits: int = 2,
+    **kwargs,
+) -> Generation:
+    """`generate` from a model trained with the ``condition_weights`` transform, at the trade-off
+    ``weights`` (a point of the simplex, one entry per objective): each prompt is conditioned exactly as
+    in training (`alignkit.data.conditioned_prompt`, same ``template`` and ``digits``). ``kwargs`` go to
+    `generate`; the returned ``prompts`` are the conditioned ones."""
+    from alignkit.data.transforms_condition import WEIGHTS_TEMPLATE, conditioned_prompt
+
+    conditioned = [conditioned_prompt(p, list(weights), template or WEIGHTS_TEMPLATE, digits) for p in prompts]
+    return generate(model, tokenizer, conditioned, **kwargs)
 
 
 def score_logps(

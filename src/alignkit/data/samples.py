@@ -43,7 +43,7 @@ def _prompt(record: PreferenceRecord):
     return record.prompt
 
 
-def add_self_samples(records: list[PreferenceRecord], model_path: str, cache_dir: str | Path, seed: int = 0,
+def add_self_samples(records: list[PreferenceRecord], model_path: str, default_cache_dir: str | Path, seed: int = 0,
                      progress: bool = True, **options: Any) -> tuple[list[PreferenceRecord], dict[str, int]]:
     """Append ``k`` samples from the model at ``model_path`` to every ``labels`` record, labelled True."""
     unknown = set(options) - set(SAMPLE_OPTIONS)
@@ -58,7 +58,7 @@ def add_self_samples(records: list[PreferenceRecord], model_path: str, cache_dir
             raise ValueError(f"transform self_samples adds desirable samples to 'labels' records; record {i} "
                              f"(id={r.id}) has {r.label_kind}")
     prompts = [_prompt(r) for r in records]
-    path = Path(opts["cache_dir"] or cache_dir) / f"samples-{_key(model_path, prompts, opts, seed)}.jsonl"
+    path = Path(opts["cache_dir"] or default_cache_dir) / f"samples-{_key(model_path, prompts, opts, seed)}.jsonl"
     if path.exists():
         texts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         logger.info("self_samples: %d x %d samples from cache %s", len(texts), opts["k"], path)

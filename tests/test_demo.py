@@ -35,9 +35,14 @@ def test_format_table():
     assert "0.500 ± 0.050" in lines[3] and "1.25 ± 0.10" in lines[3] and "+0.250 (+0.30 sd)" in lines[3]
 
 
-def test_quick_demo_raises_the_reward(tmp_path):
-    out = tmp_path / "demo"
-    results = run_demo(out, quick=True, seed=0)
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "demo"
+    return out, run_demo(out, quick=True, seed=0)
+
+
+def test_quick_demo_raises_the_reward(quick_demo):
+    out, results = quick_demo
 
     betas = results["settings"]["betas"]
     assert [r["beta"] for r in results["rows"]] == betas == [0.1, 10.0]
@@ -82,3 +87,24 @@ def test_full_demo_reward_kl_trade_off(tmp_path):
     assert rows[-1]["grammatical"] > rows[0]["grammatical"] - 0.01
     assert ref["grammatical"] > 0.9
     assert results["seconds"]["total"] < 300
+
+
+@pytest.mark.slow
+def test_reward_model_chain_raises_the_gold_reward(quick_demo, tmp_path):
+    """README chain: RM from the demo's pairs -> generate -> score -> pairs -> DPO; gold reward rises."""
+    from alignkit import cli
+    from alignkit.demo import evaluate_checkpoints
+
+    out, results = quick_demo
+    ref, runs = results["reference"], tmp_path
+    assert cli.main(["train", "objective=bt", f"model={ref}", f"data={out / 'pairs.jsonl'}", f"output_dir={runs / 'rm'}",
+                     "batch_size=32", "lr=1e-3", "progress=false"]) == 0
+    assert cli.main(["generate", "--model", ref, "--prompts", str(out / "train_prompts.txt"), "--k", "4",
+                     "--max-new-tokens", "48", "--out", str(runs / "samples.jsonl")]) == 0
+    assert cli.main(["score", "--reward-model", str(runs / "rm" / "final"), "--data", str(runs / "samples.jsonl"),
+                     "--out", str(runs / "scored.jsonl")]) == 0
+    assert cli.main(["train", "objective=dpo", f"model={ref}", f"data={runs / 'scored.jsonl'}",
+                     "transforms=[{name: pairs, strategy: best_vs_worst}]", f"output_dir={runs / 'dpo'}",
+                     "batch_size=32", "epochs=3", "lr=1e-3", "beta=0.1", "progress=false"]) == 0
+    rows = evaluate_checkpoints([str(runs / "dpo" / "final")], out_dir=out, quick=True)
+    assert rows[1]["reward"] - rows[0]["reward"] > rows[1]["reward_ci"] + rows[0]["reward_ci"]

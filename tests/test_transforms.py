@@ -349,6 +349,18 @@ def test_apply_transforms_spec_errors_suggest_names():
 
 def test_registry_lists_every_transform_with_options():
     assert sorted(TRANSFORMS) == sorted(["pairs", "weight_scores", "curriculum", "margin_weights", "reward_condition",
-                                         "condition_weights", "rso", "to_unpaired", "negatives_only"])  # fmt: skip
+                                         "condition_weights", "rso", "to_unpaired", "negatives_only", "fold"])  # fmt: skip
     assert options_of("pairs") == {"strategy": "best_vs_worst", "min_margin": 0.0}
     assert options_of("negatives_only") == {}
+
+
+def test_fold_splits_by_prompt_and_the_folds_partition_the_data():
+    recs = [PreferenceRecord(prompt=f"p{i % 30}", responses=["a", "b"], ranks=[0, 1]) for i in range(90)]
+    only = [apply_transforms(recs, [{"name": "fold", "k": 3, "index": i, "keep": "only"}])[0] for i in range(3)]
+    assert sum(len(o) for o in only) == 90  # every record in exactly one fold
+    for i in range(3):
+        others, (rep,) = apply_transforms(recs, [{"name": "fold", "k": 3, "index": i}])
+        assert len(others) + len(only[i]) == 90 and rep["dropped"] == {"other_fold": len(only[i])}
+        assert {r.prompt for r in others}.isdisjoint({r.prompt for r in only[i]})  # no prompt in both
+    with pytest.raises(ValueError, match="index=3 must be < k=3"):
+        apply_transforms(recs, [{"name": "fold", "k": 3, "index": 3}])

@@ -1,9 +1,11 @@
-"""``alignkit`` command line: train | logprobs | demo | objectives.
+"""``alignkit`` command line: train | logprobs | generate | score | eval-rm | demo | objectives.
 
     alignkit train configs/dpo.yaml max_steps=50
     alignkit train objective=dpo model=PATH data=pairs.jsonl max_steps=50
     alignkit logprobs --model PATH --data FILE --out OUT.jsonl
     alignkit logprobs --model REF --data FILE --out ref.safetensors --cache --max-length 512
+    alignkit score --reward-model RM --data FILE --out scored.jsonl
+    alignkit eval-rm --reward-model RM --data pairs.jsonl
     alignkit demo
 """
 
@@ -64,14 +66,13 @@ def _logprobs(args: argparse.Namespace) -> int:
 
 def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     """A reference cache that `alignkit train ... ref_cache_file=OUT` accepts (see engine/refcache.py)."""
+    from alignkit.config import TrainConfig
     from alignkit.data.tokenize import TokenizeConfig
     from alignkit.engine import refcache as rc
     from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.reference import ModelReference
     from alignkit.engine.score import model_scorer
     from alignkit.objectives import build_objective
-
-    from alignkit.config import TrainConfig
 
     extras = build_objective(args.objective).extras
     max_length = args.max_length if args.max_length is not None else TrainConfig.max_length  # train's default
@@ -91,8 +92,11 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from alignkit.demo import run_demo
+    from alignkit.demo import evaluate_checkpoints, run_demo
 
+    if args.evaluate:
+        evaluate_checkpoints(args.evaluate, out_dir=args.out, seed=args.seed)
+        return 0
     run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)
     return 0
 
@@ -140,7 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out")
     d.add_argument("--quick", action="store_true", help="a much smaller run (< 1 minute)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--evaluate", nargs="+", metavar="MODEL",
+                   help="instead of the demo: the gold reward and KL of these policies on the demo's held-out "
+                        "prompts (the demo's world in --out must exist)")
     d.set_defaults(fn=_demo)
+
+    from alignkit.inference.commands import add_parsers as generate_parsers
+    from alignkit.rewards.commands import add_parsers as reward_parsers
+
+    reward_parsers(sub)
+    generate_parsers(sub)
 
     o = sub.add_parser("objectives", help="list the registered objectives and their hyper-parameters")
     o.set_defaults(fn=_objectives)

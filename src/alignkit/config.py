@@ -39,11 +39,14 @@ class TrainConfig:
     max_length: int | None = 512
     max_prompt_length: int | None = None
     chat_template: str = "auto"  # auto | always | never
+    transforms: list = field(default_factory=list)  # data transforms [{name, **options}] (docs/data_transforms.md)
+    shuffle: Union[bool, str] = "auto"  # auto (true unless a curriculum transform orders the data) | true | false
     # reference model
     ref_model: str | None = None  # a checkpoint path; default: a frozen copy of the initial policy
     ref_strategy: str = "auto"  # auto | copy | path | disable_adapters | none
     ref_cache: str = "auto"  # auto | on | off: precompute reference log-probs once, then hold no reference
     ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache (share it across runs of a sweep)
+    ref_cache_file: str | None = None  # use exactly this cache (from `alignkit logprobs --cache`); refuse if stale
     # optimisation
     batch_size: int = 8
     grad_accum: int = 1
@@ -55,10 +58,13 @@ class TrainConfig:
     scheduler: str = "linear"  # linear | cosine | constant
     max_grad_norm: float = 1.0
     seed: int = 0
+    ensemble: int = 1  # > 1: train this many members (reward models), see engine/ensemble.py
+    ensemble_by: str = "seed"  # seed | fold (each member also leaves out one fold of the prompts)
     # model and precision
     dtype: str = "float32"
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else no) | no | bf16 | fp16
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
+    compile: bool = False  # torch.compile the decoder (dynamic shapes); pays a compile pause at start-up
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -93,6 +99,7 @@ BOUNDS = [
     ("max_length", lambda v: v is None or v >= 2, ">= 2 or null"), ("chunk_size", lambda v: v >= 0, ">= 0"),
     ("lora_r", lambda v: v >= 1, ">= 1"), ("log_every", lambda v: v >= 1, ">= 1"),
     ("max_steps", lambda v: v == -1 or v >= 1, ">= 1, or -1 to run `epochs` epochs"),
+    ("ensemble", lambda v: v >= 1, ">= 1"),
 ]
 
 

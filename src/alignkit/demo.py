@@ -111,7 +111,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{'reward gain vs ref':>20} | {'grammatical':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        beta = "ref" if r["beta"] is None else f"{r['beta']:g}"
+        beta = r.get("label") or ("ref" if r["beta"] is None else f"{r['beta']:g}")
         gain = f"{r['gain']:+.3f} ({r['gain_spread']:+.2f} sd)"
         lines.append(
             f"{beta:>6} | {r['reward']:>10.3f} ± {r['reward_ci']:<7.3f} | {r['k1']:>7.2f} ± {r['k1_ci']:<6.2f} | "
@@ -193,6 +193,7 @@ def run_demo(
         records, ties = best_vs_worst(train_prompts, gen.texts, rewards)
         log.info("built %d best-vs-worst pairs; dropped %d prompts whose %d rewards all tie", len(records), ties, s.k)
         print(f"pairs: {len(records)} best-vs-worst pairs, {ties} prompts dropped (all {s.k} rewards tied)")
+        (out / "train_prompts.txt").write_text("".join(p + "\n" for p in train_prompts), encoding="utf-8")
         pairs_path = out / "pairs.jsonl"
         with pairs_path.open("w", encoding="utf-8") as f:
             for r in records:
@@ -246,6 +247,31 @@ def run_demo(
         return results
     finally:
         torch.set_num_threads(threads)
+
+
+def evaluate_checkpoints(models: list[str], out_dir: str | Path = "demo_out", seed: int = 0,
+                         quick: bool = False) -> list[dict[str, Any]]:
+    """Gold reward and KL to the demo's reference of any policies (e.g. trained by hand from the demo's
+    data), on the demo's held-out prompts; prints the demo's table with one row per model."""
+    from alignkit.models.load import load_model, load_tokenizer
+
+    s = QUICK if quick else FULL
+    manifest = Path(out_dir) / "world" / "world.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no demo world in {out_dir}: run `alignkit demo` (or `make demo`) first")
+    ref_path = Path(out_dir) / "world" / json.loads(manifest.read_text())["checkpoint"]
+    tokenizer, reference = load_tokenizer(str(ref_path)), load_model(str(ref_path))
+    ev = dict(prompts=reviews.prompts(s.n_eval_prompts, seed=seed + 2), samples=s.eval_samples,
+              max_new_tokens=s.max_new_tokens, seed=seed + 2)
+    rows = [{"beta": None, **evaluate_policy(reference, reference, tokenizer, **ev)}]
+    for i, path in enumerate(models):
+        rows.append({"beta": None, "label": f"#{i + 1}", "model": path,
+                     **evaluate_policy(load_model(path), reference, tokenizer, **ev)})
+    for r in rows:
+        r["gain"] = r["reward"] - rows[0]["reward"]
+        r["gain_spread"] = r["gain"] / rows[0]["reward_std"]
+    print(format_table(rows) + "\n" + "\n".join(f"#{i + 1}: {m}" for i, m in enumerate(models)))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,6 +44,8 @@ class Batch:
     num_tokens: int = 0  # real (non-padding) input tokens, for throughput
     float_masks: dict = field(default_factory=dict, repr=False)  # additive 4D masks by dtype, built once
     aux_slot: Tensor | None = None  # [B] slot of each record's auxiliary (KL) completion, -1 if none
+    last_index: Tensor | None = None  # [B, K] flat index r * L + t of each response's last token (reward models)
+    prompt_index: Tensor | None = None  # [B] flat index of each record's last prompt token (prompt gates)
     extra: dict[str, Tensor] = field(default_factory=dict)  # per-slot extras, e.g. shared_tokens [B, K]
 
     def additive_mask(self, dtype: torch.dtype) -> Tensor:
@@ -141,6 +143,8 @@ def collate_shared_prompt(
     mask = torch.zeros((R, L, L), dtype=torch.bool)
     pred, targets, slots, tpos = [], [], [], []
     lengths = torch.zeros(len(items), K, dtype=torch.long)
+    last = torch.zeros(len(items), K, dtype=torch.long)
+    prompt_at = torch.zeros(len(items), dtype=torch.long)
     for r, members in enumerate(rows):
         off = 0
         for b in members:
@@ -149,6 +153,7 @@ def collate_shared_prompt(
             input_ids[r, off : off + P] = torch.tensor(tr.prompt_ids, dtype=torch.long)
             position_ids[r, off : off + P] = torch.arange(P)
             mask[r, off : off + P, off : off + P] = torch.ones(P, P, dtype=torch.bool).tril()
+            prompt_at[b] = r * L + off + P - 1
             start = off + P
             for k, seg in enumerate(tr.segments):
                 S = len(seg)
@@ -163,12 +168,15 @@ def collate_shared_prompt(
                     slots.append(b * K + k)
                     tpos.append(j - tr.score_start[k])
                 lengths[b, k] = S - tr.score_start[k]
+                last[b, k] = r * L + start + S - 1
                 start += S
             off = start
         for t in range(off, L):  # padding attends to itself only (no empty softmax rows)
             mask[r, t, t] = True
-    return _batch(input_ids, position_ids.clamp(min=0), mask[:, None], (pred, targets, slots, tpos), lengths,
-                  "shared_prompt", sum(sizes))
+    batch = _batch(input_ids, position_ids.clamp(min=0), mask[:, None], (pred, targets, slots, tpos), lengths,
+                   "shared_prompt", sum(sizes))
+    batch.last_index, batch.prompt_index = last, prompt_at
+    return batch
 
 
 def collate_padded(items: list[TokenizedRecord], pad_id: int) -> Batch:
@@ -184,6 +192,8 @@ def collate_padded(items: list[TokenizedRecord], pad_id: int) -> Batch:
     attn = torch.zeros((R, L), dtype=torch.long)
     pred, targets, slots, tpos = [], [], [], []
     lengths = torch.zeros(len(items), K, dtype=torch.long)
+    last = torch.zeros(len(items), K, dtype=torch.long)
+    prompt_at = torch.zeros(len(items), dtype=torch.long)
     for r, (seq, (b, k)) in enumerate(zip(seqs, owners)):
         tr = items[b]
         input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -195,8 +205,13 @@ def collate_padded(items: list[TokenizedRecord], pad_id: int) -> Batch:
             slots.append(b * K + k)
             tpos.append(j - tr.score_start[k])
         lengths[b, k] = len(tr.segments[k]) - tr.score_start[k]
-    return _batch(input_ids, (attn.cumsum(-1) - 1).clamp(min=0), attn, (pred, targets, slots, tpos), lengths,
-                  "padded", int(attn.sum()))
+        last[b, k] = r * L + len(seq) - 1
+        if k == 0:
+            prompt_at[b] = r * L + P - 1
+    batch = _batch(input_ids, (attn.cumsum(-1) - 1).clamp(min=0), attn, (pred, targets, slots, tpos), lengths,
+                   "padded", int(attn.sum()))
+    batch.last_index, batch.prompt_index = last, prompt_at
+    return batch
 
 
 def _batch(input_ids, position_ids, mask, scored: tuple[list[int], ...], lengths, layout, num_tokens) -> Batch:
@@ -240,6 +255,17 @@ def collate(
     K = batch.valid.shape[1]
     if any(tr.aux for tr in items):
         batch.aux_slot = torch.tensor([tr.k - 1 if tr.aux else -1 for tr in items], dtype=torch.long)
+    margins = [r.meta.get("margin") for r in records]
+    if any(isinstance(m, (int, float)) for m in margins):
+        batch.extra["margin"] = torch.tensor([float(m) if isinstance(m, (int, float)) else float("nan")
+                                              for m in margins])
+    if items[0].steps is not None:  # process reward models: positions and labels of each step's last token
+        S = max(1, max(len(tr.steps) for tr in items))
+        pos, lab, mask = (torch.zeros(len(items), K, S, dtype=d) for d in (torch.long, torch.float32, torch.bool))
+        for b, tr in enumerate(items):
+            n = len(tr.steps)
+            pos[b, 0, :n], lab[b, 0, :n], mask[b, 0, :n] = torch.tensor(tr.steps), torch.tensor(tr.step_labels), True
+        batch.extra.update(step_pos=pos, step_labels=lab, step_mask=mask)
     if items[0].shared is not None:
         batch.extra["shared_tokens"] = torch.tensor([tr.shared + [0] * (K - len(tr.shared)) for tr in items],
                                                     dtype=torch.float32)

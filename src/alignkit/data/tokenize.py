@@ -49,6 +49,8 @@ class TokenizedRecord:
     index: int = 0
     aux: int = 0  # trailing segments that are not the record's responses (KTO's mismatched KL completion)
     shared: list[int] | None = None  # leading completion tokens each response shares with a sibling (trees)
+    steps: list[int] | None = None  # completion positions of each step's last token (process reward models)
+    step_labels: list[float] | None = None
 
     @property
     def k(self) -> int:

@@ -12,6 +12,11 @@ A checkpoint is a folder ``checkpoints/step-000050/`` holding:
 It is written to ``checkpoints/.tmp-step-000050`` and then renamed in one ``os.replace``: a kill at any
 moment leaves either the previous checkpoints only, or the new one complete. Leftover ``.tmp-*``
 folders from a crash are ignored by `latest_checkpoint` and removed by the next save.
+
+Under FSDP / DeepSpeed the optimizer state (and with FSDP / ZeRO-3 the parameters) is split across
+processes: there ``optimizer.pt`` is replaced by ``sharded/`` (``accelerator.save_state``) and
+``model.safetensors`` holds the gathered full weights. The same three steps (`begin_checkpoint`,
+`write_checkpoint`, `commit_checkpoint`) make that folder; see `engine/distributed.py`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PREFIX = "step-"
+SHARDED_DIR = "sharded"  # accelerator.save_state output of an FSDP / DeepSpeed run
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -71,38 +77,74 @@ def save_checkpoint(
     extra_states: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """``extra_states``: more ``state_dict``s to keep (e.g. the fp16 grad scaler), saved as ``extra_<name>.pt``."""
+    tmp, final = begin_checkpoint(root, step)
+    write_checkpoint(tmp, step, _trainable(model), optimizer.state_dict(), scheduler, state, config_yaml,
+                     objective_state, extra_states)
+    return commit_checkpoint(tmp, final, keep)
+
+
+def checkpoint_paths(root: str | Path, step: int) -> tuple[Path, Path]:
+    """(temp folder, final folder) of the checkpoint of ``step``."""
+    root = Path(root)
+    return root / f".tmp-{PREFIX}{step:06d}", root / f"{PREFIX}{step:06d}"
+
+
+def begin_checkpoint(root: str | Path, step: int) -> tuple[Path, Path]:
+    """Remove leftover temp folders and create this step's: returns (temp folder, final folder)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    final = root / f"{PREFIX}{step:06d}"
-    tmp = root / f".tmp-{PREFIX}{step:06d}"
+    tmp, final = checkpoint_paths(root, step)
     tmp.mkdir()
-    save_file(_trainable(model), tmp / "model.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    return tmp, final
+
+
+def write_checkpoint(
+    tmp: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    scheduler: Any,
+    state: dict[str, Any],
+    config_yaml: str,
+    objective_state: dict[str, Any] | None = None,
+    extra_states: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Everything but the sharded part. ``optimizer_state=None``: it lives in ``sharded/`` instead."""
+    save_file(weights, tmp / "model.safetensors")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng_json, rng_tensors = rng_state()
     torch.save(rng_tensors, tmp / "rng.pt")
     torch.save(objective_state or {}, tmp / "objective.pt")
-    for name, state in (extra_states or {}).items():
-        torch.save(state, tmp / f"extra_{name}.pt")
+    for name, extra in (extra_states or {}).items():
+        torch.save(extra, tmp / f"extra_{name}.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step, "rng": rng_json}))
     (tmp / "config.yaml").write_text(config_yaml)
+
+
+def commit_checkpoint(tmp: Path, final: Path, keep: int = 2) -> Path:
+    """fsync, rename the temp folder into place, drop all but the newest ``keep`` checkpoints."""
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. interrupt right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+    _fsync_dir(final.parent, recursive=False)
+    for old in list_checkpoints(final.parent)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path, recursive: bool = True) -> None:
+    """fsync the files of a folder (and of its subfolders), then the folder itself."""
     for f in path.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        elif recursive and f.is_dir():
+            _fsync_dir(f)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -124,27 +166,36 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: str | Path, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None, scheduler: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore weights, optimizer, scheduler and RNG; return (trainer state, objective state).
 
+    ``model`` / ``optimizer`` None: leave them alone (a sharded run restores them from ``sharded/``).
     Extra states saved with the checkpoint come back in ``trainer_state["extra"]`` by name."""
     path = Path(path)
     if not (path / "trainer_state.json").exists():
         raise FileNotFoundError(f"{path} is not an alignkit checkpoint (no trainer_state.json)")
-    weights = load_file(path / "model.safetensors")
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    unknown = [n for n in weights if n not in params]
-    if missing or unknown:
+    if optimizer is not None and not (path / "optimizer.pt").exists():
         raise ValueError(
-            f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unknown[:5]} "
-            "(was it saved with the same model and LoRA settings?)"
+            f"checkpoint {path} was saved under FSDP/DeepSpeed: its optimizer state is split across processes "
+            f"in {SHARDED_DIR}/. Resume it with the same kind of launch (its model.safetensors holds the full "
+            "weights, e.g. to start a new run from)."
         )
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if model is not None:
+        weights = load_file(path / "model.safetensors")
+        params = dict(model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+        unknown = [n for n in weights if n not in params]
+        if missing or unknown:
+            raise ValueError(
+                f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unknown[:5]} "
+                "(was it saved with the same model and LoRA settings?)"
+            )
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t)
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"), torch.load(path / "rng.pt", weights_only=True))

@@ -56,6 +56,8 @@ class TokenizedDataset:
         kinds = {r.label_kind for r in records}
         if len(kinds) > 1:
             raise ValueError(f"{name}: records mix label kinds {sorted(kinds)}; one dataset needs one kind")
+        if "step_mask" in extras:  # process supervision: a record's responses are the steps of one solution
+            return cls._build_steps(records, tokenizer, config, name)
         to_tokenize = records
         if "kl_logratios" in extras:
             partners = mismatched_partners(records, seed)
@@ -70,10 +72,58 @@ class TokenizedDataset:
                 tr.shared = shared_completion_tokens(tr)
         return cls(records, items)
 
+    @classmethod
+    def _build_steps(cls, records, tokenizer, config, name):
+        return _steps_build(cls, records, tokenizer, config, name)
+
     def collate(self, indices: list[int], pad_id: int, layout: str, max_row_tokens: int,
                 attn_weight: float = 0.0) -> Batch:
         items = [self.items[i] for i in indices]  # item.index is the record's position (set by tokenize)
         return collate(items, [self.records[i] for i in indices], pad_id, layout, max_row_tokens, attn_weight)
+
+
+STEP_SEPARATOR = "\n"
+
+
+def _steps_build(cls, records, tokenizer, config, name):
+    """Records whose ``responses`` are the S consecutive steps of one solution and whose ``labels`` judge
+    each step (TRL's stepwise layout): each becomes one response, the steps joined by ``STEP_SEPARATOR``,
+    labelled with its outcome (every step good), and remembers where each step's last token is."""
+    joined, prefixes = [], []
+    for i, r in enumerate(records):
+        if r.label_kind != "labels":
+            raise ValueError(f"{name}: record {i} (id={r.id}): process supervision needs per-step `labels`, "
+                             f"got {r.label_kind}")
+        texts = [STEP_SEPARATOR.join(r.responses[: s + 1]) for s in range(r.k)]
+        prefixes.append(dataclasses.replace(r, responses=texts, labels=list(r.labels)))
+        joined.append(dataclasses.replace(r, responses=[texts[-1]], labels=[all(r.labels)],
+                                          meta={**r.meta, "step_labels": list(r.labels)}))
+    untruncated = dataclasses.replace(config, max_length=None)
+    items, report = tokenize_records(prefixes, tokenizer, untruncated)
+    out, _ = tokenize_records(joined, tokenizer, config)
+    dropped = 0
+    for tr, pre, rec in zip(out, items, prefixes):
+        full = pre.full_ids(pre.k - 1)
+        start = len(pre.prompt_ids) + pre.score_start[-1]
+        n = len(tr.segments[0]) - tr.score_start[0]  # completion tokens kept after truncation
+        ends = []
+        for s in range(pre.k):
+            ids = pre.full_ids(s)
+            ids = ids[:-1] if ids[-1:] == [tokenizer.eos_token_id] else ids
+            ends.append(_lcp(ids, full) - 1 - start)
+        tr.steps = [e for e in ends if 0 <= e < n]
+        tr.step_labels = [float(x) for x, e in zip(rec.labels, ends) if 0 <= e < n]
+        dropped += len(ends) - len(tr.steps)
+    logger.info("%s: %d records of %d steps in all; %d steps cut by max_length are not scored", name, len(out),
+                sum(r.k for r in records), dropped)
+    return cls(joined, out)
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def mismatched_partners(records: list[PreferenceRecord], seed: int) -> list[int]:

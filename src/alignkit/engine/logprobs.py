@@ -47,7 +47,7 @@ def attention_cost_weight(model: nn.Module) -> float:
 def unwrap(model: nn.Module) -> nn.Module:
     """The transformers `PreTrainedModel` under peft / DDP / `LogProbModel` wrappers."""
     while True:
-        if isinstance(model, LogProbModel):
+        if isinstance(model, LogProbModel) or getattr(model, "_alignkit_wrapper", False):
             model = model.model
         elif hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module

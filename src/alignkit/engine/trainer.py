@@ -21,10 +21,11 @@ import torch
 import yaml
 
 from alignkit.config import TrainConfig, check_bounds, save_config
-from alignkit.data.io import read_records
-from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine import checkpoint as ckpt
-from alignkit.engine.dataset import BatchOrder, TokenizedDataset, split_by_prompt
+from alignkit.engine import distributed as dist
+from alignkit.engine import refcache as rc
+from alignkit.engine import reward_model as rm
+from alignkit.engine.dataset import BatchOrder, TokenizedDataset, data_shape
 from alignkit.engine.logging import MetricsLogger, logger, peak_memory_mb, setup_console_logging
 from alignkit.engine.logprobs import (
     LogProbModel,
@@ -34,7 +35,7 @@ from alignkit.engine.logprobs import (
     unwrap,
     verify_against_forward,
 )
-from alignkit.engine.refcache import cached_reference
+from alignkit.engine.prepare import prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
 from alignkit.models.load import LoraConfig, load_model, load_tokenizer
@@ -70,28 +71,24 @@ class Trainer:
         if not self.accelerator.is_main_process:
             logger.setLevel("WARNING")  # one process speaks for the run
         self.output_dir = Path(c.output_dir)
-        self.objective = build_objective(c.objective, beta=c.beta, **c.hparams)
+        self.objective = build_objective(c.objective, **{"beta": c.beta, **c.hparams})  # hparams beta wins over null
 
         # data: read, check against the objective, tokenize
         self.tokenizer = load_tokenizer(c.model, trust_remote_code=c.trust_remote_code)
-        train_records = self._read(c.data, "train")
-        eval_records = self._read(c.eval_data, "eval") if c.eval_data else []
-        if not eval_records and c.eval_split > 0:
-            train_records, eval_records = split_by_prompt(train_records, c.eval_split, c.seed)
         strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
-        for records in (train_records, eval_records):  # checked before any model is loaded
-            if records:
-                k_all = [r.k for r in records]
-                self.objective.check_data(records[0].label_kind, min(k_all), max(k_all), strategy != "none")
-        tok_cfg = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template)
-        self.train_data = TokenizedDataset.build(train_records, self.tokenizer, tok_cfg, "train data")
-        self.eval_data = TokenizedDataset.build(eval_records, self.tokenizer, tok_cfg, "eval data") if eval_records else None
+        self.train_data, self.eval_data = prepare_data(c, self.tokenizer, self.objective, strategy != "none")
 
         # model and reference (the reference is built from the *initial* policy, before any resume)
         load_kwargs = dict(dtype=c.dtype, attn_implementation=c.attn_implementation,
                            trust_remote_code=c.trust_remote_code)
         lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
-        policy = load_model(c.model, lora=lora, **load_kwargs)
+        self.reward_model = self.objective.inputs == "rewards"  # a reward model: a head read at the last token
+        if self.reward_model:
+            self.head = rm.head_size(self.objective, data_shape(self.train_data.records)[3])  # (outputs, gate)
+            policy = rm.load_reward_model(c.model, *self.head, lora=lora, pad_token_id=self.tokenizer.pad_token_id,
+                                          **load_kwargs)
+        else:
+            policy = load_model(c.model, lora=lora, **load_kwargs)
         if c.gradient_checkpointing:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if c.lora:
@@ -99,14 +96,17 @@ class Trainer:
         self.layout = self._layout(policy)
         self.attn_weight = attention_cost_weight(policy)
         self.eval_reference = None
-        self.reference = build_reference(strategy, policy, c.ref_model, self.accelerator.device, c.chunk_size,
-                                         load_kwargs, for_cache=self._will_cache(strategy))
-        logger.info("objective %s; reference: %s; packing: %s; %d process(es) on %s", self.objective.name,
-                    self.reference.strategy, self.layout, self.accelerator.num_processes, self.accelerator.device)
+        self.strategy, self.load_kwargs = strategy, load_kwargs
+        cached = self._will_cache(strategy)  # then the reference is built (if at all) by _cache_reference
+        self.reference = None if cached else build_reference(strategy, policy, c.ref_model, self.accelerator.device,
+                                                             c.chunk_size, load_kwargs)
+        logger.info("objective %s; reference: %s%s; packing: %s; %d process(es) on %s", self.objective.name,
+                    strategy, " (cached log-probs)" if cached else "", self.layout, self.accelerator.num_processes,
+                    self.accelerator.device)
 
         # optimisation
         self.order = BatchOrder(len(self.train_data), c.batch_size, c.seed, self.accelerator.process_index,
-                                self.accelerator.num_processes)
+                                self.accelerator.num_processes, shuffle=resolve_shuffle(c))
         tail = len(self.train_data) - self.order.per_epoch * self.order.global_batch
         if tail:
             logger.info("%d of %d records do not fill a batch and sit out each epoch (different ones every "
@@ -116,26 +116,24 @@ class Trainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self.total_steps)
-        scorer = LogProbModel(policy, c.chunk_size)
+        if c.compile:  # the decoder, in place, with dynamic shapes (see engine/distributed.py)
+            dist.compile_decoder(policy)
+        dist.check_launch(self.accelerator, c, strategy)
+        scorer = rm.RewardScorer(policy) if self.reward_model else LogProbModel(policy, c.chunk_size)
         # The schedule counts optimizer steps; accelerate would step a prepared scheduler once per process.
         self.scorer, self.optimizer = self.accelerator.prepare(scorer, optimizer)
         self.scheduler = scheduler
         self.policy = policy
         if c.verify_logprobs:
             self._verify_logprobs()
-        self._maybe_cache_reference()
+        if cached:
+            self._cache_reference()
         self.step_idx = 0
         self.skipped_total = 0
         self.skipped_in_row = 0
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- setup helpers
-    def _read(self, path: str, split: str):
-        c = self.config
-        rejects = Path(c.output_dir) / f"{split}.{Path(path).stem}.rejects.jsonl"  # skipped rows land in the run
-        return read_records(path, layout=c.layout, columns=c.columns, on_bad_row=c.on_bad_row,
-                            rejects_path=rejects).records
-
     def _verify_logprobs(self) -> None:
         """One response through the executor and through the model's own forward must agree."""
         c = self.config
@@ -146,44 +144,60 @@ class Trainer:
         self.policy.eval()
         try:
             with self.accelerator.autocast():
-                diff = verify_against_forward(self.policy, batch.to(self.accelerator.device), 1e-4 if fp32 else 3e-2)
+                verify = rm.verify_against_forward if self.reward_model else verify_against_forward
+                if self.reward_model:
+                    batch = self.train_data.collate([0], self.tokenizer.pad_token_id, "padded", c.max_row_tokens)
+                diff = verify(self.policy, batch.to(self.accelerator.device), 1e-4 if fp32 else 3e-2)
         finally:
             self.policy.train(was_training)
-        logger.info("log-prob executor matches the model's forward (|diff| %.2e on one response)", diff)
+        logger.info("executor matches the model's forward (|diff| %.2e on one response)", diff)
 
     def _will_cache(self, strategy: str) -> bool:
         c = self.config
         if c.ref_cache not in ("auto", "on", "off"):
             raise ValueError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
+        if c.ref_cache_file and (c.ref_cache == "off" or strategy == "none"):
+            raise ValueError("ref_cache_file is set but " + ("ref_cache=off" if c.ref_cache == "off" else
+                             f"objective {self.objective.name} reads no reference"))
         if strategy == "none" or c.ref_cache == "off":
             return False
         if self.objective.needs_token_logps:
-            if c.ref_cache == "on":
+            if c.ref_cache == "on" or c.ref_cache_file:
                 raise ValueError(f"objective {self.objective.name} reads per-token reference log-probs; "
                                  "the sequence-level cache cannot serve it (use ref_cache=off)")
             return False
         return True
 
-    def _maybe_cache_reference(self) -> None:
-        """Replace the reference model by a table of its log-probs (see `engine/refcache.py`)."""
-        c = self.config
-        if not self._will_cache(self.reference.strategy):
-            return
-        weights = getattr(self.reference, "scorer", None)
-        weights = self.policy if weights is None else weights.model
+    def _cache_reference(self) -> None:
+        """Reference log-probs from the cache, or one pass that fills it (see `engine/refcache.py`).
+
+        On a cache hit for every split no reference model is built or loaded at all."""
+        c, acc = self.config, self.accelerator
+        built: list = []
+
+        def reference():
+            if not built:
+                built.append(build_reference(self.strategy, self.policy, c.ref_model, acc.device, c.chunk_size,
+                                             self.load_kwargs, for_cache=True))
+            return built[0]
+
+        weights = rc.files_digest(c.ref_model if self.strategy == "path" else c.model)
+        if weights is None:  # not a local folder: digest the tensors of the loaded reference
+            scorer = getattr(reference(), "scorer", None)
+            weights = rc.weights_digest(self.policy if scorer is None else scorer.model)
+        weights += f"|dtype={c.dtype}"
         cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else self.output_dir / "ref_cache"
-        acc = self.accelerator
-        args = (self.tokenizer.pad_token_id, self.layout, c.max_row_tokens, c.batch_size, acc.device)
+        splits = {"train": self.train_data, **({"eval": self.eval_data} if self.eval_data else {})}
         # the main process computes and writes, the others read; same precision as the training forward
         with acc.main_process_first(), acc.autocast():
-            train = cached_reference(self.reference, weights, self.train_data, cache_dir, "train", *args,
-                                     progress=c.progress and acc.is_main_process, write=acc.is_main_process,
-                                     precision=acc.mixed_precision)
-            evals = cached_reference(self.reference, weights, self.eval_data, cache_dir, "eval", *args,
-                                     progress=False, write=acc.is_main_process,
-                                     precision=acc.mixed_precision) if self.eval_data else None
-        self.reference = train  # the reference model is released here
-        self.eval_reference = evals
+            tables = rc.cached_tables(splits, weights, acc.mixed_precision, cache_dir, c.ref_cache_file, reference,
+                                      self.tokenizer.pad_token_id, self.layout, c.max_row_tokens, c.batch_size,
+                                      acc.device, progress=c.progress and acc.is_main_process,
+                                      write=acc.is_main_process)
+        if not built:
+            logger.info("every reference log-prob came from the cache: no reference model was loaded")
+        self.reference = rc.CachedReference(tables["train"])  # any reference model is released here
+        self.eval_reference = rc.CachedReference(tables["eval"]) if "eval" in tables else None
 
     def _layout(self, policy) -> str:
         c = self.config
@@ -201,6 +215,11 @@ class Trainer:
     def _micro_loss(self, indices: list[int], data: TokenizedDataset, train: bool):
         batch = data.collate(indices, self.tokenizer.pad_token_id, self.layout, self.config.max_row_tokens,
                              self.attn_weight).to(self.accelerator.device)
+        if self.reward_model:
+            with self.accelerator.autocast():
+                stats = rm.build_reward_stats(batch, *self.scorer(batch))
+            out = self.objective(stats) if train else _no_state_update(self.objective, stats)
+            return out, batch.num_tokens
         reference = self.reference if train or self.eval_reference is None else self.eval_reference
         with self.accelerator.autocast():
             if self.objective.needs_token_logps:
@@ -293,16 +312,21 @@ class Trainer:
         return {f"eval/{k}": v / n for k, v in merged.items()}
 
     # ----------------------------------------------------------------- checkpoints
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint. Every process calls it: under FSDP / DeepSpeed gathering is collective (see
+        engine/distributed.py). Only the main process writes, and gets the folder back."""
+        acc, c, root = self.accelerator, self.config, self.output_dir / "checkpoints"
         state = {"skipped_total": self.skipped_total, "skipped_in_row": self.skipped_in_row,
                  "total_steps": self.total_steps}
-        path = ckpt.save_checkpoint(
-            self.output_dir / "checkpoints", self.step_idx, self.policy, self.optimizer, self.scheduler, state,
-            yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False), self.config.keep_checkpoints,
-            self.objective.state_dict(),
-            {"grad_scaler": self.accelerator.scaler.state_dict()} if self.accelerator.scaler is not None else None,
-        )
-        logger.info("saved checkpoint %s", path)
+        rest = (state, yaml.safe_dump(dataclasses.asdict(c), sort_keys=False), c.keep_checkpoints,
+                self.objective.state_dict(), {"grad_scaler": acc.scaler.state_dict()} if acc.scaler else None)
+        path = None
+        if dist.sharding(acc):
+            path = dist.save_sharded(acc, self.scorer, root, self.step_idx, self.policy, self.scheduler, *rest)
+        elif acc.is_main_process:  # one process or DDP: the main process holds all of it
+            path = ckpt.save_checkpoint(root, self.step_idx, self.policy, self.optimizer, self.scheduler, *rest)
+        if path is not None:
+            logger.info("saved checkpoint %s", path)
         return path
 
     def resume(self, where: str) -> None:
@@ -310,7 +334,10 @@ class Trainer:
         if path is None:
             logger.info("resume_from=latest: no checkpoint in %s, starting fresh", self.output_dir)
             return
-        state, obj_state = ckpt.load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+        if dist.sharding(self.accelerator):
+            state, obj_state = dist.load_sharded(self.accelerator, path, self.optimizer, self.scheduler)
+        else:
+            state, obj_state = ckpt.load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
         self.step_idx = state["step"]
         self.skipped_total = state["skipped_total"]
         self.skipped_in_row = state["skipped_in_row"]
@@ -319,14 +346,18 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(state["extra"]["grad_scaler"])
         logger.info("resumed from %s at step %d", path, self.step_idx)
 
-    def save_final(self) -> Path:
-        final = self.output_dir / "final"
-        model = unwrap(self.policy)
-        if self.config.lora:
-            self.policy.save_pretrained(self.output_dir / "adapter")
-            model = self.policy.merge_and_unload()
-        model.save_pretrained(final, safe_serialization=True)
-        self.tokenizer.save_pretrained(final)
+    def save_final(self) -> Path | None:
+        """``final/``, a ``save_pretrained`` folder (LoRA: merged, plus ``adapter/``). Every process calls it."""
+        c = self.config
+        load = dict(dtype=c.dtype, trust_remote_code=c.trust_remote_code)
+        if self.reward_model:
+            base = lambda: rm.load_reward_model(c.model, *self.head, pad_token_id=self.tokenizer.pad_token_id, **load)  # noqa: E731
+        else:
+            base = lambda: load_model(c.model, **load)  # noqa: E731
+        final = dist.save_final(self.accelerator, self.scorer, self.policy, self.tokenizer, self.output_dir / "final",
+                                base if c.lora else None)
+        if final is not None and self.reward_model:
+            rm.write_info(final, self.objective, *self.head)
         return final
 
     # ----------------------------------------------------------------- the loop
@@ -354,9 +385,9 @@ class Trainer:
                     log.log(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('rewards/accuracy', 0):.2f}")
-                if c.save_every and self.step_idx % c.save_every == 0 and main:
+                if c.save_every and self.step_idx % c.save_every == 0:
                     self.save()
-                if self._stop_signal is not None:
+                if dist.any_process(self.accelerator, self._stop_signal is not None):
                     interrupted = True
                     break
         finally:
@@ -365,8 +396,8 @@ class Trainer:
                 signal.signal(s, h)
         final_dir = None
         if interrupted:
-            path = self.save() if main else None
-            logger.warning("interrupted by signal %d after step %d; checkpoint %s. Resume with: "
+            path = self.save()
+            logger.warning("interrupted by signal %s after step %d; checkpoint %s. Resume with: "
                            "alignkit train %s/config.yaml resume_from=latest", self._stop_signal, self.step_idx,
                            path, self.output_dir)
         else:
@@ -376,10 +407,9 @@ class Trainer:
                 log.log(final_eval)
                 history.append(final_eval)
                 logger.info("eval: %s", {k: round(v, 4) for k, v in final_eval.items()})
-            if main:
-                if not c.save_every or self.step_idx % c.save_every:
-                    self.save()
-                final_dir = self.save_final()
+            if not c.save_every or self.step_idx % c.save_every:
+                self.save()
+            final_dir = self.save_final()
         log.close()
         if self.skipped_total:
             logger.warning("%d step(s) were skipped for non-finite loss or gradient", self.skipped_total)
@@ -419,4 +449,8 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
         from alignkit.config import from_dict
 
         config = from_dict(TrainConfig, dict(config), source="train()")
+    if config.ensemble > 1:
+        from alignkit.engine.ensemble import train_ensemble
+
+        return train_ensemble(config, lambda member: Trainer(member).train())
     return Trainer(config).train()

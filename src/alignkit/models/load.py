@@ -66,7 +66,7 @@ def load_model(
     return model
 
 
-def apply_lora(model, lora: LoraConfig):
+def apply_lora(model, lora: LoraConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -75,7 +75,7 @@ def apply_lora(model, lora: LoraConfig):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         **lora.extra,
     )
     model = get_peft_model(model, config)

@@ -33,6 +33,10 @@ LossFn = Callable[..., LossOutput]
 EXTRAS = {
     "kl_logratios": "[B] ρ of mismatched (prompt_i, response_{i+1}) pairs: KTO's KL baseline",
     "shared_tokens": "[B, K] leading completion tokens a response shares with another response of its record",
+    "margin": "[B] the record's meta['margin'] (e.g. a score gap written by the pairs transform), NaN if absent",
+    "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",
+    "step_mask": "[B, K, S] which of up to S steps of each response exist (process reward models)",
+    "step_labels": "[B, K, S] per-step labels 1.0 good / 0.0 bad (process reward models)",
 }
 
 
@@ -49,6 +53,8 @@ class ObjectiveSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     extras: tuple[str, ...] = ()
     score_shape: str = "scalar"  # scalar | vector: what `scores` records must carry when labelled by scores
+    inputs: str = "logps"  # logps (a policy: sequence log-probs) | rewards (a reward model's head outputs)
+    reward_outputs: str = "1"  # rewards objectives: how many head outputs, "1" or the hparam naming it, e.g. "num_heads"
 
     def __call__(self, stats: SequenceStats, state: dict | None = None, **hparams: Any) -> LossOutput:
         unknown = set(hparams) - set(self.defaults)
@@ -110,10 +116,14 @@ def register(
     stateful: bool = False,
     extras: Sequence[str] = (),
     score_shape: str = "scalar",
+    inputs: str = "logps",
+    reward_outputs: str = "1",
 ) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
             raise ValueError(f"objective '{name}' is registered twice")
+        if inputs not in ("logps", "rewards"):
+            raise ValueError(f"objective '{name}': inputs must be 'logps' or 'rewards', got {inputs!r}")
         unknown_extras = set(extras) - set(EXTRAS)
         if unknown_extras:
             raise ValueError(f"objective '{name}': unknown extras {sorted(unknown_extras)}; known: {sorted(EXTRAS)}")
@@ -128,7 +138,7 @@ def register(
             raise TypeError(f"objective '{name}': hyper-parameters {missing} need defaults")
         _REGISTRY[name] = ObjectiveSpec(
             name, fn, needs_reference, tuple(label_kinds), min_responses, max_responses,
-            needs_token_logps, stateful, defaults, tuple(extras), score_shape,
+            needs_token_logps, stateful, defaults, tuple(extras), score_shape, inputs, reward_outputs,
         )
         return fn
 
@@ -137,7 +147,8 @@ def register(
 
 def _ensure_loaded() -> None:
     # Importing the modules runs their @register decorators.
-    from alignkit.objectives import listwise, multiobjective, pairwise, sft, unpaired  # noqa: F401
+    from alignkit.objectives import (  # noqa: F401
+        listwise, multiobjective, pairwise, reward, reward_structured, sft, unpaired)
 
 
 def available() -> list[str]:
@@ -183,6 +194,13 @@ class Objective:
         return any(t.spec.needs_token_logps for t in self.terms)
 
     @property
+    def inputs(self) -> str:
+        kinds = {t.spec.inputs for t in self.terms}
+        if len(kinds) > 1:
+            raise ValueError(f"objective {self.name} mixes policy objectives and reward-model objectives")
+        return kinds.pop()
+
+    @property
     def extras(self) -> tuple[str, ...]:
         return tuple(sorted({e for t in self.terms for e in t.spec.extras}))
 
@@ -195,8 +213,9 @@ class Objective:
         if len(self.terms) == 1 and self.terms[0].weight == 1.0:
             t = self.terms[0]
             return t.spec(stats, state=t.state, **t.hparams)
-        loss = torch.zeros((), dtype=stats.logps.dtype, device=stats.logps.device)
-        per_example = torch.zeros(stats.batch_size, dtype=stats.logps.dtype, device=stats.logps.device)
+        ref = stats.logps if stats.logps is not None else stats.rewards
+        loss = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        per_example = torch.zeros(stats.batch_size, dtype=ref.dtype, device=ref.device)
         metrics: dict[str, float] = {}
         for t in self.terms:
             out = t.spec(stats, state=t.state, **t.hparams)

@@ -12,7 +12,11 @@ from torch import Tensor
 class SequenceStats:
     """Statistics of B prompts x K responses. Padded response slots have ``valid == False``.
 
-    logps:        [B, K] summed log-prob of each response's completion tokens, s(y).
+    logps:        [B, K] summed log-prob of each response's completion tokens, s(y); None for
+                  reward-model objectives, which read ``rewards`` instead.
+    rewards:      reward-model outputs read at each response's last completion token: [B, K] (one
+                  head), [B, K, m] (m outputs: attributes, mixture heads, GPM embeddings), or
+                  [B, K, S] per-step rewards for process reward models (with ``extra["step_mask"]``).
     ref_logps:    [B, K] the same under the reference model, or None.
     lengths:      [B, K] number of completion tokens n(y) (>= 1 for valid slots).
     valid:        [B, K] bool, False for padded slots (K varies per prompt).
@@ -24,7 +28,7 @@ class SequenceStats:
     extra:        named extra tensors (e.g. ``ref_token_logps``) for methods that need them.
     """
 
-    logps: Tensor
+    logps: Tensor | None
     ref_logps: Tensor | None = None
     lengths: Tensor | None = None
     valid: Tensor | None = None
@@ -35,15 +39,23 @@ class SequenceStats:
     labels: Tensor | None = None
     weights: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
+    rewards: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.logps.dim() != 2:
+        if self.logps is None and self.rewards is None:
+            raise ValueError("SequenceStats needs logps (policy objectives) or rewards (reward-model objectives)")
+        if self.logps is not None and self.logps.dim() != 2:
             raise ValueError(f"logps must be [B, K], got shape {tuple(self.logps.shape)}")
-        shape = self.logps.shape
+        if self.rewards is not None and self.rewards.dim() not in (2, 3):
+            raise ValueError(f"rewards must be [B, K] or [B, K, m], got shape {tuple(self.rewards.shape)}")
+        ref = self.logps if self.logps is not None else self.rewards
+        shape = ref.shape[:2]
+        if self.rewards is not None and self.rewards.shape[:2] != shape:
+            raise ValueError(f"rewards must start with shape {tuple(shape)}, got {tuple(self.rewards.shape)}")
         if self.lengths is None:
-            self.lengths = torch.ones(shape, dtype=self.logps.dtype, device=self.logps.device)
+            self.lengths = torch.ones(shape, dtype=ref.dtype, device=ref.device)
         if self.valid is None:
-            self.valid = torch.ones(shape, dtype=torch.bool, device=self.logps.device)
+            self.valid = torch.ones(shape, dtype=torch.bool, device=ref.device)
         for name in ("ref_logps", "lengths", "valid", "ranks", "labels"):
             t = getattr(self, name)
             if t is not None and t.shape != shape:
@@ -55,11 +67,11 @@ class SequenceStats:
 
     @property
     def batch_size(self) -> int:
-        return self.logps.shape[0]
+        return self.valid.shape[0]
 
     @property
     def num_responses(self) -> int:
-        return self.logps.shape[1]
+        return self.valid.shape[1]
 
     @property
     def mean_logps(self) -> Tensor:

@@ -1,0 +1,1 @@
+"""Generation from the command line and Python (`alignkit generate`)."""

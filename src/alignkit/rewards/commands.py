@@ -1,0 +1,133 @@
+"""``alignkit score`` and ``alignkit eval-rm``: reward models on data files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("score", help="add reward-model scores to every response of a data file",
+                       description="alignkit score --reward-model PATH [PATH ...] --data FILE --out OUT.jsonl")
+    _common(s)
+    s.add_argument("--out", required=True, help="JSONL of records with `scores` (old labels move to meta)")
+    s.add_argument("--aggregate", default="mean", choices=["mean", "min", "mean_minus_std"],
+                   help="with several reward models (an ensemble): how to combine them")
+    s.add_argument("--lam", type=float, default=1.0, help="λ of mean_minus_std")
+    s.set_defaults(fn=score_command)
+
+    e = sub.add_parser("eval-rm", help="RewardBench-style evaluation of a reward model on preference pairs",
+                       description="alignkit eval-rm --reward-model PATH --data PAIRS --out DIR")
+    _common(e)
+    e.add_argument("--out", default=None, help="report folder (default: <reward-model>/eval-<data stem>)")
+    e.add_argument("--subset-field", default="subset", help="meta field (or `group`) naming each pair's subset")
+    e.set_defaults(fn=eval_rm_command)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reward-model", required=True, nargs="+", help="one reward model, or several (an ensemble)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--layout", default=None)
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def _load(args, rejects: Path):
+    from alignkit.data.io import read_records
+    from alignkit.engine.logging import setup_console_logging
+    from alignkit.engine.ensemble import expand_members
+    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.models.load import load_tokenizer
+    from alignkit.rewards.score import reward_info
+
+    setup_console_logging()
+    args.reward_model = expand_members(args.reward_model)
+    result = read_records(args.data, layout=args.layout, on_bad_row=args.on_bad_row, rejects_path=rejects)
+    tokenizer = load_tokenizer(args.reward_model[0], trust_remote_code=args.trust_remote_code)
+    models = [load_reward_model(p, dtype=args.dtype, trust_remote_code=args.trust_remote_code) for p in
+              args.reward_model]
+    return result.records, tokenizer, models, [reward_info(p) for p in args.reward_model]
+
+
+def score_command(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from alignkit.data.tokenize import TokenizeConfig
+    from alignkit.rewards.score import score_records, scored_record
+
+    out = Path(args.out)
+    records, tokenizer, models, infos = _load(args, out.with_suffix(".rejects.jsonl"))
+    scores, unc = score_records(models, tokenizer, records, args.batch_size, args.aggregate, args.lam,
+                                TokenizeConfig(max_length=args.max_length), infos=infos)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for i, r in enumerate(records):
+            f.write(json.dumps(scored_record(r, scores[i], unc[i] if unc else None)) + "\n")
+    n = sum(r.k for r in records)
+    tqdm.write(f"scored {n} responses of {len(records)} records with {len(models)} reward model(s); wrote {out}")
+    return 0
+
+
+def eval_rm_command(args: argparse.Namespace) -> int:
+    from alignkit.data.tokenize import TokenizeConfig
+    from alignkit.eval.rm_report import rm_report, write_report
+    from alignkit.rewards.score import score_records
+
+    out = Path(args.out) if args.out else Path(args.reward_model[0]) / f"eval-{Path(args.data).stem}"
+    records, tokenizer, models, infos = _load(args, out / "rejects.jsonl")
+    chosen_idx = [_chosen_rejected(r, i) for i, r in enumerate(records)]
+    keep = [i for i, c in enumerate(chosen_idx) if c is not None]
+    if not keep:
+        raise ValueError(f"{args.data}: no record has a strict preference between two responses")
+    pairs = [records[i] for i in keep]
+    scores, _ = score_records(models, tokenizer, pairs, args.batch_size,
+                              tokenize=TokenizeConfig(max_length=args.max_length), infos=infos)
+    chosen = [scores[j][chosen_idx[i][0]] for j, i in enumerate(keep)]
+    rejected = [scores[j][chosen_idx[i][1]] for j, i in enumerate(keep)]
+    if isinstance(chosen[0], list):
+        chosen, rejected = _vector_pairs(chosen, rejected, infos[0])
+    subsets = [_subset(records[i], args.subset_field) for i in keep]
+    report = rm_report(chosen, rejected, subsets if any(s != "all" for s in subsets) else None,
+                       extra={"data": str(args.data), "reward_model": args.reward_model,
+                              "skipped_records": len(records) - len(keep)})
+    write_report(report, out)
+    acc = report.get("accuracy")
+    print(f"eval-rm: {len(keep)} pairs, accuracy {acc:.4f}; {len(records) - len(keep)} records skipped "
+          f"(ties or fewer than 2 responses); report in {out}/report.md")
+    return 0
+
+
+def _vector_pairs(chosen: list, rejected: list, info: dict) -> tuple[list[float], list[float]]:
+    """Multi-output models on pairs: GPM compares embeddings with its skew-symmetric score s(w, l), given
+    to the report as (s, 0) so that accuracy is P(s > 0) and calibration uses σ(s)."""
+    import torch
+
+    from alignkit.objectives.reward_structured import gpm_score
+
+    if info.get("objective") != "gpm":
+        raise ValueError("eval-rm compares one score per response, a GPM's embeddings, or an ensemble; this "
+                         f"model has {len(chosen[0])} outputs and was trained with {info.get('objective', '?')}")
+    hp = info.get("hparams", {})
+    s = gpm_score(torch.tensor(chosen), torch.tensor(rejected), hp.get("beta", 10.0), hp.get("normalize", True))
+    return s.tolist(), [0.0] * len(s)
+
+
+def _chosen_rejected(record, i: int):
+    """(chosen, rejected) response indices of a K = 2 record with a strict preference, else None."""
+    if record.k != 2 or record.label_kind == "labels":
+        return None
+    order = record.ranks if record.label_kind == "ranks" else [-s for s in record.scores]
+    if isinstance(order[0], list) or order[0] == order[1]:
+        return None
+    return (0, 1) if order[0] < order[1] else (1, 0)
+
+
+def _subset(record, field: str) -> str:
+    if field == "group":
+        return record.group or "all"
+    value = record.meta.get(field, record.group if field == "subset" else None)
+    return str(value) if value is not None else "all"

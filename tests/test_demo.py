@@ -98,13 +98,13 @@ def test_reward_model_chain_raises_the_gold_reward(quick_demo, tmp_path):
     out, results = quick_demo
     ref, runs = results["reference"], tmp_path
     assert cli.main(["train", "objective=bt", f"model={ref}", f"data={out / 'pairs.jsonl'}", f"output_dir={runs / 'rm'}",
-                     "batch_size=32", "lr=1e-3", "progress=false"]) == 0
+                     "batch_size=32", "lr=1e-3", "epochs=5", "progress=false"]) == 0
     assert cli.main(["generate", "--model", ref, "--prompts", str(out / "train_prompts.txt"), "--k", "4",
                      "--max-new-tokens", "48", "--out", str(runs / "samples.jsonl")]) == 0
     assert cli.main(["score", "--reward-model", str(runs / "rm" / "final"), "--data", str(runs / "samples.jsonl"),
                      "--out", str(runs / "scored.jsonl")]) == 0
     assert cli.main(["train", "objective=dpo", f"model={ref}", f"data={runs / 'scored.jsonl'}",
                      "transforms=[{name: pairs, strategy: best_vs_worst}]", f"output_dir={runs / 'dpo'}",
-                     "batch_size=32", "epochs=3", "lr=1e-3", "beta=0.1", "progress=false"]) == 0
+                     "batch_size=32", "epochs=5", "lr=1e-3", "beta=0.1", "progress=false"]) == 0
     rows = evaluate_checkpoints([str(runs / "dpo" / "final")], out_dir=out, quick=True)
     assert rows[1]["reward"] - rows[0]["reward"] > rows[1]["reward_ci"] + rows[0]["reward_ci"]

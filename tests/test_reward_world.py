@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from alignkit.config import TrainConfig
-from alignkit.data.tokenize import TokenizeConfig
 from alignkit.data.schema import PreferenceRecord
+from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine.reward_model import load_reward_model
 from alignkit.engine.trainer import train
 from alignkit.models.load import load_tokenizer

@@ -1,4 +1,4 @@
-"""``alignkit`` command line: train | logprobs | generate | score | eval-rm | demo | objectives.
+"""``alignkit`` command line: train | logprobs | generate | score | eval-rm | eval | report | data | demo | objectives.
 
     alignkit train configs/dpo.yaml max_steps=50
     alignkit train objective=dpo model=PATH data=pairs.jsonl max_steps=50
@@ -6,6 +6,9 @@
     alignkit logprobs --model REF --data FILE --out ref.safetensors --cache --max-length 512
     alignkit score --reward-model RM --data FILE --out scored.jsonl
     alignkit eval-rm --reward-model RM --data pairs.jsonl
+    alignkit eval --models A_DIR B.jsonl --reference REF --prompts FILE --judge rule:mod:fn --out DIR
+    alignkit report RUN_DIR [RUN_DIR ...]
+    alignkit data convert|inspect|pairs|dedup|select|split|synthesize ...   (alignkit data --help)
     alignkit demo
 """
 
@@ -149,11 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompts (the demo's world in --out must exist)")
     d.set_defaults(fn=_demo)
 
+    from alignkit.data.tools.commands import add_parsers as data_parsers
+    from alignkit.eval.commands import add_parsers as eval_parsers
     from alignkit.inference.commands import add_parsers as generate_parsers
     from alignkit.rewards.commands import add_parsers as reward_parsers
 
     reward_parsers(sub)
     generate_parsers(sub)
+    eval_parsers(sub)
+    data_parsers(sub)
 
     o = sub.add_parser("objectives", help="list the registered objectives and their hyper-parameters")
     o.set_defaults(fn=_objectives)

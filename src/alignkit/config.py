@@ -41,6 +41,16 @@ class TrainConfig:
     chat_template: str = "auto"  # auto | always | never
     transforms: list = field(default_factory=list)  # data transforms [{name, **options}] (docs/data_transforms.md)
     shuffle: Union[bool, str] = "auto"  # auto (true unless a curriculum transform orders the data) | true | false
+    # online training (engine/online.py): sample from the policy each step, score, learn
+    prompts: str | None = None  # a prompt file (.txt lines, or rows with `prompt` and fields such as `answer`)
+    reward: Any = None  # rule:exact_answer | rule:regex:P | rm:PATH | module:function | [{reward, weight}]
+    num_samples: int = 4  # K completions per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    updates_per_batch: int = 1  # optimizer steps on each rollout batch (GRPO's mu)
+    unfinished_penalty: float | None = None  # reward of samples cut at max_new_tokens (None: keep their reward)
+    log_samples_every: int = 0  # write sampled completions to samples.jsonl every N steps
     # reference model
     ref_model: str | None = None  # a checkpoint path; default: a frozen copy of the initial policy
     ref_strategy: str = "auto"  # auto | copy | path | disable_adapters | none
@@ -81,6 +91,9 @@ class TrainConfig:
     output_dir: str = "runs/alignkit"
     log_every: int = 1
     eval_every: int = 0  # 0: only at the end (when there is eval data)
+    eval_prompts: str | None = None  # with eval_judge: sample on these prompts at every evaluation ...
+    eval_judge: str | None = None  # ... and log reward, win rate over the reference and KL (rule:mod:fn | reward_model:PATH)
+    eval_samples: int = 2  # samples per eval prompt
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     resume_from: str | None = None  # latest | PATH
@@ -99,7 +112,8 @@ BOUNDS = [
     ("max_length", lambda v: v is None or v >= 2, ">= 2 or null"), ("chunk_size", lambda v: v >= 0, ">= 0"),
     ("lora_r", lambda v: v >= 1, ">= 1"), ("log_every", lambda v: v >= 1, ">= 1"),
     ("max_steps", lambda v: v == -1 or v >= 1, ">= 1, or -1 to run `epochs` epochs"),
-    ("ensemble", lambda v: v >= 1, ">= 1"),
+    ("ensemble", lambda v: v >= 1, ">= 1"), ("num_samples", lambda v: v >= 1, ">= 1"),
+    ("updates_per_batch", lambda v: v >= 1, ">= 1"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
 ]
 
 

@@ -32,6 +32,23 @@ def supports_packing(model: nn.Module) -> bool:
     return impl in PACKING_BACKENDS
 
 
+def packing_layout(packing: str, model: nn.Module) -> str:
+    """The batch layout for a ``packing`` setting: ``auto`` (the cheaper of shared-prompt and padded rows
+    per batch) when the attention backend takes a 4D block mask, else ``padded``."""
+    import logging
+
+    if packing not in ("auto", "shared_prompt", "padded"):
+        raise ValueError(f"packing must be auto, shared_prompt or padded, got {packing!r}")
+    if packing != "auto":
+        return packing
+    if supports_packing(model):
+        return "auto"
+    impl = getattr(unwrap(model).config, "_attn_implementation", None)
+    logging.getLogger("alignkit").info("attention backend %r cannot take a 4D block mask: using padded batches "
+                                       "(no packing)", impl)
+    return "padded"
+
+
 def attention_cost_weight(model: nn.Module) -> float:
     """Cost of one attention query-key pair relative to one token through the linear layers (per layer):
     ``4H / (2(2H^2 + 2H·kv + 3H·I))`` for a Llama-style block (QK^T and AV vs. q/k/v/o and gated MLP)."""

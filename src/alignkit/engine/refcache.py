@@ -167,3 +167,52 @@ def cached_tables(splits: dict[str, TokenizedDataset], weights: str, precision: 
             store_table(path, tables[name], meta)
             logger.info("%s: reference log-probs cached in %s", name, path)
     return tables
+
+
+def will_cache(config, objective, strategy: str) -> bool:
+    """Whether this run serves reference log-probs from a cache (``ref_cache`` auto/on/off)."""
+    c = config
+    if c.ref_cache not in ("auto", "on", "off"):
+        raise ValueError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
+    if c.ref_cache_file and (c.ref_cache == "off" or strategy == "none"):
+        raise ValueError("ref_cache_file is set but " + ("ref_cache=off" if c.ref_cache == "off" else
+                         f"objective {objective.name} reads no reference"))
+    if strategy == "none" or c.ref_cache == "off":
+        return False
+    if objective.needs_token_logps:
+        if c.ref_cache == "on" or c.ref_cache_file:
+            raise ValueError(f"objective {objective.name} reads per-token reference log-probs; "
+                             "the sequence-level cache cannot serve it (use ref_cache=off)")
+        return False
+    return True
+
+
+def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
+    """(train, eval) cached references for a `Trainer` ``t``: the reference is built (from ``t.strategy``)
+    only when some table is missing, and released when this returns."""
+    from alignkit.engine.reference import build_reference
+
+    c, acc = t.config, t.accelerator
+    built: list = []
+
+    def reference():
+        if not built:
+            built.append(build_reference(t.strategy, t.policy, c.ref_model, acc.device, c.chunk_size,
+                                         t.load_kwargs, for_cache=True))
+        return built[0]
+
+    weights = files_digest(c.ref_model if t.strategy == "path" else c.model)
+    if weights is None:  # not a local folder: digest the tensors of the loaded reference
+        scorer = getattr(reference(), "scorer", None)
+        weights = weights_digest(t.policy if scorer is None else scorer.model)
+    weights += f"|dtype={c.dtype}"
+    cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else t.output_dir / "ref_cache"
+    splits = {"train": t.train_data, **({"eval": t.eval_data} if t.eval_data else {})}
+    # the main process computes and writes, the others read; same precision as the training forward
+    with acc.main_process_first(), acc.autocast():
+        tables = cached_tables(splits, weights, acc.mixed_precision, cache_dir, c.ref_cache_file, reference,
+                               t.tokenizer.pad_token_id, t.layout, c.max_row_tokens, c.batch_size, acc.device,
+                               progress=c.progress and acc.is_main_process, write=acc.is_main_process)
+    if not built:
+        logger.info("every reference log-prob came from the cache: no reference model was loaded")
+    return CachedReference(tables["train"]), (CachedReference(tables["eval"]) if "eval" in tables else None)

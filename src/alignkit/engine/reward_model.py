@@ -76,7 +76,7 @@ def _restore_gate(model, path: str) -> None:
 
     for f in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
         with safe_open(str(f), framework="pt") as sf:
-            keys = [k for k in sf.keys() if k.startswith(GATE + ".")]
+            keys = [k for k in sf.keys() if k.startswith(GATE + ".")]  # noqa: SIM118 (safe_open is not iterable)
             if keys:
                 getattr(model, GATE).load_state_dict({k[len(GATE) + 1:]: sf.get_tensor(k) for k in keys})
                 return

@@ -31,7 +31,7 @@ from alignkit.engine.logprobs import (
     LogProbModel,
     attention_cost_weight,
     build_stats,
-    supports_packing,
+    packing_layout,
     unwrap,
     verify_against_forward,
 )
@@ -63,8 +63,7 @@ class Trainer:
         setup_console_logging()
         check_bounds(config, "TrainConfig")
         self.config = c = config
-        if not c.model or not c.data:
-            raise ValueError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
+        self._check_inputs(c)
         self.accelerator = Accelerator(mixed_precision=_mixed_precision(c.mixed_precision),
                                        cpu=not torch.cuda.is_available())
         set_seed(c.seed)
@@ -76,7 +75,7 @@ class Trainer:
         # data: read, check against the objective, tokenize
         self.tokenizer = load_tokenizer(c.model, trust_remote_code=c.trust_remote_code)
         strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
-        self.train_data, self.eval_data = prepare_data(c, self.tokenizer, self.objective, strategy != "none")
+        self.train_data, self.eval_data = self._prepare_data(strategy)
 
         # model and reference (the reference is built from the *initial* policy, before any resume)
         load_kwargs = dict(dtype=c.dtype, attn_implementation=c.attn_implementation,
@@ -93,7 +92,7 @@ class Trainer:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if c.lora:
                 unwrap(policy).enable_input_require_grads()
-        self.layout = self._layout(policy)
+        self.layout = packing_layout(c.packing, policy)
         self.attn_weight = attention_cost_weight(policy)
         self.eval_reference = None
         self.strategy, self.load_kwargs = strategy, load_kwargs
@@ -115,7 +114,7 @@ class Trainer:
             1, math.floor(c.epochs * self.order.per_epoch / c.grad_accum))
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self.total_steps)
+        scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self._optimizer_steps())
         if c.compile:  # the decoder, in place, with dynamic shapes (see engine/distributed.py)
             dist.compile_decoder(policy)
         dist.check_launch(self.accelerator, c, strategy)
@@ -134,6 +133,18 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- setup helpers
+    def _check_inputs(self, c: TrainConfig) -> None:
+        if not c.model or not c.data:
+            raise ValueError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
+
+    def _prepare_data(self, strategy: str):
+        """(train, eval or None) datasets; `engine/online.py` overrides it with prompts."""
+        return prepare_data(self.config, self.tokenizer, self.objective, strategy != "none")
+
+    def _optimizer_steps(self) -> int:
+        """Optimizer steps over the run (what the learning-rate schedule spans)."""
+        return self.total_steps
+
     def _verify_logprobs(self) -> None:
         """One response through the executor and through the model's own forward must agree."""
         c = self.config
@@ -153,63 +164,12 @@ class Trainer:
         logger.info("executor matches the model's forward (|diff| %.2e on one response)", diff)
 
     def _will_cache(self, strategy: str) -> bool:
-        c = self.config
-        if c.ref_cache not in ("auto", "on", "off"):
-            raise ValueError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
-        if c.ref_cache_file and (c.ref_cache == "off" or strategy == "none"):
-            raise ValueError("ref_cache_file is set but " + ("ref_cache=off" if c.ref_cache == "off" else
-                             f"objective {self.objective.name} reads no reference"))
-        if strategy == "none" or c.ref_cache == "off":
-            return False
-        if self.objective.needs_token_logps:
-            if c.ref_cache == "on" or c.ref_cache_file:
-                raise ValueError(f"objective {self.objective.name} reads per-token reference log-probs; "
-                                 "the sequence-level cache cannot serve it (use ref_cache=off)")
-            return False
-        return True
+        return rc.will_cache(self.config, self.objective, strategy)
 
     def _cache_reference(self) -> None:
-        """Reference log-probs from the cache, or one pass that fills it (see `engine/refcache.py`).
-
-        On a cache hit for every split no reference model is built or loaded at all."""
-        c, acc = self.config, self.accelerator
-        built: list = []
-
-        def reference():
-            if not built:
-                built.append(build_reference(self.strategy, self.policy, c.ref_model, acc.device, c.chunk_size,
-                                             self.load_kwargs, for_cache=True))
-            return built[0]
-
-        weights = rc.files_digest(c.ref_model if self.strategy == "path" else c.model)
-        if weights is None:  # not a local folder: digest the tensors of the loaded reference
-            scorer = getattr(reference(), "scorer", None)
-            weights = rc.weights_digest(self.policy if scorer is None else scorer.model)
-        weights += f"|dtype={c.dtype}"
-        cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else self.output_dir / "ref_cache"
-        splits = {"train": self.train_data, **({"eval": self.eval_data} if self.eval_data else {})}
-        # the main process computes and writes, the others read; same precision as the training forward
-        with acc.main_process_first(), acc.autocast():
-            tables = rc.cached_tables(splits, weights, acc.mixed_precision, cache_dir, c.ref_cache_file, reference,
-                                      self.tokenizer.pad_token_id, self.layout, c.max_row_tokens, c.batch_size,
-                                      acc.device, progress=c.progress and acc.is_main_process,
-                                      write=acc.is_main_process)
-        if not built:
-            logger.info("every reference log-prob came from the cache: no reference model was loaded")
-        self.reference = rc.CachedReference(tables["train"])  # any reference model is released here
-        self.eval_reference = rc.CachedReference(tables["eval"]) if "eval" in tables else None
-
-    def _layout(self, policy) -> str:
-        c = self.config
-        if c.packing not in ("auto", "shared_prompt", "padded"):  # auto: cheaper of the two per batch
-            raise ValueError(f"packing must be auto, shared_prompt or padded, got {c.packing!r}")
-        if c.packing != "auto":
-            return c.packing
-        if supports_packing(policy):
-            return "auto"  # shared-prompt rows or padded rows, whichever is cheaper per batch
-        impl = getattr(unwrap(policy).config, "_attn_implementation", None)
-        logger.info("attention backend %r cannot take a 4D block mask: using padded batches (no packing)", impl)
-        return "padded"
+        """Reference log-probs from the cache, or one pass that fills it (`engine/refcache.py`); on a hit
+        for every split no reference model is built or loaded at all."""
+        self.reference, self.eval_reference = rc.cached_references(self)
 
     # ----------------------------------------------------------------- one step
     def _micro_loss(self, indices: list[int], data: TokenizedDataset, train: bool):
@@ -248,6 +208,24 @@ class Trainer:
             tokens += n_tok
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v / c.grad_accum
+        loss_sum, metrics, tokens, grad_norm, lr = self._apply_update(loss_sum, metrics, tokens)
+        self.step_idx += 1
+        dt = time.perf_counter() - t0
+        record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx * c.grad_accum - 1),
+                  "loss": loss_sum, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  "tokens_per_second": tokens / dt, "peak_memory_mb": peak_memory_mb(acc.device),
+                  "skipped_steps": self.skipped_total}
+        if self.skipped_in_row >= c.max_bad_steps:
+            raise TrainingStopped(
+                f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient; stopping. "
+                "Lower lr, check the data, or use dtype=float32."
+            )
+        return record
+
+    def _apply_update(self, loss_sum: float, metrics: dict[str, float], tokens: int):
+        """Reduce metrics over processes, clip, step the optimizer and schedule (or skip a non-finite step).
+        Returns (loss, metrics, tokens, grad_norm, lr)."""
+        c, acc = self.config, self.accelerator
         if acc.num_processes > 1:  # log the mean over processes, not the main process's share
             keys = list(metrics)
             vals = torch.tensor([loss_sum, *[metrics[k] for k in keys]], device=acc.device)
@@ -273,23 +251,12 @@ class Trainer:
             logger.warning("step %d: non-finite loss (%s) or grad norm (%s): update skipped (%d in a row)",
                            self.step_idx + 1, loss_sum, grad_norm, self.skipped_in_row)
         self.optimizer.zero_grad(set_to_none=True)
-        self.step_idx += 1
-        dt = time.perf_counter() - t0
-        record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx * c.grad_accum - 1),
-                  "loss": loss_sum, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
-                  "tokens_per_second": tokens / dt, "peak_memory_mb": peak_memory_mb(acc.device),
-                  "skipped_steps": self.skipped_total}
-        if self.skipped_in_row >= c.max_bad_steps:
-            raise TrainingStopped(
-                f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient; stopping. "
-                "Lower lr, check the data, or use dtype=float32."
-            )
-        return record
+        return loss_sum, metrics, tokens, grad_norm, lr
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         if self.eval_data is None:
-            return {}
+            return self.generation_eval()
         from accelerate.utils import gather_object
 
         self.scorer.eval()
@@ -309,7 +276,17 @@ class Trainer:
             for k, v in part.items():
                 merged[k] = merged.get(k, 0.0) + v
         n = merged.pop("_n")
-        return {f"eval/{k}": v / n for k, v in merged.items()}
+        return {**{f"eval/{k}": v / n for k, v in merged.items()}, **self.generation_eval()}
+
+    def generation_eval(self) -> dict[str, float]:
+        """Sampled metrics on ``eval_prompts`` judged by ``eval_judge`` (main process), if configured."""
+        if not self.config.eval_judge or not self.accelerator.is_main_process:
+            return {}
+        if getattr(self, "_gen_eval", None) is None:
+            from alignkit.eval.training_metrics import TrainingEvaluator
+
+            self._gen_eval = TrainingEvaluator(self.config, self.tokenizer)
+        return self._gen_eval(unwrap(self.policy))
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> Path | None:
@@ -398,10 +375,10 @@ class Trainer:
         if interrupted:
             path = self.save()
             logger.warning("interrupted by signal %s after step %d; checkpoint %s. Resume with: "
-                           "alignkit train %s/config.yaml resume_from=latest", self._stop_signal, self.step_idx,
-                           path, self.output_dir)
+                           "alignkit train %s/config.yaml resume_from=latest", self._stop_signal or "to another process",
+                           self.step_idx, path, self.output_dir)
         else:
-            final_eval = self.evaluate() if self.eval_data is not None and not c.eval_every else {}
+            final_eval = self.evaluate() if (self.eval_data is not None or c.eval_judge) and not c.eval_every else {}
             if final_eval:
                 final_eval["step"] = self.step_idx
                 log.log(final_eval)
@@ -449,6 +426,10 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
         from alignkit.config import from_dict
 
         config = from_dict(TrainConfig, dict(config), source="train()")
+    if config.prompts:  # online: sample, score, learn (engine/online.py)
+        from alignkit.engine.online import OnlineTrainer
+
+        return OnlineTrainer(config).train()
     if config.ensemble > 1:
         from alignkit.engine.ensemble import train_ensemble
 

@@ -37,6 +37,12 @@ EXTRAS = {
     "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",
     "step_mask": "[B, K, S] which of up to S steps of each response exist (process reward models)",
     "step_labels": "[B, K, S] per-step labels 1.0 good / 0.0 bad (process reward models)",
+    # online RL: written by the rollout recipe (alignkit.rollout), not by the executor
+    "advantages": "[B, K] or [B, K, T] advantages of sampled responses",
+    "old_token_logps": "[B, K, T] per-token log-probs of the behaviour policy at sampling time (detached)",
+    "values": "[B, K, T] value-head estimates of the current model (with grad)",
+    "old_values": "[B, K, T] value estimates at sampling time",
+    "returns": "[B, K, T] GAE returns (value targets)",
 }
 
 
@@ -53,7 +59,7 @@ class ObjectiveSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     extras: tuple[str, ...] = ()
     score_shape: str = "scalar"  # scalar | vector: what `scores` records must carry when labelled by scores
-    inputs: str = "logps"  # logps (a policy: sequence log-probs) | rewards (a reward model's head outputs)
+    inputs: str = "logps"  # logps (policy log-probs) | rewards (a reward model's head) | rollout (online RL samples)
     reward_outputs: str = "1"  # rewards objectives: how many head outputs, "1" or the hparam naming it, e.g. "num_heads"
 
     def __call__(self, stats: SequenceStats, state: dict | None = None, **hparams: Any) -> LossOutput:
@@ -122,8 +128,8 @@ def register(
     def deco(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
             raise ValueError(f"objective '{name}' is registered twice")
-        if inputs not in ("logps", "rewards"):
-            raise ValueError(f"objective '{name}': inputs must be 'logps' or 'rewards', got {inputs!r}")
+        if inputs not in ("logps", "rewards", "rollout"):
+            raise ValueError(f"objective '{name}': inputs must be 'logps', 'rewards' or 'rollout', got {inputs!r}")
         unknown_extras = set(extras) - set(EXTRAS)
         if unknown_extras:
             raise ValueError(f"objective '{name}': unknown extras {sorted(unknown_extras)}; known: {sorted(EXTRAS)}")
@@ -148,7 +154,15 @@ def register(
 def _ensure_loaded() -> None:
     # Importing the modules runs their @register decorators.
     from alignkit.objectives import (  # noqa: F401
-        listwise, multiobjective, pairwise, reward, reward_structured, sft, unpaired)
+        listwise,
+        multiobjective,
+        pairwise,
+        reward,
+        reward_structured,
+        rl,
+        sft,
+        unpaired,
+    )
 
 
 def available() -> list[str]:

@@ -38,8 +38,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _load(args, rejects: Path):
     from alignkit.data.io import read_records
-    from alignkit.engine.logging import setup_console_logging
     from alignkit.engine.ensemble import expand_members
+    from alignkit.engine.logging import setup_console_logging
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
     from alignkit.rewards.score import reward_info

@@ -27,13 +27,13 @@ on records ``{"prompt": "Review:", "responses": [" The acting was ..."], "ranks"
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from alignkit.worlds.common import PretrainSettings
 
 log = logging.getLogger("alignkit")
 
@@ -187,22 +187,12 @@ def sft_records(lines: list[str]) -> list[dict]:
 
 
 @dataclass
-class WorldConfig:
+class WorldConfig(PretrainSettings):
     """Sizes of the world: corpus, tokenizer, model and pretraining run (defaults: ~1 minute on one core)."""
 
-    seed: int = 0
     n_corpus: int = 6000
     coherence: float = 0.8
     vocab_size: int = 512  # the BPE merges run out at ~460: every word of the grammar is one token
-    hidden_size: int = 96
-    intermediate_size: int | None = None  # MLP width; None: 4 x hidden_size
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    pretrain_epochs: float = 3.0
-    pretrain_batch_size: int = 32
-    pretrain_lr: float = 3e-3
-    progress: bool = False
 
 
 def build_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None, reuse: bool = True,
@@ -215,46 +205,13 @@ def build_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None =
     ``reuse=True`` a world already built there with the same settings is returned without retraining.
     ``seed`` is used when no ``config`` is given; ``overrides`` replace `WorldConfig` fields.
     """
-    from alignkit.config import TrainConfig
-    from alignkit.engine.trainer import train
-    from alignkit.models.tiny import build_tiny
+    from alignkit.worlds.common import pretrained_world
 
     config = config or WorldConfig(seed=seed)
     unknown = sorted(set(overrides) - set(asdict(config)))
     if unknown:
         raise TypeError(f"build_world got unknown setting(s) {unknown}; WorldConfig has {list(asdict(config))}")
     config = replace(config, **overrides)
-    out_dir = Path(out_dir)
-    manifest = out_dir / "world.json"
     settings = {k: v for k, v in asdict(config).items() if k != "progress"}
-    if reuse and manifest.exists():
-        saved = json.loads(manifest.read_text(encoding="utf-8"))
-        checkpoint = out_dir / saved.get("checkpoint", "")
-        if saved.get("settings") == settings and (checkpoint / "config.json").is_file():
-            log.info("world: reusing the pretrained model at %s", checkpoint)
-            return checkpoint
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     lines = corpus(config.n_corpus, seed=config.seed, coherence=config.coherence)
-    base = build_tiny(out_dir / "base", corpus=lines, vocab_size=config.vocab_size, chat_template=False,
-                      seed=config.seed, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                      num_heads=config.num_heads, num_kv_heads=config.num_kv_heads,
-                      intermediate_size=config.intermediate_size, max_positions=256)
-    data = out_dir / "corpus.jsonl"
-    with data.open("w", encoding="utf-8") as f:
-        for record in sft_records(lines):
-            f.write(json.dumps(record) + "\n")
-    log.info("world: pretraining a %d-layer, %d-wide model on %d reviews", config.num_layers,
-             config.hidden_size, len(lines))
-    result = train(TrainConfig(
-        model=str(base), objective="sft", data=str(data), output_dir=str(out_dir / "pretrain"),
-        batch_size=config.pretrain_batch_size, epochs=config.pretrain_epochs, lr=config.pretrain_lr,
-        warmup=0.05, scheduler="cosine", seed=config.seed, max_length=96, log_every=10,
-        progress=config.progress,
-    ))
-    if result.final_dir is None:
-        raise RuntimeError(f"pretraining in {out_dir / 'pretrain'} was interrupted; run build_world again")
-    checkpoint = Path(result.final_dir)
-    relative = os.path.relpath(checkpoint, out_dir)  # the folder can move
-    manifest.write_text(json.dumps({"settings": settings, "checkpoint": relative}, indent=2), encoding="utf-8")
-    return checkpoint
+    return pretrained_world(out_dir, settings, lines, sft_records(lines), reuse=reuse, progress=config.progress)

@@ -1,0 +1,203 @@
+"""Online training: each step samples K completions per prompt from the current policy, scores them with
+a reward function, and learns from them — the same trainer, checkpoints and logging as offline training.
+
+    alignkit train objective=grpo model=PATH prompts=problems.jsonl reward=rule:exact_answer num_samples=8
+
+* **Policy-gradient objectives** (``grpo``, ``rloo``, ``remax``, ``reinforce_pp``; registered with
+  ``inputs="rollout"``): advantages come from the group of K samples of each prompt
+  (`objectives.rl.ADVANTAGES`; ReMax also samples one greedy completion per prompt as its baseline); the
+  behaviour log-probs are computed once per rollout (no grad), then ``updates_per_batch`` optimizer steps
+  are taken on the batch (GRPO's μ; the clipped ratio matters from the second one on).
+* **Any offline objective on fresh samples**: the samples carry their rewards as ``scores``, so
+  ``objective=dpo num_samples=2`` is online DPO (ties masked), ``objective=sft`` is RAFT (best-of-K SFT:
+  SFT trains on the highest-scored sample), ``objective=plackett_luce`` ranks all K.
+
+A step's generation is seeded by (seed, step, process): a resumed run samples exactly what an
+uninterrupted one would. Logged per step: reward mean/std, response length, share of unfinished
+samples, the objective's metrics (clip fraction, KL to the reference...), tokens/s; with
+``log_samples_every=N`` the prompts, completions and rewards go to ``samples.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.engine.dataset import prompt_key
+from alignkit.engine.logging import peak_memory_mb
+from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap, verify_against_forward
+from alignkit.engine.trainer import Trainer, TrainingStopped
+from alignkit.rollout import build_reward, sample_experience
+
+logger = logging.getLogger("alignkit")
+
+
+class PromptRows:
+    """Prompt rows (dicts with ``prompt`` and any fields a reward reads, e.g. ``answer``)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+        self.records: list = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def read_prompt_rows(path: str) -> list[dict]:
+    from alignkit.data.io import iter_rows
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    if p.suffix == ".txt":
+        return [{"prompt": line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for n, row in iter_rows(path):
+        if not row.get("prompt"):
+            raise ValueError(f"{path} row {n}: field 'prompt' is missing or empty")
+        rows.append(row)
+    return rows
+
+
+class OnlineTrainer(Trainer):
+    def _check_inputs(self, c) -> None:
+        if not c.model or not c.prompts or c.reward is None:
+            raise ValueError("online training needs model=PATH, prompts=FILE and reward=SPEC "
+                             "(e.g. reward=rule:exact_answer, reward=rm:PATH, reward=module:function)")
+
+    def _prepare_data(self, strategy: str):
+        c = self.config
+        if self.objective.inputs == "rewards":
+            raise ValueError(f"objective {self.objective.name} trains a reward model; online training needs a policy")
+        if self.objective.inputs == "logps":  # an offline objective on K freshly scored samples
+            self.objective.check_data("scores", c.num_samples, c.num_samples, strategy != "none")
+        rows = read_prompt_rows(c.prompts)
+        evals = read_prompt_rows(c.eval_data) if c.eval_data else []
+        if not evals and c.eval_split > 0:
+            keys = sorted({prompt_key_of(r) for r in rows})
+            random.Random(c.seed).shuffle(keys)
+            held = set(keys[: max(1, round(c.eval_split * len(keys)))])
+            evals = [r for r in rows if prompt_key_of(r) in held]
+            rows = [r for r in rows if prompt_key_of(r) not in held]
+        self.reward_fn = build_reward(c.reward, self.tokenizer)
+        logger.info("online: %d training prompts, %d held out; %d samples per prompt; reward %s", len(rows),
+                    len(evals), c.num_samples, c.reward)
+        return PromptRows(rows), (PromptRows(evals) if evals else None)
+
+    def _optimizer_steps(self) -> int:
+        return self.total_steps * self.config.updates_per_batch
+
+    def _will_cache(self, strategy: str) -> bool:
+        return False  # fresh samples every step
+
+    def _verify_logprobs(self) -> None:
+        self._verify_pending = True  # checked on the first rollout
+
+    def _rollout(self, rows: list[dict], seed: int, k: int, temperature: float):
+        c = self.config
+        return sample_experience(unwrap(self.policy), self.tokenizer, [r["prompt"] for r in rows], rows,
+                                 self.reward_fn, k, seed, c.max_new_tokens, temperature, c.top_p,
+                                 c.unfinished_penalty, c.chat_template)
+
+    def step(self) -> dict[str, Any]:
+        from alignkit.objectives.rl import ADVANTAGES, remax_advantages
+
+        c, acc = self.config, self.accelerator
+        t0 = time.perf_counter()
+        rows = [self.train_data.rows[i] for i in self.order.indices(self.step_idx)]
+        seed = (c.seed * 1_000_003 + self.step_idx) * 64 + acc.process_index
+        exp = self._rollout(rows, seed, c.num_samples, c.temperature)
+        t_gen = time.perf_counter() - t0
+        chunks = [list(range(len(rows)))[i::c.grad_accum] for i in range(c.grad_accum)]
+        chunks = [ch for ch in chunks if ch]
+        dev = acc.device
+        batches = [exp.data.collate(ch, self.tokenizer.pad_token_id, self.layout, c.max_row_tokens,
+                                    self.attn_weight).to(dev) for ch in chunks]
+        if getattr(self, "_verify_pending", False):
+            with acc.autocast():
+                verify_against_forward(self.policy, exp.data.collate([0], self.tokenizer.pad_token_id, "padded",
+                                                                     c.max_row_tokens).to(dev), 1e-4 if c.dtype in
+                                       ("float32", "fp32") else 3e-2)
+            self._verify_pending = False
+        rollout_rl = self.objective.inputs == "rollout"
+        name = self.objective.terms[0].spec.name
+        adv = None
+        if rollout_rl:
+            valid = torch.ones_like(exp.rewards, dtype=torch.bool)
+            if name == "remax":
+                greedy = self._rollout(rows, seed, 1, 0.0).rewards[:, 0]
+                adv = remax_advantages(exp.rewards, greedy)
+            else:
+                adv = ADVANTAGES[name](exp.rewards, valid)
+        self.scorer.eval()
+        with torch.no_grad(), acc.autocast():
+            old = [self.scorer(b) for b in batches] if rollout_rl else [None] * len(batches)
+            needs_tokens = self.objective.needs_token_logps
+            refs = [(self.reference.token_logps(b) if needs_tokens else self.reference.sequence_logps(b))
+                    if self.objective.needs_reference else None for b in batches]
+        self.scorer.train()
+        loss_sum, metrics, grad_norm, lr = 0.0, {}, 0.0, 0.0
+        for _ in range(c.updates_per_batch):
+            update_loss, update_metrics = 0.0, {}
+            for ch, batch, old_t, ref in zip(chunks, batches, old, refs):
+                with acc.autocast():
+                    token_logps = self.scorer(batch)
+                    stats = build_stats(batch, token_logps, ref if needs_tokens else None,
+                                        with_token_logps=needs_tokens, ref_logps=None if needs_tokens else ref)
+                    if rollout_rl:
+                        stats.extra["old_token_logps"] = pad_per_slot(old_t, batch)[0]
+                        stats.extra["advantages"] = adv[ch].to(dev)
+                    stats.rewards = exp.rewards[ch].to(dev)
+                    out = self.objective(stats)
+                acc.backward(out.loss / len(batches))
+                update_loss += float(out.loss.detach()) / len(batches)
+                for key, v in out.metrics.items():
+                    update_metrics[key] = update_metrics.get(key, 0.0) + v / len(batches)
+            update_loss, update_metrics, _, grad_norm, lr = self._apply_update(update_loss, update_metrics, 0)
+            loss_sum += update_loss / c.updates_per_batch
+            for key, v in update_metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + v / c.updates_per_batch
+        self.step_idx += 1
+        self._log_samples(exp)
+        dt = time.perf_counter() - t0
+        record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
+                  **exp.metrics(), **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,
+                  "peak_memory_mb": peak_memory_mb(dev), "skipped_steps": self.skipped_total}
+        if self.skipped_in_row >= c.max_bad_steps:
+            raise TrainingStopped(f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient")
+        return record
+
+    def _log_samples(self, exp) -> None:
+        c = self.config
+        if not c.log_samples_every or self.step_idx % c.log_samples_every or not self.accelerator.is_main_process:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with (self.output_dir / "samples.jsonl").open("a", encoding="utf-8") as f:
+            for b, prompt in enumerate(exp.prompts):
+                f.write(json.dumps({"step": self.step_idx, "prompt": prompt, "completions": exp.texts[b],
+                                    "rewards": exp.rewards[b].tolist(), "finished": exp.finished[b]}) + "\n")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward of one sample per held-out prompt (greedy when temperature=0 is wanted: eval_greedy)."""
+        if self.eval_data is None:
+            return self.generation_eval()
+        c = self.config
+        rewards = []
+        for start in range(0, len(self.eval_data), c.batch_size):
+            rows = self.eval_data.rows[start:start + c.batch_size]
+            rewards.append(self._rollout(rows, c.seed + 7 + start, 1, c.temperature).rewards[:, 0])
+        return {"eval/reward": float(torch.cat(rewards).mean()), **self.generation_eval()}
+
+
+def prompt_key_of(row: dict) -> str:
+    from alignkit.data.schema import PreferenceRecord
+
+    return prompt_key(PreferenceRecord(prompt=row["prompt"], responses=["x"], ranks=[0]))

@@ -1,0 +1,97 @@
+"""``alignkit eval`` (systems: samples, judges, win rates, tournament, KL, frontier) and ``alignkit report``
+(training runs' metrics), each writing ``results.json`` and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+EVAL_USAGE = ("alignkit eval --models A_DIR|A.jsonl [B ...] [--reference REF] --prompts FILE|module:function "
+              "--judge rule:module:function|reward_model:PATH|llm:PATH --samples N --out DIR")
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate models or outputs: win rates, tournament, KL, reward-KL frontier",
+                       description=EVAL_USAGE)
+    e.add_argument("--models", nargs="+", required=True,
+                   help="model folders (sampled) and/or outputs files (JSONL/CSV/Parquet rows with prompt and "
+                        "completion or completions)")
+    e.add_argument("--names", nargs="+", default=None, help="one display name per --models entry")
+    e.add_argument("--reference", default=None,
+                   help="reference model: sampled as the baseline system and used for KL and implicit rewards")
+    e.add_argument("--prompts", default=None,
+                   help="prompts for model folders: a .txt (one per line), rows with `prompt` (and `subset`), or "
+                        "module:function called as fn(n_prompts, seed=prompt_seed)")
+    e.add_argument("--n-prompts", type=int, default=None, help="use the first N prompts (needed for a function)")
+    e.add_argument("--prompt-seed", type=int, default=0, help="seed passed to a prompts function")
+    e.add_argument("--judge", default=None, help="rule:module:function | reward_model:PATH | llm:PATH")
+    e.add_argument("--judge-template", default=None,
+                   help="file with the LLM judge's pairwise template ({prompt}, {answer_a}, {answer_b})")
+    e.add_argument("--samples", type=int, default=2, help="answers per prompt from each model (default 2)")
+    e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--baseline", default=None, help="system the win rates are against (default: reference)")
+    e.add_argument("--tournament", default="round-robin", choices=["round-robin", "single-elimination", "none"])
+    e.add_argument("--preferences", default=None,
+                   help="held-out preference pairs: implicit-reward and likelihood ranking accuracy per model")
+    e.add_argument("--subset-by", default=None, help="module:function mapping a prompt to its subset name")
+    e.add_argument("--no-reference-system", action="store_true",
+                   help="use --reference only for KL and implicit rewards, not as a sampled system")
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for win-rate intervals")
+    e.add_argument("--rating-bootstrap", type=int, default=200, help="bootstrap resamples for ratings")
+    e.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--dtype", default="float32")
+    e.add_argument("--out", required=True, help="folder for results.json, report.html, figures, outputs/")
+    e.set_defaults(fn=eval_command)
+
+    r = sub.add_parser("report", help="HTML report of training runs (loss, rewards, margins, KL over steps)",
+                       description="alignkit report RUN_DIR [RUN_DIR ...] [--out DIR]")
+    r.add_argument("runs", nargs="+", help="run folders written by `alignkit train` (with metrics.jsonl)")
+    r.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run, else ./report)")
+    r.set_defaults(fn=report_command)
+
+
+def _command_line() -> str:
+    return "alignkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "alignkit"
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from alignkit.engine.logging import setup_console_logging
+    from alignkit.eval.eval_report import summary_table
+    from alignkit.eval.evaluate import evaluate
+
+    setup_console_logging()
+    template = Path(args.judge_template).read_text(encoding="utf-8") if args.judge_template else None
+    results = evaluate(
+        args.models, names=args.names, reference=args.reference, prompts=args.prompts, n_prompts=args.n_prompts,
+        prompt_seed=args.prompt_seed, judge=args.judge, judge_template=template, samples=args.samples,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, baseline=args.baseline,
+        tournament=args.tournament, preferences=args.preferences, subset_by=args.subset_by, seed=args.seed,
+        n_boot=args.bootstrap, rating_boot=args.rating_bootstrap, batch_size=args.batch_size, dtype=args.dtype,
+        include_reference=not args.no_reference_system, out_dir=args.out, command=_command_line())
+    print(summary_table(results))
+    t = results["tournament"]
+    if t:
+        top = t["ratings"]["leaderboard"][0]
+        print(f"tournament ({t['format']}): {t['matches']} matches, {t['comparisons']} comparisons; "
+              f"leader {top['system']} (Bradley–Terry {top['bt_elo']:.0f})")
+    if results["position_bias"]:
+        b = results["position_bias"]
+        print(f"judge position bias: consistency {b['consistency']:.3f}, "
+              f"first-position win rate {b['first_position_win_rate']:.3f}")
+    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from alignkit.eval.runs_report import format_runs, runs_report
+
+    out = args.out or (str(Path(args.runs[0]) / "report") if len(args.runs) == 1 else "report")
+    results = runs_report(args.runs, out, command=_command_line())
+    print(format_runs(results))
+    print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}")
+    return 0

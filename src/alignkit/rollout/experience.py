@@ -1,0 +1,76 @@
+"""Sampling experience: prompts in; K completions per prompt out, as the exact token ids sampled, with
+their rewards — ready for the same executor and objectives as offline data.
+
+The completion tokens are *not* re-tokenized from text: each sample becomes a `TokenizedRecord` whose
+prompt ids are those generation started from and whose completion is the sampled ids (plus EOS when
+the sample stopped there), so the log-probs the trainer computes are those of what was sampled. The
+records carry the rewards as ``scores``, so any offline objective (dpo on K = 2, sft = RAFT, listwise
+objectives) can train on fresh samples too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from alignkit.data.schema import PreferenceRecord
+from alignkit.data.tokenize import TokenizedRecord
+from alignkit.engine.dataset import TokenizedDataset
+from alignkit.generation import generate, prompt_ids
+from alignkit.rollout.rewards import penalize_unfinished
+
+
+@dataclass
+class Experience:
+    """B prompts x K samples. ``rewards`` [B, K] (after the unfinished penalty)."""
+
+    prompts: list
+    rows: list[dict]
+    texts: list[list[str]]
+    finished: list[list[bool]]
+    rewards: Tensor
+    data: TokenizedDataset
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(tr.segments[k]) for tr in self.data.items for k in range(tr.k))
+
+    def metrics(self) -> dict[str, float]:
+        r = self.rewards
+        lengths = torch.tensor([len(s) for tr in self.data.items for s in tr.segments], dtype=torch.float32)
+        return {"reward/mean": float(r.mean()), "reward/std": float(r.std()) if r.numel() > 1 else 0.0,
+                "response_length": float(lengths.mean()),
+                "unfinished": float(1 - torch.tensor(self.finished, dtype=torch.float32).mean())}
+
+
+def _record(prompt, k: int, rewards: list[float]) -> PreferenceRecord:
+    record = PreferenceRecord(prompt=prompt, responses=["x"] * k, scores=[float(x) for x in rewards])
+    return record
+
+
+@torch.no_grad()
+def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_fn, k: int, seed: int,
+                      max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+                      unfinished_penalty: float | None = None, chat_template: str = "auto") -> Experience:
+    """Sample ``k`` completions per prompt from ``model`` (seeded), score them with ``reward_fn``."""
+    gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                   top_p=top_p, seed=seed, chat_template=chat_template)
+    flat_prompts = [p for p in prompts for _ in range(k)]
+    flat_rows = [r for r in rows for _ in range(k)]
+    flat_texts = [t for row in gen.texts for t in row]
+    flat_done = [d for row in gen.finished for d in row]
+    rewards = penalize_unfinished(reward_fn(flat_prompts, flat_texts, flat_rows), flat_done, unfinished_penalty)
+    eos = tokenizer.eos_token_id
+    items, records = [], []
+    for b, prompt in enumerate(prompts):
+        ids = prompt_ids(tokenizer, prompt, chat_template)
+        segments = [list(s) + ([eos] if done else []) for s, done in zip(gen.token_ids[b], gen.finished[b])]
+        segments = [s if s else [eos] for s in segments]  # an empty, unfinished sample cannot occur; be safe
+        items.append(TokenizedRecord(prompt_ids=ids, segments=segments, score_start=[0] * k, index=b))
+        records.append(_record(prompt, k, rewards[b * k:(b + 1) * k]))
+    return Experience(prompts=list(prompts), rows=list(rows), texts=gen.texts, finished=gen.finished,
+                      rewards=torch.tensor(rewards, dtype=torch.float32).view(len(prompts), k),
+                      data=TokenizedDataset(records, items))

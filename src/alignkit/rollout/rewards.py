@@ -1,0 +1,140 @@
+"""Reward functions for online RL and best-of-N: one callable interface over samples.
+
+A reward function is ``fn(prompts, completions, rows) -> list[float]`` (or a list of vectors): the
+prompts, one completion per entry, and each entry's source row (a dict of the prompt file's fields,
+e.g. ``answer``). `build_reward` makes one from a spec, as written in a config::
+
+    reward: rule:exact_answer            # completion's first number (or the one after ####) == row["answer"]
+    reward: rule:regex:^ \\d+\\.$          # 1 if the completion matches the pattern (re.search), else 0
+    reward: rule:length:100              # −|tokens − 100| / 100 (a length penalty), words if no tokenizer
+    reward: rm:runs/rm/final             # a trained reward model (alignkit or plain transformers)
+    reward: alignkit.worlds.reviews:reward   # any Python function f(completion) or f(prompt, completion, row)
+    reward: [{reward: rule:exact_answer, weight: 1.0}, {reward: rule:regex:\\.$, weight: 0.1}]
+
+Rule and Python rewards run in-process; the penalty for samples cut at ``max_new_tokens`` (no EOS) is
+applied by the caller (`penalize_unfinished`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+RewardFn = Callable[[list, list[str], list[dict]], list[float]]
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def extract_answer(completion: str) -> str | None:
+    """The number after ``####`` if present (GSM8K style), else the first number; None if there is none."""
+    tail = completion.split("####", 1)[1] if "####" in completion else completion
+    m = _NUMBER.search(tail)
+    return m.group() if m else None
+
+
+def exact_answer(prompts, completions, rows) -> list[float]:
+    out = []
+    for i, (c, row) in enumerate(zip(completions, rows)):
+        if "answer" not in row:
+            raise ValueError(f"reward rule:exact_answer needs an 'answer' field; prompt row {i} has {sorted(row)}")
+        got, want = extract_answer(c), str(row["answer"]).strip()
+        out.append(1.0 if got is not None and _same_number(got, want) else 0.0)
+    return out
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def regex_reward(pattern: str) -> RewardFn:
+    compiled = re.compile(pattern)
+    return lambda prompts, completions, rows: [1.0 if compiled.search(c) else 0.0 for c in completions]
+
+
+def length_reward(target: int, tokenizer=None) -> RewardFn:
+    def fn(prompts, completions, rows):
+        n = [len(tokenizer.encode(c, add_special_tokens=False)) if tokenizer else len(c.split()) for c in completions]
+        return [-abs(x - target) / max(target, 1) for x in n]
+    return fn
+
+
+def python_reward(path: str) -> RewardFn:
+    """``module:function``; the function takes ``(completion)``, ``(prompt, completion)``,
+    ``(prompt, completion, row)`` or the batched ``(prompts, completions, rows)`` (named so)."""
+    module, _, name = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"reward {path!r}: cannot import {name!r} from {module!r} ({e})") from None
+    params = list(inspect.signature(fn).parameters)
+    if params[:1] == ["prompts"]:
+        return lambda p, c, r: [float(x) for x in fn(p, c, r)]
+    arity = len(params)
+    if arity == 1:
+        return lambda p, c, r: [float(fn(y)) for y in c]
+    if arity == 2:
+        return lambda p, c, r: [float(fn(x, y)) for x, y in zip(p, c)]
+    return lambda p, c, r: [float(fn(x, y, z)) for x, y, z in zip(p, c, r)]
+
+
+def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
+    """A trained reward model scoring ``prompt + completion`` at its last token."""
+    from alignkit.data.schema import PreferenceRecord
+    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.models.load import load_tokenizer
+    from alignkit.rewards.score import model_scores
+
+    model, tokenizer = load_reward_model(path), load_tokenizer(path)
+    if device is not None:
+        model.to(device)
+
+    def fn(prompts, completions, rows):
+        records = []
+        for p, c in zip(prompts, completions):
+            r = PreferenceRecord(prompt=p, responses=["x"], ranks=[0])
+            r.responses = [c]  # an empty completion (EOS first) is scored too
+            records.append(r)
+        return [s[0] for s in model_scores(model, tokenizer, records, batch_size, progress=False)]
+    return fn
+
+
+def build_reward(spec: Any, tokenizer=None, device=None) -> RewardFn:
+    """A reward function from a config spec (see the module docstring)."""
+    if isinstance(spec, (list, tuple)):
+        parts = [(build_reward(p["reward"] if isinstance(p, dict) else p, tokenizer, device),
+                  float(p.get("weight", 1.0)) if isinstance(p, dict) else 1.0) for p in spec]
+        return lambda pr, co, ro: [sum(w * v for w, v in zip((w for _, w in parts), vals))
+                                   for vals in zip(*(fn(pr, co, ro) for fn, _ in parts))]
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"reward must be a spec string, a list of {{reward, weight}} or a callable, got {spec!r}")
+    kind, _, rest = spec.partition(":")
+    if kind == "rule":
+        name, _, arg = rest.partition(":")
+        if name == "exact_answer":
+            return exact_answer
+        if name == "regex":
+            return regex_reward(arg)
+        if name == "length":
+            return length_reward(int(arg or 100), tokenizer)
+        raise ValueError(f"unknown rule {name!r}; rules: exact_answer, regex:PATTERN, length:N")
+    if kind == "rm":
+        return model_reward(rest, device)
+    if kind == "python":
+        return python_reward(rest)
+    if ":" in spec:
+        return python_reward(spec)
+    return model_reward(spec, device)  # a bare path: a reward model
+
+
+def penalize_unfinished(rewards: Sequence[float], finished: Sequence[bool], penalty: float | None) -> list[float]:
+    """Samples cut at ``max_new_tokens`` get ``penalty`` instead of their reward (None: unchanged)."""
+    if penalty is None:
+        return list(rewards)
+    return [r if f else float(penalty) for r, f in zip(rewards, finished)]

@@ -15,6 +15,7 @@ def test_rule_rewards_and_combinations():
     comps = [" 7.", " the sum is #### 12", " 4"]
     assert build_reward("rule:exact_answer")(["q"] * 3, comps, rows) == [1.0, 1.0, 0.0]
     assert extract_answer("x 3 then #### -2.5") == "-2.5" and extract_answer("none") is None
+    assert extract_answer("so #### 1,000") == "1000"  # thousands separators
     assert build_reward(r"rule:regex:^ \d+\.$")(["q"] * 3, comps, rows) == [1.0, 0.0, 0.0]
     assert build_reward("rule:length:2")(["q"], ["a b c d"], [{}]) == [-1.0]
     combo = build_reward([{"reward": "rule:exact_answer", "weight": 2.0}, {"reward": r"rule:regex:\.$", "weight": 0.5}])

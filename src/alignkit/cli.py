@@ -82,7 +82,7 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     tok = TokenizeConfig(max_length, args.max_prompt_length, chat_template=args.chat_template)
     data = TokenizedDataset.build(records, tokenizer, tok, "data", extras, args.seed)
     weights = rc.files_digest(args.model)
-    weights = (weights or rc.weights_digest(model)) + f"|dtype={args.dtype}"
+    weights = (weights or rc.weights_digest(model)) + f"|dtype={args.dtype}|attn=sdpa"  # load_model default
     _, layout, _ = model_scorer(model)
     model.eval()
     table = rc.compute_table(ModelReference(model, "path", 0), data, tokenizer.pad_token_id, layout, 256,

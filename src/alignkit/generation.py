@@ -41,6 +41,7 @@ class Generation:
     texts: list[list[str]]
     token_ids: list[list[list[int]]]
     finished: list[list[bool]]
+    stop_ids: list[list[int | None]] | None = None  # the stop token each sample ended with (None: cut)
 
     @property
     def num_unfinished(self) -> int:
@@ -104,7 +105,7 @@ def generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    texts, ids_out, finished = [], [], []
+    texts, ids_out, finished, stops = [], [], [], []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -122,17 +123,19 @@ def generate(
                 if greedy:
                     new = [row for row in new for _ in range(k)]
                 for b in range(len(chunk)):
-                    row_ids, row_done = [], []
+                    row_ids, row_done, row_stop = [], [], []
                     for seq in new[b * k:(b + 1) * k]:
                         stop = next((t for t, tok in enumerate(seq) if tok in eos), None)
                         row_ids.append(seq if stop is None else seq[:stop])
                         row_done.append(stop is not None)
+                        row_stop.append(None if stop is None else seq[stop])
                     ids_out.append(row_ids)
                     finished.append(row_done)
+                    stops.append(row_stop)
                     texts.append(tokenizer.batch_decode(row_ids, skip_special_tokens=True))
     finally:
         model.train(was_training)
-    return Generation(prompts=list(prompts), texts=texts, token_ids=ids_out, finished=finished)
+    return Generation(prompts=list(prompts), texts=texts, token_ids=ids_out, finished=finished, stop_ids=stops)
 
 
 def sample(

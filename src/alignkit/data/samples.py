@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,16 @@ SAMPLE_OPTIONS = {"k": 4, "max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0
 
 
 def _key(model_path: str, prompts: list, options: dict[str, Any], seed: int) -> str:
+    from pathlib import Path
+
     from alignkit.engine.refcache import files_digest
 
     weights = files_digest(model_path) or f"name:{model_path}"
-    settings = {k: options[k] for k in ("k", "max_new_tokens", "temperature", "top_p")}
+    folder = Path(model_path)
+    tokenizer = sorted((f.name, f.read_bytes().hex()) for f in folder.glob("*token*") if f.is_file()) \
+        if folder.is_dir() else []  # the tokenizer and its chat template shape the prompts
+    settings = {k: options[k] for k in ("k", "max_new_tokens", "temperature", "top_p", "batch_size")}
+    settings["tokenizer"] = hashlib.sha256(repr(tokenizer).encode()).hexdigest()
     blob = json.dumps([weights, prompts, settings, seed], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -61,11 +68,14 @@ def add_self_samples(records: list[PreferenceRecord], model_path: str, default_c
     path = Path(opts["cache_dir"] or default_cache_dir) / f"samples-{_key(model_path, prompts, opts, seed)}.jsonl"
     if path.exists():
         texts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if len(texts) != len(records):
+            raise ValueError(f"self_samples cache {path} holds {len(texts)} rows for {len(records)} records; "
+                             "delete it to regenerate")
         logger.info("self_samples: %d x %d samples from cache %s", len(texts), opts["k"], path)
     else:
         texts = _generate(model_path, prompts, opts, seed, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
         tmp.write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")
         tmp.replace(path)
         logger.info("self_samples: generated %d x %d samples with %s, cached in %s", len(texts), opts["k"],

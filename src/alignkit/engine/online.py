@@ -20,6 +20,7 @@ samples, the objective's metrics (clip fraction, KL to the reference...), tokens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -85,10 +86,13 @@ class OnlineTrainer(Trainer):
             held = set(keys[: max(1, round(c.eval_split * len(keys)))])
             evals = [r for r in rows if prompt_key_of(r) in held]
             rows = [r for r in rows if prompt_key_of(r) not in held]
-        self.reward_fn = build_reward(c.reward, self.tokenizer)
+        self.reward_fn = build_reward(c.reward, self.tokenizer, self.accelerator.device)
         logger.info("online: %d training prompts, %d held out; %d samples per prompt; reward %s", len(rows),
                     len(evals), c.num_samples, c.reward)
         return PromptRows(rows), (PromptRows(evals) if evals else None)
+
+    def _steps_per_epoch(self) -> float:
+        return self.order.per_epoch  # one batch of prompts per step; grad_accum only splits it
 
     def _optimizer_steps(self) -> int:
         return self.total_steps * self.config.updates_per_batch
@@ -111,7 +115,7 @@ class OnlineTrainer(Trainer):
         c, acc = self.config, self.accelerator
         t0 = time.perf_counter()
         rows = [self.train_data.rows[i] for i in self.order.indices(self.step_idx)]
-        seed = (c.seed * 1_000_003 + self.step_idx) * 64 + acc.process_index
+        seed = (c.seed * 1_000_003 + self.step_idx) * acc.num_processes + acc.process_index
         exp = self._rollout(rows, seed, c.num_samples, c.temperature)
         t_gen = time.perf_counter() - t0
         chunks = [list(range(len(rows)))[i::c.grad_accum] for i in range(c.grad_accum)]
@@ -145,17 +149,19 @@ class OnlineTrainer(Trainer):
         loss_sum, metrics, grad_norm, lr = 0.0, {}, 0.0, 0.0
         for _ in range(c.updates_per_batch):
             update_loss, update_metrics = 0.0, {}
-            for ch, batch, old_t, ref in zip(chunks, batches, old, refs):
-                with acc.autocast():
-                    token_logps = self.scorer(batch)
-                    stats = build_stats(batch, token_logps, ref if needs_tokens else None,
-                                        with_token_logps=needs_tokens, ref_logps=None if needs_tokens else ref)
-                    if rollout_rl:
-                        stats.extra["old_token_logps"] = pad_per_slot(old_t, batch)[0]
-                        stats.extra["advantages"] = adv[ch].to(dev)
-                    stats.rewards = exp.rewards[ch].to(dev)
-                    out = self.objective(stats)
-                acc.backward(out.loss / len(batches))
+            for j, (ch, batch, old_t, ref) in enumerate(zip(chunks, batches, old, refs)):
+                sync = contextlib.nullcontext() if j == len(batches) - 1 else acc.no_sync(self.scorer)
+                with sync:  # gradients are all-reduced once, after the last chunk
+                    with acc.autocast():
+                        token_logps = self.scorer(batch)
+                        stats = build_stats(batch, token_logps, ref if needs_tokens else None,
+                                            with_token_logps=needs_tokens, ref_logps=None if needs_tokens else ref)
+                        if rollout_rl:
+                            stats.extra["old_token_logps"] = pad_per_slot(old_t, batch)[0]
+                            stats.extra["advantages"] = adv[ch].to(dev)
+                        stats.rewards = exp.rewards[ch].to(dev)
+                        out = self.objective(stats)
+                    acc.backward(out.loss / len(batches))
                 update_loss += float(out.loss.detach()) / len(batches)
                 for key, v in out.metrics.items():
                     update_metrics[key] = update_metrics.get(key, 0.0) + v / len(batches)

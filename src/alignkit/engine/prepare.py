@@ -6,6 +6,7 @@ objective cannot use, too few responses, score vectors without weights) stops th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -50,6 +51,22 @@ def resolve_shuffle(config) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"shuffle must be auto, true or false, got {value!r}")
     return value
+
+
+@contextlib.contextmanager
+def main_process_first(accelerator):
+    """The main process runs the block first (e.g. generating ``self_samples`` into the cache), then the
+    others — and the others are released even when the main process raises, so nobody waits forever."""
+    if accelerator.num_processes == 1:
+        yield
+        return
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+    try:
+        yield
+    finally:
+        if accelerator.is_main_process:
+            accelerator.wait_for_everyone()
 
 
 def prepare_data(config, tokenizer, objective, has_reference: bool):

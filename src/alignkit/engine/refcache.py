@@ -57,6 +57,7 @@ def files_digest(path: str | Path | None) -> str | None:
     files = sorted(f for f in Path(path).iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
     if not files:
         return None
+    files += [Path(path) / n for n in ("config.json", "adapter_config.json") if (Path(path) / n).is_file()]
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.name}:{f.stat().st_size}".encode())
@@ -205,9 +206,11 @@ def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
     if weights is None:  # not a local folder: digest the tensors of the loaded reference
         scorer = getattr(reference(), "scorer", None)
         weights = weights_digest(t.policy if scorer is None else scorer.model)
-    weights += f"|dtype={c.dtype}"
+    weights += f"|dtype={c.dtype}|attn={c.attn_implementation}"
     cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else t.output_dir / "ref_cache"
     splits = {"train": t.train_data, **({"eval": t.eval_data} if t.eval_data else {})}
+    if c.ref_cache_file:  # every process checks it first: a refusal must not leave others waiting at a barrier
+        load_table(c.ref_cache_file, cache_meta(weights, t.train_data, acc.mixed_precision))
     # the main process computes and writes, the others read; same precision as the training forward
     with acc.main_process_first(), acc.autocast():
         tables = cached_tables(splits, weights, acc.mixed_precision, cache_dir, c.ref_cache_file, reference,

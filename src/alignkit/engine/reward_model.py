@@ -72,14 +72,19 @@ def _is_rm(config) -> bool:
 
 
 def _restore_gate(model, path: str) -> None:
+    """Load a trained gate; a checkpoint whose config declares one but holds no weights for it is refused."""
     from safetensors import safe_open
 
-    for f in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    for f in files:
         with safe_open(str(f), framework="pt") as sf:
             keys = [k for k in sf.keys() if k.startswith(GATE + ".")]  # noqa: SIM118 (safe_open is not iterable)
             if keys:
                 getattr(model, GATE).load_state_dict({k[len(GATE) + 1:]: sf.get_tensor(k) for k in keys})
                 return
+    if getattr(model.config, "alignkit_gate", 0) and _is_rm(model.config):
+        raise ValueError(f"{path}: the config declares a prompt gate (alignkit_gate={model.config.alignkit_gate}) "
+                         f"but no {GATE}.* weights are in {[f.name for f in files] or 'any .safetensors file'}")
 
 
 def reward_head(model) -> nn.Module:

@@ -35,7 +35,7 @@ from alignkit.engine.logprobs import (
     unwrap,
     verify_against_forward,
 )
-from alignkit.engine.prepare import prepare_data, resolve_shuffle
+from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
 from alignkit.models.load import LoraConfig, load_model, load_tokenizer
@@ -75,7 +75,8 @@ class Trainer:
         # data: read, check against the objective, tokenize
         self.tokenizer = load_tokenizer(c.model, trust_remote_code=c.trust_remote_code)
         strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
-        self.train_data, self.eval_data = self._prepare_data(strategy)
+        with main_process_first(self.accelerator):  # transforms that generate (self_samples) run once, then cached
+            self.train_data, self.eval_data = self._prepare_data(strategy)
 
         # model and reference (the reference is built from the *initial* policy, before any resume)
         load_kwargs = dict(dtype=c.dtype, attn_implementation=c.attn_implementation,
@@ -110,8 +111,7 @@ class Trainer:
         if tail:
             logger.info("%d of %d records do not fill a batch and sit out each epoch (different ones every "
                         "epoch: the order is reshuffled)", tail, len(self.train_data))
-        self.total_steps = c.max_steps if c.max_steps > 0 else max(
-            1, math.floor(c.epochs * self.order.per_epoch / c.grad_accum))
+        self.total_steps = c.max_steps if c.max_steps > 0 else max(1, math.floor(c.epochs * self._steps_per_epoch()))
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self._optimizer_steps())
@@ -140,6 +140,9 @@ class Trainer:
     def _prepare_data(self, strategy: str):
         """(train, eval or None) datasets; `engine/online.py` overrides it with prompts."""
         return prepare_data(self.config, self.tokenizer, self.objective, strategy != "none")
+
+    def _steps_per_epoch(self) -> float:
+        return self.order.per_epoch / self.config.grad_accum  # each step takes grad_accum micro-batches
 
     def _optimizer_steps(self) -> int:
         """Optimizer steps over the run (what the learning-rate schedule spans)."""

@@ -67,7 +67,8 @@ def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_
     items, records = [], []
     for b, prompt in enumerate(prompts):
         ids = prompt_ids(tokenizer, prompt, chat_template)
-        segments = [list(s) + ([eos] if done else []) for s, done in zip(gen.token_ids[b], gen.finished[b])]
+        # the stop token actually sampled (e.g. <|im_end|> or <|endoftext|>), not necessarily tokenizer.eos
+        segments = [list(s) + ([stop] if stop is not None else []) for s, stop in zip(gen.token_ids[b], gen.stop_ids[b])]
         segments = [s if s else [eos] for s in segments]  # an empty, unfinished sample cannot occur; be safe
         items.append(TokenizedRecord(prompt_ids=ids, segments=segments, score_start=[0] * k, index=b))
         records.append(_record(prompt, k, rewards[b * k:(b + 1) * k]))

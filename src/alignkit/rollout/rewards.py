@@ -24,14 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 RewardFn = Callable[[list, list[str], list[dict]], list[float]]
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def extract_answer(completion: str) -> str | None:
     """The number after ``####`` if present (GSM8K style), else the first number; None if there is none."""
     tail = completion.split("####", 1)[1] if "####" in completion else completion
     m = _NUMBER.search(tail)
-    return m.group() if m else None
+    return m.group().replace(",", "").rstrip(",") if m else None
 
 
 def exact_answer(prompts, completions, rows) -> list[float]:
@@ -87,9 +87,9 @@ def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
     from alignkit.data.schema import PreferenceRecord
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.score import model_scores
+    from alignkit.rewards.score import reward_info, score_records
 
-    model, tokenizer = load_reward_model(path), load_tokenizer(path)
+    model, tokenizer, info = load_reward_model(path), load_tokenizer(path), reward_info(path)
     if device is not None:
         model.to(device)
 
@@ -99,7 +99,11 @@ def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
             r = PreferenceRecord(prompt=p, responses=["x"], ranks=[0])
             r.responses = [c]  # an empty completion (EOS first) is scored too
             records.append(r)
-        return [s[0] for s in model_scores(model, tokenizer, records, batch_size, progress=False)]
+        scores, _ = score_records([model], tokenizer, records, batch_size, progress=False, infos=[info])
+        if isinstance(scores[0][0], list):
+            raise ValueError(f"reward model {path} has {len(scores[0][0])} outputs per response; a reward needs one "
+                             "(a scalar head, a gated head, or a process reward model)")
+        return [s[0] for s in scores]
     return fn
 
 

@@ -57,12 +57,12 @@ def test_config_loads_through_accelerate(name):
 def test_fsdp_config_becomes_the_intended_plugin(tiny):
     """fsdp.yaml -> the environment accelerate launch sets -> accelerate's FSDP plugin, wrapping alignkit's model."""
     from accelerate.utils import FullyShardedDataParallelPlugin
-    from fsdp_cpu_launch import fsdp_environment  # tests/: the environment accelerate launch sets
+    from sharded_cpu_launch import launch_environment  # tests/: the environment accelerate launch sets
     from torch.distributed.fsdp import ShardingStrategy, StateDictType
 
     from alignkit.engine.logprobs import LogProbModel
 
-    env = fsdp_environment(DIR / "fsdp.yaml")  # with FSDP_SYNC_MODULE_STATES=false: no accelerator device here
+    env = launch_environment(DIR / "fsdp.yaml")  # with FSDP_SYNC_MODULE_STATES=false: no accelerator device here
     assert env["ACCELERATE_USE_FSDP"] == "true"
     with mock.patch.dict(os.environ, env):
         plugin = FullyShardedDataParallelPlugin()

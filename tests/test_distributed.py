@@ -40,7 +40,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tiny_path, pairs_
 
 
 # ---------------------------------------------------------------- resume under DDP and FSDP (slow)
-LAUNCHER = str(Path(__file__).resolve().parent / "fsdp_cpu_launch.py")
+LAUNCHER = str(Path(__file__).resolve().parent / "sharded_cpu_launch.py")
 COMMON = ["objective=dpo", "beta=0.5", "lr=1e-3", "progress=false", "seed=0", "max_steps=4", "save_every=2",
           "eval_split=0"]
 
@@ -77,11 +77,11 @@ def test_ddp_resume_continues_exactly(tiny_path, pairs_path, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("version,lora", [("1", False), ("2", False), ("1", True)], ids=["fsdp1", "fsdp2", "fsdp1-lora"])
 def test_fsdp_checkpoint_resume_and_final_match_one_process(version, lora, tiny_path, pairs_path, tmp_path):
-    """2 CPU processes under FSDP (configs/accelerate/fsdp.yaml; see tests/fsdp_cpu_launch.py): the sharded
+    """2 CPU processes under FSDP (configs/accelerate/fsdp.yaml; see tests/sharded_cpu_launch.py): the sharded
     checkpoint resumes bit for bit, and checkpoint and final/ weights equal a one-process run's."""
-    from fsdp_cpu_launch import fsdp_environment
+    from sharded_cpu_launch import launch_environment
 
-    env = fsdp_environment(FSDP_VERSION=version, **({"FSDP_RESHARD_AFTER_FORWARD": "true"} if version == "2" else {}))
+    env = launch_environment(FSDP_VERSION=version, **({"FSDP_RESHARD_AFTER_FORWARD": "true"} if version == "2" else {}))
     # verify_logprobs and the reference-cache pass call the policy outside the FSDP root module: not yet
     # supported under FSDP (nor LoRA's disable_adapters reference), so this run uses a frozen reference copy.
     setup = {"verify_logprobs": False, "ref_cache": "off", **({"lora": True, "ref_strategy": "copy"} if lora else {})}
@@ -105,3 +105,31 @@ def test_fsdp_checkpoint_resume_and_final_match_one_process(version, lora, tiny_
     if lora:
         assert_equal_weights(load_file(a / "adapter" / "adapter_model.safetensors"),
                              load_file(single.output_dir / "adapter" / "adapter_model.safetensors"), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,objective", [("deepspeed_zero2.yaml", "dpo"), ("deepspeed_zero3.yaml", "simpo")])
+def test_deepspeed_checkpoint_resume_and_final_match_one_process(config, objective, tiny_path, pairs_path, tmp_path):
+    """2 CPU processes under DeepSpeed (DeepSpeed's CPU accelerator; see tests/sharded_cpu_launch.py)."""
+    pytest.importorskip("deepspeed")  # not an alignkit dependency
+    from sharded_cpu_launch import CONFIGS, launch_environment
+
+    env = launch_environment(CONFIGS / config)
+    # ZeRO-3: the reference passes and the log-prob check do not run yet (see the README), so SimPO there
+    setup = {"verify_logprobs": False, "ref_cache": "off"} if config.endswith("zero3.yaml") else {}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in setup.items()]
+    base = [LAUNCHER, "train", f"model={tiny_path}", f"data={pairs_path}", *COMMON[1:], f"objective={objective}",
+            "batch_size=4", *overrides]
+    a, b = tmp_path / "a", tmp_path / "b"
+    torchrun([*base, f"output_dir={a}"], env)
+    torchrun([*base, f"output_dir={b}", f"resume_from={a / 'checkpoints' / 'step-000002'}"], env)
+    ckpt = a / "checkpoints" / "step-000002"
+    assert (ckpt / "sharded").is_dir() and not (ckpt / "optimizer.pt").exists()
+    assert json.loads((ckpt / "trainer_state.json").read_text())["sharding"] == "deepspeed"
+    assert_equal_weights(weights(a), weights(b))
+    single = train(TrainConfig(model=tiny_path, data=pairs_path, objective=objective, beta=0.5, lr=1e-3,
+                               progress=False, seed=0, max_steps=4, save_every=2, batch_size=8,
+                               output_dir=str(tmp_path / "one"), **setup))
+    assert_equal_weights(weights(a), weights(single.output_dir), atol=2e-5, rtol=1e-4)
+    assert_equal_weights(load_file(a / "final" / "model.safetensors"),
+                         load_file(single.final_dir / "model.safetensors"), atol=2e-5, rtol=1e-4)

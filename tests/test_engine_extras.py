@@ -144,3 +144,14 @@ def test_config_transforms_and_curriculum_order(tiny_path, tmp_path):
     assert not t.order.shuffle and t.order.indices(0) == [0, 1]
     margins = [r.meta["margin"] for r in t.train_data.records]
     assert margins[0] >= margins[-1]  # easy (large gap) first
+
+
+def test_ref_cache_off_from_yaml_is_read_as_off(tiny_path, pairs_path, tmp_path):
+    from alignkit.config import load_config
+    from alignkit.engine.refcache import CachedReference
+
+    c = load_config(TrainConfig, None, [f"model={tiny_path}", f"data={pairs_path}", "ref_cache=off",  # YAML: false
+                                        f"output_dir={tmp_path}", "progress=false"])
+    assert c.ref_cache is False
+    t = Trainer(c)
+    assert not isinstance(t.reference, CachedReference) and t.config.ref_cache == "off"

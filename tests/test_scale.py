@@ -15,11 +15,12 @@ from alignkit.engine.logprobs import LogProbModel
 from alignkit.engine.schedule import build_scheduler
 
 
-def fake_accelerator(kind=DistributedType.NO, state_dict=None, ds_config=None):
+def fake_accelerator(kind=DistributedType.NO, state_dict=None, ds_config=None, zero_stage=2):
+    plugin = SimpleNamespace(deepspeed_config=ds_config if ds_config is not None else {}, zero_stage=zero_stage)
     return SimpleNamespace(
-        distributed_type=kind, is_fsdp2=False, is_main_process=True, num_processes=1,
+        distributed_type=kind, is_fsdp2=False, is_main_process=True, num_processes=1, state=SimpleNamespace(
+            deepspeed_plugin=plugin),
         get_state_dict=lambda model: state_dict if state_dict is not None else model.state_dict(),
-        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds_config or {})),
     )
 
 
@@ -41,6 +42,10 @@ def test_deepspeed_gets_the_micro_batch_and_clipping_and_refuses_grad_accum():
     assert ds == {"train_micro_batch_size_per_gpu": 6, "gradient_clipping": 0.5}
     with pytest.raises(ValueError, match="grad_accum=1"):
         dist.check_launch(fake_accelerator(DistributedType.DEEPSPEED), TrainConfig(grad_accum=2), "copy")
+    zero3 = fake_accelerator(DistributedType.DEEPSPEED, zero_stage=3)
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        dist.check_launch(zero3, TrainConfig(verify_logprobs=False, ref_cache="off"), "copy")
+    dist.check_launch(zero3, TrainConfig(verify_logprobs=False), "none")
 
 
 def test_checkpoint_layouts_do_not_cross(tmp_path):

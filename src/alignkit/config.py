@@ -54,7 +54,7 @@ class TrainConfig:
     # reference model
     ref_model: str | None = None  # a checkpoint path; default: a frozen copy of the initial policy
     ref_strategy: str = "auto"  # auto | copy | path | disable_adapters | none
-    ref_cache: str = "auto"  # auto | on | off: precompute reference log-probs once, then hold no reference
+    ref_cache: Union[str, bool] = "auto"  # auto | on | off (YAML true/false too): precompute reference log-probs once
     ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache (share it across runs of a sweep)
     ref_cache_file: str | None = None  # use exactly this cache (from `alignkit logprobs --cache`); refuse if stale
     # optimisation

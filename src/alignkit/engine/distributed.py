@@ -189,8 +189,8 @@ def any_process(accelerator, flag: bool) -> bool:
 
 
 def check_launch(accelerator, config, strategy: str) -> None:
-    """Before ``prepare``: refuse what does not work yet under FSDP, and give DeepSpeed its batch settings
-    (it wants a micro-batch size, and alignkit prepares no dataloader to read it from)."""
+    """Before ``prepare``: refuse what does not work yet under FSDP / ZeRO-3, and give DeepSpeed its batch
+    settings (it wants a micro-batch size, and alignkit prepares no dataloader to read it from)."""
     kind = sharding(accelerator)
     if kind == "fsdp" and (config.verify_logprobs or strategy == "disable_adapters"
                            or (strategy == "copy" and config.ref_cache != "off")):
@@ -201,10 +201,17 @@ def check_launch(accelerator, config, strategy: str) -> None:
         )
     if kind != "deepspeed":
         return
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin.zero_stage == 3 and (config.verify_logprobs or strategy == "copy"):
+        raise ValueError(
+            "under DeepSpeed ZeRO-3 set verify_logprobs=false and use an objective without a reference (simpo, "
+            "orpo, sft, ...): the log-prob check and the copied reference run the model outside DeepSpeed's "
+            "engine while its parameters are partitioned (ZeRO-2 has no such limit)"
+        )
     if config.grad_accum != 1:
         raise ValueError("with DeepSpeed, use grad_accum=1 (raise batch_size instead): DeepSpeed steps its "
                          "optimizer inside every backward call that accelerate forwards to it")
-    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds_config = plugin.deepspeed_config
     if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
         ds_config["train_micro_batch_size_per_gpu"] = config.batch_size
     if ds_config.get("gradient_clipping", "auto") == "auto":

@@ -173,6 +173,8 @@ def cached_tables(splits: dict[str, TokenizedDataset], weights: str, precision: 
 def will_cache(config, objective, strategy: str) -> bool:
     """Whether this run serves reference log-probs from a cache (``ref_cache`` auto/on/off)."""
     c = config
+    if isinstance(c.ref_cache, bool):  # YAML reads `on` / `off` as true / false
+        c.ref_cache = "on" if c.ref_cache else "off"
     if c.ref_cache not in ("auto", "on", "off"):
         raise ValueError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
     if c.ref_cache_file and (c.ref_cache == "off" or strategy == "none"):

@@ -6,31 +6,14 @@ import math
 
 import pytest
 import torch
+from closed_forms import D, T, lse, lsig, sig
 
 from alignkit.objectives import SequenceStats, get_objective
 from alignkit.objectives.listwise import MAX_TIE_GROUP
 
-D = torch.float64
 B_ = 0.1
 LISTWISE = ["plackett_luce", "listnet", "lipo", "all_pairs"]
 NAN = float("nan")
-
-
-def lsig(x):
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def sig(x):
-    return math.exp(lsig(x))
-
-
-def lse(xs):
-    m = max(xs)
-    return m + math.log(sum(math.exp(x - m) for x in xs))
-
-
-def T(x, **kw):
-    return None if x is None else torch.tensor(x, dtype=D, **kw)
 
 
 def mk(logps, ref, ranks=None, scores=None, weights=None, valid=None):

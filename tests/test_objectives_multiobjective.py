@@ -4,24 +4,12 @@ import math
 
 import pytest
 import torch
+from closed_forms import T, lsig, sig
 
 from alignkit.objectives import SequenceStats, get_objective
 
-D = torch.float64
 B_ = 0.1
 NAN = float("nan")
-
-
-def lsig(x):
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def sig(x):
-    return math.exp(lsig(x))
-
-
-def T(x, **kw):
-    return None if x is None else torch.tensor(x, dtype=D, **kw)
 
 
 def mk(logps, ref, scores=None, ranks=None, weights=None, valid=None):

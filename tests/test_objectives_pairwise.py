@@ -5,26 +5,14 @@ import math
 
 import pytest
 import torch
+from closed_forms import D, T, lsig, sig
 
 from alignkit.objectives import SequenceStats, get_objective
 from alignkit.objectives.pairwise import _expm1_capped, _log_odds
 
-D = torch.float64
 B_ = 0.1  # beta used throughout unless a test says otherwise
 PAIR_OBJECTIVES = ["dpo", "cdpo", "rdpo", "ipo", "hinge", "fdpo", "simpo", "orpo", "cpo", "rpo", "asft"]
 ALL = [*PAIR_OBJECTIVES, "jpo", "poft"]
-
-
-def lsig(x):  # log sigma(x), stable, plain math
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def sig(x):
-    return math.exp(lsig(x))
-
-
-def T(x, **kw):
-    return None if x is None else torch.tensor(x, dtype=D, **kw)
 
 
 def mk(logps, ref=None, ranks=None, scores=None, lengths=None, weights=None, valid=None, labels=None):

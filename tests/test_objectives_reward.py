@@ -7,30 +7,13 @@ import math
 
 import pytest
 import torch
+from closed_forms import D, T, lse, lsig, sig
 
 import alignkit.objectives.reward_structured  # noqa: F401  (registers mixture, gpm, prm)
 from alignkit.objectives import SequenceStats, build_objective, get_objective
 
-D = torch.float64
 NAN = float("nan")
 LOG2 = math.log(2)
-
-
-def lsig(x):
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def sig(x):
-    return math.exp(lsig(x))
-
-
-def lse(xs):
-    m = max(xs)
-    return m + math.log(sum(math.exp(x - m) for x in xs))
-
-
-def T(x, **kw):
-    return None if x is None else torch.tensor(x, dtype=D, **kw)
 
 
 def mk(rewards, ranks=None, scores=None, labels=None, weights=None, valid=None, **extra):

@@ -6,25 +6,13 @@ import math
 
 import pytest
 import torch
+from closed_forms import D, T, lsig, sig
 
 from alignkit.objectives import SequenceStats, get_objective
 from alignkit.objectives.reward_structured import gpm_score, prm_outcome
 
-D = torch.float64
 NAN = float("nan")
 LOG2 = math.log(2)
-
-
-def lsig(x):
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def sig(x):
-    return math.exp(lsig(x))
-
-
-def T(x, **kw):
-    return None if x is None else torch.tensor(x, dtype=D, **kw)
 
 
 def mk(rewards, ranks=None, labels=None, weights=None, valid=None, **extra):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from closed_forms import D
 
 from alignkit.objectives.rl import (
     ADVANTAGES,
@@ -19,7 +20,6 @@ from alignkit.objectives.rl import (
     whiten,
 )
 
-D = torch.float64
 NAN = math.nan
 P = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=D)  # the policy πθ
 Q = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=D)  # the reference π_ref

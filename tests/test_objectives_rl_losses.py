@@ -6,17 +6,18 @@ import math
 
 import pytest
 import torch
+from closed_forms import D
 
 from alignkit.objectives import SequenceStats, get_objective
 from alignkit.objectives.rl import ADVANTAGES
 
-D = torch.float64
 NAN = math.nan
 POLICY = ["grpo", "rloo", "remax", "reinforce_pp"]
 
 
 def T(x):
     return torch.tensor(x, dtype=D)
+
 
 
 def mk(tlp, mask, adv=None, old=None, valid=None, weights=None, ref=None, rewards=None, **extra):

@@ -4,16 +4,11 @@ import math
 
 import pytest
 import torch
+from closed_forms import D, T
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from alignkit.objectives import SequenceStats, get_objective
 from alignkit.objectives.sft import sft_targets
-
-D = torch.float64
-
-
-def T(x, **kw):
-    return None if x is None else torch.tensor(x, dtype=D, **kw)
 
 
 def mk(logps, lengths=None, ranks=None, scores=None, labels=None, weights=None, valid=None):

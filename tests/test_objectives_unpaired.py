@@ -7,24 +7,12 @@ import math
 
 import pytest
 import torch
+from closed_forms import D, T, lsig, sig
 
 from alignkit.objectives import SequenceStats, build_objective, get_objective
 from alignkit.objectives.unpaired import UL_FLOOR, neg_log1m_exp
 
-D = torch.float64
 B_ = 0.1
-
-
-def lsig(x):  # log sigma(x), stable, plain math
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def sig(x):
-    return math.exp(lsig(x))
-
-
-def T(x, **kw):
-    return None if x is None else torch.tensor(x, dtype=D, **kw)
 
 
 def mk(logps, ref=None, labels=None, valid=None, weights=None, kl=None, ranks=None):

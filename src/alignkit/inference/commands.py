@@ -31,19 +31,9 @@ def add_parsers(sub) -> None:
 
 def read_prompts(path: str) -> list:
     """Prompts from a text file (non-empty lines) or any tabular file with a ``prompt`` column."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
-    if p.suffix == ".txt":
-        prompts = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        from alignkit.data.io import iter_rows
+    from alignkit.engine.online import read_prompt_rows
 
-        prompts = []
-        for where, row in iter_rows(path):
-            if "prompt" not in row or row["prompt"] in (None, ""):
-                raise ValueError(f"{path} row {where}: field 'prompt' is missing or empty")
-            prompts.append(row["prompt"])
+    prompts = [row["prompt"] for row in read_prompt_rows(path)]
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts

@@ -45,3 +45,14 @@ def pairs_path(tmp_path_factory):
             row = {"prompt": f"{subj} was", "chosen": f" {rng.choice(pos)}.", "rejected": f" {rng.choice(neg)}."}
             f.write(json.dumps(row) + "\n")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def review_world(tmp_path_factory):
+    """The demo's review world at the quick test size: a pretrained tiny model (path) whose outputs have
+    a known gold reward (`alignkit.worlds.reviews.reward`). Built once per test session."""
+    from alignkit.demo import QUICK
+    from alignkit.worlds import reviews
+
+    return str(reviews.build_world(tmp_path_factory.mktemp("review_world") / "world", seed=0, n_corpus=QUICK.n_corpus,
+                                   pretrain_epochs=QUICK.pretrain_epochs, hidden_size=QUICK.hidden_size))

@@ -72,6 +72,17 @@ class MethodSpec:
 
 
 METHODS: dict[str, MethodSpec] = {}
+# modules whose import registers the built-in methods (imported on first use, not with the package)
+BUILTIN_MODULES = ("bon", "guided", "blockwise", "search", "urial", "grammar")
+
+
+def builtin_methods() -> dict[str, MethodSpec]:
+    """`METHODS` with every built-in method registered."""
+    import importlib
+
+    for name in BUILTIN_MODULES:
+        importlib.import_module(f"alignkit.inference.{name}")
+    return METHODS
 
 
 def register(name: str, options: type, needs_reward: bool = False, needs_helper: bool = False, summary: str = ""):
@@ -94,8 +105,7 @@ def method_options(name: str, values: dict[str, Any] | None = None):
 
 
 def get_method(name: str) -> MethodSpec:
-    import alignkit.inference  # noqa: F401  (registers the built-in methods)
-
+    builtin_methods()
     if name not in METHODS:
         raise ValueError(f"unknown inference method {name!r}; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]

@@ -1,9 +1,17 @@
-"""``alignkit generate``: K samples per prompt from a model, written as records that `alignkit score`
-labels and the ``pairs`` transform turns into training data.
+"""``alignkit generate``: sample from a model, plainly or with an inference-time alignment method.
+
+Without ``--method``: K samples per prompt, written as records that `alignkit score` labels and the
+``pairs`` transform turns into training data. Output rows are ``{"prompt", "completions": [...K],
+"ranks": [0, ...]}``: every rank tied — no preference yet — plus ``meta.finished`` (whether each sample
+ended with EOS).
+
+With ``--method NAME`` (see ``alignkit.inference.METHODS``): one row per prompt,
+`InferenceOutput.to_row` — ``prompt, completion, finished, reward, calls, tokens, kl`` (+ ``candidates``
+and ``rewards`` for the best-of-N family, + the method's extras) — and a summary line.
+``--set key=value`` sets the method's options (``--n N`` is a shortcut for ``--set n=N``).
 
 Prompts come from a text file (one prompt per line) or a JSONL / CSV / Parquet file with a ``prompt``
-column (text or chat messages). Output rows are ``{"prompt", "completions": [...K], "ranks": [0, ...]}``:
-every rank tied — no preference yet — plus ``meta.finished`` (whether each sample ended with EOS).
+column (text or chat messages); a row's other fields reach the reward (e.g. ``answer``).
 """
 
 from __future__ import annotations
@@ -14,32 +22,55 @@ from pathlib import Path
 
 
 def add_parsers(sub) -> None:
-    g = sub.add_parser("generate", help="sample K completions per prompt",
-                       description="alignkit generate --model PATH --prompts FILE --k 4 --out samples.jsonl")
+    g = sub.add_parser("generate", help="sample completions, plainly (K per prompt) or with an inference method",
+                       description="alignkit generate --model PATH --prompts FILE --k 4 --out samples.jsonl\n"
+                                   "alignkit generate --model PATH --prompts FILE --method bon --n 16 "
+                                   "--reward rm:PATH --out best.jsonl")
     g.add_argument("--model", required=True)
     g.add_argument("--prompts", required=True, help="a .txt file (one prompt per line) or rows with `prompt`")
     g.add_argument("--out", required=True)
-    g.add_argument("--k", type=int, default=4)
+    g.add_argument("--k", type=int, default=None, help="samples per prompt without --method (default 4)")
+    g.add_argument("--method", default=None, help="an inference-time method: bon, soft_bon, calibrated_bon, ...")
+    g.add_argument("--reward", default=None, help="reward spec for --method: rm:PATH, module:function, rule:...")
+    g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, cd)")
+    g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="options of --method, e.g. --set n=16 tau=0.5")
+    g.add_argument("--n", type=int, default=None, help="shortcut for --set n=N")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--stop", action="append", default=[], type=lambda s: s.replace("\\n", "\n").replace("\\t", "\t"),
+                   help="without --method: end a sample at this string (repeatable; \\n, \\t unescaped): --stop '\\n\\n'")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
     g.add_argument("--dtype", default="float32")
     g.set_defaults(fn=generate_command)
 
 
 def read_prompts(path: str) -> list:
     """Prompts from a text file (non-empty lines) or any tabular file with a ``prompt`` column."""
+    return [row["prompt"] for row in _read_rows(path)]
+
+
+def _read_rows(path: str) -> list[dict]:
     from alignkit.engine.online import read_prompt_rows
 
-    prompts = [row["prompt"] for row in read_prompt_rows(path)]
-    if not prompts:
+    rows = read_prompt_rows(path)
+    if not rows:
         raise ValueError(f"{path}: no prompts")
-    return prompts
+    return rows
 
 
 def generate_command(args: argparse.Namespace) -> int:
+    if args.method is not None:
+        return method_command(args)
+    if args.reward or args.helper or args.set or args.n is not None:
+        raise ValueError("--reward, --helper, --set and --n go with --method NAME; plain sampling takes --k")
+    return plain_command(args)
+
+
+def plain_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from alignkit.engine.logging import setup_console_logging
@@ -47,6 +78,7 @@ def generate_command(args: argparse.Namespace) -> int:
     from alignkit.models.load import load_model, load_tokenizer
 
     setup_console_logging()
+    k = 4 if args.k is None else args.k
     prompts = read_prompts(args.prompts)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype=args.dtype)
     out = Path(args.out)
@@ -55,9 +87,9 @@ def generate_command(args: argparse.Namespace) -> int:
     with out.open("w", encoding="utf-8") as f, tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
         for start in range(0, len(prompts), args.batch_size):
             chunk = prompts[start:start + args.batch_size]
-            gen = generate(model, tokenizer, chunk, k=args.k, max_new_tokens=args.max_new_tokens,
+            gen = generate(model, tokenizer, chunk, k=k, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed + start,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, chat_template=args.chat_template, stop=args.stop)
             for prompt, texts, done in zip(chunk, gen.texts, gen.finished):
                 keep = [(t, d) for t, d in zip(texts, done) if t.strip()]
                 n += len(texts) - len(keep)
@@ -65,5 +97,78 @@ def generate_command(args: argparse.Namespace) -> int:
                     f.write(json.dumps({"prompt": prompt, "completions": [t for t, _ in keep],
                                         "ranks": [0] * len(keep), "meta": {"finished": [d for _, d in keep]}}) + "\n")
             bar.update(len(chunk))
-    tqdm.write(f"wrote {len(prompts)} prompts x {args.k} samples to {out}" + (f"; {n} empty samples dropped" if n else ""))
+    tqdm.write(f"wrote {len(prompts)} prompts x {k} samples to {out}" + (f"; {n} empty samples dropped" if n else ""))
+    return 0
+
+
+def method_options_from_args(args: argparse.Namespace):
+    """The method's spec and checked options from ``--method``, ``--set`` and ``--n`` (errors name the flag)."""
+    import dataclasses
+
+    from alignkit.config import parse_overrides
+    from alignkit.inference.base import get_method, method_options
+
+    spec = get_method(args.method)
+    if args.k is not None:
+        raise ValueError(f"--k is for plain sampling; --method {args.method} takes its sample count as --n / --set n=N")
+    if getattr(args, "stop", None):
+        raise ValueError(f"--stop is for plain sampling; --method {args.method} stops at the model's stop tokens")
+    values = parse_overrides(args.set)
+    if args.n is not None:
+        if "n" not in {f.name for f in dataclasses.fields(spec.options)}:
+            raise ValueError(f"--n: method {args.method} has no option n; its options are "
+                             f"{', '.join(f.name for f in dataclasses.fields(spec.options))}")
+        values["n"] = args.n
+    if spec.needs_reward and not args.reward:
+        raise ValueError(f"--method {args.method} needs --reward SPEC (e.g. rm:PATH or module:function)")
+    if spec.needs_helper and not args.helper:
+        raise ValueError(f"--method {args.method} needs --helper PATH (a second model sharing the tokenizer)")
+    return spec, method_options(args.method, values)
+
+
+def summary_line(outputs: list) -> str:
+    """``mean reward, calls and tokens per prompt, KL`` over the outputs (fields that are None are skipped)."""
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    parts = [f"{len(outputs)} prompts"]
+    for name, value, fmt in (("mean reward", mean(o.reward for o in outputs), ".4f"),
+                             ("calls/prompt", mean(o.calls for o in outputs), ".1f"),
+                             ("tokens/prompt", mean(o.tokens for o in outputs), ".1f"),
+                             ("mean KL", mean(o.kl for o in outputs), ".4f")):
+        parts.append(f"{name} {'n/a' if value is None else format(value, fmt)}")
+    return ", ".join(parts)
+
+
+def method_command(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from alignkit.engine.logging import setup_console_logging
+    from alignkit.inference.base import InferenceSettings, run_method
+    from alignkit.models.load import load_model, load_tokenizer
+    from alignkit.rollout.rewards import build_reward
+
+    setup_console_logging()
+    spec, options = method_options_from_args(args)
+    rows = _read_rows(args.prompts)
+    tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype=args.dtype)
+    helper = load_model(args.helper, dtype=args.dtype).to(next(model.parameters()).device) if args.helper else None
+    reward_fn = build_reward(args.reward, tokenizer) if args.reward else None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    with out.open("w", encoding="utf-8") as f, tqdm(total=len(rows), desc=args.method, unit="prompt") as bar:
+        for start in range(0, len(rows), args.batch_size):
+            chunk = rows[start:start + args.batch_size]
+            settings = InferenceSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                         top_p=args.top_p, seed=args.seed + start, batch_size=args.batch_size,
+                                         chat_template=args.chat_template)
+            outputs = run_method(spec.name, model, tokenizer, [r["prompt"] for r in chunk], chunk, settings, options,
+                                 reward_fn=reward_fn, helper=helper)
+            for o in outputs:
+                f.write(json.dumps(o.to_row()) + "\n")
+            results += outputs
+            bar.update(len(chunk))
+    tqdm.write(f"{args.method}: {summary_line(results)}; wrote {out}")
     return 0

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-all lint bench bench-trl clean
+.PHONY: setup demo test test-all lint bench bench-trl bench-grpo clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,9 @@ bench: setup
 
 bench-trl:
 	$(PYTHON) bench/dpo_vs_trl.py
+
+bench-grpo:
+	$(PYTHON) bench/grpo_vs_trl.py
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache

@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
+    except ImportError as e:  # an optional extra that is not installed says so; anything else is a bug: raise
+        if "pip install" not in str(e) or os.environ.get("ALIGNKIT_DEBUG"):
+            raise
+        print(f"alignkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except (ConfigError, ValueError, KeyError, TypeError, FileNotFoundError) as e:
         if os.environ.get("ALIGNKIT_DEBUG"):
             raise

@@ -48,9 +48,27 @@ class TrainConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
+    stop: list = field(default_factory=list)  # stop strings, e.g. ["\n\n", "Question:"] (alignkit.generation.generate)
     updates_per_batch: int = 1  # optimizer steps on each rollout batch (GRPO's mu)
     unfinished_penalty: float | None = None  # reward of samples cut at max_new_tokens (None: keep their reward)
     log_samples_every: int = 0  # write sampled completions to samples.jsonl every N steps
+    # PPO (objective=ppo; engine/value.py) and online evaluation
+    value_model: str | None = None  # value model's start: a reward model or causal LM (default: the policy's checkpoint)
+    value_lr: float | None = None  # learning rate of the value model's parameter group (default: lr)
+    kl_coef: float = 0.05  # PPO: weight of the per-token KL to the reference in the reward (0: no reference)
+    gamma: float = 1.0  # PPO: GAE discount
+    gae_lambda: float = 0.95  # PPO: GAE lambda
+    whiten_advantages: bool = True  # PPO: normalise advantages over the tokens of each rollout
+    eval_greedy: bool = False  # online evaluation samples greedily (temperature 0), not at `temperature`
+    # self-play and iterative rounds (objectives/selfplay.py, rollout/preference.py, engine/iterative.py)
+    rounds: int = 0  # > 0 with prompts + reward: iterative DPO / self-rewarding, N rounds of sample -> label -> train
+    judge_template: str | None = None  # LLM-judge question (text with {prompt} {answer_a} {answer_b}, or a file)
+    mixture_alpha: float = 0.5  # Nash-MD (reward=mixture:...): opponent from policy^(1-alpha) * reference^alpha
+    # scale-out (rollout/ray_backend.py, pip install "alignkit[ray]"): rollouts on Ray actors
+    rollout_workers: int = 0  # 0: in-process; W: prompts split into W chunks seeded per chunk, one Ray actor each
+    rollout_backend: str = "ray"  # ray | local (the same W chunks in-process: reproduces a Ray run without Ray)
+    rollout_worker_cpus: int = 1  # CPUs (and torch threads) per actor
+    rollout_worker_gpus: float = 0.0  # GPUs per actor (transformers generation; vLLM is not built)
     # reference model
     ref_model: str | None = None  # a checkpoint path; default: a frozen copy of the initial policy
     ref_strategy: str = "auto"  # auto | copy | path | disable_adapters | none
@@ -114,11 +132,19 @@ BOUNDS = [
     ("max_steps", lambda v: v == -1 or v >= 1, ">= 1, or -1 to run `epochs` epochs"),
     ("ensemble", lambda v: v >= 1, ">= 1"), ("num_samples", lambda v: v >= 1, ">= 1"),
     ("updates_per_batch", lambda v: v >= 1, ">= 1"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("value_lr", lambda v: v is None or v > 0, "> 0 or null"), ("kl_coef", lambda v: v >= 0, ">= 0"),
+    ("gamma", lambda v: 0 <= v <= 1, "in [0, 1]"), ("gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("stop", lambda v: all(isinstance(s, str) and s for s in v), "a list of non-empty strings"),
+    ("rollout_workers", lambda v: v >= 0, ">= 0"), ("rollout_worker_cpus", lambda v: v >= 1, ">= 1"),
+    ("rounds", lambda v: v >= 0, ">= 0"), ("mixture_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_backend", lambda v: v in ("ray", "local"), "ray or local"),
 ]
 
 
 def check_bounds(config: Any, source: str = "config") -> None:
-    for key, ok, rule in BOUNDS:
+    """`BOUNDS` are TrainConfig's rules; other option dataclasses (inference methods) check their own values,
+    where a key of the same name can mean something else (nudging's ``gamma`` is not PPO's discount)."""
+    for key, ok, rule in BOUNDS if isinstance(config, TrainConfig) else ():
         if hasattr(config, key) and not ok(getattr(config, key)):
             raise ConfigError(f"{source}: key '{key}' must be {rule}, got {getattr(config, key)!r}")
     hp = getattr(config, "hparams", None) or {}

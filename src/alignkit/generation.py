@@ -1,7 +1,7 @@
 """Sampling completions from a causal LM and scoring them under any model.
 
-* `generate` — batched ``model.generate`` with left padding: K samples per prompt, stopping at EOS,
-  reproducible for a given seed. It returns token ids, texts and whether each sample ended with EOS.
+* `generate` — batched ``model.generate`` with left padding: K samples per prompt, stopping at EOS or
+  at a stop string, reproducible for a given seed. It returns token ids, texts and how each sample ended.
 * `sample` — the same, texts only: ``list[list[str]]`` of B prompts x K completions.
 * `generate_conditioned` — `generate` at a chosen trade-off for a model trained with ``condition_weights``.
 * `score_logps` — ``[B, K]`` summed log-probs of given completions under a model, computed by the
@@ -35,17 +35,30 @@ from alignkit.engine.score import iter_batch_logps, model_scorer
 @dataclass
 class Generation:
     """B prompts x K samples. ``token_ids[b][k]`` excludes padding and EOS; ``finished[b][k]`` says
-    whether the sample stopped at EOS (False: cut at ``max_new_tokens``)."""
+    whether the sample stopped at EOS or at a stop string (False: cut at ``max_new_tokens``).
+
+    A sample that ended at a stop string keeps, in ``token_ids``, every sampled token up to and
+    including the one that completed the stop string (the ids whose log-probs training needs), while its
+    text ends just before the stop string; ``stop_strings[b][k]`` names the stop string (else None)."""
 
     prompts: list[Text]
     texts: list[list[str]]
     token_ids: list[list[list[int]]]
     finished: list[list[bool]]
-    stop_ids: list[list[int | None]] | None = None  # the stop token each sample ended with (None: cut)
+    stop_ids: list[list[int | None]] | None = None  # the EOS token each sample ended with (None: cut or stop string)
+    stop_strings: list[list[str | None]] | None = None  # the stop string each sample ended at (None: EOS or cut)
 
     @property
     def num_unfinished(self) -> int:
         return sum(not f for row in self.finished for f in row)
+
+    @property
+    def ended_with_eos(self) -> list[list[bool]]:
+        """Whether each sample ended with EOS — the ``finished`` that `score_logps` wants (it appends and
+        scores an EOS); a sample that ended at a stop string is rescored from its text without one."""
+        if self.stop_ids is None:
+            return self.finished
+        return [[s is not None for s in row] for row in self.stop_ids]
 
 
 def _record(prompt: Text, completions: list[str]) -> PreferenceRecord:
@@ -69,6 +82,59 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+class _StopStrings:
+    """A transformers stopping criterion: a row is done once its decoded completion (the tokens after
+    ``width``, special tokens skipped) contains one of ``stop``. ``cut[row]`` records how many completion
+    tokens it had then. Rows that sampled an EOS are left alone (their stop is the EOS)."""
+
+    def __init__(self, tokenizer, stop: list[str], width: int, eos: list[int]):
+        self.tokenizer, self.stop, self.width, self.eos = tokenizer, list(stop), width, eos
+        self.cut: dict[int, int] = {}
+        self.eos_seen: set[int] = set()
+
+    def __call__(self, input_ids: Tensor, scores=None, **kwargs) -> Tensor:
+        last = input_ids[:, -1].tolist()
+        open_rows = []
+        for row, tok in enumerate(last):
+            if tok in self.eos and row not in self.cut:
+                self.eos_seen.add(row)
+            if row not in self.cut and row not in self.eos_seen:
+                open_rows.append(row)
+        if open_rows:
+            texts = self.tokenizer.batch_decode(input_ids[open_rows, self.width:], skip_special_tokens=True)
+            for row, text in zip(open_rows, texts):
+                if any(s in text for s in self.stop):
+                    self.cut[row] = input_ids.shape[1] - self.width
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done[list(self.cut)] = True
+        return done
+
+
+def _first_stop(text: str, stop: list[str]) -> tuple[int, str | None]:
+    """Where the earliest stop string starts in ``text`` and which one (``len(text)``, None: none)."""
+    hits = [(text.find(s), s) for s in stop if s in text]
+    return min(hits, key=lambda h: (h[0], -len(h[1]))) if hits else (len(text), None)
+
+
+def _split(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: list[str]):
+    """One sampled row -> (token ids, text, stop token id, stop string). ``cut``: the number of tokens at
+    which the stop criterion fired (the token that completed the stop string is kept)."""
+    end = next((t for t, tok in enumerate(seq) if tok in eos), None)
+    if cut is not None and (end is None or cut <= end):
+        ids = seq[:cut]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        start, hit = _first_stop(text, stop)
+        return ids, text[:start], None, hit
+    ids = seq if end is None else seq[:end]
+    return ids, tokenizer.decode(ids, skip_special_tokens=True), None if end is None else seq[end], None
+
+
+def _check_stop(stop) -> list[str]:
+    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+    return list(stop)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -81,8 +147,16 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     chat_template: str = "auto",
+    stop: list[str] | tuple[str, ...] = (),
 ) -> Generation:
     """Sample ``k`` completions for each prompt (``temperature=0``: greedy, and ``k`` identical copies).
+
+    ``stop`` (e.g. ``["\\n\\n", "Question:"]``): a sample also ends, ``finished``, as soon as its decoded
+    completion contains one of these strings. Its ``token_ids`` end with the token that completed the
+    stop string (so training scores exactly what was sampled, no EOS appended); its text excludes the
+    stop string and anything after it. Other samples are exactly those drawn without ``stop``. The
+    check decodes each running sample's completion after every new token (special tokens skipped), so a
+    stop string may span several tokens; a batch ends early once every sample has stopped.
 
     Sampling is pure ancestral sampling from ``softmax(logits / temperature)`` restricted to the top-p
     nucleus (no top-k, no repetition penalty), so at ``temperature=1, top_p=1`` the samples are exact
@@ -94,6 +168,7 @@ def generate(
 
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+    stop = _check_stop(stop)
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     greedy = temperature == 0
@@ -105,7 +180,7 @@ def generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    texts, ids_out, finished, stops = [], [], [], []
+    texts, ids_out, finished, stops, hits = [], [], [], [], []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -117,25 +192,25 @@ def generate(
                 for i, ids in enumerate(chunk):
                     input_ids[i, width - len(ids):] = torch.tensor(ids)
                     mask[i, width - len(ids):] = 1
+                criterion = _StopStrings(tokenizer, stop, width, eos) if stop else None
                 out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=gen_config)
-                new = out[:, width:].tolist()
+                                     generation_config=gen_config,
+                                     **({"stopping_criteria": [criterion]} if criterion else {}))
+                cuts = criterion.cut if criterion else {}
+                rows = [_split(seq, eos, cuts.get(r), tokenizer, stop) for r, seq in enumerate(out[:, width:].tolist())]
                 if greedy:
-                    new = [row for row in new for _ in range(k)]
+                    rows = [row for row in rows for _ in range(k)]
                 for b in range(len(chunk)):
-                    row_ids, row_done, row_stop = [], [], []
-                    for seq in new[b * k:(b + 1) * k]:
-                        stop = next((t for t, tok in enumerate(seq) if tok in eos), None)
-                        row_ids.append(seq if stop is None else seq[:stop])
-                        row_done.append(stop is not None)
-                        row_stop.append(None if stop is None else seq[stop])
-                    ids_out.append(row_ids)
-                    finished.append(row_done)
-                    stops.append(row_stop)
-                    texts.append(tokenizer.batch_decode(row_ids, skip_special_tokens=True))
+                    mine = rows[b * k:(b + 1) * k]
+                    ids_out.append([r[0] for r in mine])
+                    texts.append([r[1] for r in mine])
+                    stops.append([r[2] for r in mine])
+                    hits.append([r[3] for r in mine])
+                    finished.append([r[2] is not None or r[3] is not None for r in mine])
     finally:
         model.train(was_training)
-    return Generation(prompts=list(prompts), texts=texts, token_ids=ids_out, finished=finished, stop_ids=stops)
+    return Generation(prompts=list(prompts), texts=texts, token_ids=ids_out, finished=finished, stop_ids=stops,
+                      stop_strings=hits)
 
 
 def sample(

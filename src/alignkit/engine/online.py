@@ -8,6 +8,10 @@ a reward function, and learns from them — the same trainer, checkpoints and lo
   (`objectives.rl.ADVANTAGES`; ReMax also samples one greedy completion per prompt as its baseline); the
   behaviour log-probs are computed once per rollout (no grad), then ``updates_per_batch`` optimizer steps
   are taken on the batch (GRPO's μ; the clipped ratio matters from the second one on).
+* **PPO** (``objective=ppo``): per-token advantages from a value model instead of the group —
+  the KL to the reference in the reward (``kl_coef``), GAE(``gamma``, ``gae_lambda``), whitening
+  (``whiten_advantages``), clipped policy and value losses; the value model, its checkpointing and
+  ``final/value/`` are described in `alignkit.engine.value`.
 * **Any offline objective on fresh samples**: the samples carry their rewards as ``scores``, so
   ``objective=dpo num_samples=2`` is online DPO (ties masked), ``objective=sft`` is RAFT (best-of-K SFT:
   SFT trains on the highest-scored sample), ``objective=plackett_luce`` ranks all K.
@@ -67,6 +71,14 @@ def read_prompt_rows(path: str) -> list[dict]:
 
 
 class OnlineTrainer(Trainer):
+    def __init__(self, config):
+        super().__init__(config)
+        self.value = None  # PPO's value model (engine/value.py), registered on the policy
+        if "values" in self.objective.extras:
+            from alignkit.engine.value import setup_value_model
+
+            self.value = setup_value_model(self)
+
     def _check_inputs(self, c) -> None:
         if not c.model or not c.prompts or c.reward is None:
             raise ValueError("online training needs model=PATH, prompts=FILE and reward=SPEC "
@@ -105,9 +117,19 @@ class OnlineTrainer(Trainer):
 
     def _rollout(self, rows: list[dict], seed: int, k: int, temperature: float):
         c = self.config
+        if getattr(self.reward_fn, "needs_models", False):  # >>> Nash-MD: mixture opponents (rollout/opponents.py)
+            self.reward_fn.bind(unwrap(self.policy), self.reference, self.tokenizer, c)  # <<<
+        if c.rollout_workers > 0:  # W seeded chunks on Ray actors (rollout_backend=local: the same, in-process)
+            if getattr(self, "_workers", None) is None:
+                from alignkit.rollout.ray_backend import rollout_pool
+
+                self._workers = rollout_pool(c, unwrap(self.policy), self.tokenizer, self.reward_fn)
+            return self._workers.rollout(rows, seed, k=k, max_new_tokens=c.max_new_tokens, temperature=temperature,
+                                         top_p=c.top_p, unfinished_penalty=c.unfinished_penalty,
+                                         chat_template=c.chat_template, stop=c.stop)
         return sample_experience(unwrap(self.policy), self.tokenizer, [r["prompt"] for r in rows], rows,
                                  self.reward_fn, k, seed, c.max_new_tokens, temperature, c.top_p,
-                                 c.unfinished_penalty, c.chat_template)
+                                 c.unfinished_penalty, c.chat_template, stop=c.stop)
 
     def step(self) -> dict[str, Any]:
         from alignkit.objectives.rl import ADVANTAGES, remax_advantages
@@ -132,7 +154,7 @@ class OnlineTrainer(Trainer):
         rollout_rl = self.objective.inputs == "rollout"
         name = self.objective.terms[0].spec.name
         adv = None
-        if rollout_rl:
+        if rollout_rl and self.value is None:
             valid = torch.ones_like(exp.rewards, dtype=torch.bool)
             if name == "remax":
                 greedy = self._rollout(rows, seed, 1, 0.0).rewards[:, 0]
@@ -145,6 +167,11 @@ class OnlineTrainer(Trainer):
             needs_tokens = self.objective.needs_token_logps
             refs = [(self.reference.token_logps(b) if needs_tokens else self.reference.sequence_logps(b))
                     if self.objective.needs_reference else None for b in batches]
+            ppo_extra, ppo_metrics = [{}] * len(batches), {}
+            if self.value is not None:  # PPO: old values, KL in the reward, GAE advantages and returns
+                from alignkit.engine.value import rollout_targets
+
+                ppo_extra, ppo_metrics = rollout_targets(self, batches, old, [exp.rewards[ch].to(dev) for ch in chunks])
         self.scorer.train()
         loss_sum, metrics, grad_norm, lr = 0.0, {}, 0.0, 0.0
         for _ in range(c.updates_per_batch):
@@ -158,7 +185,10 @@ class OnlineTrainer(Trainer):
                                             with_token_logps=needs_tokens, ref_logps=None if needs_tokens else ref)
                         if rollout_rl:
                             stats.extra["old_token_logps"] = pad_per_slot(old_t, batch)[0]
-                            stats.extra["advantages"] = adv[ch].to(dev)
+                            if self.value is not None:
+                                stats.extra.update(ppo_extra[j], values=pad_per_slot(self.value(batch), batch)[0])
+                            else:
+                                stats.extra["advantages"] = adv[ch].to(dev)
                         stats.rewards = exp.rewards[ch].to(dev)
                         out = self.objective(stats)
                     acc.backward(out.loss / len(batches))
@@ -173,7 +203,7 @@ class OnlineTrainer(Trainer):
         self._log_samples(exp)
         dt = time.perf_counter() - t0
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
-                  **exp.metrics(), **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  **exp.metrics(), **ppo_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,
                   "peak_memory_mb": peak_memory_mb(dev), "skipped_steps": self.skipped_total}
         if self.skipped_in_row >= c.max_bad_steps:
@@ -192,15 +222,32 @@ class OnlineTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean reward of one sample per held-out prompt (greedy when temperature=0 is wanted: eval_greedy)."""
+        """Mean reward of one sample per held-out prompt, at ``temperature`` (``eval_greedy``: greedy)."""
         if self.eval_data is None:
             return self.generation_eval()
         c = self.config
         rewards = []
         for start in range(0, len(self.eval_data), c.batch_size):
             rows = self.eval_data.rows[start:start + c.batch_size]
-            rewards.append(self._rollout(rows, c.seed + 7 + start, 1, c.temperature).rewards[:, 0])
+            temperature = 0.0 if c.eval_greedy else c.temperature
+            rewards.append(self._rollout(rows, c.seed + 7 + start, 1, temperature).rewards[:, 0])
         return {"eval/reward": float(torch.cat(rewards).mean()), **self.generation_eval()}
+
+
+    def save_final(self):
+        """``final/`` (the policy); with PPO also ``final/value/``, the value model (see engine/value.py)."""
+        if self.value is None:
+            return super().save_final()
+        from alignkit.engine.value import VALUE, save_value_model
+
+        self.policy._modules.pop(VALUE)  # the policy's save_pretrained must not hold it
+        try:
+            final = super().save_final()
+        finally:
+            setattr(self.policy, VALUE, self.value)
+        if final is not None:
+            save_value_model(self.value, final, self.tokenizer)
+        return final
 
 
 def prompt_key_of(row: dict) -> str:

@@ -429,6 +429,10 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
         from alignkit.config import from_dict
 
         config = from_dict(TrainConfig, dict(config), source="train()")
+    if config.rounds > 0:  # iterative DPO / self-rewarding: rounds of sample, label, train (engine/iterative.py)
+        from alignkit.engine.iterative import train_rounds
+
+        return train_rounds(config, train)
     if config.prompts:  # online: sample, score, learn (engine/online.py)
         from alignkit.engine.online import OnlineTrainer
 

@@ -4,6 +4,7 @@
     out = get_objective("dpo")(stats, beta=0.1)   # out.loss, out.per_example, out.metrics
 """
 
+from alignkit.objectives import selfplay  # noqa: F401  (registers sppo, nash_md)
 from alignkit.objectives.registry import (
     Objective,
     ObjectiveSpec,

@@ -15,6 +15,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--aggregate", default="mean", choices=["mean", "min", "mean_minus_std"],
                    help="with several reward models (an ensemble): how to combine them")
     s.add_argument("--lam", type=float, default=1.0, help="λ of mean_minus_std")
+    s.add_argument("--workers", type=int, default=0,
+                   help='score on N Ray actors, each holding the reward model(s) (pip install "alignkit[ray]"); '
+                        "0: in-process")
     s.set_defaults(fn=score_command)
 
     e = sub.add_parser("eval-rm", help="RewardBench-style evaluation of a reward model on preference pairs",
@@ -36,7 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
 
 
-def _load(args, rejects: Path):
+def _load(args, rejects: Path, load_models: bool = True):
     from alignkit.data.io import read_records
     from alignkit.engine.ensemble import expand_members
     from alignkit.engine.logging import setup_console_logging
@@ -49,7 +52,7 @@ def _load(args, rejects: Path):
     result = read_records(args.data, layout=args.layout, on_bad_row=args.on_bad_row, rejects_path=rejects)
     tokenizer = load_tokenizer(args.reward_model[0], trust_remote_code=args.trust_remote_code)
     models = [load_reward_model(p, dtype=args.dtype, trust_remote_code=args.trust_remote_code) for p in
-              args.reward_model]
+              args.reward_model] if load_models else []  # Ray workers load their own
     return result.records, tokenizer, models, [reward_info(p) for p in args.reward_model]
 
 
@@ -60,15 +63,25 @@ def score_command(args: argparse.Namespace) -> int:
     from alignkit.rewards.score import score_records, scored_record
 
     out = Path(args.out)
-    records, tokenizer, models, infos = _load(args, out.with_suffix(".rejects.jsonl"))
-    scores, unc = score_records(models, tokenizer, records, args.batch_size, args.aggregate, args.lam,
-                                TokenizeConfig(max_length=args.max_length), infos=infos)
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    records, tokenizer, models, infos = _load(args, out.with_suffix(".rejects.jsonl"), load_models=not args.workers)
+    tokenize = TokenizeConfig(max_length=args.max_length)
+    if args.workers:
+        from alignkit.rollout.ray_backend import score_on_workers
+
+        scores, unc = score_on_workers(args.reward_model, records, args.workers, args.dtype, args.trust_remote_code,
+                                       batch_size=args.batch_size, aggregate=args.aggregate, lam=args.lam,
+                                       tokenize=tokenize)
+    else:
+        scores, unc = score_records(models, tokenizer, records, args.batch_size, args.aggregate, args.lam, tokenize,
+                                    infos=infos)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         for i, r in enumerate(records):
             f.write(json.dumps(scored_record(r, scores[i], unc[i] if unc else None)) + "\n")
     n = sum(r.k for r in records)
-    tqdm.write(f"scored {n} responses of {len(records)} records with {len(models)} reward model(s); wrote {out}")
+    tqdm.write(f"scored {n} responses of {len(records)} records with {len(args.reward_model)} reward model(s); wrote {out}")
     return 0
 
 

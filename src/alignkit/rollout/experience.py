@@ -3,7 +3,9 @@ their rewards — ready for the same executor and objectives as offline data.
 
 The completion tokens are *not* re-tokenized from text: each sample becomes a `TokenizedRecord` whose
 prompt ids are those generation started from and whose completion is the sampled ids (plus EOS when
-the sample stopped there), so the log-probs the trainer computes are those of what was sampled. The
+the sample stopped there), so the log-probs the trainer computes are those of what was sampled. A
+sample that ended at a stop string (``stop``) is trained on its ids up to and including the token that
+completed the stop string (no EOS appended), while the reward sees its text without the stop string. The
 records carry the rewards as ``scores``, so any offline objective (dpo on K = 2, sft = RAFT, listwise
 objectives) can train on fresh samples too.
 """
@@ -54,10 +56,12 @@ def _record(prompt, k: int, rewards: list[float]) -> PreferenceRecord:
 @torch.no_grad()
 def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_fn, k: int, seed: int,
                       max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-                      unfinished_penalty: float | None = None, chat_template: str = "auto") -> Experience:
-    """Sample ``k`` completions per prompt from ``model`` (seeded), score them with ``reward_fn``."""
+                      unfinished_penalty: float | None = None, chat_template: str = "auto",
+                      stop: list[str] | tuple[str, ...] = ()) -> Experience:
+    """Sample ``k`` completions per prompt from ``model`` (seeded; ending at EOS, a ``stop`` string or
+    ``max_new_tokens``), score them with ``reward_fn``."""
     gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                   top_p=top_p, seed=seed, chat_template=chat_template)
+                   top_p=top_p, seed=seed, chat_template=chat_template, stop=stop)
     flat_prompts = [p for p in prompts for _ in range(k)]
     flat_rows = [r for r in rows for _ in range(k)]
     flat_texts = [t for row in gen.texts for t in row]
@@ -67,7 +71,8 @@ def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_
     items, records = [], []
     for b, prompt in enumerate(prompts):
         ids = prompt_ids(tokenizer, prompt, chat_template)
-        # the stop token actually sampled (e.g. <|im_end|> or <|endoftext|>), not necessarily tokenizer.eos
+        # the EOS actually sampled (e.g. <|im_end|> or <|endoftext|>), not necessarily tokenizer.eos; none
+        # after a stop string: its ids already end with the token that completed it
         segments = [list(s) + ([stop] if stop is not None else []) for s, stop in zip(gen.token_ids[b], gen.stop_ids[b])]
         segments = [s if s else [eos] for s in segments]  # an empty, unfinished sample cannot occur; be safe
         items.append(TokenizedRecord(prompt_ids=ids, segments=segments, score_start=[0] * k, index=b))

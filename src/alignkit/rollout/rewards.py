@@ -10,6 +10,13 @@ e.g. ``answer``). `build_reward` makes one from a spec, as written in a config::
     reward: rm:runs/rm/final             # a trained reward model (alignkit or plain transformers)
     reward: alignkit.worlds.reviews:reward   # any Python function f(completion) or f(prompt, completion, row)
     reward: [{reward: rule:exact_answer, weight: 1.0}, {reward: rule:regex:\\.$, weight: 0.1}]
+    reward: winrate:rm:runs/gpm/final    # self-play (SPPO): mean P(y ≻ y_j) over the prompt's other K − 1 samples
+    reward: mixture:rm:runs/rm/final     # Nash-MD: P(y ≻ y'), y' from the policy/reference mixture (mixture_alpha)
+
+``winrate:`` and ``mixture:`` take a *preference* spec (rollout/preference.py: rm:PATH, bt:REWARD_SPEC,
+llm:PATH, module:function). A win-rate reward needs the group of K samples of each prompt: it finds it in
+the flat, prompt-major lists (consecutive entries sharing a prompt and its row object, as
+`sample_experience` passes them) or is told, ``fn(prompts, completions, rows, group_size=K)``.
 
 Rule and Python rewards run in-process; the penalty for samples cut at ``max_new_tokens`` (no EOS) is
 applied by the caller (`penalize_unfinished`).
@@ -130,6 +137,15 @@ def build_reward(spec: Any, tokenizer=None, device=None) -> RewardFn:
         raise ValueError(f"unknown rule {name!r}; rules: exact_answer, regex:PATTERN, length:N")
     if kind == "rm":
         return model_reward(rest, device)
+    if kind in ("winrate", "mixture"):  # self-play rewards from a pairwise preference (rollout/preference.py)
+        from alignkit.rollout.preference import WinRateReward, build_preference
+
+        preference = build_preference(rest, tokenizer, device)
+        if kind == "winrate":
+            return WinRateReward(preference)
+        from alignkit.rollout.opponents import MixtureOpponentReward
+
+        return MixtureOpponentReward(preference)
     if kind == "python":
         return python_reward(rest)
     if ":" in spec:

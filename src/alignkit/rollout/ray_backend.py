@@ -1,0 +1,241 @@
+"""Scale-out on Ray: rollouts (generation + reward scoring) and `alignkit score` on a pool of Ray actors.
+
+Install the extra (``pip install "alignkit[ray]"``) and set ``rollout_workers=W`` for online training, or
+``alignkit score --workers N``. The driver connects with ``ray.init()`` (a running cluster when
+``RAY_ADDRESS`` is set, else a local instance); workers are plain Ray actors, nothing more.
+
+* **Rollouts** (`rollout_pool`): W actors each hold a copy of the policy (and of the reward, e.g. its
+  reward model for ``rm:PATH``), created once. For every rollout the driver puts the current weights in
+  the object store once (``ray.put``), every actor loads them, and actor ``i`` samples and scores chunk
+  ``i`` of the prompts — contiguous, near-equal chunks — with the seed ``chunk_seed(seed, i)``; the driver
+  joins the chunks in prompt order. Results therefore depend on W (and not on the machine): with
+  ``rollout_backend=local`` the same W chunks run one after another in this process, with the same seeds
+  and the actors' torch thread count, reproducing a Ray run exactly without Ray.
+  ``rollout_workers=0`` (the default) is the unchunked in-process rollout, unchanged.
+* **Scoring** (`score_on_workers`): N actors each load the reward model(s) and score a contiguous chunk
+  of the records; scores are per response, so they equal the in-process ones up to float round-off.
+
+GPU actors (``rollout_worker_gpus``) generate with the transformers model. A vLLM engine is not built:
+it would replace `RolloutWorker.sample`'s call to `sample_experience` (load the shipped weights into the
+engine, sample, return the same `Experience`), leaving the driver side unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+
+import torch
+from torch import Tensor
+
+from alignkit.engine.dataset import TokenizedDataset
+from alignkit.rollout.experience import Experience, sample_experience
+from alignkit.rollout.rewards import build_reward
+
+logger = logging.getLogger("alignkit")
+BACKENDS = ("ray", "local")
+
+
+def require_ray():
+    """The ``ray`` module, initialised (an existing cluster via ``RAY_ADDRESS``, else a local instance)."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError('Ray workers need the ray extra: pip install "alignkit[ray]" (or pip install ray); '
+                          "rollout_workers=0 / --workers 0 runs in-process") from None
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    return ray
+
+
+def check_resources(ray, workers: int, cpus: float, gpus: float = 0.0) -> None:
+    """Warn when the cluster cannot place ``workers`` actors now (they wait for an autoscaler, or forever)."""
+    have = ray.cluster_resources()
+    for name, each in (("CPU", cpus), ("GPU", gpus)):
+        if each and have.get(name, 0) < workers * each:
+            logger.warning("%d Ray workers need %g %ss; the cluster has %g: they wait until it grows", workers,
+                           workers * each, name, have.get(name, 0))
+
+
+def split(n: int, parts: int) -> list[range]:
+    """``n`` items in ``parts`` contiguous near-equal chunks (the first ``n % parts`` one longer); empty
+    chunks are dropped."""
+    if parts < 1:
+        raise ValueError(f"need at least one chunk, got {parts}")
+    size, extra = divmod(n, parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """The sampling seed of chunk ``index`` of a rollout seeded ``seed`` (distinct for distinct pairs)."""
+    return (seed * 1_000_033 + index) % 2**63
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _join(values: list):
+    first = values[0]
+    if isinstance(first, Tensor):
+        return torch.cat(values)
+    if isinstance(first, TokenizedDataset):
+        items = [dataclasses.replace(tr) for v in values for tr in v.items]
+        for i, tr in enumerate(items):
+            tr.index = i
+        return TokenizedDataset([r for v in values for r in v.records], items)
+    if isinstance(first, dict):
+        return {key: _join([v[key] for v in values]) for key in first}
+    if isinstance(first, list):
+        return [x for v in values for x in v]
+    raise TypeError(f"cannot join experience fields of type {type(first).__name__}")
+
+
+def merge_experiences(parts: list[Experience]) -> Experience:
+    """Chunks of one rollout, in order, as one `Experience` (every field joined along prompts)."""
+    if len(parts) == 1:
+        return parts[0]
+    fields = dataclasses.fields(Experience)
+    return Experience(**{f.name: _join([getattr(p, f.name) for p in parts]) for f in fields})
+
+
+def _chunks(rows: list[dict], seed: int, workers: int):
+    """(prompts, rows, seed) of each chunk, in order."""
+    return [([rows[i]["prompt"] for i in r], [rows[i] for i in r], chunk_seed(seed, j))
+            for j, r in enumerate(split(len(rows), workers))]
+
+
+class LocalRollout:
+    """The chunked rollout in this process (``rollout_backend=local``): the Ray path's reference."""
+
+    def __init__(self, model, tokenizer, reward_fn, workers: int, threads: int = 1):
+        self.model, self.tokenizer, self.reward_fn = model, tokenizer, reward_fn
+        self.workers, self.threads = workers, threads
+
+    def rollout(self, rows: list[dict], seed: int, **kwargs) -> Experience:
+        with torch_threads(self.threads):
+            return merge_experiences([sample_experience(self.model, self.tokenizer, prompts, part, self.reward_fn,
+                                                        seed=s, **kwargs)
+                                      for prompts, part, s in _chunks(rows, seed, self.workers)])
+
+    def close(self) -> None:
+        pass
+
+
+def _worker_setup(threads: int) -> None:
+    """An actor's process: ``threads`` torch threads (as the in-process reference uses), quiet loading."""
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+
+
+class RolloutWorker:
+    """A Ray actor (`RayRollout`): a copy of the policy and the reward; samples and scores its chunks."""
+
+    def __init__(self, model_bytes: bytes, tokenizer, reward, threads: int, gpu: bool):
+        _worker_setup(threads)
+        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        self.model = torch.load(io.BytesIO(model_bytes), map_location=self.device, weights_only=False)
+        self.tokenizer = tokenizer
+        self.reward_fn = build_reward(reward, tokenizer, self.device)
+
+    def sample(self, state: dict, prompts: list, rows: list[dict], seed: int, kwargs: dict) -> Experience:
+        self.model.load_state_dict(state)
+        exp = sample_experience(self.model, self.tokenizer, prompts, rows, self.reward_fn, seed=seed, **kwargs)
+        exp.rewards = exp.rewards.cpu()
+        return exp
+
+
+def _module_bytes(model) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    return buf.getvalue()
+
+
+class RayRollout:
+    """W `RolloutWorker` actors; each rollout ships the current weights once and joins the chunks."""
+
+    def __init__(self, model, tokenizer, reward, workers: int, cpus: int = 1, gpus: float = 0.0):
+        ray = require_ray()
+        self.ray, self.model = ray, model
+        check_resources(ray, workers, cpus, gpus)
+        blob = ray.put(_module_bytes(model))
+        actor = ray.remote(RolloutWorker).options(num_cpus=cpus, num_gpus=gpus)
+        self.actors = [actor.remote(blob, tokenizer, reward, cpus, gpus > 0) for _ in range(workers)]
+        logger.info("rollouts on %d Ray actors (%d CPUs, %s GPUs each)", workers, cpus, gpus)
+
+    def rollout(self, rows: list[dict], seed: int, **kwargs) -> Experience:
+        state = self.ray.put({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        futures = [actor.sample.remote(state, prompts, part, s, kwargs)
+                   for actor, (prompts, part, s) in zip(self.actors, _chunks(rows, seed, len(self.actors)))]
+        return merge_experiences(self.ray.get(futures))
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+
+
+def rollout_pool(config, model, tokenizer, reward_fn):
+    """The chunked rollout a config asks for: `RayRollout` or, with ``rollout_backend=local``, `LocalRollout`."""
+    workers, cpus = config.rollout_workers, config.rollout_worker_cpus
+    if config.rollout_backend == "local":
+        return LocalRollout(model, tokenizer, reward_fn, workers, cpus)
+    if config.rollout_backend != "ray":
+        raise ValueError(f"rollout_backend must be one of {BACKENDS}, got {config.rollout_backend!r}")
+    if getattr(reward_fn, "needs_models", False):  # bound to the driver's policy and reference each rollout
+        raise ValueError(f"reward {config.reward!r} samples from the trainer's own models and runs in-process only; "
+                         "use rollout_workers=0 or rollout_backend=local")
+    return RayRollout(model, tokenizer, config.reward, workers, cpus, config.rollout_worker_gpus)
+
+
+class ScoreWorker:
+    """A Ray actor holding reward model(s) for `alignkit score --workers N`."""
+
+    def __init__(self, paths: list[str], dtype: str, trust_remote_code: bool, threads: int):
+        from alignkit.engine.reward_model import load_reward_model
+        from alignkit.models.load import load_tokenizer
+        from alignkit.rewards.score import reward_info
+
+        _worker_setup(threads)
+        self.tokenizer = load_tokenizer(paths[0], trust_remote_code=trust_remote_code)
+        self.models = [load_reward_model(p, dtype=dtype, trust_remote_code=trust_remote_code) for p in paths]
+        self.infos = [reward_info(p) for p in paths]
+
+    def score(self, records: list, kwargs: dict):
+        from alignkit.rewards.score import score_records
+
+        return score_records(self.models, self.tokenizer, records, progress=False, infos=self.infos, **kwargs)
+
+
+def score_on_workers(paths: list[str], records: list, workers: int, dtype: str = "float32",
+                     trust_remote_code: bool = False, cpus: int = 1, **kwargs) -> tuple[list, list | None]:
+    """`score_records` of ``records`` split across ``workers`` Ray actors; ``kwargs`` go to `score_records`
+    (batch_size, aggregate, lam, tokenize). Returns (scores, uncertainty) in record order."""
+    if not records:
+        return [], None
+    ray = require_ray()
+    chunks = split(len(records), workers)
+    check_resources(ray, len(chunks), cpus)
+    actor = ray.remote(ScoreWorker).options(num_cpus=cpus)
+    actors = [actor.remote(list(paths), dtype, trust_remote_code, cpus) for _ in chunks]
+    try:
+        parts = ray.get([a.score.remote([records[i] for i in r], kwargs) for a, r in zip(actors, chunks)])
+    finally:
+        for a in actors:
+            ray.kill(a)
+    scores = [s for part, _ in parts for s in part]
+    unc = None if parts[0][1] is None else [u for _, part in parts for u in part]
+    return scores, unc

@@ -82,9 +82,9 @@ def test_fsdp_checkpoint_resume_and_final_match_one_process(version, lora, tiny_
     from sharded_cpu_launch import launch_environment
 
     env = launch_environment(FSDP_VERSION=version, **({"FSDP_RESHARD_AFTER_FORWARD": "true"} if version == "2" else {}))
-    # verify_logprobs and the reference-cache pass call the policy outside the FSDP root module: not yet
-    # supported under FSDP (nor LoRA's disable_adapters reference), so this run uses a frozen reference copy.
-    setup = {"verify_logprobs": False, "ref_cache": "off", **({"lora": True, "ref_strategy": "copy"} if lora else {})}
+    # defaults: the log-prob check and the reference-cache pass (LoRA: the disabled-adapter reference) run
+    # through the sharded root module on both processes; FSDP2 also covers a live frozen reference copy
+    setup = {"ref_cache": "off"} if version == "2" else {"lora": True} if lora else {}
     overrides = [f"{k}={json.dumps(v)}" for k, v in setup.items()]
     base = [LAUNCHER, "train", f"model={tiny_path}", f"data={pairs_path}", *COMMON, "batch_size=4", *overrides]
     a, b = tmp_path / "a", tmp_path / "b"

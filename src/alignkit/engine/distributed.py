@@ -188,17 +188,17 @@ def any_process(accelerator, flag: bool) -> bool:
     return bool(total.item() > 0)
 
 
-def check_launch(accelerator, config, strategy: str) -> None:
+def check_launch(accelerator, config, strategy: str, reward_model: bool = False) -> None:
     """Before ``prepare``: refuse what does not work yet under FSDP / ZeRO-3, and give DeepSpeed its batch
-    settings (it wants a micro-batch size, and alignkit prepares no dataloader to read it from)."""
+    settings (it wants a micro-batch size, and alignkit prepares no dataloader to read it from).
+
+    Under FSDP the policy's log-prob check, the reference-cache pass and LoRA's disabled-adapter reference
+    run through the prepared (sharded) scorer (`share_sharded_scorer`, `verify_against_forward`), on every
+    process together; a reward model's check still calls the model outside it."""
     kind = sharding(accelerator)
-    if kind == "fsdp" and (config.verify_logprobs or strategy == "disable_adapters"
-                           or (strategy == "copy" and config.ref_cache != "off")):
-        raise ValueError(
-            "under FSDP set verify_logprobs=false and ref_cache=off (with LoRA also ref_strategy=copy): the "
-            "log-prob check, the reference-cache pass and the disabled-adapter reference run the model outside "
-            "FSDP's root module, which FSDP does not support"
-        )
+    if kind == "fsdp" and reward_model and config.verify_logprobs:
+        raise ValueError("a reward model under FSDP: set verify_logprobs=false (its start-up check runs the model "
+                         "outside FSDP's root module)")
     if kind != "deepspeed":
         return
     plugin = accelerator.state.deepspeed_plugin
@@ -216,6 +216,16 @@ def check_launch(accelerator, config, strategy: str) -> None:
         ds_config["train_micro_batch_size_per_gpu"] = config.batch_size
     if ds_config.get("gradient_clipping", "auto") == "auto":
         ds_config["gradient_clipping"] = max(config.max_grad_norm, 0.0)
+
+
+def share_sharded_scorer(reference, scorer: nn.Module, accelerator) -> None:
+    """Under FSDP, a reference that *is* the policy (LoRA's disabled adapters, or the initial policy filling the
+    reference cache) must run through the prepared root module, which gathers the sharded parameters: give it
+    the prepared ``scorer`` (a `LogProbModel` of the same policy, so the values are the same)."""
+    from alignkit.engine.reference import DisabledAdapterReference
+
+    if sharding(accelerator) == "fsdp" and isinstance(reference, DisabledAdapterReference):
+        reference.scorer = scorer
 
 
 def compile_decoder(policy: nn.Module, backend: str | None = None) -> None:

@@ -86,7 +86,12 @@ class LogProbModel(nn.Module):
     def _no_split_modules(self):  # lets FSDP's transformer-based auto-wrap find the decoder layers
         return getattr(unwrap(self.model), "_no_split_modules", None)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def forward(self, batch: Batch | None = None, logits_of: Tensor | None = None) -> Tensor:
+        """Per-token log-probs of ``batch``; with ``logits_of`` (token ids ``[1, T]``) instead, the model's own
+        full-vocabulary forward — `verify_against_forward` calls both through this module so that a sharded
+        (FSDP / DeepSpeed) wrapper around it gathers the parameters for either."""
+        if logits_of is not None:
+            return self.model(input_ids=logits_of).logits
         base = unwrap(self.model)
         decoder, head = base.get_decoder(), base.get_output_embeddings()
         mask = batch.attention_mask
@@ -212,14 +217,18 @@ def build_stats(
 
 
 @torch.no_grad()
-def verify_against_forward(model: nn.Module, batch: Batch, rtol: float) -> float:
+@torch.no_grad()
+def verify_against_forward(model: nn.Module, batch: Batch, rtol: float, scorer: nn.Module | None = None) -> float:
     """Compare the executor with ``model(input_ids).logits.log_softmax(-1)`` on the batch's first response.
 
     Guards against model families whose forward does something the executor does not reproduce.
     Returns the absolute difference of the summed log-prob; raises when it exceeds ``rtol`` relative.
+    ``scorer``: the trainer's prepared `LogProbModel` (under FSDP every process must call it, with the same
+    batch); by default a `LogProbModel` around ``model``.
     """
+    scorer = scorer if scorer is not None else LogProbModel(model)
     slot0 = batch.slot == batch.slot[0]
-    ours = float(LogProbModel(model)(batch)[slot0].sum())
+    ours = float(scorer(batch)[slot0].sum())
     row = int(batch.pred_index[slot0][0]) // batch.input_ids.shape[1]
     if batch.attention_mask.dim() == 4:  # rebuild the plain sequence: the prompt, then the first response
         last = int(batch.pred_index[slot0][-1]) % batch.input_ids.shape[1] + 1  # the last scored token
@@ -227,7 +236,7 @@ def verify_against_forward(model: nn.Module, batch: Batch, rtol: float) -> float
         ids = batch.input_ids[row][keep][None]
     else:
         ids = batch.input_ids[row][batch.attention_mask[row].bool()][None]
-    logits = model(input_ids=ids).logits.float().log_softmax(-1)[0]
+    logits = scorer(logits_of=ids).float().log_softmax(-1)[0]
     n = int(slot0.sum())
     targets = ids[0, -n:]
     naive = float(logits[-n - 1 : -1].gather(-1, targets[:, None]).sum())

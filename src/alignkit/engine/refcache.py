@@ -17,6 +17,7 @@ per-token reference log-probs cannot use the sequence-level cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
 from alignkit.engine.dataset import TokenizedDataset
+from alignkit.engine.distributed import sharding, share_sharded_scorer
 from alignkit.engine.reference import Reference
 from alignkit.engine.score import iter_batch_logps
 
@@ -202,6 +204,7 @@ def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
         if not built:
             built.append(build_reference(t.strategy, t.policy, c.ref_model, acc.device, c.chunk_size,
                                          t.load_kwargs, for_cache=True))
+            share_sharded_scorer(built[0], t.scorer, acc)
         return built[0]
 
     weights = files_digest(c.ref_model if t.strategy == "path" else c.model)
@@ -213,8 +216,10 @@ def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
     splits = {"train": t.train_data, **({"eval": t.eval_data} if t.eval_data else {})}
     if c.ref_cache_file:  # every process checks it first: a refusal must not leave others waiting at a barrier
         load_table(c.ref_cache_file, cache_meta(weights, t.train_data, acc.mixed_precision))
-    # the main process computes and writes, the others read; same precision as the training forward
-    with acc.main_process_first(), acc.autocast():
+    # the main process computes and writes, the others read; same precision as the training forward. Under
+    # FSDP the policy's forward is collective: every process computes (the same values), the main one writes
+    order = contextlib.nullcontext() if sharding(acc) == "fsdp" else acc.main_process_first()
+    with order, acc.autocast():
         tables = cached_tables(splits, weights, acc.mixed_precision, cache_dir, c.ref_cache_file, reference,
                                t.tokenizer.pad_token_id, t.layout, c.max_row_tokens, c.batch_size, acc.device,
                                progress=c.progress and acc.is_main_process, write=acc.is_main_process)

@@ -117,12 +117,13 @@ class Trainer:
         scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self._optimizer_steps())
         if c.compile:  # the decoder, in place, with dynamic shapes (see engine/distributed.py)
             dist.compile_decoder(policy)
-        dist.check_launch(self.accelerator, c, strategy)
+        dist.check_launch(self.accelerator, c, strategy, self.reward_model)
         scorer = rm.RewardScorer(policy) if self.reward_model else LogProbModel(policy, c.chunk_size)
         # The schedule counts optimizer steps; accelerate would step a prepared scheduler once per process.
         self.scorer, self.optimizer = self.accelerator.prepare(scorer, optimizer)
         self.scheduler = scheduler
         self.policy = policy
+        dist.share_sharded_scorer(self.reference, self.scorer, self.accelerator)
         if c.verify_logprobs:
             self._verify_logprobs()
         if cached:
@@ -161,7 +162,8 @@ class Trainer:
                 verify = rm.verify_against_forward if self.reward_model else verify_against_forward
                 if self.reward_model:
                     batch = self.train_data.collate([0], self.tokenizer.pad_token_id, "padded", c.max_row_tokens)
-                diff = verify(self.policy, batch.to(self.accelerator.device), 1e-4 if fp32 else 3e-2)
+                sharded = {} if self.reward_model or not dist.sharding(self.accelerator) else {"scorer": self.scorer}
+                diff = verify(self.policy, batch.to(self.accelerator.device), 1e-4 if fp32 else 3e-2, **sharded)
         finally:
             self.policy.train(was_training)
         logger.info("executor matches the model's forward (|diff| %.2e on one response)", diff)

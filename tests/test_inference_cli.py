@@ -74,3 +74,14 @@ def test_generate_bad_flags_are_named(tmp_path, capsys, extra, message):
     rc = cli.main(["generate", "--model", str(tmp_path / "no_model"), "--prompts", str(prompts),
                    "--out", str(tmp_path / "o.jsonl"), *extra])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_generate_nudging_accepts_gamma_above_one(review_world, prompts_file, tmp_path):
+    """`--set gamma=1.5` (the helper supplies every token) is a method option, not PPO's discount in [0, 1]."""
+    out = tmp_path / "nudge.jsonl"
+    rc = cli.main(["generate", "--model", review_world, "--prompts", prompts_file, "--method", "nudging",
+                   "--helper", review_world, "--set", "gamma=1.5", "--temperature", "0", "--max-new-tokens", "8",
+                   "--out", str(out)])
+    assert rc == 0
+    rows = _rows(out)
+    assert len(rows) == 6 and all(r["nudged"] == 1.0 and r["kl"] is None for r in rows)

@@ -8,6 +8,7 @@ KL and costs match an independent uncached forward pass.
 
 import copy
 import math
+import types
 
 import pytest
 import torch
@@ -193,3 +194,25 @@ def test_bad_inputs_name_the_problem(world):
         sample_product([model], [0.0], tok, ["Review:"], max_new_tokens=2)
     with pytest.raises(ValueError, match="vocabulary sizes"):
         common_vocab([torch.zeros(1, len(tok) - 1)], tok)
+
+
+def test_cached_lm_reads_the_kv_cache_under_its_current_name(tiny):
+    """transformers >= 5 names an output's KV cache ``cache`` (``past_key_values`` is a deprecated alias):
+    a model whose outputs carry only ``cache`` decodes exactly as the model itself."""
+    model, tok = tiny
+
+    class CacheOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True,
+                    logits_to_keep=0):
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
+            return types.SimpleNamespace(logits=out.logits, cache=out.cache)
+
+    prompts = ["hello world", "the movie was really"]
+    want = sample_product([model], [1.0], tok, prompts, max_new_tokens=8, temperature=0)
+    got = sample_product([CacheOnly(model)], [1.0], tok, prompts, max_new_tokens=8, temperature=0)
+    assert got.token_ids == want.token_ids and any(len(ids[0]) > 1 for ids in got.token_ids)

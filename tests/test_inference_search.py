@@ -109,3 +109,16 @@ def test_one_beam_without_lookahead_is_args_greedy(world):
     assert [o.token_ids for o in ours] == [o.token_ids for o in ref]
     assert [o.finished for o in ours] == [o.finished for o in ref]
     assert any(o.reward > 0 for o in ours)  # the heuristic changed the outputs: π's greedy reviews score −1
+
+
+def test_reporting_reward_is_not_counted_in_the_cost(world):
+    """With w = 0 the reward only reports the returned text's score (as in genarm / nudging): the search and
+    its cost are exactly those of the unguided run."""
+    model, tok = world
+    s = InferenceSettings(max_new_tokens=10)
+    plain = run_method("search", model, tok, PROMPTS, settings=s, options={"beams": 2})
+    scored = run_method("search", model, tok, PROMPTS, settings=s, options={"beams": 2, "w": 0.0},
+                        reward_fn=lambda p, c, r: [reviews.reward(x) for x in c])
+    for a, b in zip(plain, scored):
+        assert a.token_ids == b.token_ids and a.reward is None and b.reward == reviews.reward(b.text)
+        assert (a.calls, a.tokens) == (b.calls, b.tokens)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from alignkit.data.schema import Text
 from alignkit.generation import Generation, _eos_ids, prompt_ids
-from alignkit.inference.prefill import top_p_filter
+from alignkit.inference.prefill import _cache_of, top_p_filter
 
 
 def check_sampling(temperature: float, top_p: float, max_new_tokens: int = 1, k: int = 1) -> None:
@@ -127,7 +127,7 @@ class CachedLM:
     def _forward(self, ids: Tensor, positions: Tensor) -> Tensor:
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
                          **{self._cache_key: self.cache}, **self._keep)
-        self.cache = out.past_key_values
+        self.cache = _cache_of(out)  # `out.past_key_values` is a deprecated alias in transformers >= 5.x
         return out.logits[:, -1, :].float()
 
     def prefill(self) -> Tensor:

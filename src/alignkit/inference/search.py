@@ -25,9 +25,9 @@ finished scores ``s / n^length_penalty``). Without a heuristic no lookahead is r
 
 Deterministic: ``settings.temperature`` / ``top_p`` / ``seed`` are not used and ``kl`` is None (the KL of
 a point mass at y to π is ``−log π(y | x)``, i.e. ``−extra["logp"]``). ``reward`` is ``reward_fn`` of the
-returned text. Cost: ``calls`` = forward passes (one per beam step over all beams, plus each lookahead's
-prefill and steps) + one per scored text; ``tokens`` = tokens those passes processed (no KV cache across
-beam steps: each step reprocesses the beams' full sequences).
+returned text (reporting only, not counted in the cost). Cost: ``calls`` = forward passes (one per beam step
+over all beams, plus each lookahead's prefill and steps) + one per text the heuristic scored; ``tokens`` =
+tokens those passes processed (no KV cache across beam steps: each step reprocesses the beams' full sequences).
 """
 
 from __future__ import annotations
@@ -175,10 +175,8 @@ def search(model, tokenizer, prompts, rows, settings, options: SearchOptions, re
             cost = Counter()
             best = beam_search(model, tokenizer, prompt, row, settings, options, reward_fn, cost)
             text = tokenizer.decode(best.tokens, skip_special_tokens=True)
-            reward = None
-            if reward_fn is not None:
-                reward = float(reward_fn([prompt], [text], [row])[0])
-                cost.calls += 1
+            # reporting only, not counted in the cost (as genarm, nudging, urial and grammar report theirs)
+            reward = None if reward_fn is None else float(reward_fn([prompt], [text], [row])[0])
             out.append(InferenceOutput(prompt=prompt, text=text, token_ids=best.tokens, finished=best.stopped,
                                        reward=reward, calls=cost.calls, tokens=cost.tokens, kl=None,
                                        extra={"logp": best.logp, "score": best.score, "heuristic": best.h}))

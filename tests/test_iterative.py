@@ -72,6 +72,28 @@ def test_rounds_write_round_folders_and_chain_references(tiny_path, tmp_path):
     assert len((out / "rounds.jsonl").read_text().splitlines()) == 2
 
 
+def test_an_interrupted_round_leaves_the_last_finished_policy(tiny_path, tmp_path):
+    """A round stopped by a signal has no final/ (its TrainResult.final_dir is None): the rounds report the
+    interruption with the last finished round's policy (here none), not a path named 'None'."""
+    from alignkit.engine.iterative import train_rounds
+    from alignkit.engine.trainer import TrainResult
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"The movie number {i} was" for i in range(4)])
+    c = TrainConfig(objective="dpo", model=tiny_path, prompts=prompts, reward="winrate:bt:builtins:len", rounds=2,
+                    num_samples=2, max_new_tokens=4, output_dir=str(tmp_path / "run"), progress=False)
+    calls = []
+
+    def stopped(rc):
+        calls.append(rc.output_dir)
+        return TrainResult(output_dir=rc.output_dir, final_dir=None, history=[{"step": 1, "loss": 0.5}],
+                           interrupted=True)
+
+    result = train_rounds(c, stopped)
+    assert calls == [str(tmp_path / "run" / "round_1")]  # round 2 is not started
+    assert result.interrupted and result.final_dir is None and result.history == [{"round": 1, "step": 1, "loss": 0.5}]
+    assert not (tmp_path / "run" / "rounds.jsonl").exists()  # only finished rounds are logged
+
+
 def test_rounds_refuse_what_they_cannot_do(tiny_path, tmp_path):
     base = dict(model=tiny_path, prompts=str(tmp_path / "p.jsonl"), reward="rule:exact_answer", rounds=2,
                 output_dir=str(tmp_path / "o"), progress=False)

@@ -97,7 +97,7 @@ def test_nash_md_expected_gradient_is_the_regularised_game_gradient():
 def test_selfplay_losses_refuse_rewards_that_are_not_probabilities():
     s, _ = stats_for([[-3.0, -5.0]], [[-4.0, -4.0]], [[2.0, -1.0]])
     for name in ("sppo", "nash_md"):
-        with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*winrate"):
+        with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*winrate.*unfinished_penalty in \[0, 1\]"):
             get_objective(name)(s)
     with pytest.raises(ValueError, match="eta must be > 0"):
         get_objective("sppo")(stats_for([[-1.0]], [[-1.0]], [[0.5]])[0], eta=0.0)
@@ -220,6 +220,51 @@ def test_mixture_reward_is_a_deterministic_probability(tiny):
     assert stable_seed(["a"], ["b"]) == stable_seed(["a"], ["b"]) != stable_seed(["a"], ["c"])
     with pytest.raises(RuntimeError, match="no models bound"):
         MixtureOpponentReward(fn.preference)(prompts, comps, [{}] * 3)
+
+
+def test_mixture_opponents_end_at_the_runs_stop_strings(tiny):
+    """The policy's samples end before a stop string (generation.generate); the opponents they are compared
+    with must too, or a stop string would hand every comparison to whichever side runs on."""
+    from types import SimpleNamespace
+
+    from alignkit.engine.reference import ModelReference
+    from alignkit.models.load import frozen_copy
+
+    model, tok = tiny
+    seen = []
+
+    def pref(prompts, firsts, seconds, rows):
+        seen.append(list(seconds))
+        return [0.5] * len(firsts)
+
+    fn = MixtureOpponentReward(FunctionPreference(pref, "record"))
+    cfg = SimpleNamespace(mixture_alpha=0.5, max_new_tokens=10, temperature=1.0, top_p=1.0, chat_template="auto")
+    fn.bind(model, ModelReference(frozen_copy(model), "copy", 0), tok, cfg)
+    prompts, comps = ["The movie was", "The plot was", "I think"], [" a", " b", " c"]
+    fn(prompts, comps, [{}] * 3)
+    plain = seen[0]  # first call of pair(): (completions, opponents)
+    stop = [next(t for t in plain if len(t) > 4)[2:4]]  # a string one opponent contains
+    cfg.stop = stop
+    seen.clear()
+    fn(prompts, comps, [{}] * 3)
+    cut = seen[0]
+    assert cut == [t[: t.find(stop[0])] if stop[0] in t else t for t in plain]
+    assert cut != plain and not any(stop[0] in t for t in cut)
+
+
+def test_winrate_rollout_groups_are_each_prompts_k_samples_even_with_shared_rows(tiny):
+    """sample_experience tells a win-rate reward K: a repeated prompt text whose rows are one shared object
+    (rows=[{}] * B) is not merged with its neighbour into one group of 2K."""
+    from alignkit.rollout import sample_experience
+
+    model, tok = tiny
+    fn = build_reward("winrate:bt:rule:length:100")
+    prompts, k = ["The movie was"] * 2, 3
+    exp = sample_experience(model, tok, prompts, [{}] * 2, fn, k=k, seed=5, max_new_tokens=8)
+    flat = [t for row in exp.texts for t in row]
+    own = fn(prompts[:1] * k + prompts[:1] * k, flat, [{"a": 1}] * k + [{"b": 2}] * k)  # two groups of K
+    assert exp.rewards.flatten().tolist() == pytest.approx(own)
+    assert exp.rewards.sum(1).tolist() == pytest.approx([k / 2, k / 2])  # each group's win rates average ½
 
 
 # ---------------------------------------------------------------- online runs and learning

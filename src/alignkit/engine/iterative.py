@@ -177,11 +177,11 @@ def train_rounds(config, train_fn: Callable) -> TrainResult:
                     len(records), stats["reward/mean"], stats["reward/best"], c.objective, policy)
         result = train_fn(rc)
         history += [{"round": r, **h} for h in result.history]
+        if result.interrupted:  # no final/ (final_dir None): the last finished round's policy stands
+            break
         policy = str(result.final_dir)
         with (out / "rounds.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({"round": r, **stats, "seconds": time.perf_counter() - t0, "policy": policy}) + "\n")
-        if result.interrupted:
-            break
     return TrainResult(output_dir=out, final_dir=Path(policy) if policy != c.model else None, history=history,
                        interrupted=bool(result and result.interrupted),
                        skipped_steps=result.skipped_steps if result else 0)

@@ -37,7 +37,7 @@ def preference_inputs(stats: SequenceStats, name: str) -> tuple[Tensor, Tensor, 
     if seen.numel() and ((seen < 0) | (seen > 1)).any():
         raise ValueError(f"objective '{name}' reads preference probabilities in [0, 1] (win rates), got values in "
                          f"[{float(seen.min()):.4g}, {float(seen.max()):.4g}]; use reward=winrate:PREF_SPEC or "
-                         "reward=mixture:PREF_SPEC, not a raw reward")
+                         "reward=mixture:PREF_SPEC, not a raw reward, and an unfinished_penalty in [0, 1] if any")
     zero = torch.zeros_like(rho)
     return torch.where(mask, p, zero), torch.where(mask, rho, zero), mask
 

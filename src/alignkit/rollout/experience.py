@@ -66,7 +66,13 @@ def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_
     flat_rows = [r for r in rows for _ in range(k)]
     flat_texts = [t for row in gen.texts for t in row]
     flat_done = [d for row in gen.finished for d in row]
-    rewards = penalize_unfinished(reward_fn(flat_prompts, flat_texts, flat_rows), flat_done, unfinished_penalty)
+    from alignkit.rollout.preference import WinRateReward
+
+    # a win-rate reward is told the groups (K per prompt): found from the lists, two adjacent entries of one
+    # prompt text sharing a row object (e.g. rows=[{}] * B) would merge into one group of 2K
+    group = {"group_size": k} if isinstance(reward_fn, WinRateReward) else {}
+    rewards = penalize_unfinished(reward_fn(flat_prompts, flat_texts, flat_rows, **group), flat_done,
+                                  unfinished_penalty)
     eos = tokenizer.eos_token_id
     items, records = [], []
     for b, prompt in enumerate(prompts):

@@ -4,7 +4,8 @@ y' drawn from the token-level geometric mixture of the policy and the reference,
     π_mix(y_t | x, y_<t) ∝ πθ(y_t | x, y_<t)^{1−α} · π_ref(y_t | x, y_<t)^{α}      (α = ``mixture_alpha``)
 
 (`alignkit.inference.decoding.sample_product` with exponents ``(1 − α, α)``, at the run's temperature and
-top-p), and returns ``P(y ≻ y' | x)`` from the preference (rollout/preference.py, skew-symmetrised).
+top-p; its text cut before the first of the run's ``stop`` strings, as the policy's samples are), and
+returns ``P(y ≻ y' | x)`` from the preference (rollout/preference.py, skew-symmetrised).
 α = 0 is the policy itself (self-play), α = 1 the reference. This is the token-level
 approximation of Munos et al. (https://arxiv.org/abs/2312.00886) used by TRL's NashMDTrainer; the
 paper's mixture is over whole sequences.
@@ -64,13 +65,15 @@ class MixtureOpponentReward:
 
     def opponents(self, prompts: list, seed: int) -> list[str]:
         """One mixture sample per entry of ``prompts``."""
+        from alignkit.generation import _first_stop
         from alignkit.inference.decoding import sample_product
 
         c = self.config
         gen = sample_product(self.models, self.exponents, self.tokenizer, list(prompts), k=1,
                              max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=seed,
                              chat_template=c.chat_template)
-        return [row[0] for row in gen.texts]
+        stop = list(getattr(c, "stop", None) or [])  # the policy's samples end at a stop string: so do opponents
+        return [row[0][:_first_stop(row[0], stop)[0]] for row in gen.texts]
 
     def __call__(self, prompts, completions, rows) -> list[float]:
         if self.models is None:

@@ -56,3 +56,15 @@ def review_world(tmp_path_factory):
 
     return str(reviews.build_world(tmp_path_factory.mktemp("review_world") / "world", seed=0, n_corpus=QUICK.n_corpus,
                                    pretrain_epochs=QUICK.pretrain_epochs, hidden_size=QUICK.hidden_size))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (restored after): tiny models run faster, and samples do not
+    depend on the machine's thread count. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

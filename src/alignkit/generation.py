@@ -75,6 +75,19 @@ def prompt_ids(tokenizer, prompt: Text, chat_template: str = "auto") -> list[int
     return encode(tokenizer, text, used_template)
 
 
+def left_pad(chunk: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Token id lists -> left-padded ``input_ids`` and ``attention_mask`` [B, max length] (generation pads left)."""
+    width = max(len(ids) for ids in chunk)
+    input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for i, ids in enumerate(chunk):
+        if not ids:
+            raise ValueError(f"row {i} has no tokens: a prompt must encode to at least one token")
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        mask[i, width - len(ids):] = 1
+    return input_ids, mask
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -186,12 +199,8 @@ def generate(
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
                 chunk = [prompt_ids(tokenizer, p, chat_template) for p in prompts[start:start + batch_size]]
-                width = max(len(ids) for ids in chunk)
-                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, ids in enumerate(chunk):
-                    input_ids[i, width - len(ids):] = torch.tensor(ids)
-                    mask[i, width - len(ids):] = 1
+                input_ids, mask = left_pad(chunk, pad)
+                width = input_ids.shape[1]
                 criterion = _StopStrings(tokenizer, stop, width, eos) if stop else None
                 out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                      generation_config=gen_config,

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.data.schema import Text
-from alignkit.generation import Generation, _eos_ids, prompt_ids
+from alignkit.generation import Generation, _eos_ids, left_pad, prompt_ids
 from alignkit.inference.prefill import _cache_of, top_p_filter
 
 
@@ -90,19 +90,6 @@ def step_kl(logq: Tensor, logp: Tensor) -> Tensor:
     """``KL(q ‖ p) = Σ_v q(v)(log q(v) − log p(v))`` per row ``[N]``; terms with ``q(v) = 0`` are 0."""
     q = logq.exp()
     return torch.where(q > 0, q * (logq - logp), torch.zeros_like(q)).sum(-1)
-
-
-def left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask`` ``[N, L]`` (long) of token-id rows."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if not r:
-            raise ValueError(f"row {i} has no tokens: a prompt must encode to at least one token")
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
 
 
 class CachedLM:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from alignkit.data.schema import Text
-from alignkit.generation import Generation, _eos_ids, prompt_ids
+from alignkit.generation import Generation, _eos_ids, left_pad, prompt_ids
 
 
 @dataclass
@@ -67,16 +67,6 @@ def _pick(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator
     return torch.multinomial(next_token_probs(logits, temperature, top_p), 1, generator=gen)[:, 0]
 
 
-def _left_pad(chunk: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    width = max(len(ids) for ids in chunk)
-    input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(chunk), width), dtype=torch.long)
-    for i, ids in enumerate(chunk):
-        input_ids[i, width - len(ids):] = torch.tensor(ids)
-        mask[i, width - len(ids):] = 1
-    return input_ids, mask
-
-
 def _cache_of(out):
     cache = getattr(out, "cache", None)  # transformers >= 5.x names it `cache`, earlier `past_key_values`
     return cache if cache is not None else out.past_key_values
@@ -90,7 +80,7 @@ def _sample_chunk(model, chunk: list[list[int]], n: int, max_new_tokens: int, te
                   eos: list[int], pad: int, gen: torch.Generator, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sample n continuations of each prompt in ``chunk``: ``(tokens [B·n, T], lengths [B·n], stopped [B·n],
     logps [B·n])`` with rows grouped by prompt; ``lengths`` count the drawn tokens, stop token included."""
-    input_ids, mask = _left_pad(chunk, pad)
+    input_ids, mask = left_pad(chunk, pad)
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as transformers' generate sets them
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)

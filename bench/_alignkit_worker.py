@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from _worker_common import peak_memory_mb, run_and_write, worker_parser
+from _worker_common import device_name, peak_memory_mb, precision, run_and_write, worker_parser
 
 T_START = time.perf_counter()
 
@@ -72,8 +72,10 @@ def run(args) -> dict:
     from alignkit.engine.trainer import Trainer
 
     total = args.warmup + args.steps
+    prec = precision(args.precision)  # bf16: fp32 weights + bf16 autocast, like TRL's bf16=True
     config = TrainConfig(model=args.model, data=args.data, objective="dpo", beta=args.beta, batch_size=args.batch,
-                         max_length=args.max_length, lr=args.lr, max_steps=total, dtype="float32", seed=args.seed,
+                         max_length=args.max_length, lr=args.lr, max_steps=total, dtype="float32",
+                         mixed_precision="bf16" if prec == "bf16" else "no", seed=args.seed,
                          output_dir=args.output_dir, progress=False)
     if args.ref_cache:  # e.g. off: a live reference model, like TRL's default
         config.ref_cache = args.ref_cache
@@ -118,12 +120,13 @@ def run(args) -> dict:
     train_seconds = time.perf_counter() - t_train
     timed = step_seconds[args.warmup :]
     result = {
-        "framework": "alignkit", "variant": "default", "device": str(device),
+        "framework": "alignkit", "variant": "default", "device": str(device), "device_name": device_name(device),
+        "precision": prec,
         "transformers_version": transformers.__version__, "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(), "layout": trainer.layout,
         "attn_implementation": trainer.policy.config._attn_implementation, "reference": trainer.reference.strategy,
         "options": {k: getattr(config, k, None) for k in (
-            "ref_cache", "batch_size", "max_length", "lr", "beta", "max_steps", "dtype", "packing", "max_row_tokens",
+            "ref_cache", "batch_size", "max_length", "lr", "beta", "max_steps", "dtype", "mixed_precision", "packing", "max_row_tokens",
             "chunk_size", "scheduler", "max_grad_norm", "seed")},
         "overrides": args.set,
         "notes": notes,
@@ -134,7 +137,8 @@ def run(args) -> dict:
         "tokens_per_second": sum(tokens[args.warmup :]) / sum(timed),
         "positions_per_step": sum(positions) / len(positions),
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_after_setup_mb": rss_after_setup,
-        "first_batch_rows": trainer.order.indices(0), "first_batch_logps": first,
+        "first_batch_rows": trainer.order.indices(0), "step_rows": [trainer.order.indices(s) for s in range(total)],
+        "first_batch_logps": first,
         "history": history,
     }
     if args.profile:
@@ -146,6 +150,7 @@ def run(args) -> dict:
 def main() -> None:
     p = worker_parser()
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--ref-cache", default=None, help="override TrainConfig.ref_cache (auto | on | off)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig key")
     run_and_write(p.parse_args(), run)

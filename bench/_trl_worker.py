@@ -1,7 +1,8 @@
 """One TRL `DPOTrainer` run for bench/dpo_vs_trl.py; runs in bench/.venv-trl and writes a JSON result.
 
 ``--variant default``: DPOConfig defaults, except what the comparison fixes for every framework (batch
-size, max_length, lr, beta, steps, fp32, seed, no eval/saving, sequential order, a log line per step).
+size, max_length, lr, beta, steps, precision (fp32 on CPU, ``bf16=True`` on CUDA), seed, no eval/saving,
+sequential order, a log line per step).
 ``--variant best``: additionally ``precompute_ref_log_probs=True`` (no reference forward per step),
 ``gradient_checkpointing=False`` (TRL turns it on by default: it saves memory and costs a recomputation)
 and ``padding_free=True`` when the installed DPOTrainer honours it (otherwise recorded as a note).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 
-from _worker_common import peak_memory_mb, run_and_write, worker_parser
+from _worker_common import device_name, peak_memory_mb, precision, run_and_write, worker_parser
 
 T_START = time.perf_counter()
 
@@ -27,7 +28,7 @@ def build_config(args, variant: str, drop: set[str]):
     kwargs = dict(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch, max_length=args.max_length,
         learning_rate=args.lr, beta=args.beta, max_steps=args.warmup + args.steps, seed=args.seed,
-        bf16=False, fp16=False,  # fp32 everywhere (DPOConfig defaults to bf16)
+        bf16=precision(args.precision) == "bf16", fp16=False,  # fp32 on CPU, bf16 autocast on CUDA (auto)
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         train_sampling_strategy="sequential",
     )
@@ -126,7 +127,8 @@ def run(args) -> dict:
                for i, log in enumerate(timer.logs)]
     model = trainer.accelerator.unwrap_model(trainer.model)
     return {
-        "framework": "trl", "variant": args.variant, "device": str(device), "trl_version": trl.__version__,
+        "framework": "trl", "variant": args.variant, "device": str(device), "device_name": device_name(device),
+        "precision": precision(args.precision), "trl_version": trl.__version__,
         "transformers_version": transformers.__version__, "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(), "attn_implementation": model.config._attn_implementation,
         "options": used, "option_errors": errors, "notes": notes,
@@ -138,6 +140,7 @@ def run(args) -> dict:
         "tokens_per_second": timed_tokens / sum(timed), "positions_per_step": sum(positions) / len(positions),
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_after_setup_mb": rss_after_setup,
         "first_batch_rows": perm[: args.batch],
+        "step_rows": [perm[s * args.batch : (s + 1) * args.batch] for s in range(total)],
         "first_batch_logps": {"chosen": chosen.float().tolist(), "rejected": rejected.float().tolist()},
         "history": history, "worker_seconds": time.perf_counter() - T_START,
     }
@@ -147,6 +150,7 @@ def main() -> None:
     p = worker_parser()
     p.add_argument("--variant", choices=["default", "best"], default="default")
     p.add_argument("--compile", action="store_true", help="best variant: also torch_compile=True")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     run_and_write(p.parse_args(), run)
 
 

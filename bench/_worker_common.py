@@ -1,4 +1,4 @@
-"""What both benchmark workers share: the common arguments, peak memory, and writing the result."""
+"""What the benchmark workers share: the common arguments, peak memory, precision, device name, writing the result."""
 
 from __future__ import annotations
 
@@ -18,6 +18,22 @@ def peak_memory_mb(device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def precision(choice: str) -> str:
+    """``auto`` -> bf16 (autocast, fp32 weights) on CUDA, fp32 elsewhere; ``fp32`` / ``bf16`` as given."""
+    import torch
+
+    if choice == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return choice
+
+
+def device_name(device) -> str | None:
+    """The GPU's name (for the MFU peak table), None on CPU."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 def worker_parser() -> argparse.ArgumentParser:

@@ -1,21 +1,26 @@
 """alignkit DPO vs TRL's DPOTrainer: seconds/step, tokens/s and peak memory on the same model and data.
 
-    python3 bench/dpo_vs_trl.py [--steps 5] [--warmup 2] [--rounds 2] [--threads N] [--profile]   (see --help)
+    python3 bench/dpo_vs_trl.py [--size tiny|0.5b] [--steps 5] [--warmup 2] [--rounds 2] [--peak-tflops X]
+                                [--threads N] [--profile]   (see --help)
 
 On first run it creates ``bench/.venv-trl`` (TRL lives there only, never in alignkit's dependencies):
 ``torch==2.13.0`` first (a CPU wheel; override with TORCH_SPEC / TORCH_PIP_ARGS as in the Makefile), then
 ``-e .`` and ``bench/requirements-trl.txt``. It then builds, in a work folder (``bench/.work/dpo_vs_trl``),
-a local Qwen2-style model (vocab 8192, 4 layers, hidden 256, random weights) with a byte-level BPE
-tokenizer, and a synthetic preference set (prompts 100-150 tokens, completions 40-80 tokens incl. EOS).
+a local Qwen2-style model with random weights (``--size tiny``: vocab 8192, 4 layers, hidden 256;
+``--size 0.5b``: the Qwen2-0.5B shape, see SIZES) with a byte-level BPE tokenizer, and a synthetic preference set (prompts 100-150 tokens, completions 40-80 tokens incl. EOS).
 It runs, each in a fresh process and one after the other: TRL with its defaults, TRL with its fastest
 options, alignkit with its defaults, alignkit with a live reference model (``ref_cache=off``): same
-model, data order, batch size, max length, lr, beta, fp32, no eval, no checkpoint saving. Only the
+model, data order, batch size, max length, lr, beta, precision (fp32 on CPU, bf16 autocast on CUDA), no eval, no checkpoint saving. Only the
 steps after ``--warmup`` are timed; the variants run ``--rounds`` times, interleaved, and the fastest
 round of each is reported. See bench/README.md.
 
 tokens/s counts real tokens of each pair once: len(prompt) + len(chosen) + len(rejected) (EOS
 included), the same count for every variant, whatever padding or packing a framework does.
 Peak memory: peak RSS of the worker process on CPU; ``torch.cuda.max_memory_allocated`` on GPU.
+
+MFU (model FLOPs utilisation) = model FLOPs per step / s/step / peak FLOP/s, with model FLOPs from the
+same real tokens for every variant (see `model_flops`), never from what a framework pads, recomputes
+(gradient checkpointing) or runs twice (an unshared prompt).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +40,22 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV = BENCH / ".venv-trl"
 REQS = BENCH / "requirements-trl.txt"
+# model shapes (all Qwen2-style, random weights). 0.5b = Qwen2-0.5B's config.json: hidden 896, 24 layers,
+# 14 heads / 2 KV heads (head dim 64), MLP 4864, tied embeddings, vocab 151,936. Its tokenizer is trained
+# locally to `tok_vocab` only (the synthetic pseudo-word corpus has nowhere near 150k distinct merges); the
+# model keeps the real 151,936-row embedding / LM head, so the logits and softmax cost what Qwen2-0.5B's do.
+SIZES = {
+    "tiny": dict(tok_vocab=8192, vocab=8192, hidden=256, layers=4, heads=8, kv_heads=4, mlp=688, tie=False),
+    "0.5b": dict(tok_vocab=32768, vocab=151936, hidden=896, layers=24, heads=14, kv_heads=2, mlp=4864, tie=True),
+}
+# dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendor datasheets (NVIDIA H100 Tensor Core GPU
+# datasheet: SXM 989 / PCIe 756 / NVL 835 ("1,979 / 1,513 / 1,671 teraFLOPS with sparsity", halved); H200
+# datasheet: 989 (1,979 with sparsity); A100 datasheet: 312; L4 datasheet: 121 (242 with sparsity); A10
+# datasheet: 125 (250 with sparsity)). Matched against torch.cuda.get_device_name(), first match wins;
+# A10G (AWS's A10 variant) has no NVIDIA datasheet figure, so it is left out: pass --peak-tflops. Figures as
+# recalled from those datasheets, not re-fetched when this table was written: check before publishing MFU.
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
+               ("L4", 121.0), ("A10G", None), ("A10", 125.0)]
 VARIANTS = {  # name -> (label, worker script, extra args)
     "trl_default": ("TRL defaults", "_trl_worker.py", ["--variant", "default"]),
     "trl_best": ("TRL best options", "_trl_worker.py", ["--variant", "best"]),
@@ -100,7 +122,7 @@ def wait_quiet(max_wait: float, threshold: float = 0.2) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- model + data
-def prepare(work: Path, rows: int, seed: int) -> dict:
+def prepare(work: Path, rows: int, seed: int, size: str = "tiny") -> dict:
     """Tokenizer + model (save_pretrained) and a JSONL preference set; runs inside the bench venv."""
     import random
 
@@ -126,9 +148,11 @@ def prepare(work: Path, rows: int, seed: int) -> dict:
             s += f" {rng.randint(0, 9999)}"
         return s + rng.choice([".", "!", "?", ",", ";"])
 
-    tok = build_tokenizer([sentence() for _ in range(40000)], vocab_size=8192, chat_template=False)
-    model = build_model(8192, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=688,
-                        max_positions=2048, tie_embeddings=False, seed=seed, eos_token_id=tok.eos_token_id,
+    cfg = SIZES[size]
+    tok = build_tokenizer([sentence() for _ in range(40000)], vocab_size=cfg["tok_vocab"], chat_template=False)
+    model = build_model(cfg["vocab"], hidden_size=cfg["hidden"], num_layers=cfg["layers"], num_heads=cfg["heads"],
+                        num_kv_heads=cfg["kv_heads"], intermediate_size=cfg["mlp"], max_positions=2048,
+                        tie_embeddings=cfg["tie"], seed=seed, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id)
     model_dir = work / "model"
     tok.save_pretrained(model_dir)
@@ -149,7 +173,7 @@ def prepare(work: Path, rows: int, seed: int) -> dict:
             if lo <= n <= hi:
                 return text + suffix
 
-    out, stats = [], {"prompt": [], "chosen": [], "rejected": []}
+    out, stats = [], {"prompt": [], "chosen": [], "rejected": []}  # per row, in row order
     for i in range(rows):
         prompt = (f"Review {i}:" + grow(f"Review {i}:", 100, 150, 0, suffix="\nAnswer:"))
         p_ids = tok(prompt)["input_ids"]
@@ -164,11 +188,75 @@ def prepare(work: Path, rows: int, seed: int) -> dict:
         out.append(row)
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
-    info = {"model": str(model_dir), "data": str(data), "rows": rows, "tokenizer_vocab": len(tok),
+    emb = model.get_input_embeddings().weight.numel()
+    info = {"model": str(model_dir), "data": str(data), "rows": rows, "size": size, "tokenizer_vocab": len(tok),
             "model_vocab": model.config.vocab_size, "params": sum(p.numel() for p in model.parameters()),
+            "params_non_embedding": sum(p.numel() for p in model.parameters()) - emb
+            - (0 if cfg["tie"] else model.get_output_embeddings().weight.numel()),
+            "lm_head_params": model.get_output_embeddings().weight.numel(), "hidden": cfg["hidden"],
+            "layers": cfg["layers"], "tied_embeddings": cfg["tie"],
+            "row_tokens": [list(t) for t in zip(stats["prompt"], stats["chosen"], stats["rejected"])],
             **{f"{k}_tokens": [min(v), max(v)] for k, v in stats.items()}}
     (work / "prepared.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+# ---------------------------------------------------------------------------------------------- MFU
+def reference_forwards(r: dict) -> int:
+    """No-grad reference forwards per step: 1 for a live reference model, 0 for cached/precomputed log-probs."""
+    if r.get("framework") == "alignkit":
+        return 0 if r.get("reference") == "cache" else 1
+    return 0 if r.get("options", {}).get("precompute_ref_log_probs") else 1
+
+
+def model_flops(info: dict, rows: list[int], ref_forwards: int) -> float:
+    """Model FLOPs of one DPO step on ``rows`` (indices into the data), from the real tokens only.
+
+    Per pair with p prompt, c chosen, r rejected tokens (EOS incl.), one forward is
+        2 * N_body * (p + c + r)                   N_body: non-embedding parameters; the prompt counted once
+      + 2 * N_head * (c + r)                       N_head: vocab x hidden, the LM head at the positions whose
+                                                   log-probs DPO needs (completion tokens), tied or not
+      + 4 * layers * hidden * ((p+c)^2 + (p+r)^2)  attention scores and weighted sum (QK^T, AV) of the two
+                                                   sequences, full square (PaLM convention, no causal halving)
+    and a training step costs 3x that (forward + backward) plus 1x per no-grad reference forward.
+    Recomputation (gradient checkpointing), padding and a prompt run twice are not model FLOPs.
+    """
+    body, head, lh = info["params_non_embedding"], info["lm_head_params"], info["layers"] * info["hidden"]
+    fwd = 0.0
+    for i in rows:
+        p, c, r = info["row_tokens"][i]
+        fwd += 2 * body * (p + c + r) + 2 * head * (c + r) + 4 * lh * ((p + c) ** 2 + (p + r) ** 2)
+    return (3 + ref_forwards) * fwd
+
+
+def peak_tflops(r: dict, override: float | None) -> tuple[float | None, str]:
+    """Peak dense bf16 FLOP/s (TFLOP/s) for the worker's device, and where it came from."""
+    if override:
+        return override, f"--peak-tflops {override:g}"
+    name = r.get("device_name") or ""
+    if not str(r.get("device", "")).startswith("cuda"):
+        return None, "CPU: MFU only with --peak-tflops"
+    for key, tf in PEAK_TFLOPS:
+        if re.search(rf"\b{re.escape(key)}\b", name):  # whole words: "L4" is not "L40S", "A10" not "A10G"
+            return tf, (f"{name}: {tf:g} TFLOP/s dense bf16 (datasheet)" if tf else f"{name}: no datasheet "
+                        "figure here, pass --peak-tflops")
+    return None, f"{name}: unknown GPU, pass --peak-tflops"
+
+
+def add_mfu(results: dict, info: dict, args) -> str:
+    """Fill model_tflops_per_step / achieved_tflops / mfu into each result; returns the peak's source."""
+    source = ""
+    for r in results.values():
+        if "error" in r or "step_rows" not in r:
+            continue
+        timed = r["step_rows"][args.warmup : args.warmup + args.steps]
+        flops = sum(model_flops(info, rows, reference_forwards(r)) for rows in timed) / len(timed)
+        r["model_tflops_per_step"] = flops / 1e12
+        r["achieved_tflops"] = flops / r["seconds_per_step"] / 1e12
+        peak, source = peak_tflops(r, args.peak_tflops)
+        r["peak_tflops"] = peak
+        r["mfu"] = r["achieved_tflops"] / peak if peak else None
+    return source
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -179,18 +267,22 @@ def fmt(x, spec: str) -> str:
 def print_report(results: dict, info: dict, args) -> None:
     ok = {k: r for k, r in results.items() if "error" not in r}
     first = next(iter(ok.values()), {})
+    peak_source = add_mfu(results, info, args)
+    dev = first.get("device", "?") + (f" {first['device_name']}" if first.get("device_name") else "")
     print(f"\n== DPO step time: {args.steps} timed steps after {args.warmup} warm-up, batch {args.batch} pairs, "
-          f"max_length {args.max_length}, fp32, device {first.get('device', '?')} "
+          f"max_length {args.max_length}, {first.get('precision', 'fp32')}, device {dev} "
           f"({first.get('torch_threads', '?')} torch threads) ==")
     versions = {r["trl_version"] for r in ok.values() if "trl_version" in r}
     print(f"trl {', '.join(versions) or '-'}, transformers {first.get('transformers_version', '?')}, "
           f"torch {first.get('torch_version', '?')}")
-    print(f"model: Qwen2-style, vocab {info['model_vocab']} (tokenizer {info['tokenizer_vocab']}), "
-          f"{info['params'] / 1e6:.1f}M params; prompts {info['prompt_tokens']}, chosen {info['chosen_tokens']}, "
+    print(f"model ({info.get('size', 'tiny')}): Qwen2-style, {info.get('layers', '?')} layers, hidden "
+          f"{info.get('hidden', '?')}, vocab {info['model_vocab']} (tokenizer {info['tokenizer_vocab']}), "
+          f"{info['params'] / 1e6:.1f}M params ({info.get('params_non_embedding', 0) / 1e6:.1f}M non-embedding, "
+          f"{'tied' if info.get('tied_embeddings') else 'untied'} head); prompts {info['prompt_tokens']}, chosen {info['chosen_tokens']}, "
           f"rejected {info['rejected_tokens']} tokens")
     print("tokens = prompt + chosen + rejected tokens per pair (each real token once, EOS included)\n")
     head = (f"{'variant':<24}{'s/step':>8}{'min':>7}{'CPU s/step':>11}{'tokens/s':>10}{'peak MB':>9}"
-            f"{'setup s':>9}{'positions':>10}{'other':>7}")
+            f"{'setup s':>9}{'positions':>10}{'other':>7}{'TFLOP/st':>9}{'TFLOP/s':>9}{'MFU %':>7}")
     print(head)
     print("-" * len(head))
     for name, r in results.items():
@@ -200,10 +292,16 @@ def print_report(results: dict, info: dict, args) -> None:
             continue
         print(f"{label:<24}{r['seconds_per_step']:>8.3f}{r['min_seconds_per_step']:>7.3f}"
               f"{r['cpu_seconds_per_step']:>11.3f}{r['tokens_per_second']:>10.0f}{r['peak_memory_mb']:>9.0f}"
-              f"{r['setup_seconds']:>9.1f}{r['positions_per_step']:>10.0f}{fmt(r.get('other_cores'), '.2f'):>7}")
+              f"{r['setup_seconds']:>9.1f}{r['positions_per_step']:>10.0f}{fmt(r.get('other_cores'), '.2f'):>7}"
+              f"{fmt(r.get('model_tflops_per_step'), '.3f'):>9}{fmt(r.get('achieved_tflops'), '.3f'):>9}"
+              f"{fmt(None if r.get('mfu') is None else 100 * r['mfu'], '.2f'):>7}")
     print(f"s/step: mean wall time of the timed steps (min next to it; tokens/s uses the mean); CPU s/step:\n"
           f"process CPU time (all threads) per timed step; positions: model input positions per step, padding\n"
-          f"included; other: cores used by other processes during the run (of {os.cpu_count()}; ideally ~0)")
+          f"included; other: cores used by other processes during the run (of {os.cpu_count()}; ideally ~0)\n"
+          f"TFLOP/st: model FLOPs per step from the real tokens (6*N_body*tokens + 6*N_head*completion tokens +\n"
+          f"12*layers*hidden*seq^2 per sequence, +1/3 of that per live reference forward; the same tokens for\n"
+          f"every variant, no credit for padding or recomputation); TFLOP/s: that / mean s/step; MFU: TFLOP/s /\n"
+          f"peak ({peak_source or '-'})")
     if args.rounds > 1:
         per = "; ".join(f"{VARIANTS[n][0]} " + ", ".join(fmt(x, ".3f") for x in r["rounds_seconds_per_step"])
                         for n, r in results.items())
@@ -286,6 +384,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--size", choices=list(SIZES), default="tiny",
+                   help="model shape: tiny (7M, CPU) or 0.5b (Qwen2-0.5B's shape, 494M, for a GPU)")
+    p.add_argument("--peak-tflops", dest="peak_tflops", type=float, default=None, metavar="X",
+                   help="peak FLOP/s (TFLOP/s) for the MFU column; default: a datasheet table by GPU name "
+                        "(bf16 dense), none on CPU")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA (fp32 weights, TRL bf16=True / alignkit mixed_precision=bf16), "
+                        "fp32 on CPU")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-6)
@@ -294,7 +400,8 @@ def main() -> None:
                    help="run the variants this many times, interleaved; the table shows each one's fastest round")
     p.add_argument("--rows", type=int, default=64, help="preference pairs in the synthetic set")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", type=Path, default=BENCH / ".work" / "dpo_vs_trl")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default bench/.work/dpo_vs_trl, "
+                   "bench/.work/dpo_vs_trl_0.5b for --size 0.5b)")
     p.add_argument("--only", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--profile", action="store_true", help="profile one extra alignkit step (torch.profiler)")
     p.add_argument("--alignkit", action="append", default=[], metavar="KEY=VALUE",
@@ -309,11 +416,13 @@ def main() -> None:
                    help="before each worker, wait up to S seconds for other processes to leave the CPUs idle")
     p.add_argument("--prepare-only", dest="prepare_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.work is None:
+        args.work = BENCH / ".work" / ("dpo_vs_trl" if args.size == "tiny" else f"dpo_vs_trl_{args.size}")
     work = args.work.resolve()
 
     if args.prepare_only:  # internal: runs inside the bench venv
         work.mkdir(parents=True, exist_ok=True)
-        print(json.dumps(prepare(work, args.rows, args.seed)))
+        print(json.dumps(prepare(work, args.rows, args.seed, args.size)))
         return
 
     t_all = time.perf_counter()
@@ -322,11 +431,12 @@ def main() -> None:
     (work / "logs").mkdir(exist_ok=True)
     print(f"[bench] building model and data in {work}", flush=True)
     subprocess.run([str(python), __file__, "--prepare-only", "--work", str(work), "--rows", str(args.rows),
-                    "--seed", str(args.seed)], check=True, stdout=subprocess.DEVNULL)
+                    "--seed", str(args.seed), "--size", args.size], check=True, stdout=subprocess.DEVNULL)
     info = json.loads((work / "prepared.json").read_text())
     common = ["--model", info["model"], "--data", info["data"], "--batch", str(args.batch), "--max-length",
               str(args.max_length), "--lr", str(args.lr), "--beta", str(args.beta), "--steps", str(args.steps),
-              "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+              "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
+              "--precision", args.precision]
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rnd in range(1, args.rounds + 1):  # rounds interleave the variants: A B C D A B C D

@@ -117,8 +117,8 @@ class OnlineTrainer(Trainer):
 
     def _rollout(self, rows: list[dict], seed: int, k: int, temperature: float):
         c = self.config
-        if getattr(self.reward_fn, "needs_models", False):  # >>> Nash-MD: mixture opponents (rollout/opponents.py)
-            self.reward_fn.bind(unwrap(self.policy), self.reference, self.tokenizer, c)  # <<<
+        if getattr(self.reward_fn, "needs_models", False):  # Nash-MD's mixture opponents (rollout/opponents.py)
+            self.reward_fn.bind(unwrap(self.policy), self.reference, self.tokenizer, c)
         if c.rollout_workers > 0:  # W seeded chunks on Ray actors (rollout_backend=local: the same, in-process)
             if getattr(self, "_workers", None) is None:
                 from alignkit.rollout.ray_backend import rollout_pool
@@ -232,7 +232,6 @@ class OnlineTrainer(Trainer):
             temperature = 0.0 if c.eval_greedy else c.temperature
             rewards.append(self._rollout(rows, c.seed + 7 + start, 1, temperature).rewards[:, 0])
         return {"eval/reward": float(torch.cat(rewards).mean()), **self.generation_eval()}
-
 
     def save_final(self):
         """``final/`` (the policy); with PPO also ``final/value/``, the value model (see engine/value.py)."""

@@ -7,7 +7,8 @@ a reward function, and learns from them — the same trainer, checkpoints and lo
   ``inputs="rollout"``): advantages come from the group of K samples of each prompt
   (`objectives.rl.ADVANTAGES`; ReMax also samples one greedy completion per prompt as its baseline); the
   behaviour log-probs are computed once per rollout (no grad), then ``updates_per_batch`` optimizer steps
-  are taken on the batch (GRPO's μ; the clipped ratio matters from the second one on).
+  are taken on the batch (GRPO's μ; the clipped ratio matters from the second one on). With one update
+  per rollout they are the update's own log-probs, detached (ratio exactly 1), so no extra forward runs.
 * **PPO** (``objective=ppo``): per-token advantages from a value model instead of the group —
   the KL to the reference in the reward (``kl_coef``), GAE(``gamma``, ``gae_lambda``), whitening
   (``whiten_advantages``), clipped policy and value losses; the value model, its checkpointing and
@@ -161,9 +162,12 @@ class OnlineTrainer(Trainer):
                 adv = remax_advantages(exp.rewards, greedy)
             else:
                 adv = ADVANTAGES[name](exp.rewards, valid)
+        # With one update per rollout the behaviour log-probs are the update's own, detached (ratio = 1):
+        # no separate no-grad forward (PPO still needs them first, for the KL in its reward)
+        reuse_old = rollout_rl and c.updates_per_batch == 1 and self.value is None
         self.scorer.eval()
         with torch.no_grad(), acc.autocast():
-            old = [self.scorer(b) for b in batches] if rollout_rl else [None] * len(batches)
+            old = [self.scorer(b) for b in batches] if rollout_rl and not reuse_old else [None] * len(batches)
             needs_tokens = self.objective.needs_token_logps
             refs = [(self.reference.token_logps(b) if needs_tokens else self.reference.sequence_logps(b))
                     if self.objective.needs_reference else None for b in batches]
@@ -184,6 +188,7 @@ class OnlineTrainer(Trainer):
                         stats = build_stats(batch, token_logps, ref if needs_tokens else None,
                                             with_token_logps=needs_tokens, ref_logps=None if needs_tokens else ref)
                         if rollout_rl:
+                            old_t = token_logps.detach() if reuse_old else old_t
                             stats.extra["old_token_logps"] = pad_per_slot(old_t, batch)[0]
                             if self.value is not None:
                                 stats.extra.update(ppo_extra[j], values=pad_per_slot(self.value(batch), batch)[0])

@@ -59,8 +59,13 @@ def profile_step(trainer, rows: int = 12) -> str:
     phases = sorted((e for e in events if e.key.startswith("phase:")), key=lambda e: -e.cpu_time_total)
     lines = [f"step wall {wall:.3f} s (profiler overhead included)", "phase                                   total s"]
     lines += [f"{e.key:<40}{e.cpu_time_total / 1e6:>8.3f}" for e in phases]
-    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    lines.append(events.table(sort_by=sort, row_limit=rows, max_name_column_width=60))
+    if torch.cuda.is_available():  # is the GPU busy, or waiting for the CPU to launch work?
+        kernels = [e for e in events if not e.key.startswith("phase:") and "#" not in e.key]  # no annotations
+        busy = sum(getattr(e, "self_device_time_total", 0) or 0 for e in kernels) / 1e6
+        lines.append(f"GPU busy {busy:.3f} s of the step's {wall:.3f} s (sum of kernel self times; the rest of the "
+                     "step the GPU waits for launches)")
+        lines.append(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60))
+    lines.append(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
     return "\n".join(lines)
 
 

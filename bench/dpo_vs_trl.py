@@ -50,12 +50,12 @@ SIZES = {
 }
 # dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendor datasheets (NVIDIA H100 Tensor Core GPU
 # datasheet: SXM 989 / PCIe 756 / NVL 835 ("1,979 / 1,513 / 1,671 teraFLOPS with sparsity", halved); H200
-# datasheet: 989 (1,979 with sparsity); A100 datasheet: 312; L4 datasheet: 121 (242 with sparsity); A10
+# datasheet: SXM 989 / NVL 835 (1,979 / 1,671 with sparsity); A100 datasheet: 312; L4 datasheet: 121 (242 with sparsity); A10
 # datasheet: 125 (250 with sparsity)). Matched against torch.cuda.get_device_name(), first match wins;
 # A10G (AWS's A10 variant) has no NVIDIA datasheet figure, so it is left out: pass --peak-tflops. Figures as
 # recalled from those datasheets, not re-fetched when this table was written: check before publishing MFU.
-PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
-               ("L4", 121.0), ("A10G", None), ("A10", 125.0)]
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200 NVL", 835.0), ("H200", 989.0),
+               ("A100", 312.0), ("L4", 121.0), ("A10G", None), ("A10", 125.0)]
 VARIANTS = {  # name -> (label, worker script, extra args)
     "trl_default": ("TRL defaults", "_trl_worker.py", ["--variant", "default"]),
     "trl_best": ("TRL best options", "_trl_worker.py", ["--variant", "best"]),
@@ -70,7 +70,13 @@ def venv_python() -> Path:
 
 
 def setup_env() -> Path:
-    """Create bench/.venv-trl once (again when requirements-trl.txt or the torch spec change)."""
+    """Create bench/.venv-trl once (again when requirements-trl.txt or the torch spec change).
+
+    ``BENCH_PYTHON=/path/to/python`` skips that and runs every worker with that interpreter as it is (it must
+    already import torch, trl and alignkit): for a machine without a package index, e.g. a GPU box where the
+    wheels were carried in by hand."""
+    if os.environ.get("BENCH_PYTHON"):
+        return Path(os.environ["BENCH_PYTHON"])
     torch_spec = os.environ.get("TORCH_SPEC", "torch==2.13.0")
     torch_args = os.environ.get("TORCH_PIP_ARGS", "").split()
     key = hashlib.sha256((REQS.read_text() + torch_spec + " ".join(torch_args)).encode()).hexdigest()
@@ -429,9 +435,14 @@ def main() -> None:
     python = setup_env()
     work.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
-    print(f"[bench] building model and data in {work}", flush=True)
-    subprocess.run([str(python), __file__, "--prepare-only", "--work", str(work), "--rows", str(args.rows),
-                    "--seed", str(args.seed), "--size", args.size], check=True, stdout=subprocess.DEVNULL)
+    stamp, made = work / "prepared.key", f"{args.size} rows={args.rows} seed={args.seed}"
+    if stamp.exists() and stamp.read_text() == made and (work / "prepared.json").exists():
+        print(f"[bench] reusing the model and data in {work} ({made})", flush=True)
+    else:
+        print(f"[bench] building model and data in {work}", flush=True)
+        subprocess.run([str(python), __file__, "--prepare-only", "--work", str(work), "--rows", str(args.rows),
+                        "--seed", str(args.seed), "--size", args.size], check=True, stdout=subprocess.DEVNULL)
+        stamp.write_text(made)
     info = json.loads((work / "prepared.json").read_text())
     common = ["--model", info["model"], "--data", info["data"], "--batch", str(args.batch), "--max-length",
               str(args.max_length), "--lr", str(args.lr), "--beta", str(args.beta), "--steps", str(args.steps),

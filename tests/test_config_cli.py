@@ -42,6 +42,12 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
         load_config(TrainConfig, str(path))
 
 
+def test_yaml_booleans_are_words_for_text_keys():
+    # YAML 1.1 reads `no` / `off` as False: a text key takes the word back, a key that takes bools keeps the bool
+    config = load_config(TrainConfig, overrides=["mixed_precision=no", "ref_cache=off"])
+    assert config.mixed_precision == "no" and config.ref_cache is False
+
+
 def test_cli_errors_are_one_line_messages(tiny_path, pairs_path, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert main(["train", f"model={tiny_path}", f"data={pairs_path}", "bta=0.1"]) == 2

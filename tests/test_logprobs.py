@@ -203,3 +203,29 @@ def test_attention_cost_weight_from_config(tiny):
 
     model, _ = tiny  # hidden 64, 4 heads, 2 kv heads (head_dim 16), intermediate 256
     assert attention_cost_weight(model) == pytest.approx(2.0 / (2 * 64 + 2 * 32 + 3 * 256))
+
+
+def test_auto_chunk_size_is_a_logit_budget_per_device():
+    from alignkit.engine.logprobs import CHUNK_ELEMENTS, CHUNK_ELEMENTS_GPU, auto_chunk_size
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert auto_chunk_size(8192, cpu) == CHUNK_ELEMENTS // 8192 == 1024
+    assert auto_chunk_size(151_936, cpu) == 55 and auto_chunk_size(151_936, gpu) == 441
+    assert auto_chunk_size(10**9, gpu) == 16  # never fewer than 16 rows
+    assert CHUNK_ELEMENTS_GPU // CHUNK_ELEMENTS == 8
+
+
+def test_cudnn_attention_is_switched_off_on_cuda_only():
+    from alignkit.engine.logprobs import configure_attention_kernels
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert configure_attention_kernels(torch.device("cpu"), cudnn=False) is False
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # CPU: untouched
+        assert configure_attention_kernels(torch.device("cuda", 0), cudnn=False) is False
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert configure_attention_kernels(torch.device("cuda", 0), cudnn=True) is True
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

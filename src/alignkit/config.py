@@ -93,6 +93,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else no) | no | bf16 | fp16
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     compile: bool = False  # torch.compile the decoder (dynamic shapes); pays a compile pause at start-up
+    cudnn_attention: bool = False  # let SDPA use cuDNN's kernel on CUDA (off: costly per call with block masks)
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -193,7 +194,10 @@ def _allows(hint: Any, t: type) -> bool:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    """int -> float for float keys; '1e-5' (PyYAML reads it as a string) -> 1e-05."""
+    """int -> float for float keys; '1e-5' (PyYAML reads it as a string) -> 1e-05; for a text key that takes
+    no bool, YAML 1.1's booleans back to words (``mixed_precision=no`` reads as False)."""
+    if isinstance(value, bool) and _allows(hint, str) and not _allows(hint, bool):
+        return "yes" if value else "no"
     if not _allows(hint, float) or _allows(hint, str) or isinstance(value, bool):
         return value
     if isinstance(value, int):

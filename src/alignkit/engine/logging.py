@@ -89,3 +89,17 @@ def _make_tracker(name: str, output_dir: Path, config: dict[str, Any]):
         run = wandb.init(config=config, dir=str(output_dir))
         return lambda metrics, step: run.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
     raise ValueError(f"unknown tracker {name!r}; use tensorboard or wandb")
+
+
+# what the progress bar shows, first match per slot: offline pairs report accuracy, online runs the mean reward
+_BAR_FIELDS = (("loss", ("loss",)), ("acc", ("rewards/accuracy", "accuracy")), ("reward", ("reward/mean",)))
+
+
+def progress_fields(record: dict) -> dict[str, str]:
+    """The few metrics of a log record worth a progress bar, only those the record has."""
+    out = {}
+    for label, keys in _BAR_FIELDS:
+        key = next((k for k in keys if k in record), None)
+        if key is not None:
+            out[label] = f"{record[key]:.4f}" if label == "loss" else f"{record[key]:.2f}"
+    return out

@@ -26,11 +26,18 @@ from alignkit.engine import distributed as dist
 from alignkit.engine import refcache as rc
 from alignkit.engine import reward_model as rm
 from alignkit.engine.dataset import BatchOrder, TokenizedDataset, data_shape
-from alignkit.engine.logging import MetricsLogger, logger, peak_memory_mb, setup_console_logging
+from alignkit.engine.logging import (
+    MetricsLogger,
+    logger,
+    peak_memory_mb,
+    progress_fields,
+    setup_console_logging,
+)
 from alignkit.engine.logprobs import (
     LogProbModel,
     attention_cost_weight,
     build_stats,
+    configure_attention_kernels,
     packing_layout,
     unwrap,
     verify_against_forward,
@@ -38,7 +45,7 @@ from alignkit.engine.logprobs import (
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
-from alignkit.models.load import LoraConfig, load_model, load_tokenizer
+from alignkit.models.load import LoraConfig, enable_activation_checkpointing, load_model, load_tokenizer
 from alignkit.objectives import build_objective
 
 
@@ -67,6 +74,7 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=_mixed_precision(c.mixed_precision),
                                        cpu=not torch.cuda.is_available())
         set_seed(c.seed)
+        configure_attention_kernels(self.accelerator.device, c.cudnn_attention)
         if not self.accelerator.is_main_process:
             logger.setLevel("WARNING")  # one process speaks for the run
         self.output_dir = Path(c.output_dir)
@@ -90,7 +98,7 @@ class Trainer:
         else:
             policy = load_model(c.model, lora=lora, **load_kwargs)
         if c.gradient_checkpointing:
-            unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(unwrap(policy))
             if c.lora:
                 unwrap(policy).enable_input_require_grads()
         self.layout = packing_layout(c.packing, policy)
@@ -366,7 +374,7 @@ class Trainer:
                 if self.step_idx % max(1, c.log_every) == 0 or self.step_idx == self.total_steps:
                     log.log(record)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('rewards/accuracy', 0):.2f}")
+                bar.set_postfix(progress_fields(record))
                 if c.save_every and self.step_idx % c.save_every == 0:
                     self.save()
                 if dist.any_process(self.accelerator, self._stop_signal is not None):

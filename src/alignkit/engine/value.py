@@ -83,7 +83,7 @@ def setup_value_model(trainer) -> ValueModel:
     from alignkit.engine import distributed as dist
     from alignkit.engine.reference import build_reference, resolve_strategy
     from alignkit.engine.schedule import build_scheduler
-    from alignkit.models.load import LoraConfig
+    from alignkit.models.load import LoraConfig, enable_activation_checkpointing
 
     c, acc = trainer.config, trainer.accelerator
     if acc.num_processes > 1 or dist.sharding(acc):
@@ -102,7 +102,7 @@ def setup_value_model(trainer) -> ValueModel:
                              lora=lora, dtype=c.dtype, attn_implementation=c.attn_implementation,
                              trust_remote_code=c.trust_remote_code).to(acc.device)
     if c.gradient_checkpointing:
-        unwrap(value.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(unwrap(value.model))
         if c.lora:
             unwrap(value.model).enable_input_require_grads()
     setattr(trainer.policy, VALUE, value)

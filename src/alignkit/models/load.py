@@ -93,3 +93,13 @@ def frozen_copy(model):
     ref.eval()
     ref.requires_grad_(False)
     return ref
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute decoder activations in backward (non-reentrant), by transformers' current name for it
+    (``activation_checkpointing_enable`` since 5.x; ``gradient_checkpointing_enable`` before)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

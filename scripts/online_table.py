@@ -108,6 +108,14 @@ KL(π ‖ π_ref) is the sampled sequence-level k1 estimate (`alignkit.demo.eval
 {repeat_text(results, repeats)}Reading it: one short run per method, so differences of about the CI width are noise, and the seed
 matters as much as the method at this budget (see the repeat); the point is that every method learns the
 reward from its own samples, and at what KL and grammaticality. Results JSON: `{a['out']}/results.json`.
+
+ReMax's collapse at seed 1 (KL 48, half the samples ungrammatical: "was was was ...") is its baseline, not a
+bug: the greedy review scores the maximum reward, 1.0, at every step (logged as `reward/greedy`), so every
+sampled review gets a negative advantage (`advantage/mean` about −0.7) and, with the paper's summed
+per-sequence loss at this lr, the policy pushes probability off everything it samples. The baseline is
+unbiased, just far from the samples' mean here; RLOO's leave-one-out mean and GRPO's group mean sit at the
+samples' level by construction.
+At seed 1, ReMax with `loss_agg=token` still reached KL 10, and lr 1e-4 learned nothing in 16 steps.
 """
     path.write_text(text, encoding="utf-8")
 

@@ -67,6 +67,11 @@ def test_policy_gradient_objectives_run_online(tiny_path, tmp_path, objective):
                "log_samples_every=1")
     assert len([r for r in rows if "loss" in r]) == 2
     assert all(math.isfinite(r["loss"]) and "reward/mean" in r for r in rows if "loss" in r)
+    for r in (r for r in rows if "loss" in r):  # the advantages' level is logged; ReMax's baseline too
+        if objective == "remax":
+            assert r["advantage/mean"] == pytest.approx(r["reward/mean"] - r["reward/greedy"], abs=1e-5)
+        elif objective in ("grpo", "rloo"):  # group-centred
+            assert r["advantage/mean"] == pytest.approx(0.0, abs=1e-5)
     samples = [json.loads(x) for x in (tmp_path / objective / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and len(samples[0]["completions"]) == 4
 

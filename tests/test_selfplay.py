@@ -288,7 +288,25 @@ def test_sppo_and_nash_md_run_online(tiny_path, tmp_path):
     assert len(steps) == 2 and all(r["winrate/mean"] == pytest.approx(0.5) for r in steps)  # a group averages ½
     rows = run_online(tiny_path, tmp_path / "nash", "objective=nash_md", "num_samples=2", "mixture_alpha=0.5",
                       "reward=mixture:bt:alignkit.worlds.reviews:reward")
-    assert all(math.isfinite(r["loss"]) and 0 < r["reward/mean"] < 1 for r in rows if "loss" in r)
+    steps = [r for r in rows if "loss" in r]
+    assert steps and all(math.isfinite(r["loss"]) and 0 < r["reward/mean"] < 1 for r in steps)
+    # the opponents' side is logged: the mean preference is the mean reward (P(y ≻ y') is the reward)
+    assert all(r["preference/mean"] == pytest.approx(r["reward/mean"], abs=1e-6) for r in steps)
+    assert all(r["opponent/length_chars"] > 0 for r in steps)
+
+
+def test_a_weighted_list_keeps_the_mixture_opponents_hooks(tiny_path, tmp_path):
+    from alignkit.rollout.rewards import WeightedReward, build_reward
+
+    spec = [{"reward": "mixture:bt:alignkit.worlds.reviews:reward", "weight": 2.0},
+            {"reward": "rule:length:4", "weight": 0.0}]
+    fn = build_reward(spec)
+    assert isinstance(fn, WeightedReward) and fn.needs_models  # bound by the trainer like the bare reward
+    rows = run_online(tiny_path, tmp_path / "nash", "objective=nash_md", "num_samples=2", "mixture_alpha=0.5",
+                      "reward=[{reward: 'mixture:bt:alignkit.worlds.reviews:reward', weight: 0.5}, "
+                      "{reward: 'mixture:bt:alignkit.worlds.reviews:reward', weight: 0.5}]")
+    steps = [r for r in rows if "loss" in r]  # both parts draw the same seeded opponents: the mean is one part's
+    assert steps and all(r["reward/mean"] == pytest.approx(r["preference/mean"], abs=1e-6) for r in steps)
 
 
 def test_a_gpm_reward_model_gives_its_skew_symmetric_preference(tiny_path, tmp_path):

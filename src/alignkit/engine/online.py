@@ -140,6 +140,7 @@ class OnlineTrainer(Trainer):
         rows = [self.train_data.rows[i] for i in self.order.indices(self.step_idx)]
         seed = (c.seed * 1_000_003 + self.step_idx) * acc.num_processes + acc.process_index
         exp = self._rollout(rows, seed, c.num_samples, c.temperature)
+        reward_metrics = dict(getattr(self.reward_fn, "last_metrics", None) or {})  # e.g. Nash-MD's opponents
         t_gen = time.perf_counter() - t0
         chunks = [list(range(len(rows)))[i::c.grad_accum] for i in range(c.grad_accum)]
         chunks = [ch for ch in chunks if ch]
@@ -154,14 +155,16 @@ class OnlineTrainer(Trainer):
             self._verify_pending = False
         rollout_rl = self.objective.inputs == "rollout"
         name = self.objective.terms[0].spec.name
-        adv = None
+        adv, adv_metrics = None, {}
         if rollout_rl and self.value is None:
             valid = torch.ones_like(exp.rewards, dtype=torch.bool)
             if name == "remax":
                 greedy = self._rollout(rows, seed, 1, 0.0).rewards[:, 0]
                 adv = remax_advantages(exp.rewards, greedy)
+                adv_metrics["reward/greedy"] = float(greedy.mean())
             else:
                 adv = ADVANTAGES[name](exp.rewards, valid)
+            adv_metrics.update({"advantage/mean": float(adv.mean()), "advantage/abs_mean": float(adv.abs().mean())})
         # With one update per rollout the behaviour log-probs are the update's own, detached (ratio = 1):
         # no separate no-grad forward (PPO still needs them first, for the KL in its reward)
         reuse_old = rollout_rl and c.updates_per_batch == 1 and self.value is None
@@ -208,7 +211,7 @@ class OnlineTrainer(Trainer):
         self._log_samples(exp)
         dt = time.perf_counter() - t0
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
-                  **exp.metrics(), **ppo_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  **exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,
                   "peak_memory_mb": peak_memory_mb(dev), "skipped_steps": self.skipped_total}
         if self.skipped_in_row >= c.max_bad_steps:

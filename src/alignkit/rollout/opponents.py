@@ -81,5 +81,5 @@ class MixtureOpponentReward:
         opp = self.opponents(prompts, stable_seed(list(prompts), list(completions)) % (2**31))
         p = self.preference.pair(prompts, completions, opp, rows)
         self.last_metrics = {"preference/mean": sum(p) / max(len(p), 1),
-                             "opponent_length": sum(len(o) for o in opp) / max(len(opp), 1)}
+                             "opponent/length_chars": sum(len(o) for o in opp) / max(len(opp), 1)}
         return p

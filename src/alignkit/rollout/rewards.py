@@ -114,13 +114,37 @@ def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
     return fn
 
 
+class WeightedReward:
+    """``Σ_i w_i · r_i`` over a list of rewards. Passes the online trainer's hooks through to its parts: a
+    part that decodes with the live models (``mixture:``, `needs_models`) is bound with them, and the parts'
+    ``last_metrics`` are merged."""
+
+    def __init__(self, parts: list[tuple[RewardFn, float]]):
+        self.parts = parts
+        self.needs_models = any(getattr(fn, "needs_models", False) for fn, _ in parts)
+
+    def bind(self, *args, **kwargs) -> None:
+        for fn, _ in self.parts:
+            if getattr(fn, "needs_models", False):
+                fn.bind(*args, **kwargs)
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for fn, _ in self.parts:
+            out.update(getattr(fn, "last_metrics", None) or {})
+        return out
+
+    def __call__(self, prompts, completions, rows) -> list[float]:
+        values = [fn(prompts, completions, rows) for fn, _ in self.parts]
+        return [sum(w * v for (_, w), v in zip(self.parts, vals)) for vals in zip(*values)]
+
+
 def build_reward(spec: Any, tokenizer=None, device=None) -> RewardFn:
     """A reward function from a config spec (see the module docstring)."""
     if isinstance(spec, (list, tuple)):
-        parts = [(build_reward(p["reward"] if isinstance(p, dict) else p, tokenizer, device),
-                  float(p.get("weight", 1.0)) if isinstance(p, dict) else 1.0) for p in spec]
-        return lambda pr, co, ro: [sum(w * v for w, v in zip((w for _, w in parts), vals))
-                                   for vals in zip(*(fn(pr, co, ro) for fn, _ in parts))]
+        return WeightedReward([(build_reward(p["reward"] if isinstance(p, dict) else p, tokenizer, device),
+                                float(p.get("weight", 1.0)) if isinstance(p, dict) else 1.0) for p in spec])
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec:

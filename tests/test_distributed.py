@@ -133,3 +133,22 @@ def test_deepspeed_checkpoint_resume_and_final_match_one_process(config, objecti
     assert_equal_weights(weights(a), weights(single.output_dir), atol=2e-5, rtol=1e-4)
     assert_equal_weights(load_file(a / "final" / "model.safetensors"),
                          load_file(single.final_dir / "model.safetensors"), atol=2e-5, rtol=1e-4)
+
+
+def test_ppo_under_ddp_keeps_policy_and_value_model_in_step(tiny_path, tmp_path):
+    """PPO's value model sits outside the DDP wrapper: the online trainer averages its gradients, so two
+    processes that sample different completions end every step with the same policy *and* value weights."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"The movie number {i} was"}) + "\n" for i in range(8)))
+    check = str(Path(__file__).resolve().parent / "ddp_param_check.py")
+    torchrun([check, str(tmp_path), f"model={tiny_path}", f"prompts={prompts}", "objective=ppo",
+              r"reward=rule:regex:[aeiou]{2}", "batch_size=2", "num_samples=2", "max_new_tokens=6", "max_steps=2",
+              "lr=1e-2", "progress=false", "seed=0", f"output_dir={tmp_path / 'run'}"])
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["local_rewards"] != r1["local_rewards"]  # the processes sampled different completions
+    means = [(a + b) / 2 for a, b in zip(r0["local_rewards"], r1["local_rewards"])]
+    assert r0["logged"] == pytest.approx(means, abs=1e-6)  # the logged reward is over both processes
+    value = [n for n in r0["params"] if "alignkit_value" in n]
+    assert value and len(value) < len(r0["params"])
+    assert r0["params"] == r1["params"]  # bit-equal: policy (DDP) and value model (averaged) in step
+    assert any(abs(r0["params"][n][0] - r0["params"][n][2]) > 1e-6 for n in value)  # and the value model learned

@@ -188,6 +188,22 @@ def any_process(accelerator, flag: bool) -> bool:
     return bool(total.item() > 0)
 
 
+def average_gradients(params, accelerator) -> None:
+    """Average the gradients of ``params`` over the processes (one all-reduce of their concatenation), for a
+    module trained beside the DDP-wrapped scorer but not inside it: PPO's value model (engine/value.py),
+    attached to the policy after ``prepare``. A parameter without a gradient on this process counts as 0."""
+    params = [p for p in params if p.requires_grad]
+    if accelerator.num_processes == 1 or not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    flat = accelerator.reduce(flat, reduction="mean")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
 def check_launch(accelerator, config, strategy: str, reward_model: bool = False) -> None:
     """Before ``prepare``: refuse what does not work yet under FSDP / ZeRO-3, and give DeepSpeed its batch
     settings (it wants a micro-batch size, and alignkit prepares no dataloader to read it from).

@@ -80,6 +80,22 @@ class OnlineTrainer(Trainer):
 
             self.value = setup_value_model(self)
 
+    def _apply_update(self, *args):
+        if self.value is not None:  # outside the DDP wrapper (attached after prepare): averaged here
+            from alignkit.engine.distributed import average_gradients
+
+            average_gradients(self.value.parameters(), self.accelerator)
+        return super()._apply_update(*args)
+
+    def _process_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The rollout's metrics averaged over processes (each sampled its own prompts)."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        vals = acc.reduce(torch.tensor([float(metrics[k]) for k in keys], device=acc.device), reduction="mean")
+        return dict(zip(keys, vals.tolist()))
+
     def _check_inputs(self, c) -> None:
         if not c.model or not c.prompts or c.reward is None:
             raise ValueError("online training needs model=PATH, prompts=FILE and reward=SPEC "
@@ -211,7 +227,7 @@ class OnlineTrainer(Trainer):
         self._log_samples(exp)
         dt = time.perf_counter() - t0
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
-                  **exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  **self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics}), **ppo_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,
                   "peak_memory_mb": peak_memory_mb(dev), "skipped_steps": self.skipped_total}
         if self.skipped_in_row >= c.max_bad_steps:

@@ -86,9 +86,9 @@ def setup_value_model(trainer) -> ValueModel:
     from alignkit.models.load import LoraConfig, enable_activation_checkpointing
 
     c, acc = trainer.config, trainer.accelerator
-    if acc.num_processes > 1 or dist.sharding(acc):
-        raise ValueError("objective=ppo runs on one process for now (its value model is not wrapped for "
-                         "DDP/FSDP/DeepSpeed); launch it without `accelerate launch`, or use grpo / rloo")
+    if dist.sharding(acc):  # DDP is fine: the online trainer averages the value gradients itself
+        raise ValueError("objective=ppo runs on one process or under DDP (its value model is not sharded by "
+                         "FSDP/DeepSpeed); launch with a DDP config, or use grpo / rloo")
     if getattr(c, "rollout_workers", 0):
         raise ValueError("objective=ppo samples in-process for now: set rollout_workers=0")
     strategy = "none"
@@ -105,6 +105,11 @@ def setup_value_model(trainer) -> ValueModel:
         enable_activation_checkpointing(unwrap(value.model))
         if c.lora:
             unwrap(value.model).enable_input_require_grads()
+    if acc.num_processes > 1:  # every process starts from the same value model (its head may be fresh)
+        from accelerate.utils import broadcast
+
+        for p in value.parameters():
+            p.data.copy_(broadcast(p.data.clone(), from_process=0))
     setattr(trainer.policy, VALUE, value)
     lr = c.value_lr if c.value_lr is not None else c.lr
     params = [p for p in value.parameters() if p.requires_grad]

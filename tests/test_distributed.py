@@ -108,6 +108,20 @@ def test_fsdp_checkpoint_resume_and_final_match_one_process(version, lora, tiny_
 
 
 @pytest.mark.slow
+def test_fsdp_reward_model_checks_itself_through_the_sharded_root(tiny_path, pairs_path, tmp_path):
+    """A Bradley–Terry reward model under FSDP1 with the default start-up check (its reward read by the
+    executor vs the model's own forward, both through the sharded root): trains like one process."""
+    from sharded_cpu_launch import launch_environment
+
+    common = ["objective=bt", "lr=1e-3", "progress=false", "seed=0", "max_steps=2", "save_every=2", "eval_split=0"]
+    torchrun([LAUNCHER, "train", f"model={tiny_path}", f"data={pairs_path}", *common, "batch_size=4",
+              f"output_dir={tmp_path / 'a'}"], launch_environment(FSDP_VERSION="1"))
+    single = train(TrainConfig(model=tiny_path, data=pairs_path, objective="bt", lr=1e-3, progress=False, seed=0,
+                               max_steps=2, save_every=2, batch_size=8, eval_split=0, output_dir=str(tmp_path / "one")))
+    assert_equal_weights(weights(tmp_path / "a", 2), weights(single.output_dir, 2), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("config,objective", [("deepspeed_zero2.yaml", "dpo"), ("deepspeed_zero3.yaml", "simpo")])
 def test_deepspeed_checkpoint_resume_and_final_match_one_process(config, objective, tiny_path, pairs_path, tmp_path):
     """2 CPU processes under DeepSpeed (DeepSpeed's CPU accelerator; see tests/sharded_cpu_launch.py)."""

@@ -24,16 +24,15 @@ def fake_accelerator(kind=DistributedType.NO, state_dict=None, ds_config=None, z
     )
 
 
-def test_fsdp_runs_setup_passes_through_its_root_and_refuses_only_a_reward_models_check():
+def test_fsdp_runs_every_setup_pass_through_its_root():
     acc = fake_accelerator(DistributedType.FSDP)
-    # the policy's check, the reference cache and LoRA's disabled adapters go through the sharded scorer
+    # the start-up checks (policy and reward model), the reference cache and LoRA's disabled adapters go
+    # through the sharded scorer: nothing is refused under FSDP
     dist.check_launch(acc, TrainConfig(), "copy")
     dist.check_launch(acc, TrainConfig(lora=True), "disable_adapters")
     dist.check_launch(acc, TrainConfig(verify_logprobs=False), "none")  # SimPO & co. need no reference
-    with pytest.raises(ValueError, match="reward model under FSDP: set verify_logprobs=false"):
-        dist.check_launch(acc, TrainConfig(objective="bt"), "none", reward_model=True)
-    dist.check_launch(acc, TrainConfig(objective="bt", verify_logprobs=False), "none", reward_model=True)
-    dist.check_launch(fake_accelerator(), TrainConfig(), "copy", reward_model=True)  # one process / DDP: anything goes
+    dist.check_launch(acc, TrainConfig(objective="bt"), "none")
+    dist.check_launch(fake_accelerator(), TrainConfig(), "copy")  # one process / DDP: anything goes
 
 
 def test_deepspeed_gets_the_micro_batch_and_clipping_and_refuses_grad_accum():

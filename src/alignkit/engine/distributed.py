@@ -204,17 +204,14 @@ def average_gradients(params, accelerator) -> None:
         offset += n
 
 
-def check_launch(accelerator, config, strategy: str, reward_model: bool = False) -> None:
+def check_launch(accelerator, config, strategy: str) -> None:
     """Before ``prepare``: refuse what does not work yet under FSDP / ZeRO-3, and give DeepSpeed its batch
     settings (it wants a micro-batch size, and alignkit prepares no dataloader to read it from).
 
-    Under FSDP the policy's log-prob check, the reference-cache pass and LoRA's disabled-adapter reference
-    run through the prepared (sharded) scorer (`share_sharded_scorer`, `verify_against_forward`), on every
-    process together; a reward model's check still calls the model outside it."""
+    Under FSDP the start-up check (policy or reward model), the reference-cache pass and LoRA's
+    disabled-adapter reference run through the prepared (sharded) scorer (`share_sharded_scorer`,
+    `verify_against_forward`), on every process together."""
     kind = sharding(accelerator)
-    if kind == "fsdp" and reward_model and config.verify_logprobs:
-        raise ValueError("a reward model under FSDP: set verify_logprobs=false (its start-up check runs the model "
-                         "outside FSDP's root module)")
     if kind != "deepspeed":
         return
     plugin = accelerator.state.deepspeed_plugin

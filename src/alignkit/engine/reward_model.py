@@ -109,7 +109,11 @@ class RewardScorer(nn.Module):
     def _no_split_modules(self):
         return getattr(unwrap(self.model), "_no_split_modules", None)
 
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+    def forward(self, batch: Batch | None = None, logits_of: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(rewards, gate) of ``batch``; with ``logits_of`` (token ids ``[1, T]``) instead, the model's own forward
+        (``.logits``), so `verify_against_forward` goes through a sharded (FSDP) wrapper around this module."""
+        if logits_of is not None:
+            return self.model(input_ids=logits_of).logits
         base = unwrap(self.model)
         backbone = getattr(base, base.base_model_prefix)
         head = reward_head(self.model)
@@ -134,12 +138,14 @@ class RewardScorer(nn.Module):
 
 
 @torch.no_grad()
-def verify_against_forward(model: nn.Module, batch: Batch, rtol: float) -> float:
-    """The reward read by `RewardScorer` for the first response equals the HF model's own output."""
+def verify_against_forward(model: nn.Module, batch: Batch, rtol: float, scorer: nn.Module | None = None) -> float:
+    """The reward read by `RewardScorer` for the first response equals the HF model's own output.
+    ``scorer``: the trainer's prepared `RewardScorer` (under FSDP every process calls it with the same batch)."""
+    scorer = scorer if scorer is not None else RewardScorer(model)
     ids = batch.input_ids[0, : int(batch.last_index[0, 0]) + 1][None]
     batch.extra = {k: v for k, v in batch.extra.items() if k != "step_pos"}  # compare at the last token
-    ours, _ = RewardScorer(model)(batch)
-    theirs = model(input_ids=ids).logits.float()[0]
+    ours, _ = scorer(batch)
+    theirs = scorer(logits_of=ids).float()[0]
     diff = float((ours[0, 0] - theirs).abs().max())
     if diff > rtol * (1 + float(theirs.abs().max())):
         raise RuntimeError(f"reward read by alignkit differs from the model's own forward by {diff:.3g}")

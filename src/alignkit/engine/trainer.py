@@ -125,7 +125,7 @@ class Trainer:
         scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self._optimizer_steps())
         if c.compile:  # the decoder, in place, with dynamic shapes (see engine/distributed.py)
             dist.compile_decoder(policy)
-        dist.check_launch(self.accelerator, c, strategy, self.reward_model)
+        dist.check_launch(self.accelerator, c, strategy)
         scorer = rm.RewardScorer(policy) if self.reward_model else LogProbModel(policy, c.chunk_size)
         # The schedule counts optimizer steps; accelerate would step a prepared scheduler once per process.
         self.scorer, self.optimizer = self.accelerator.prepare(scorer, optimizer)
@@ -170,7 +170,7 @@ class Trainer:
                 verify = rm.verify_against_forward if self.reward_model else verify_against_forward
                 if self.reward_model:
                     batch = self.train_data.collate([0], self.tokenizer.pad_token_id, "padded", c.max_row_tokens)
-                sharded = {} if self.reward_model or not dist.sharding(self.accelerator) else {"scorer": self.scorer}
+                sharded = {"scorer": self.scorer} if dist.sharding(self.accelerator) else {}
                 diff = verify(self.policy, batch.to(self.accelerator.device), 1e-4 if fp32 else 3e-2, **sharded)
         finally:
             self.policy.train(was_training)

@@ -103,9 +103,10 @@ def test_vector_scores_train_modpo_and_weighted_dpo(tiny_path, tmp_path):
     ([{"prompt": "a", "responses": [" b.", " c."], "scores": [1, 0]}] * 8, "modpo", "score vectors"),
 ])
 def test_bad_shapes_fail_before_any_model_loads(tiny_path, tmp_path, capsys, monkeypatch, rows, objective, message):
-    import alignkit.engine.trainer as trainer_mod
+    import alignkit.engine.startup as startup
 
-    monkeypatch.setattr(trainer_mod, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(startup, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(startup.rm, "load_reward_model", lambda *a, **k: pytest.fail("a reward model was loaded"))
     data = write(tmp_path / "bad.jsonl", rows)
     argv = ["train", f"model={tiny_path}", f"data={data}", f"objective={objective}", f"output_dir={tmp_path}"]
     assert cli.main(argv) == 2

@@ -25,7 +25,8 @@ from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import distributed as dist
 from alignkit.engine import refcache as rc
 from alignkit.engine import reward_model as rm
-from alignkit.engine.dataset import BatchOrder, TokenizedDataset, data_shape
+from alignkit.engine import startup
+from alignkit.engine.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine.logging import (
     MetricsLogger,
     logger,
@@ -40,12 +41,11 @@ from alignkit.engine.logprobs import (
     configure_attention_kernels,
     packing_layout,
     unwrap,
-    verify_against_forward,
 )
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
-from alignkit.models.load import LoraConfig, enable_activation_checkpointing, load_model, load_tokenizer
+from alignkit.models.load import load_model, load_tokenizer
 from alignkit.objectives import build_objective
 
 
@@ -71,7 +71,7 @@ class Trainer:
         check_bounds(config, "TrainConfig")
         self.config = c = config
         self._check_inputs(c)
-        self.accelerator = Accelerator(mixed_precision=_mixed_precision(c.mixed_precision),
+        self.accelerator = Accelerator(mixed_precision=startup.mixed_precision(c.mixed_precision),
                                        cpu=not torch.cuda.is_available())
         set_seed(c.seed)
         configure_attention_kernels(self.accelerator.device, c.cudnn_attention)
@@ -87,20 +87,8 @@ class Trainer:
             self.train_data, self.eval_data = self._prepare_data(strategy)
 
         # model and reference (the reference is built from the *initial* policy, before any resume)
-        load_kwargs = dict(dtype=c.dtype, attn_implementation=c.attn_implementation,
-                           trust_remote_code=c.trust_remote_code)
-        lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
         self.reward_model = self.objective.inputs == "rewards"  # a reward model: a head read at the last token
-        if self.reward_model:
-            self.head = rm.head_size(self.objective, data_shape(self.train_data.records)[3])  # (outputs, gate)
-            policy = rm.load_reward_model(c.model, *self.head, lora=lora, pad_token_id=self.tokenizer.pad_token_id,
-                                          **load_kwargs)
-        else:
-            policy = load_model(c.model, lora=lora, **load_kwargs)
-        if c.gradient_checkpointing:
-            enable_activation_checkpointing(unwrap(policy))
-            if c.lora:
-                unwrap(policy).enable_input_require_grads()
+        policy, self.head, load_kwargs = startup.load_policy(c, self.objective, self.tokenizer, self.train_data)
         self.layout = packing_layout(c.packing, policy)
         self.attn_weight = attention_cost_weight(policy)
         self.eval_reference = None
@@ -159,22 +147,7 @@ class Trainer:
 
     def _verify_logprobs(self) -> None:
         """One response through the executor and through the model's own forward must agree."""
-        c = self.config
-        batch = self.train_data.collate([0], self.tokenizer.pad_token_id, self.layout, c.max_row_tokens,
-                                        self.attn_weight)
-        fp32 = c.dtype in ("float32", "fp32") and _mixed_precision(c.mixed_precision) == "no"
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.accelerator.autocast():
-                verify = rm.verify_against_forward if self.reward_model else verify_against_forward
-                if self.reward_model:
-                    batch = self.train_data.collate([0], self.tokenizer.pad_token_id, "padded", c.max_row_tokens)
-                sharded = {"scorer": self.scorer} if dist.sharding(self.accelerator) else {}
-                diff = verify(self.policy, batch.to(self.accelerator.device), 1e-4 if fp32 else 3e-2, **sharded)
-        finally:
-            self.policy.train(was_training)
-        logger.info("executor matches the model's forward (|diff| %.2e on one response)", diff)
+        startup.verify_scorer(self)
 
     def _will_cache(self, strategy: str) -> bool:
         return rc.will_cache(self.config, self.objective, strategy)
@@ -410,14 +383,6 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_signal = signum
         logger.warning("signal %d received: finishing this step, then saving a checkpoint", signum)
-
-
-def _mixed_precision(setting: str) -> str:
-    if setting not in ("auto", "no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {setting!r}")
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def _no_state_update(objective, stats):

@@ -1,0 +1,65 @@
+"""What `Trainer.__init__` does before training: the precision setting, the policy (or reward model) load,
+and the start-up check that the executor reads what the model's own forward gives."""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.engine import distributed as dist
+from alignkit.engine import reward_model as rm
+from alignkit.engine.dataset import data_shape
+from alignkit.engine.logging import logger
+from alignkit.engine.logprobs import unwrap, verify_against_forward
+from alignkit.models.load import LoraConfig, enable_activation_checkpointing, load_model
+
+
+def mixed_precision(setting: str) -> str:
+    """accelerate's setting for ``mixed_precision``: ``auto`` is bf16 on a GPU that has it, else no."""
+    if setting not in ("auto", "no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def load_policy(c, objective, tokenizer, train_data):
+    """(model, reward head size or None, load kwargs): the causal LM, or for a reward-model objective the
+    backbone with a head of the size the objective and the data's score vectors need; LoRA and activation
+    checkpointing as configured."""
+    load_kwargs = dict(dtype=c.dtype, attn_implementation=c.attn_implementation, trust_remote_code=c.trust_remote_code)
+    lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
+    head = None
+    if objective.inputs == "rewards":
+        head = rm.head_size(objective, data_shape(train_data.records)[3])  # (outputs, gate)
+        policy = rm.load_reward_model(c.model, *head, lora=lora, pad_token_id=tokenizer.pad_token_id, **load_kwargs)
+    else:
+        policy = load_model(c.model, lora=lora, **load_kwargs)
+    if c.gradient_checkpointing:
+        enable_activation_checkpointing(unwrap(policy))
+        if c.lora:
+            unwrap(policy).enable_input_require_grads()
+    return policy, head, load_kwargs
+
+
+def verify_scorer(trainer) -> float:
+    """One response of the training data through the trainer's executor and through the model's own forward
+    (under FSDP both through the prepared scorer, on every process); raises on a mismatch."""
+    c = trainer.config
+    fp32 = c.dtype in ("float32", "fp32") and mixed_precision(c.mixed_precision) == "no"
+    if trainer.reward_model:
+        verify, layout = rm.verify_against_forward, "padded"
+        batch = trainer.train_data.collate([0], trainer.tokenizer.pad_token_id, layout, c.max_row_tokens)
+    else:
+        verify = verify_against_forward
+        batch = trainer.train_data.collate([0], trainer.tokenizer.pad_token_id, trainer.layout, c.max_row_tokens,
+                                           trainer.attn_weight)
+    sharded = {"scorer": trainer.scorer} if dist.sharding(trainer.accelerator) else {}
+    was_training = trainer.policy.training
+    trainer.policy.eval()
+    try:
+        with trainer.accelerator.autocast():
+            diff = verify(trainer.policy, batch.to(trainer.accelerator.device), 1e-4 if fp32 else 3e-2, **sharded)
+    finally:
+        trainer.policy.train(was_training)
+    logger.info("executor matches the model's forward (|diff| %.2e on one response)", diff)
+    return diff

@@ -60,7 +60,11 @@ def profile_step(trainer, rows: int = 12) -> str:
     lines = [f"step wall {wall:.3f} s (profiler overhead included)", "phase                                   total s"]
     lines += [f"{e.key:<40}{e.cpu_time_total / 1e6:>8.3f}" for e in phases]
     if torch.cuda.is_available():  # is the GPU busy, or waiting for the CPU to launch work?
-        kernels = [e for e in events if not e.key.startswith("phase:") and "#" not in e.key]  # no annotations
+        from torch.autograd import DeviceType
+
+        # kernels only: a CPU op also reports its kernels' time, and annotations (phases, Optimizer.step) theirs
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                   and not e.key.startswith("phase:")]
         busy = sum(getattr(e, "self_device_time_total", 0) or 0 for e in kernels) / 1e6
         lines.append(f"GPU busy {busy:.3f} s of the step's {wall:.3f} s (sum of kernel self times; the rest of the "
                      "step the GPU waits for launches)")

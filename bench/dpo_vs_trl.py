@@ -440,6 +440,7 @@ def main() -> None:
         print(f"[bench] reusing the model and data in {work} ({made})", flush=True)
     else:
         print(f"[bench] building model and data in {work}", flush=True)
+        stamp.unlink(missing_ok=True)  # a failed rebuild must not leave the old stamp over half-new files
         subprocess.run([str(python), __file__, "--prepare-only", "--work", str(work), "--rows", str(args.rows),
                         "--seed", str(args.seed), "--size", args.size], check=True, stdout=subprocess.DEVNULL)
         stamp.write_text(made)

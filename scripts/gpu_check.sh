@@ -19,7 +19,6 @@ else
   export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-ak() { python3 -m alignkit.cli "$@"; }
 part() { echo; echo "=== $* ($(date +%T))"; }
 
 part versions

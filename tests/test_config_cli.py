@@ -42,10 +42,16 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
         load_config(TrainConfig, str(path))
 
 
-def test_yaml_booleans_are_words_for_text_keys():
-    # YAML 1.1 reads `no` / `off` as False: a text key takes the word back, a key that takes bools keeps the bool
-    config = load_config(TrainConfig, overrides=["mixed_precision=no", "ref_cache=off"])
-    assert config.mixed_precision == "no" and config.ref_cache is False
+def test_yaml_1_1_boolean_words_stay_words_unless_the_key_takes_bools(tmp_path):
+    # YAML 1.1 reads no / off / yes / on as booleans; an override keeps the word the user typed
+    config = load_config(TrainConfig, overrides=["mixed_precision=no", "ref_cache=off", "output_dir=on", "lora=yes",
+                                                 "progress=off", "verify_logprobs=false"])
+    assert (config.mixed_precision, config.ref_cache, config.output_dir) == ("no", "off", "on")
+    assert config.lora is True and config.progress is False and config.verify_logprobs is False
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\nlora: yes\n")  # a file: yaml.safe_load's False becomes the word back
+    config = load_config(TrainConfig, str(path))
+    assert config.mixed_precision == "no" and config.lora is True
 
 
 def test_cli_errors_are_one_line_messages(tiny_path, pairs_path, capsys, monkeypatch, tmp_path):

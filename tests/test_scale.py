@@ -88,3 +88,22 @@ def test_gathered_state_dict_is_named_like_the_policy_and_keeps_ties(tiny):
 
 def test_any_process_in_one_process():
     assert dist.any_process(fake_accelerator(), True) and not dist.any_process(fake_accelerator(), False)
+
+
+def test_average_gradients_keeps_dtypes_and_leaves_gradient_free_parameters_alone():
+    """PPO's value model under DDP (engine/online.py): LoRA adapters in fp32 beside a bf16 head, and a gate
+    no process used. A fake 2-process accelerator whose other process holds ``other`` for every tensor."""
+    params = [torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16)), torch.nn.Parameter(torch.ones(2)),
+              torch.nn.Parameter(torch.ones(2))]
+    params[0].grad = torch.full((3,), 2.0, dtype=torch.bfloat16)
+    params[1].grad = torch.tensor([1.0, 3.0])  # params[2]: no gradient here, nor (below) on the other process
+    other = {torch.bfloat16: torch.full((3,), 4.0), torch.float32: torch.tensor([3.0, 5.0])}
+
+    def reduce(t, reduction):
+        if reduction == "sum":  # the has-gradient mask: the other process has the same one
+            return t * 2
+        return (t + other[t.dtype].to(t.dtype)) / 2
+
+    dist.average_gradients(params, SimpleNamespace(num_processes=2, reduce=reduce))
+    assert params[0].grad.dtype == torch.bfloat16 and params[0].grad.tolist() == [3.0, 3.0, 3.0]
+    assert params[1].grad.tolist() == [2.0, 4.0] and params[2].grad is None

@@ -193,11 +193,18 @@ def _allows(hint: Any, t: type) -> bool:
     return hint is t
 
 
+# YAML 1.1 also reads these words as booleans; a ``key=value`` override keeps them as words (so that
+# ``mixed_precision=no`` or ``ref_cache=off`` mean what they say) and a bool key turns them into bools
+_BOOL_WORDS = {"yes": True, "on": True, "y": True, "true": True, "no": False, "off": False, "n": False, "false": False}
+# a YAML file's ``mixed_precision: no`` arrives as False: the word it was
+_FALSE_WORD = {"mixed_precision": "no"}
+
+
 def _coerce(value: Any, hint: Any) -> Any:
-    """int -> float for float keys; '1e-5' (PyYAML reads it as a string) -> 1e-05; for a text key that takes
-    no bool, YAML 1.1's booleans back to words (``mixed_precision=no`` reads as False)."""
-    if isinstance(value, bool) and _allows(hint, str) and not _allows(hint, bool):
-        return "yes" if value else "no"
+    """int -> float for float keys; '1e-5' (PyYAML reads it as a string) -> 1e-05; 'yes' / 'off' ... -> a bool
+    for a key that takes bools and no text."""
+    if isinstance(value, str) and _allows(hint, bool) and not _allows(hint, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
     if not _allows(hint, float) or _allows(hint, str) or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -219,6 +226,8 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
             close = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{source}: unknown key '{key}'.{hint} Allowed keys: {', '.join(names)}")
+        if value is False and key in _FALSE_WORD:
+            value = _FALSE_WORD[key]
         value = values[key] = _coerce(value, hints[key])
         if not _type_ok(value, hints[key]):
             raise ConfigError(
@@ -237,7 +246,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' must look like key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            if raw.strip().lower() in _BOOL_WORDS and raw.strip().lower() not in ("true", "false"):
+                value = raw.strip()  # yes / no / on / off stay words (see _BOOL_WORDS)
+            else:
+                value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override '{item}': cannot parse value: {e}") from e
         out[key.strip()] = value

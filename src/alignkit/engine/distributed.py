@@ -189,19 +189,26 @@ def any_process(accelerator, flag: bool) -> bool:
 
 
 def average_gradients(params, accelerator) -> None:
-    """Average the gradients of ``params`` over the processes (one all-reduce of their concatenation), for a
-    module trained beside the DDP-wrapped scorer but not inside it: PPO's value model (engine/value.py),
-    attached to the policy after ``prepare``. A parameter without a gradient on this process counts as 0."""
+    """Average the gradients of ``params`` over the processes, for a module trained beside the DDP-wrapped
+    scorer but not inside it: PPO's value model (engine/value.py), attached to the policy after ``prepare``.
+    One all-reduce per dtype (LoRA adapters in fp32 beside a bf16 head) plus one of a has-gradient mask: a
+    parameter with a gradient on some process counts as 0 where it has none (as DDP does); one with a
+    gradient on no process keeps none (so the optimizer leaves it alone)."""
     params = [p for p in params if p.requires_grad]
     if accelerator.num_processes == 1 or not params:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    flat = accelerator.reduce(flat, reduction="mean")
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    has = accelerator.reduce(has, reduction="sum")
+    live = [p for p, h in zip(params, has.tolist()) if h > 0]
+    for dtype in sorted({p.dtype for p in live}, key=str):
+        group = [p for p in live if p.dtype == dtype]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+        flat = accelerator.reduce(flat, reduction="mean")
+        offset = 0
+        for p in group:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
 
 
 def check_launch(accelerator, config, strategy: str) -> None:

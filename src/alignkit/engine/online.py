@@ -88,13 +88,19 @@ class OnlineTrainer(Trainer):
         return super()._apply_update(*args)
 
     def _process_mean(self, metrics: dict[str, float]) -> dict[str, float]:
-        """The rollout's metrics averaged over processes (each sampled its own prompts)."""
+        """The rollout's metrics over processes (each sampled as many samples, from its own prompts): means
+        averaged; an ``X/std`` next to its ``X/mean`` from the averaged second moment."""
         acc = self.accelerator
         if acc.num_processes == 1 or not metrics:
             return metrics
         keys = sorted(metrics)
-        vals = acc.reduce(torch.tensor([float(metrics[k]) for k in keys], device=acc.device), reduction="mean")
-        return dict(zip(keys, vals.tolist()))
+        pairs = {k: k[:-4] + "/mean" for k in keys if k.endswith("/std") and k[:-4] + "/mean" in metrics}
+        raw = [float(metrics[k]) ** 2 + float(metrics[pairs[k]]) ** 2 if k in pairs else float(metrics[k])
+               for k in keys]
+        out = dict(zip(keys, acc.reduce(torch.tensor(raw, device=acc.device), reduction="mean").tolist()))
+        for k, m in pairs.items():
+            out[k] = max(out[k] - out[m] ** 2, 0.0) ** 0.5
+        return out
 
     def _check_inputs(self, c) -> None:
         if not c.model or not c.prompts or c.reward is None:
@@ -227,7 +233,7 @@ class OnlineTrainer(Trainer):
         self._log_samples(exp)
         dt = time.perf_counter() - t0
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
-                  **self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics}), **ppo_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  **self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics}), **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,
                   "peak_memory_mb": peak_memory_mb(dev), "skipped_steps": self.skipped_total}
         if self.skipped_in_row >= c.max_bad_steps:

@@ -131,8 +131,9 @@ class WeightedReward:
     @property
     def last_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for fn, _ in self.parts:
-            out.update(getattr(fn, "last_metrics", None) or {})
+        for i, (fn, _) in enumerate(self.parts):
+            for key, value in (getattr(fn, "last_metrics", None) or {}).items():
+                out[key if key not in out else f"{key}/part{i}"] = value  # a later part never hides an earlier
         return out
 
     def __call__(self, prompts, completions, rows) -> list[float]:

@@ -17,7 +17,7 @@ import json
 import time
 
 from _grpo_common import grpo_parser, preload_model_code, summarize_steps
-from _worker_common import peak_memory_mb, run_and_write
+from _worker_common import alignkit_order, peak_memory_mb, run_and_write, step_timer, sync
 
 T_START = time.perf_counter()
 
@@ -54,41 +54,18 @@ def run(args) -> dict:
     import transformers
     import trl
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
-    from alignkit.engine.dataset import BatchOrder
-
     rows = [json.loads(line) for line in open(args.data, encoding="utf-8") if line.strip()]
-    order = BatchOrder(len(rows), args.batch, args.seed)  # alignkit's order, fed sequentially
-    perm = [i for m in range(order.per_epoch) for i in order.indices(m)]
+    perm = alignkit_order(len(rows), args.batch, args.seed)  # fed sequentially
     dataset = Dataset.from_list([{"prompt": rows[i]["prompt"], "answer": str(rows[i]["answer"])} for i in perm])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.begin, self.ends, self.logs = (0.0, 0.0), [], []
-
-        def on_train_begin(self, a, state, control, **kw):
-            sync()
-            self.begin = (time.perf_counter(), time.process_time())
-
-        def on_step_end(self, a, state, control, **kw):
-            sync()
-            self.ends.append((time.perf_counter(), time.process_time()))
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.logs.append(dict(logs))
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     seen: list = []
     config, used = build_config(args)
-    timer = Timer()
+    timer = step_timer(device)
     preload_model_code(args.model)
     t_init = time.perf_counter()
     trainer = GRPOTrainer(model=args.model, reward_funcs=reward_func(tokenizer, seen), args=config,
@@ -100,15 +77,13 @@ def run(args) -> dict:
     def timed(*a, **kw):
         t0 = time.perf_counter()
         out = inner(*a, **kw)
-        sync()
+        sync(device)
         gen_log.append((time.perf_counter() - t0, sum(len(c) for c in out[0])))
         return out
 
     trainer._generate_single_turn = timed
     trainer.train()
-    marks = [timer.begin, *timer.ends]
-    step_seconds = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
-    step_cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    step_seconds, step_cpu = timer.step_times()
     history = [{"step": i + 1, **{k: log.get(k) for k in ("loss", "reward", "completions/mean_length", "kl",
                                                          "grad_norm", "learning_rate")}}
                for i, log in enumerate(timer.logs)]

@@ -17,7 +17,15 @@ from __future__ import annotations
 import json
 import time
 
-from _worker_common import device_name, peak_memory_mb, precision, run_and_write, worker_parser
+from _worker_common import (
+    alignkit_order,
+    device_name,
+    peak_memory_mb,
+    precision,
+    run_and_write,
+    step_timer,
+    worker_parser,
+)
 
 T_START = time.perf_counter()
 
@@ -46,42 +54,18 @@ def run(args) -> dict:
     import transformers
     import trl
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from alignkit.engine.dataset import BatchOrder
-
     rows = [json.loads(line) for line in open(args.data, encoding="utf-8") if line.strip()]
-    order = BatchOrder(len(rows), args.batch, args.seed)  # alignkit's order, fed sequentially
-    perm = [i for m in range(order.per_epoch) for i in order.indices(m)]
+    perm = alignkit_order(len(rows), args.batch, args.seed)  # fed sequentially
     dataset = Dataset.from_list([rows[i] for i in perm])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.begin, self.ends, self.logs = (0.0, 0.0), [], []
-
-        def on_train_begin(self, a, state, control, **kw):
-            sync()
-            self.begin = (time.perf_counter(), time.process_time())
-
-        def on_step_end(self, a, state, control, **kw):
-            sync()
-            self.ends.append((time.perf_counter(), time.process_time()))
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.logs.append(dict(logs))
 
     notes, drop, errors = [], set(), []
     t_init = time.perf_counter()
     for droppable in ("padding_free", "precompute_ref_log_probs", None):
         config, used = build_config(args, args.variant, drop)
-        timer = Timer()
+        timer = step_timer(device)
         try:
             trainer = DPOTrainer(model=args.model, args=config, train_dataset=dataset, callbacks=[timer])
             break
@@ -117,9 +101,7 @@ def run(args) -> dict:
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train
-    marks = [timer.begin, *timer.ends]
-    step_seconds = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
-    step_cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    step_seconds, step_cpu = timer.step_times()
     timed = step_seconds[args.warmup : total]
     timed_tokens = sum(tokens[args.warmup : total])
     history = [{"step": i + 1, **{k: log.get(k) for k in ("loss", "logps/chosen", "logps/rejected",

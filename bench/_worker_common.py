@@ -1,4 +1,5 @@
-"""What the benchmark workers share: the common arguments, peak memory, precision, device name, writing the result."""
+"""What the benchmark workers share: the common arguments, peak memory, precision, device name, alignkit's batch
+order, a step timer for TRL trainers, writing the result."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import resource
 import sys
+import time
 import traceback
 from collections.abc import Callable
 
@@ -34,6 +36,51 @@ def device_name(device) -> str | None:
     import torch
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def alignkit_order(rows: int, batch: int, seed: int) -> list[int]:
+    """Row indices in alignkit's batch order (`BatchOrder`), to feed a TRL trainer sequentially."""
+    from alignkit.engine.dataset import BatchOrder
+
+    order = BatchOrder(rows, batch, seed)
+    return [i for m in range(order.per_epoch) for i in order.indices(m)]
+
+
+def sync(device) -> None:
+    """Wait for the GPU (timings on CUDA); nothing on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_timer(device):
+    """A `TrainerCallback` that records (wall, CPU) time at train begin and at each step end (GPU synced) and
+    the log records that carry a loss; ``step_times()`` -> (wall seconds, CPU seconds) per step."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.begin, self.ends, self.logs = (0.0, 0.0), [], []
+
+        def on_train_begin(self, a, state, control, **kw):
+            sync(device)
+            self.begin = (time.perf_counter(), time.process_time())
+
+        def on_step_end(self, a, state, control, **kw):
+            sync(device)
+            self.ends.append((time.perf_counter(), time.process_time()))
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.logs.append(dict(logs))
+
+        def step_times(self) -> tuple[list[float], list[float]]:
+            marks = [self.begin, *self.ends]
+            return ([b[0] - a[0] for a, b in zip(marks, marks[1:])],
+                    [b[1] - a[1] for a, b in zip(marks, marks[1:])])
+
+    return StepTimer()
 
 
 def worker_parser() -> argparse.ArgumentParser:

@@ -59,6 +59,25 @@ def review_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def review_model_pair(review_world):
+    """(the pretrained review model, a noisy copy of it, the tokenizer), both in eval mode: two models on one
+    tokenizer whose greedy reviews differ (the copy's weights moved by 0.02·N(0, 1), seed 0). One per module."""
+    import copy
+
+    import torch
+
+    from alignkit.models.load import load_model, load_tokenizer
+
+    model, tok = load_model(review_world), load_tokenizer(review_world)
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return model.eval(), other.eval(), tok
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module's tests (restored after): tiny models run faster, and samples do not
     depend on the machine's thread count. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""

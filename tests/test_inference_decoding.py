@@ -6,7 +6,6 @@ Closed forms on toy distributions for the step functions; on the review world: g
 KL and costs match an independent uncached forward pass.
 """
 
-import copy
 import math
 import types
 
@@ -28,18 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def world(review_world):
-    """The pretrained review model, a noisy copy of it (a second model on the same tokenizer whose greedy
-    reviews are negative where the base's are positive), and the tokenizer."""
-    from alignkit.models.load import load_model, load_tokenizer
-
-    model, tok = load_model(review_world), load_tokenizer(review_world)
-    other = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
-    return model.eval(), other.eval(), tok
+def world(review_model_pair):
+    """The pretrained review model, a noisy copy of it on the same tokenizer (conftest), and the tokenizer."""
+    return review_model_pair
 
 
 def _log(p):

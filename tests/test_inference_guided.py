@@ -6,7 +6,6 @@ hand-computed choice and KL; the ARM loss against its closed form; and on the re
 trained briefly on gold-labelled pairs makes GenARM's samples clearly more positive than π's.
 """
 
-import copy
 import json
 import math
 
@@ -28,18 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def world(review_world):
-    """The pretrained review model π, a noisy copy of it (a helper on the same tokenizer whose greedy
-    reviews differ from π's), and the tokenizer."""
-    from alignkit.models.load import load_model, load_tokenizer
-
-    model, tok = load_model(review_world), load_tokenizer(review_world)
-    helper = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in helper.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
-    return model.eval(), helper.eval(), tok
+def world(review_model_pair):
+    """The pretrained review model, a noisy copy of it on the same tokenizer (conftest), and the tokenizer."""
+    return review_model_pair
 
 
 def gold(prompts, completions, rows):

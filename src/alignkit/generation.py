@@ -95,6 +95,13 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def eos_and_pad(model, tokenizer) -> tuple[list[int], int]:
+    """The ids that end a sample (the tokenizer's EOS and the model's generation-config ones) and the pad id
+    (the tokenizer's, else the first EOS)."""
+    eos = _eos_ids(model, tokenizer)
+    return eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+
+
 class _StopStrings:
     """A transformers stopping criterion: a row is done once its decoded completion (the tokens after
     ``width``, special tokens skipped) contains one of ``stop``. ``cut[row]`` records how many completion
@@ -182,8 +189,7 @@ def generate(
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
     stop = _check_stop(stop)
-    eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos, pad = eos_and_pad(model, tokenizer)
     greedy = temperature == 0
     gen_config = GenerationConfig(
         do_sample=not greedy, max_new_tokens=max_new_tokens, num_return_sequences=1 if greedy else k,

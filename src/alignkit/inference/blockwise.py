@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from alignkit.generation import _eos_ids, prompt_ids
+from alignkit.generation import eos_and_pad, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.bon import bon_kl
 from alignkit.inference.decoding import check_sampling
@@ -150,8 +150,7 @@ def _check_options(o: CdOptions, reward_fn, helper) -> None:
 
 def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettings, o: CdOptions, reward_fn,
                 gen: torch.Generator) -> InferenceOutput:
-    eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos, pad = eos_and_pad(model, tokenizer)
     ids = prompt_ids(tokenizer, prompt, settings.chat_template)
     base = PrefixLM(model, ids)
     help_ = PrefixLM(helper, ids) if o.value == "logratio" else None

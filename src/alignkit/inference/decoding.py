@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.data.schema import Text
-from alignkit.generation import Generation, _eos_ids, left_pad, prompt_ids
+from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
 from alignkit.inference.prefill import _cache_of, top_p_filter
 
 
@@ -252,8 +252,7 @@ def sample_product(models: list, exponents: list[float], tokenizer, prompts: lis
     if not all(math.isfinite(e) for e in exponents):
         raise ValueError(f"exponents must be finite, got {list(exponents)}")
     check_sampling(temperature, top_p, max_new_tokens, k)
-    eos = _eos_ids(models[0], tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos, pad = eos_and_pad(models[0], tokenizer)
     draws = 1 if temperature == 0 else k
     rows = [prompt_ids(tokenizer, p, chat_template) for p in prompts for _ in range(draws)]
     chooser = ProductChooser(list(exponents), tokenizer, temperature, top_p, len(rows))

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alignkit.generation import _eos_ids, prompt_ids
+from alignkit.generation import eos_and_pad, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.decoding import (
     Decoded,
@@ -88,8 +88,7 @@ def _run_chunks(models, tokenizer, prompts, settings: InferenceSettings, make_ch
     """Decode ``prompts`` in chunks of ``settings.batch_size`` with `decode_loop`, chunk ``i`` seeded with
     ``settings.seed + start`` in a forked RNG; yields ``(start, Decoded, chooser)``."""
     check_sampling(settings.temperature, settings.top_p, settings.max_new_tokens)
-    eos = _eos_ids(models[0], tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos, pad = eos_and_pad(models[0], tokenizer)
     device = next(models[0].parameters()).device
     modes = [m.training for m in models]
     try:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from alignkit.data.schema import Text
-from alignkit.generation import Generation, _eos_ids, left_pad, prompt_ids
+from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
 
 
 @dataclass
@@ -136,8 +136,7 @@ def sample_shared(
         raise ValueError(f"need n, max_new_tokens and batch_size >= 1, got {n}, {max_new_tokens} and {batch_size}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
-    eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos, pad = eos_and_pad(model, tokenizer)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     texts, ids_out, finished, stops, calls, tokens, logps = [], [], [], [], [], [], []

@@ -169,12 +169,11 @@ def model_preference(path: str, device=None, batch_size: int = 32) -> PointwiseP
     """A trained reward model: GPM (``alignkit_reward.json`` says objective gpm) or Bradley–Terry."""
     from alignkit.objectives.reward_structured import gpm_score
     from alignkit.rewards.score import reward_info
-    from alignkit.rollout.rewards import model_reward
+    from alignkit.rollout.rewards import completion_records, model_reward
 
     info = reward_info(path)
     if info.get("objective") != "gpm":
         return reward_preference(model_reward(path, device, batch_size), f"bt:rm:{path}")
-    from alignkit.data.schema import PreferenceRecord
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
     from alignkit.rewards.score import model_scores
@@ -185,11 +184,7 @@ def model_preference(path: str, device=None, batch_size: int = 32) -> PointwiseP
         model.to(device)
 
     def embed(prompts, completions, rows):
-        records = []
-        for p, c in zip(prompts, completions):
-            r = PreferenceRecord(prompt=p, responses=["x"], ranks=[0])
-            r.responses = [c]
-            records.append(r)
+        records = completion_records(prompts, completions)
         return [s[0] for s in model_scores(model, tokenizer, records, batch_size, progress=False)]
 
     return PointwisePreference(embed, lambda a, b: torch.sigmoid(gpm_score(a, b, **hp)), f"gpm:{path}")

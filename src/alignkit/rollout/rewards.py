@@ -89,9 +89,21 @@ def python_reward(path: str) -> RewardFn:
     return lambda p, c, r: [float(fn(x, y, z)) for x, y, z in zip(p, c, r)]
 
 
+def completion_records(prompts, completions) -> list:
+    """One single-response `PreferenceRecord` per (prompt, completion), for scoring with a reward model; an
+    empty completion (EOS first) is kept and scored too."""
+    from alignkit.data.schema import PreferenceRecord
+
+    records = []
+    for p, c in zip(prompts, completions):
+        r = PreferenceRecord(prompt=p, responses=["x"], ranks=[0])
+        r.responses = [c]  # set after construction: the schema refuses an empty response
+        records.append(r)
+    return records
+
+
 def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
     """A trained reward model scoring ``prompt + completion`` at its last token."""
-    from alignkit.data.schema import PreferenceRecord
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
     from alignkit.rewards.score import reward_info, score_records
@@ -101,11 +113,7 @@ def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
         model.to(device)
 
     def fn(prompts, completions, rows):
-        records = []
-        for p, c in zip(prompts, completions):
-            r = PreferenceRecord(prompt=p, responses=["x"], ranks=[0])
-            r.responses = [c]  # an empty completion (EOS first) is scored too
-            records.append(r)
+        records = completion_records(prompts, completions)
         scores, _ = score_records([model], tokenizer, records, batch_size, progress=False, infos=[info])
         if isinstance(scores[0][0], list):
             raise ValueError(f"reward model {path} has {len(scores[0][0])} outputs per response; a reward needs one "

@@ -188,6 +188,15 @@ def any_process(accelerator, flag: bool) -> bool:
     return bool(total.item() > 0)
 
 
+def mean_over_processes(accelerator, values: list[float]) -> list[float]:
+    """Each value averaged over the processes (one all-reduce); unchanged on one process. Every process must
+    call it with as many values, in the same order."""
+    if accelerator.num_processes == 1 or not values:
+        return [float(v) for v in values]
+    return accelerator.reduce(torch.tensor([float(v) for v in values], device=accelerator.device),
+                              reduction="mean").tolist()
+
+
 def average_gradients(params, accelerator) -> None:
     """Average the gradients of ``params`` over the processes, for a module trained beside the DDP-wrapped
     scorer but not inside it: PPO's value model (engine/value.py), attached to the policy after ``prepare``.

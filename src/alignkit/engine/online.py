@@ -90,14 +90,14 @@ class OnlineTrainer(Trainer):
     def _process_mean(self, metrics: dict[str, float]) -> dict[str, float]:
         """The rollout's metrics over processes (each sampled as many samples, from its own prompts): means
         averaged; an ``X/std`` next to its ``X/mean`` from the averaged second moment."""
-        acc = self.accelerator
-        if acc.num_processes == 1 or not metrics:
+        from alignkit.engine.distributed import mean_over_processes
+
+        if self.accelerator.num_processes == 1:
             return metrics
+        pairs = {k: k[:-4] + "/mean" for k in metrics if k.endswith("/std") and k[:-4] + "/mean" in metrics}
         keys = sorted(metrics)
-        pairs = {k: k[:-4] + "/mean" for k in keys if k.endswith("/std") and k[:-4] + "/mean" in metrics}
-        raw = [float(metrics[k]) ** 2 + float(metrics[pairs[k]]) ** 2 if k in pairs else float(metrics[k])
-               for k in keys]
-        out = dict(zip(keys, acc.reduce(torch.tensor(raw, device=acc.device), reduction="mean").tolist()))
+        raw = [metrics[k] ** 2 + metrics[pairs[k]] ** 2 if k in pairs else metrics[k] for k in keys]
+        out = dict(zip(keys, mean_over_processes(self.accelerator, raw)))
         for k, m in pairs.items():
             out[k] = max(out[k] - out[m] ** 2, 0.0) ** 0.5
         return out

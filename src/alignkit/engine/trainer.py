@@ -213,10 +213,8 @@ class Trainer:
         Returns (loss, metrics, tokens, grad_norm, lr)."""
         c, acc = self.config, self.accelerator
         if acc.num_processes > 1:  # log the mean over processes, not the main process's share
-            keys = list(metrics)
-            vals = torch.tensor([loss_sum, *[metrics[k] for k in keys]], device=acc.device)
-            vals = acc.reduce(vals, reduction="mean")
-            loss_sum, metrics = float(vals[0]), {k: float(v) for k, v in zip(keys, vals[1:])}
+            loss_sum, *means = dist.mean_over_processes(acc, [loss_sum, *metrics.values()])
+            metrics = dict(zip(metrics, means))
             tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
         grad_norm = acc.clip_grad_norm_(self.scorer.parameters(), c.max_grad_norm if c.max_grad_norm > 0 else 1e30)
         grad_norm = float(grad_norm)

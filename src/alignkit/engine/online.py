@@ -232,8 +232,9 @@ class OnlineTrainer(Trainer):
         self.step_idx += 1
         self._log_samples(exp)
         dt = time.perf_counter() - t0
+        rollout_metrics = self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics})
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
-                  **self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics}), **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
+                  **rollout_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,
                   "peak_memory_mb": peak_memory_mb(dev), "skipped_steps": self.skipped_total}
         if self.skipped_in_row >= c.max_bad_steps:

@@ -35,9 +35,7 @@ def load_policy(c, objective, tokenizer, train_data):
     else:
         policy = load_model(c.model, lora=lora, **load_kwargs)
     if c.gradient_checkpointing:
-        enable_activation_checkpointing(unwrap(policy))
-        if c.lora:
-            unwrap(policy).enable_input_require_grads()
+        enable_activation_checkpointing(unwrap(policy), lora=c.lora)
     return policy, head, load_kwargs
 
 

@@ -102,14 +102,13 @@ def setup_value_model(trainer) -> ValueModel:
                              lora=lora, dtype=c.dtype, attn_implementation=c.attn_implementation,
                              trust_remote_code=c.trust_remote_code).to(acc.device)
     if c.gradient_checkpointing:
-        enable_activation_checkpointing(unwrap(value.model))
-        if c.lora:
-            unwrap(value.model).enable_input_require_grads()
-    if acc.num_processes > 1:  # every process starts from the same value model (its head may be fresh)
+        enable_activation_checkpointing(unwrap(value.model), lora=c.lora)
+    if acc.num_processes > 1:  # every process starts from the same trainable weights (a fresh head, LoRA)
         from accelerate.utils import broadcast
 
         for p in value.parameters():
-            p.data.copy_(broadcast(p.data.clone(), from_process=0))
+            if p.requires_grad:  # frozen weights come from the same checkpoint everywhere
+                p.data.copy_(broadcast(p.data.clone(), from_process=0))
     setattr(trainer.policy, VALUE, value)
     lr = c.value_lr if c.value_lr is not None else c.lr
     params = [p for p in value.parameters() if p.requires_grad]

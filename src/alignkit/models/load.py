@@ -95,11 +95,14 @@ def frozen_copy(model):
     return ref
 
 
-def enable_activation_checkpointing(model) -> None:
+def enable_activation_checkpointing(model, lora: bool = False) -> None:
     """Recompute decoder activations in backward (non-reentrant), by transformers' current name for it
-    (``activation_checkpointing_enable`` since 5.x; ``gradient_checkpointing_enable`` before)."""
+    (``activation_checkpointing_enable`` since 5.x; ``gradient_checkpointing_enable`` before). With LoRA the
+    frozen embeddings' outputs must require grad, or the checkpointed blocks would get no gradient."""
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        model.enable_input_require_grads()

@@ -22,12 +22,17 @@ def mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def lora_config(c) -> LoraConfig | None:
+    """The run's LoRA settings (None without ``lora=true``), for the policy and PPO's value model alike."""
+    return LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
+
+
 def load_policy(c, objective, tokenizer, train_data):
     """(model, reward head size or None, load kwargs): the causal LM, or for a reward-model objective the
     backbone with a head of the size the objective and the data's score vectors need; LoRA and activation
     checkpointing as configured."""
     load_kwargs = dict(dtype=c.dtype, attn_implementation=c.attn_implementation, trust_remote_code=c.trust_remote_code)
-    lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
+    lora = lora_config(c)
     head = None
     if objective.inputs == "rewards":
         head = rm.head_size(objective, data_shape(train_data.records)[3])  # (outputs, gate)

@@ -83,7 +83,8 @@ def setup_value_model(trainer) -> ValueModel:
     from alignkit.engine import distributed as dist
     from alignkit.engine.reference import build_reference, resolve_strategy
     from alignkit.engine.schedule import build_scheduler
-    from alignkit.models.load import LoraConfig, enable_activation_checkpointing
+    from alignkit.engine.startup import lora_config
+    from alignkit.models.load import enable_activation_checkpointing
 
     c, acc = trainer.config, trainer.accelerator
     if dist.sharding(acc):  # DDP is fine: the online trainer averages the value gradients itself
@@ -96,11 +97,9 @@ def setup_value_model(trainer) -> ValueModel:
         strategy = resolve_strategy(c.ref_strategy, True, c.lora, c.ref_model)
         trainer.reference = build_reference(strategy, trainer.policy, c.ref_model, acc.device, c.chunk_size,
                                             trainer.load_kwargs)
-    lora = LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
     path = c.value_model or c.model
     value = load_value_model(path, unwrap(trainer.policy).config.vocab_size, trainer.tokenizer.pad_token_id,
-                             lora=lora, dtype=c.dtype, attn_implementation=c.attn_implementation,
-                             trust_remote_code=c.trust_remote_code).to(acc.device)
+                             lora=lora_config(c), **trainer.load_kwargs).to(acc.device)
     if c.gradient_checkpointing:
         enable_activation_checkpointing(unwrap(value.model), lora=c.lora)
     if acc.num_processes > 1:  # every process starts from the same trainable weights (a fresh head, LoRA)

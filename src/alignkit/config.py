@@ -17,9 +17,7 @@ from typing import Any, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from alignkit.errors import ConfigError  # noqa: F401  (re-exported: alignkit.config.ConfigError)
 
 
 @dataclass

@@ -48,13 +48,20 @@ class Batch:
     prompt_index: Tensor | None = None  # [B] flat index of each record's last prompt token (prompt gates)
     extra: dict[str, Tensor] = field(default_factory=dict)  # per-slot extras, e.g. shared_tokens [B, K]
 
-    def additive_mask(self, dtype: torch.dtype) -> Tensor:
-        """The 4D bool mask as 0 / dtype-min floats; shared by the policy and reference passes of a batch."""
-        if dtype not in self.float_masks:
+    def additive_mask(self, dtype: torch.dtype, window: int | None = None) -> Tensor:
+        """The 4D bool mask as 0 / dtype-min floats; shared by the policy and reference passes of a batch.
+
+        ``window``: a sliding window as transformers applies it (a query sees keys less than ``window``
+        positions back). Position ids restart per response after its prompt, so the distance of any pair
+        the block mask allows is its distance in the response's own sequence."""
+        if (dtype, window) not in self.float_masks:
             m = self.attention_mask
-            self.float_masks[dtype] = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(
+            if window is not None:
+                pos = self.position_ids
+                m = m & ((pos[:, :, None] - pos[:, None, :]) < window)[:, None]
+            self.float_masks[dtype, window] = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(
                 ~m, torch.finfo(dtype).min)
-        return self.float_masks[dtype]
+        return self.float_masks[dtype, window]
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -50,10 +50,47 @@ def configure_attention_kernels(device: torch.device, cudnn: bool) -> bool:
     return cudnn
 
 
+# layer types a 4D block mask expresses (with the layer's sliding window, if any); others (chunked attention,
+# linear / state-space layers) make a model fall back to padded rows
+MASKABLE_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def attention_windows(config) -> dict[str, int | None] | None:
+    """The sliding window of each attention layer type of a model (None: full attention), as transformers
+    applies them: ``layer_types`` where the config has it (Gemma-2/3 alternate local and global layers),
+    else one ``sliding_window`` for every layer (Mistral, Mixtral, Phi-3). None when a layer type is not
+    one a block mask can express."""
+    window = getattr(config, "sliding_window", None) or None
+    if getattr(config, "use_sliding_window", True) is False and not getattr(config, "layer_types", None):
+        window = None  # Qwen2-style configs without layer_types (older transformers)
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return {"full_attention": window}
+    if any(t not in MASKABLE_LAYER_TYPES for t in types):
+        return None
+    return {t: window if t == "sliding_attention" else None for t in dict.fromkeys(types)}
+
+
+def decoder_mask(batch: Batch, config, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:
+    """The attention mask a decoder gets for ``batch``: the 2D padding mask of padded rows as it is; for
+    shared-prompt rows the additive block mask with each layer type's sliding window applied — one tensor
+    when every layer sees the same, else ``{layer type: mask}``, which transformers' mixed-attention models
+    (Gemma-2/3, Cohere-2, Qwen2 with windowed layers...) take in place of the mask they would build."""
+    if batch.attention_mask.dim() != 4:
+        return batch.attention_mask
+    windows = attention_windows(config) or {"full_attention": None}
+    masks = {t: batch.additive_mask(dtype, w) for t, w in windows.items()}
+    if len({w for w in windows.values()}) == 1:
+        return next(iter(masks.values()))
+    return masks
+
+
 def supports_packing(model: nn.Module) -> bool:
-    """Shared-prompt packing needs an attention backend that honours a custom 4D mask."""
-    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
-    return impl in PACKING_BACKENDS
+    """Shared-prompt packing needs an attention backend that honours a custom 4D mask and layers whose
+    attention pattern the block mask can express."""
+    config = getattr(unwrap(model), "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    return impl in PACKING_BACKENDS and attention_windows(config) is not None
 
 
 def packing_layout(packing: str, model: nn.Module) -> str:
@@ -118,9 +155,7 @@ class LogProbModel(nn.Module):
             return self.model(input_ids=logits_of).logits
         base = unwrap(self.model)
         decoder, head = base.get_decoder(), base.get_output_embeddings()
-        mask = batch.attention_mask
-        if mask.dim() == 4:  # bool block mask -> additive float mask in the compute dtype
-            mask = batch.additive_mask(head.weight.dtype)
+        mask = decoder_mask(batch, base.config, head.weight.dtype)
         hidden = decoder(
             input_ids=batch.input_ids,
             attention_mask=mask,

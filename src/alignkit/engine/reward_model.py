@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import unwrap
+from alignkit.engine.logprobs import decoder_mask, unwrap
 from alignkit.models.load import LoraConfig, apply_lora, resolve_dtype
 
 GATE = "alignkit_gate"
@@ -117,9 +117,7 @@ class RewardScorer(nn.Module):
         base = unwrap(self.model)
         backbone = getattr(base, base.base_model_prefix)
         head = reward_head(self.model)
-        mask = batch.attention_mask
-        if mask.dim() == 4:
-            mask = batch.additive_mask(head.weight.dtype)
+        mask = decoder_mask(batch, base.config, head.weight.dtype)
         hidden = backbone(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                           use_cache=False).last_hidden_state
         flat = hidden.reshape(-1, hidden.shape[-1])

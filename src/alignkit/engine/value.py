@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import pad_per_slot, unwrap
+from alignkit.engine.logprobs import decoder_mask, pad_per_slot, unwrap
 from alignkit.engine.reward_model import load_reward_model, reward_head
 from alignkit.objectives.rl_ppo import gae, kl_estimate, token_rewards, whiten
 
@@ -58,9 +58,7 @@ class ValueModel(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         base = unwrap(self.model)
         head = reward_head(self.model)
-        mask = batch.attention_mask
-        if mask.dim() == 4:
-            mask = batch.additive_mask(head.weight.dtype)
+        mask = decoder_mask(batch, base.config, head.weight.dtype)
         hidden = getattr(base, base.base_model_prefix)(input_ids=batch.input_ids, attention_mask=mask,
                                                        position_ids=batch.position_ids,
                                                        use_cache=False).last_hidden_state

@@ -47,35 +47,98 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
+def attention_implementation(config, requested: str | None = "auto", task: str = "causal-lm") -> str | None:
+    """The attention backend to load a model with. ``auto``: SDPA where the model class supports it, else
+    eager (Gemma-2 refuses SDPA: it soft-caps attention scores); both take alignkit's 4D block masks.
+    Anything else is the user's explicit choice and is passed on as it is."""
+    if requested not in (None, "auto"):
+        return requested
+    cls = model_class(config, task)
+    if cls is not None and not getattr(cls, "_supports_sdpa", True):
+        logger.info("%s does not support SDPA attention: loading it with eager attention", cls.__name__)
+        return "eager"
+    return "sdpa"
+
+
+def model_class(config, task: str = "causal-lm"):
+    """The transformers class ``AutoModelForCausalLM`` (``task="causal-lm"``) or
+    ``AutoModelForSequenceClassification`` (``"seq-cls"``) would build for ``config``; None if unknown."""
+    from transformers.models.auto import modeling_auto as auto
+
+    mapping = auto.MODEL_FOR_CAUSAL_LM_MAPPING if task == "causal-lm" else auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+    try:
+        return mapping[type(config)]
+    except (KeyError, ValueError):
+        return None
+
+
 def load_model(
     path: str,
     dtype: str | torch.dtype = "float32",
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = "auto",
     trust_remote_code: bool = False,
     lora: LoraConfig | None = None,
 ):
-    """``AutoModelForCausalLM.from_pretrained`` with dtype, attention backend and optional LoRA."""
-    from transformers import AutoModelForCausalLM
+    """``AutoModelForCausalLM.from_pretrained`` with dtype, attention backend (`attention_implementation`)
+    and optional LoRA."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if attn := attention_implementation(config, attn_implementation):
+        kwargs["attn_implementation"] = attn
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
     if lora is not None:
         model = apply_lora(model, lora)
     return model
+
+
+def is_router(module: torch.nn.Module, name: str = "", parent: torch.nn.Module | None = None) -> bool:
+    """An MoE router: a ``*Router`` module (transformers 5), or a linear ``gate`` beside an ``experts`` list."""
+    if "router" in type(module).__name__.lower():
+        return True
+    return name.rsplit(".", 1)[-1] in ("gate", "router") and parent is not None and hasattr(parent, "experts")
+
+
+def lora_targets(model: torch.nn.Module) -> tuple[list[str], list[str], list[str]]:
+    """What ``lora_target_modules=all-linear`` adapts in ``model``: (module names, fused expert parameter names,
+    excluded router modules). Every linear layer (``nn.Linear``, GPT-2's ``Conv1D``) but the output and
+    classification heads; MoE experts stored as 3D parameters (transformers 5) through peft's
+    ``target_parameters``; routers are left alone (a low-rank update to the routing logits shifts which
+    experts see which tokens, which LoRA recipes for MoE models avoid). Works on a meta-device model too."""
+    from transformers.pytorch_utils import Conv1D
+
+    skip = {id(m) for m in (model.get_output_embeddings(), getattr(model, "score", None)) if m is not None}
+    modules, params, routers = set(), set(), []
+    named = dict(model.named_modules())
+    for name, mod in named.items():
+        parent = named.get(name.rsplit(".", 1)[0]) if "." in name else None
+        if is_router(mod, name, parent):
+            routers.append(name)
+        elif id(mod) in skip or any(name.startswith(r + ".") for r in routers):
+            continue
+        elif isinstance(mod, (torch.nn.Linear, Conv1D)):
+            modules.add(name.rsplit(".", 1)[-1])
+        elif "expert" in type(mod).__name__.lower():
+            params.update(n for n, p in mod.named_parameters(recurse=False) if p.dim() == 3)
+    return sorted(modules), sorted(params), routers
 
 
 def apply_lora(model, lora: LoraConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    targets: dict = {"target_modules": lora.target_modules}
+    if lora.target_modules == "all-linear":
+        modules, params, routers = lora_targets(model)
+        targets = {"target_modules": modules, "target_parameters": params or None,
+                   "exclude_modules": routers or None}
     config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
         task_type=task_type,
+        **targets,
         **lora.extra,
     )
     model = get_peft_model(model, config)

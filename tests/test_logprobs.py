@@ -7,6 +7,7 @@ from alignkit.data.collate import collate
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig, tokenize_records
 from alignkit.engine.logprobs import LogProbModel, build_stats
+from alignkit.errors import ModelError
 
 PROMPTS = ["The movie was", "Answer: ", "I watched the film and", "Q: what is two plus two"]
 RESPONSES = [" great fun!", "yes", " it was boring and dull and the ending was awful", " four", " so", "ie"]
@@ -173,7 +174,7 @@ def test_verify_catches_a_forward_the_executor_does_not_reproduce(tiny):
     assert verify_against_forward(model, batch, rtol=1e-5) < 1e-4
     model.config.logit_scale = 2.0  # Qwen2's forward ignores it; the executor would apply it
     try:
-        with pytest.raises(RuntimeError, match="disagrees with this model's own forward"):
+        with pytest.raises(ModelError, match="disagrees with this model's own forward"):
             verify_against_forward(model, batch, rtol=1e-4)
     finally:
         del model.config.logit_scale

@@ -74,7 +74,7 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     from alignkit.engine import refcache as rc
     from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.reference import ModelReference
-    from alignkit.engine.score import model_scorer
+    from alignkit.engine.score import model_layout, model_scorer
     from alignkit.objectives import build_objective
 
     extras = build_objective(args.objective).extras
@@ -82,9 +82,10 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     tok = TokenizeConfig(max_length, args.max_prompt_length, chat_template=args.chat_template)
     data = TokenizedDataset.build(records, tokenizer, tok, "data", extras, args.seed)
     weights = rc.files_digest(args.model)
-    weights = (weights or rc.weights_digest(model)) + f"|dtype={args.dtype}|attn=sdpa"  # load_model default
+    weights = (weights or rc.weights_digest(model)) + rc.load_key(model, args.dtype)
     _, layout, _ = model_scorer(model)
     model.eval()
+    layout = model_layout(model, data, tokenizer.pad_token_id, layout)
     table = rc.compute_table(ModelReference(model, "path", 0), data, tokenizer.pad_token_id, layout, 256,
                              args.batch_size, next(model.parameters()).device)
     rc.store_table(Path(args.out), table, rc.cache_meta(weights, data, "no"))

@@ -97,7 +97,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: Union[str, list] = "all-linear"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"  # auto (SDPA where the model class supports it, else eager) | sdpa | eager | ...
     trust_remote_code: bool = False
     # executor
     packing: str = "auto"  # auto | shared_prompt | padded

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.data.collate import Batch
+from alignkit.errors import ModelError
 from alignkit.objectives.stats import SequenceStats
 
 PACKING_BACKENDS = ("sdpa", "eager", "flex_attention")
@@ -147,12 +148,13 @@ class LogProbModel(nn.Module):
     def _no_split_modules(self):  # lets FSDP's transformer-based auto-wrap find the decoder layers
         return getattr(unwrap(self.model), "_no_split_modules", None)
 
-    def forward(self, batch: Batch | None = None, logits_of: Tensor | None = None) -> Tensor:
+    def forward(self, batch: Batch | None = None, logits_of: Tensor | None = None, keep: int = 0) -> Tensor:
         """Per-token log-probs of ``batch``; with ``logits_of`` (token ids ``[1, T]``) instead, the model's own
-        full-vocabulary forward — `verify_against_forward` calls both through this module so that a sharded
-        (FSDP / DeepSpeed) wrapper around it gathers the parameters for either."""
+        full-vocabulary forward (the last ``keep`` positions' logits; 0: all) — `verify_against_forward` calls
+        both through this module so that a sharded (FSDP / DeepSpeed) wrapper around it gathers the parameters
+        for either."""
         if logits_of is not None:
-            return self.model(input_ids=logits_of).logits
+            return self.model(input_ids=logits_of, **({"logits_to_keep": keep} if keep else {})).logits
         base = unwrap(self.model)
         decoder, head = base.get_decoder(), base.get_output_embeddings()
         mask = decoder_mask(batch, base.config, head.weight.dtype)
@@ -275,35 +277,57 @@ def build_stats(
     return stats
 
 
-@torch.no_grad()
+class ExecutorMismatch(ModelError):
+    """The executor's log-probs (or rewards) differ from the model's own forward for some response."""
+
+
+def own_forward(scorer: nn.Module, ids: Tensor, keep: int = 0) -> Tensor:
+    """The model's own forward through ``scorer`` (``logits_of``), keeping the logits of the last ``keep``
+    positions only where the model takes ``logits_to_keep`` (0: all of them)."""
+    try:
+        return scorer(logits_of=ids, keep=keep)
+    except TypeError:  # a remote-code model without logits_to_keep
+        logits = scorer(logits_of=ids)
+        return logits[:, -keep:] if keep else logits
+
+
+def plain_sequences(batch: Batch) -> list[tuple[int, Tensor]]:
+    """``(slot, ids [1, T])`` for every response in ``batch``: its prompt and the response alone, as the model's
+    own forward would see them (the rows of a shared-prompt batch hold the other responses too)."""
+    L = batch.input_ids.shape[1]
+    out = []
+    for slot in torch.unique(batch.slot).tolist():
+        last = int(batch.pred_index[batch.slot == slot][-1]) + 1  # flat index of the last scored token
+        row, t = divmod(last, L)
+        keep = batch.attention_mask[row, 0, t] if batch.attention_mask.dim() == 4 else batch.attention_mask[row].bool()
+        out.append((slot, batch.input_ids[row][keep][None]))
+    return out
+
+
 @torch.no_grad()
 def verify_against_forward(model: nn.Module, batch: Batch, rtol: float, scorer: nn.Module | None = None) -> float:
-    """Compare the executor with ``model(input_ids).logits.log_softmax(-1)`` on the batch's first response.
+    """Compare the executor with ``model(input_ids).logits.log_softmax(-1)`` for every response of ``batch``.
 
-    Guards against model families whose forward does something the executor does not reproduce.
-    Returns the absolute difference of the summed log-prob; raises when it exceeds ``rtol`` relative.
+    Guards against model families whose forward does something the executor does not reproduce (an
+    attention pattern the block mask misses, a logit transform). Returns the largest absolute difference of a
+    summed log-prob; raises `ExecutorMismatch` when one exceeds ``rtol`` relative.
     ``scorer``: the trainer's prepared `LogProbModel` (under FSDP every process must call it, with the same
     batch); by default a `LogProbModel` around ``model``.
     """
     scorer = scorer if scorer is not None else LogProbModel(model)
-    slot0 = batch.slot == batch.slot[0]
-    ours = float(scorer(batch)[slot0].sum())
-    row = int(batch.pred_index[slot0][0]) // batch.input_ids.shape[1]
-    if batch.attention_mask.dim() == 4:  # rebuild the plain sequence: the prompt, then the first response
-        last = int(batch.pred_index[slot0][-1]) % batch.input_ids.shape[1] + 1  # the last scored token
-        keep = batch.attention_mask[row, 0, last]
-        ids = batch.input_ids[row][keep][None]
-    else:
-        ids = batch.input_ids[row][batch.attention_mask[row].bool()][None]
-    logits = scorer(logits_of=ids).float().log_softmax(-1)[0]
-    n = int(slot0.sum())
-    targets = ids[0, -n:]
-    naive = float(logits[-n - 1 : -1].gather(-1, targets[:, None]).sum())
-    diff = abs(ours - naive)
-    if diff > rtol * max(1.0, abs(naive)):
-        raise RuntimeError(
-            f"the log-prob executor disagrees with this model's own forward ({ours:.4f} vs {naive:.4f}); the "
-            "model family transforms its logits or attention in a way alignkit does not reproduce. Try "
-            "packing=padded, or report the model type."
-        )
-    return diff
+    ours = sum_per_slot(scorer(batch).float(), batch).flatten()
+    lengths = batch.lengths.flatten()
+    worst = 0.0
+    for slot, ids in plain_sequences(batch):
+        n = int(lengths[slot])
+        logits = own_forward(scorer, ids, n + 1).float().log_softmax(-1)[0]
+        naive = float(logits[-n - 1 : -1].gather(-1, ids[0, -n:, None]).sum())
+        diff = abs(float(ours[slot]) - naive)
+        worst = max(worst, diff)
+        if diff > rtol * max(1.0, abs(naive)):
+            raise ExecutorMismatch(
+                f"the log-prob executor disagrees with this model's own forward ({float(ours[slot]):.4f} vs "
+                f"{naive:.4f} for a response of {n} tokens in {batch.layout} rows); the model family transforms its "
+                "logits or attention in a way alignkit does not reproduce. Try packing=padded, or report the model type."
+            )
+    return worst

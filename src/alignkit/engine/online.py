@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
+from alignkit.engine import startup
 from alignkit.engine.dataset import prompt_key
 from alignkit.engine.logging import peak_memory_mb
-from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap, verify_against_forward
+from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.engine.trainer import Trainer, TrainingStopped
 from alignkit.rollout import build_reward, sample_experience
 
@@ -167,14 +168,11 @@ class OnlineTrainer(Trainer):
         chunks = [list(range(len(rows)))[i::c.grad_accum] for i in range(c.grad_accum)]
         chunks = [ch for ch in chunks if ch]
         dev = acc.device
+        if getattr(self, "_verify_pending", False):  # on the first rollout's longest sample
+            self.layout = startup.check_executor(self, exp.data)
+            self._verify_pending = False
         batches = [exp.data.collate(ch, self.tokenizer.pad_token_id, self.layout, c.max_row_tokens,
                                     self.attn_weight).to(dev) for ch in chunks]
-        if getattr(self, "_verify_pending", False):
-            with acc.autocast():
-                verify_against_forward(self.policy, exp.data.collate([0], self.tokenizer.pad_token_id, "padded",
-                                                                     c.max_row_tokens).to(dev), 1e-4 if c.dtype in
-                                       ("float32", "fp32") else 3e-2)
-            self._verify_pending = False
         rollout_rl = self.objective.inputs == "rollout"
         name = self.objective.terms[0].spec.name
         adv, adv_metrics = None, {}

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from alignkit.data.collate import Batch
 from alignkit.engine.dataset import TokenizedDataset
 from alignkit.engine.distributed import sharding, share_sharded_scorer
+from alignkit.engine.logprobs import unwrap
 from alignkit.engine.reference import Reference
 from alignkit.engine.score import iter_batch_logps
 
@@ -192,6 +193,11 @@ def will_cache(config, objective, strategy: str) -> bool:
     return True
 
 
+def load_key(model, dtype: str) -> str:
+    """How the reference was loaded, as part of its cache key: dtype and the resolved attention backend."""
+    return f"|dtype={dtype}|attn={unwrap(model).config._attn_implementation}"
+
+
 def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
     """(train, eval) cached references for a `Trainer` ``t``: the reference is built (from ``t.strategy``)
     only when some table is missing, and released when this returns."""
@@ -211,7 +217,7 @@ def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
     if weights is None:  # not a local folder: digest the tensors of the loaded reference
         scorer = getattr(reference(), "scorer", None)
         weights = weights_digest(t.policy if scorer is None else scorer.model)
-    weights += f"|dtype={c.dtype}|attn={c.attn_implementation}"
+    weights += load_key(t.policy, c.dtype)
     cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else t.output_dir / "ref_cache"
     splits = {"train": t.train_data, **({"eval": t.eval_data} if t.eval_data else {})}
     if c.ref_cache_file:  # every process checks it first: a refusal must not leave others waiting at a barrier

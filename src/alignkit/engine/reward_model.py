@@ -28,14 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import decoder_mask, unwrap
-from alignkit.models.load import LoraConfig, apply_lora, resolve_dtype
+from alignkit.engine.logprobs import ExecutorMismatch, decoder_mask, plain_sequences, unwrap
+from alignkit.models.load import LoraConfig, apply_lora, attention_implementation, resolve_dtype
 
 GATE = "alignkit_gate"
 
 
 def load_reward_model(path: str, num_outputs: int | None = None, gate: int = 0, dtype="float32",
-                      attn_implementation: str | None = "sdpa", trust_remote_code: bool = False,
+                      attn_implementation: str | None = "auto", trust_remote_code: bool = False,
                       lora: LoraConfig | None = None, pad_token_id: int | None = None):
     """A sequence-classification model from a reward-model or causal-LM checkpoint.
 
@@ -46,8 +46,8 @@ def load_reward_model(path: str, num_outputs: int | None = None, gate: int = 0, 
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    if attn := attention_implementation(config, attn_implementation, task="seq-cls"):
+        kwargs["attn_implementation"] = attn
     if num_outputs is not None:
         kwargs["num_labels"] = num_outputs
     if getattr(config, "num_labels", None) not in (None, num_outputs) and num_outputs is not None and _is_rm(config):
@@ -137,17 +137,22 @@ class RewardScorer(nn.Module):
 
 @torch.no_grad()
 def verify_against_forward(model: nn.Module, batch: Batch, rtol: float, scorer: nn.Module | None = None) -> float:
-    """The reward read by `RewardScorer` for the first response equals the HF model's own output.
-    ``scorer``: the trainer's prepared `RewardScorer` (under FSDP every process calls it with the same batch)."""
+    """The reward read by `RewardScorer` for every response of ``batch`` equals the HF model's own output for
+    that response alone. ``scorer``: the trainer's prepared `RewardScorer` (under FSDP every process calls it
+    with the same batch). Raises `ExecutorMismatch`; returns the largest difference."""
     scorer = scorer if scorer is not None else RewardScorer(model)
-    ids = batch.input_ids[0, : int(batch.last_index[0, 0]) + 1][None]
     batch.extra = {k: v for k, v in batch.extra.items() if k != "step_pos"}  # compare at the last token
     ours, _ = scorer(batch)
-    theirs = scorer(logits_of=ids).float()[0]
-    diff = float((ours[0, 0] - theirs).abs().max())
-    if diff > rtol * (1 + float(theirs.abs().max())):
-        raise RuntimeError(f"reward read by alignkit differs from the model's own forward by {diff:.3g}")
-    return diff
+    ours = ours.flatten(0, 1)
+    worst = 0.0
+    for slot, ids in plain_sequences(batch):
+        theirs = scorer(logits_of=ids).float()[0]
+        diff = float((ours[slot] - theirs).abs().max())
+        worst = max(worst, diff)
+        if diff > rtol * (1 + float(theirs.abs().max())):
+            raise ExecutorMismatch(f"the reward read by alignkit differs from the model's own forward by {diff:.3g} "
+                                   f"in {batch.layout} rows; try packing=padded, or report the model type")
+    return worst
 
 
 def write_info(final: Path, objective, num_outputs: int, gate: int) -> Path:

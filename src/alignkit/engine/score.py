@@ -6,6 +6,7 @@ sampled completions (`alignkit.generation.score_logps`) and `alignkit logprobs` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,16 @@ from alignkit.data.collate import Batch
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine.dataset import TokenizedDataset
-from alignkit.engine.logprobs import LogProbModel, attention_cost_weight, sum_per_slot, supports_packing
+from alignkit.engine.logprobs import (
+    ExecutorMismatch,
+    LogProbModel,
+    attention_cost_weight,
+    sum_per_slot,
+    supports_packing,
+    verify_against_forward,
+)
+
+logger = logging.getLogger("alignkit")
 
 
 def iter_batch_logps(
@@ -44,6 +54,45 @@ def iter_batch_logps(
             bar.update(len(idx))
 
 
+def longest_record(data: TokenizedDataset) -> int:
+    """Index of the record with the longest prompt + response: where a sliding window, if any, binds first."""
+    return max(range(len(data.items)), key=lambda i: max(len(data.items[i].full_ids(k)) for k in range(data.items[i].k)))
+
+
+def checked_layout(verify: Callable[[Batch], float], data: TokenizedDataset, pad_id: int, layout: str,
+                   max_row_tokens: int, attn_weight: float, device, model_name: str) -> str:
+    """The batch layout to score ``data`` with, checked: every response of its longest record through the
+    executor and through the model's own forward (``verify(batch)`` -> largest difference, or raises
+    `ExecutorMismatch`). Shared-prompt rows that disagree (a family whose attention the block mask does not
+    express) fall back to padded rows, said once; padded rows that disagree, or shared-prompt rows asked for
+    explicitly (``layout="shared_prompt"``), raise."""
+    index, worst = longest_record(data), 0.0
+    for candidate in ("padded",) if layout == "padded" else ("shared_prompt", "padded"):
+        batch = data.collate([index], pad_id, candidate, max_row_tokens, attn_weight).to(device)
+        try:
+            worst = max(worst, verify(batch))
+        except ExecutorMismatch as e:
+            if candidate == "padded" or layout == "shared_prompt":
+                raise
+            logger.warning("shared-prompt packing does not reproduce %s's own forward (%s): using padded rows",
+                           model_name, str(e).split(";")[0])
+            layout = "padded"
+    item = data.items[index]
+    logger.info("executor matches the model's forward on the longest record (%d responses, up to %d tokens; "
+                "|diff| %.2e)", item.k, max(len(item.full_ids(k)) for k in range(item.k)), worst)
+    return layout
+
+
+def model_layout(model, data: TokenizedDataset, pad_id: int, layout: str, max_row_tokens: int = 256,
+                 chunk_size: int = 0) -> str:
+    """`checked_layout` for a plain (unprepared) causal LM in eval mode, at its own precision."""
+    rtol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+    scorer = LogProbModel(model, chunk_size)
+    return checked_layout(lambda b: verify_against_forward(model, b, rtol, scorer), data, pad_id, layout,
+                          max_row_tokens, attention_cost_weight(model), next(model.parameters()).device,
+                          type(model).__name__)
+
+
 def model_scorer(model, chunk_size: int = 0) -> tuple[Callable[[Batch], Tensor], str, float]:
     """A ``score`` function for `iter_batch_logps` from a causal LM, with its layout and attention weight."""
     scorer = LogProbModel(model, chunk_size)
@@ -60,6 +109,7 @@ def iter_logprobs(
     chunk_size: int = 0,
     max_row_tokens: int = 256,
     progress: bool = True,
+    verify: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Yield ``{"id", "response_index", "logp", "n_tokens"}`` for each response, in record order.
 
@@ -69,6 +119,8 @@ def iter_logprobs(
     score, layout, attn_weight = model_scorer(model, chunk_size)
     device = next(model.parameters()).device
     model.eval()
+    if verify:
+        layout = model_layout(model, data, tokenizer.pad_token_id, layout, max_row_tokens, chunk_size)
     batches = iter_batch_logps(score, data, tokenizer.pad_token_id, layout, batch_size, device, max_row_tokens,
                                attn_weight, desc="logprobs" if progress else None)
     for idx, batch, logps in batches:

@@ -8,8 +8,8 @@ import torch
 from alignkit.engine import distributed as dist
 from alignkit.engine import reward_model as rm
 from alignkit.engine.dataset import data_shape
-from alignkit.engine.logging import logger
 from alignkit.engine.logprobs import unwrap, verify_against_forward
+from alignkit.engine.score import checked_layout
 from alignkit.models.load import LoraConfig, enable_activation_checkpointing, load_model
 
 
@@ -44,25 +44,22 @@ def load_policy(c, objective, tokenizer, train_data):
     return policy, head, load_kwargs
 
 
-def verify_scorer(trainer) -> float:
-    """One response of the training data through the trainer's executor and through the model's own forward
-    (under FSDP both through the prepared scorer, on every process); raises on a mismatch."""
-    c = trainer.config
-    fp32 = c.dtype in ("float32", "fp32") and mixed_precision(c.mixed_precision) == "no"
-    if trainer.reward_model:
-        verify, layout = rm.verify_against_forward, "padded"
-        batch = trainer.train_data.collate([0], trainer.tokenizer.pad_token_id, layout, c.max_row_tokens)
-    else:
-        verify = verify_against_forward
-        batch = trainer.train_data.collate([0], trainer.tokenizer.pad_token_id, trainer.layout, c.max_row_tokens,
-                                           trainer.attn_weight)
-    sharded = {"scorer": trainer.scorer} if dist.sharding(trainer.accelerator) else {}
+def check_executor(trainer, data) -> str:
+    """The batch layout to train with, checked by `checked_layout` on ``data`` through the trainer's executor
+    (under FSDP through the prepared scorer, on every process) in the training precision."""
+    c, acc = trainer.config, trainer.accelerator
+    rtol = 1e-4 if c.dtype in ("float32", "fp32") and mixed_precision(c.mixed_precision) == "no" else 3e-2
+    check = rm.verify_against_forward if trainer.reward_model else verify_against_forward
+    sharded = {"scorer": trainer.scorer} if dist.sharding(acc) else {}
+
+    def verify(batch):
+        with acc.autocast():
+            return check(trainer.policy, batch, rtol, **sharded)
+
     was_training = trainer.policy.training
     trainer.policy.eval()
     try:
-        with trainer.accelerator.autocast():
-            diff = verify(trainer.policy, batch.to(trainer.accelerator.device), 1e-4 if fp32 else 3e-2, **sharded)
+        return checked_layout(verify, data, trainer.tokenizer.pad_token_id, trainer.layout, c.max_row_tokens,
+                              trainer.attn_weight, acc.device, type(unwrap(trainer.policy)).__name__)
     finally:
         trainer.policy.train(was_training)
-    logger.info("executor matches the model's forward (|diff| %.2e on one response)", diff)
-    return diff

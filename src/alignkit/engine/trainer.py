@@ -146,8 +146,9 @@ class Trainer:
         return self.total_steps
 
     def _verify_logprobs(self) -> None:
-        """One response through the executor and through the model's own forward must agree."""
-        startup.verify_scorer(self)
+        """The longest record through the executor and through the model's own forward must agree (a family
+        whose attention the shared-prompt block mask cannot express falls back to padded rows)."""
+        self.layout = startup.check_executor(self, self.train_data)
 
     def _will_cache(self, strategy: str) -> bool:
         return rc.will_cache(self.config, self.objective, strategy)

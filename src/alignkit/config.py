@@ -90,6 +90,7 @@ class TrainConfig:
     dtype: str = "float32"
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else no) | no | bf16 | fp16
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
+    disable_dropout: bool = True  # dropout off in the trained model (else the policy differs from the reference at step 0)
     compile: bool = False  # torch.compile the decoder (dynamic shapes); pays a compile pause at start-up
     cudnn_attention: bool = False  # let SDPA use cuDNN's kernel on CUDA (off: costly per call with block masks)
     lora: bool = False

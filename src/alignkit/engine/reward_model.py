@@ -5,13 +5,15 @@ head outputs: 1 for Bradley–Terry, m attributes for regression, H heads for a 
 for GPM), so a trained one loads with plain transformers too. It can start from any causal-LM checkpoint:
 the decoder weights are reused and the ``score`` head is new.
 
-**Where the reward is read.** At the last completion token of each response (its EOS, which the
-tokenizer appends) — the hidden state that has seen the whole prompt and response. `RewardScorer` reads
-it by position (``Batch.last_index``), so it is the same token in shared-prompt packed rows (each
-response is its own segment) and in right-padded rows (the last non-pad token, which is exactly what
-transformers' own ``ForSequenceClassification`` forward reads with right padding). Left-padded inputs
-are never built by alignkit; a user calling the HF model directly with left padding must pass the
-attention mask, and HF then reads the last non-pad token too.
+**Where the reward is read.** Where transformers' own ``ForSequenceClassification`` forward reads it: at
+the last token of each response that is not the pad token — its EOS (which the tokenizer appends) when the
+tokenizer has a pad token of its own, the hidden state that has seen the whole prompt and response. With a
+tokenizer whose pad *is* its EOS (Llama-3, Mistral, GPT-2 have no pad token; alignkit pads with EOS), the
+HF forward cannot tell the EOS from padding and reads the token before it, and so does alignkit (a trained
+model then scores the same in plain transformers, TRL's reward pipelines and alignkit). `RewardScorer` reads
+by position (`reading_index`), so it is the same token in shared-prompt packed rows (each response is its
+own segment) and in right-padded rows. Left-padded inputs are never built by alignkit; a user calling the HF
+model directly with left padding must pass the attention mask, and HF then reads the last non-pad token too.
 
 **Prompt gates** (mixture of heads, ArmoRM-style gating): an extra linear layer ``alignkit_gate`` on the
 hidden state of the prompt's last token, softmax over H. It is a submodule of the HF model (so it is
@@ -127,12 +129,26 @@ class RewardScorer(nn.Module):
             where = (first[..., None] + batch.extra["step_pos"]).clamp(min=0, max=flat.shape[0] - 1)
             rewards = head(flat.index_select(0, where.reshape(-1))).float().view(*where.shape)
         else:
-            last = flat.index_select(0, batch.last_index.reshape(-1)).view(B, K, -1)
+            last = flat.index_select(0, reading_index(batch, base.config.pad_token_id).reshape(-1)).view(B, K, -1)
             rewards = head(last).float()
         gate = getattr(base, GATE, None)
         if gate is None:
             return rewards, None
         return rewards, torch.softmax(gate(flat.index_select(0, batch.prompt_index)).float(), dim=-1)
+
+
+def reading_index(batch: Batch, pad_token_id: int | None) -> Tensor:
+    """[B, K] flat index of the token each response's reward is read at: its last token that is not
+    ``pad_token_id`` (transformers' rule), never before the response's first token."""
+    last = batch.last_index
+    if pad_token_id is None:
+        return last
+    ids, back = batch.input_ids.reshape(-1), torch.zeros_like(last)
+    while True:
+        step = (ids[last] == pad_token_id) & (back < batch.lengths - 1)
+        if not bool(step.any()):
+            return last
+        last, back = last - step.long(), back + step.long()
 
 
 @torch.no_grad()

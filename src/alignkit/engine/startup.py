@@ -8,9 +8,10 @@ import torch
 from alignkit.engine import distributed as dist
 from alignkit.engine import reward_model as rm
 from alignkit.engine.dataset import data_shape
+from alignkit.engine.logging import logger
 from alignkit.engine.logprobs import unwrap, verify_against_forward
 from alignkit.engine.score import checked_layout
-from alignkit.models.load import LoraConfig, enable_activation_checkpointing, load_model
+from alignkit.models.load import LoraConfig, disable_dropout, enable_activation_checkpointing, load_model
 
 
 def mixed_precision(setting: str) -> str:
@@ -39,6 +40,8 @@ def load_policy(c, objective, tokenizer, train_data):
         policy = rm.load_reward_model(c.model, *head, lora=lora, pad_token_id=tokenizer.pad_token_id, **load_kwargs)
     else:
         policy = load_model(c.model, lora=lora, **load_kwargs)
+    if c.disable_dropout and (n := disable_dropout(unwrap(policy))):
+        logger.info("dropout disabled in %d places of the model (disable_dropout=false keeps it)", n)
     if c.gradient_checkpointing:
         enable_activation_checkpointing(unwrap(policy), lora=c.lora)
     return policy, head, load_kwargs

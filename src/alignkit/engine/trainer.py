@@ -60,6 +60,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     skipped_steps: int = 0
+    layout: str | None = None  # the batch layout the run used (after the start-up check)
 
 
 class Trainer:
@@ -375,7 +376,7 @@ class Trainer:
         log.close()
         if self.skipped_total:
             logger.warning("%d step(s) were skipped for non-finite loss or gradient", self.skipped_total)
-        return TrainResult(self.output_dir, final_dir, history, interrupted, self.skipped_total)
+        return TrainResult(self.output_dir, final_dir, history, interrupted, self.skipped_total, self.layout)
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # second signal: stop now

@@ -82,7 +82,7 @@ def setup_value_model(trainer) -> ValueModel:
     from alignkit.engine.reference import build_reference, resolve_strategy
     from alignkit.engine.schedule import build_scheduler
     from alignkit.engine.startup import lora_config
-    from alignkit.models.load import enable_activation_checkpointing
+    from alignkit.models.load import disable_dropout, enable_activation_checkpointing
 
     c, acc = trainer.config, trainer.accelerator
     if dist.sharding(acc):  # DDP is fine: the online trainer averages the value gradients itself
@@ -98,6 +98,8 @@ def setup_value_model(trainer) -> ValueModel:
     path = c.value_model or c.model
     value = load_value_model(path, unwrap(trainer.policy).config.vocab_size, trainer.tokenizer.pad_token_id,
                              lora=lora_config(c), **trainer.load_kwargs).to(acc.device)
+    if c.disable_dropout:
+        disable_dropout(unwrap(value.model))
     if c.gradient_checkpointing:
         enable_activation_checkpointing(unwrap(value.model), lora=c.lora)
     if acc.num_processes > 1:  # every process starts from the same trainable weights (a fresh head, LoRA)

@@ -16,6 +16,7 @@ from the same list.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,19 +135,25 @@ def save_family(name: str, path: str | Path, seed: int = 0, tokenizer=None) -> P
     from alignkit.models.tiny import build_tokenizer
 
     family = FAMILIES[name]
-    vocab = None
+    vocab, folder = None, None
     if tokenizer is None:
         folder = tokenizer_dir(family.tokenizer) if family.tokenizer else None
         if folder is not None:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         else:
             tokenizer, vocab = build_tokenizer(), 512
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     vocab = vocab or max(family.vocab_size, len(tokenizer))
-    model = build_family_model(name, vocab, seed, special_token_ids(tokenizer))
+    special = special_token_ids(tokenizer)
+    if special["pad_token_id"] is None:
+        special["pad_token_id"] = tokenizer.eos_token_id  # what alignkit.models.load.load_tokenizer pads with
+    model = build_family_model(name, vocab, seed, special)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(path)
+    if folder is not None:  # the real files as they are (save_pretrained would re-serialise them)
+        for f in folder.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, path / f.name)
+    else:
+        tokenizer.save_pretrained(path)
     model.save_pretrained(path, safe_serialization=True)
     return path

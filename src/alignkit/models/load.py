@@ -158,6 +158,22 @@ def frozen_copy(model):
     return ref
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Dropout off in ``model`` whatever mode it is in: every ``nn.Dropout``'s ``p`` and the float attention
+    dropout rates attention modules keep (``attention_dropout``, passed to SDPA in training mode) set to 0.
+    Returns how many were non-zero. The config is left as it was (a saved model keeps its dropout)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p:
+            module.p, changed = 0.0, changed + 1
+        for name in ("attention_dropout", "dropout"):
+            value = getattr(module, name, None)
+            if isinstance(value, float) and value:
+                setattr(module, name, 0.0)
+                changed += 1
+    return changed
+
+
 def enable_activation_checkpointing(model, lora: bool = False) -> None:
     """Recompute decoder activations in backward (non-reentrant), by transformers' current name for it
     (``activation_checkpointing_enable`` since 5.x; ``gradient_checkpointing_enable`` before). With LoRA the

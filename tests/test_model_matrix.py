@@ -7,6 +7,7 @@ import logging
 import math
 
 import pytest
+import torch
 
 from alignkit.model_matrix import check_family, train_once, write_data
 from alignkit.models.families import FAMILIES, TEST_WINDOW, save_family
@@ -98,3 +99,46 @@ def test_without_the_window_the_mask_would_be_wrong(root):
     finally:
         lp.attention_windows = original
     assert right < 1e-5 < 1e-2 < wrong
+
+
+def test_reward_is_read_where_transformers_reads_it_when_pad_is_eos(root):
+    """Llama-3's tokenizer has no pad token, so alignkit pads with EOS; transformers' sequence-classification
+    forward then reads the token before a trailing EOS. alignkit reads the same token, in both layouts, so a
+    trained reward model scores the same in plain transformers."""
+    from alignkit.data.collate import collate
+    from alignkit.data.schema import PreferenceRecord
+    from alignkit.data.tokenize import TokenizeConfig, tokenize_records
+    from alignkit.engine.reward_model import RewardScorer, load_reward_model
+    from alignkit.models.load import load_tokenizer
+
+    path = save_family("llama", root / "rm" / "model")
+    tok = load_tokenizer(str(path))
+    assert tok.pad_token_id == tok.eos_token_id
+    model = load_reward_model(str(path), 1, pad_token_id=tok.pad_token_id).eval()
+    recs = [PreferenceRecord(prompt="The film was", responses=[" long and slow.", " good."], ranks=[0, 1]),
+            PreferenceRecord(prompt="In short, the plot", responses=[" works.", " is a mess of ideas."], ranks=[1, 0])]
+    items, _ = tokenize_records(recs, tok, TokenizeConfig())
+    assert all(tr.segments[k][-1] == tok.eos_token_id for tr in items for k in range(2))
+    seqs = [tr.full_ids(k) for tr in items for k in range(2)]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    with torch.no_grad():
+        theirs = model(input_ids=ids, attention_mask=mask).logits.view(2, 2)
+        for layout in ("shared_prompt", "padded"):
+            ours, _ = RewardScorer(model)(collate(items, recs, tok.pad_token_id, layout))
+            assert torch.allclose(ours.squeeze(-1), theirs, atol=1e-5), layout
+
+
+def test_dropout_is_off_in_the_trained_model_unless_asked(root):
+    """GPT-2 ships with dropout 0.1: left on, the policy's log-probs at step 0 differ from the reference's, so
+    DPO starts away from ln 2 (the matrix's GPT-2 row caught it). TRL disables it too."""
+    from alignkit.models.families import build_family_model
+    from alignkit.models.load import disable_dropout
+
+    model = build_family_model("gpt2", vocab_size=1000).train()
+    ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert disable_dropout(model) == 1 + 2 * 3  # the embeddings', then attention, residual and MLP per layer
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert model.config.resid_pdrop == 0.1  # the saved config keeps the model's own setting

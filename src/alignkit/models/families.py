@@ -94,12 +94,12 @@ def build_family_model(name: str, vocab_size: int | None = None, seed: int = 0, 
 
     family = FAMILIES[name]
     vocab = vocab_size or family.vocab_size
-    special = {k: v for k, v in (special_tokens or {}).items() if v is None or v < vocab}
-    config = getattr(transformers, family.config_class)(**_config_kwargs(family, vocab, special))
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # class defaults outside a small vocabulary
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value >= vocab:
-            setattr(config, key, None)
+    config_class = getattr(transformers, family.config_class)
+    defaults = config_class()
+    special = {k: None for k in ("bos_token_id", "eos_token_id", "pad_token_id")  # class defaults outside the vocab
+               if isinstance(getattr(defaults, k, None), int) and getattr(defaults, k) >= vocab}
+    special.update({k: v for k, v in (special_tokens or {}).items() if v is None or v < vocab})
+    config = config_class(**_config_kwargs(family, vocab, special))
     torch.manual_seed(seed)
     kwargs = {"dtype": dtype}
     if attn_implementation:

@@ -205,18 +205,26 @@ def _fmt(x: float) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
+def _windows(windows: dict) -> str:
+    if not windows:
+        return "a layer type no mask expresses"
+    if list(windows) == ["full_attention"]:
+        return "none" if windows["full_attention"] is None else f"{windows['full_attention']} on every layer"
+    return ", ".join(f"{w} on {t.split('_')[0]} layers" if w else f"{t.split('_')[0]} layers global"
+                     for t, w in windows.items())
+
+
 def to_markdown(results: list[FamilyResult], header: str) -> str:
     lines = [header, "",
              "| family | tokenizer | attention | sliding windows | shared-prompt | padded | grad (rel.) | generate "
              "| DPO step (loss, layout) | LoRA step | BT step | GRPO step | best-of-4 | LoRA targets |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        windows = ", ".join(f"{t.split('_')[0]}: {w}" for t, w in r.windows.items()) or "not maskable"
-        runs = {k: (f"{v['loss']:.4f}" + (f", {v['layout']}" if k == "dpo" else "")) if math.isfinite(v["loss"])
+        runs = {k: (f"{v['loss'] + 0.0:.4f}" + (f", {v['layout']}" if k == "dpo" else "")) if math.isfinite(v["loss"])
                 else "non-finite" for k, v in r.runs.items()}
         targets = ", ".join(r.lora_modules) + (f"; experts: {', '.join(r.lora_parameters)}" if r.lora_parameters else "")
         lines.append(f"| {FAMILIES[r.name].config_class.removesuffix('Config')} | {r.tokenizer} | {r.attention} | "
-                     f"{windows} | {_fmt(r.errors['shared_prompt'])} | {_fmt(r.errors['padded'])} | "
+                     f"{_windows(r.windows)} | {_fmt(r.errors['shared_prompt'])} | {_fmt(r.errors['padded'])} | "
                      f"{_fmt(r.errors['grad'])} | {_fmt(r.errors['generate'])} | {runs.get('dpo', '-')} | "
                      f"{runs.get('lora', '-')} | {runs.get('bt', '-')} | {runs.get('grpo', '-')} | "
                      f"{'picks the best' if r.bon else 'WRONG'} | {targets} |")

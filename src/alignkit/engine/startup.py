@@ -10,6 +10,7 @@ from alignkit.engine import reward_model as rm
 from alignkit.engine.dataset import data_shape
 from alignkit.engine.logging import logger
 from alignkit.engine.logprobs import unwrap, verify_against_forward
+from alignkit.models.checks import check_tokenizer_fits
 from alignkit.models.load import LoraConfig, enable_activation_checkpointing, load_model
 
 
@@ -39,6 +40,7 @@ def load_policy(c, objective, tokenizer, train_data):
         policy = rm.load_reward_model(c.model, *head, lora=lora, pad_token_id=tokenizer.pad_token_id, **load_kwargs)
     else:
         policy = load_model(c.model, lora=lora, **load_kwargs)
+    check_tokenizer_fits(tokenizer, unwrap(policy).config, c.model, train_data)
     if c.gradient_checkpointing:
         enable_activation_checkpointing(unwrap(policy), lora=c.lora)
     return policy, head, load_kwargs

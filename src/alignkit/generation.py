@@ -45,8 +45,9 @@ from alignkit.engine.score import iter_batch_logps, model_scorer
 
 @dataclass
 class Generation:
-    """B prompts x K samples. ``token_ids[b][k]`` excludes padding and EOS; ``finished[b][k]`` says
-    whether the sample stopped at EOS or at a stop string (False: cut at ``max_new_tokens``).
+    """B prompts x K samples. ``token_ids[b][k]`` excludes padding and the stop token (EOS or the chat
+    template's end of turn); ``finished[b][k]`` says whether the sample stopped at one of those or at a stop
+    string (False: cut at ``max_new_tokens``).
 
     A sample that ended at a stop string keeps, in ``token_ids``, every sampled token up to and
     including the one that completed the stop string (the ids whose log-probs training needs), while its
@@ -56,7 +57,7 @@ class Generation:
     texts: list[list[str]]
     token_ids: list[list[list[int]]]
     finished: list[list[bool]]
-    stop_ids: list[list[int | None]] | None = None  # the EOS token each sample ended with (None: cut or stop string)
+    stop_ids: list[list[int | None]] | None = None  # the stop token each sample ended with (None: cut or stop string)
     stop_strings: list[list[str | None]] | None = None  # the stop string each sample ended at (None: EOS or cut)
 
     @property
@@ -65,8 +66,8 @@ class Generation:
 
     @property
     def ended_with_eos(self) -> list[list[bool]]:
-        """Whether each sample ended with EOS — the ``finished`` that `score_logps` wants (it appends and
-        scores an EOS); a sample that ended at a stop string is rescored from its text without one."""
+        """Whether each sample ended with a stop token — the ``finished`` that `score_logps` wants (it appends
+        and scores the end token); a sample that ended at a stop string is rescored from its text without one."""
         if self.stop_ids is None:
             return self.finished
         return [[s is not None for s in row] for row in self.stop_ids]

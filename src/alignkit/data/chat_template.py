@@ -88,8 +88,9 @@ def check_prompt_prefix(prompt: str, full: str, where: str) -> None:
     raise DataError(
         f"{where}: the chat template renders the prompt differently once the response follows (from character "
         f"{i}: {prompt[i:i + 24]!r} alone, {full[i:i + 24]!r} with the response), so the completion would include "
-        "prompt tokens; make the response the final assistant turn(s) the template renders after the prompt "
-        "unchanged (e.g. Mistral moves a system message into the last user turn: drop it, or end the prompt there)"
+        "prompt tokens; make the response the last assistant turn(s) after a prompt the template leaves unchanged "
+        "(Mistral moves a system message into the last user turn), or use a template that renders the prompt "
+        "the same way (chat_template=never: plain text)"
     )
 
 

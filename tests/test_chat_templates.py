@@ -253,6 +253,15 @@ def test_template_bos_is_not_doubled(tok, name):
     assert doubled or name == "deepseek-v3"
 
 
+def test_template_without_a_turn_end_token_falls_back_to_eos(tok):
+    t = copy.deepcopy(tok("gpt2"))
+    t.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+                       "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    assert chat_template(t).end_of_turn is None  # the template writes no special token after a turn
+    tr = tokenize_record(PreferenceRecord(prompt=[user("hi")], responses=["hello"], ranks=[0]), t, TokenizeConfig())
+    assert tr.full_ids(0) == t("user: hi\nassistant: hello\n")["input_ids"] + [50256]  # its text, then EOS
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def test_chat_data_without_a_template_is_one_error_before_tokenizing(tok, monkeypatch):
     import alignkit.data.tokenize as tokenize
@@ -336,6 +345,21 @@ def test_sampling_stops_at_the_turn_end_and_ends_like_training(tok, name):
     item = exp.data.items[0]
     assert item.prompt_ids == trained.prompt_ids
     assert item.segments == [trained.completion_ids(0)] * 2  # sampled completion == trained completion, token for token
+
+
+def test_score_logps_scores_the_turn_end_only_for_finished_samples(tok):
+    from alignkit.generation import prompt_ids, score_logps
+    from alignkit.models.families import build_family_model
+
+    t = tok("phi-3")
+    model = build_family_model("phi3", vocab_size=len(t))
+    prompt = [user("hi")]
+    ids = prompt_ids(t, prompt) + [12199, 32007]  # "hello" <|end|>
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    hello, end = float(logp[len(ids) - 3, 12199]), float(logp[len(ids) - 2, 32007])
+    got = score_logps(model, t, [prompt, prompt], [["hello"], ["hello"]], finished=[[True], [False]])
+    assert got[:, 0].tolist() == pytest.approx([hello + end, hello], abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -262,6 +262,18 @@ def test_template_without_a_turn_end_token_falls_back_to_eos(tok):
     assert tr.full_ids(0) == t("user: hi\nassistant: hello\n")["input_ids"] + [50256]  # its text, then EOS
 
 
+def test_prompt_guard_refuses_training_records_not_generation_prompts(tok):
+    from alignkit.generation import prompt_ids
+
+    t = copy.deepcopy(tok("gpt2"))  # a generation prompt the full render does not repeat (as DeepSeek-R1's <think>)
+    t.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+                       "{% if add_generation_prompt %}{{ 'assistant: <think>' }}{% endif %}")
+    with pytest.raises(DataError, match=r"^record 0: the chat template renders the prompt differently once the "
+                                        r"response follows \(from character 20: '<think>' alone, 'hello\\n' with"):
+        tokenize_record(PreferenceRecord(prompt=[user("hi")], responses=["hello"], ranks=[0]), t, TokenizeConfig())
+    assert prompt_ids(t, [user("hi")]) == t("user: hi\nassistant: <think>")["input_ids"]
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def test_chat_data_without_a_template_is_one_error_before_tokenizing(tok, monkeypatch):
     import alignkit.data.tokenize as tokenize

@@ -85,7 +85,7 @@ def prompt_ids(tokenizer, prompt: Text, chat_template: str = "auto", chat_templa
                ) -> list[int]:
     """Token ids of a prompt as the trainer and `score_logps` see it (chat template for message lists)."""
     config = TokenizeConfig(chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
-    text, _, used_template = render(_record(prompt, ["x"]), tokenizer, config)
+    text, _, used_template = render(_record(prompt, ["x"]), tokenizer, config, responses=False)
     return encode(tokenizer, text, used_template)
 
 

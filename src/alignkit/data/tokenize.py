@@ -106,8 +106,10 @@ def uses_template(record: PreferenceRecord, config: TokenizeConfig) -> bool:
     return config.chat_template == "always" or (config.chat_template == "auto" and record.is_chat)
 
 
-def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig, index: int = 0) -> tuple[str, list[str], bool]:
-    """Prompt text and full texts (prompt + response k). Returns (prompt, fulls, used_template)."""
+def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig, index: int = 0,
+           responses: bool = True) -> tuple[str, list[str], bool]:
+    """Prompt text and full texts (prompt + response k). Returns (prompt, fulls, used_template);
+    ``responses=False``: the prompt alone (fulls empty), as generation needs it."""
     if uses_template(record, config):
         where = f"record {record.id or index}"
         require_chat_template(tokenizer, f"{where} has a chat prompt")
@@ -123,7 +125,7 @@ def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig, index: i
         template = template_of(tokenizer, config.chat_template_kwargs)
         prompt = render_chat(tokenizer, msgs, template, generation_prompt=True)
         fulls = [render_chat(tokenizer, msgs + _as_messages(r, "assistant"), template, generation_prompt=False)
-                 for r in record.responses]
+                 for r in (record.responses if responses else [])]
         for k, full in enumerate(fulls):
             check_prompt_prefix(prompt, full, where if len(fulls) == 1 else f"{where}, response {k}")
         return prompt, fulls, True

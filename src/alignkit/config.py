@@ -37,6 +37,7 @@ class TrainConfig:
     max_length: int | None = 512
     max_prompt_length: int | None = None
     chat_template: str = "auto"  # auto | always | never
+    chat_template_kwargs: dict = field(default_factory=dict)  # to every apply_chat_template: enable_thinking, date_string
     transforms: list = field(default_factory=list)  # data transforms [{name, **options}] (docs/data_transforms.md)
     shuffle: Union[bool, str] = "auto"  # auto (true unless a curriculum transform orders the data) | true | false
     # online training (engine/online.py): sample from the policy each step, score, learn

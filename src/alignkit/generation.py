@@ -11,8 +11,11 @@
 
 Prompts are plain strings, or chats (lists of ``{"role", "content"}`` messages) rendered with the
 tokenizer's chat template — the same rendering `alignkit.data.tokenize` uses, so a sampled completion
-is scored in exactly the context it was sampled in. The completion's EOS is not part of its text;
-`score_logps` scores it (as the trainer does) unless told the sample was cut at ``max_new_tokens``.
+is scored in exactly the context it was sampled in. A sample stops at the tokenizer's EOS, the model's
+generation-config EOS ids, or the chat template's end-of-turn token (Gemma's ``<end_of_turn>``, Phi-3's
+``<|end|>``; `alignkit.data.chat_template`), so sampled completions end where training completions end.
+The stop token is not part of a sample's text; `score_logps` scores it (as the trainer does) unless told
+the sample was cut at ``max_new_tokens``.
 
 Texts are re-tokenized for scoring. For a model that emits the tokenizer's own segmentation (any model
 trained on tokenized text, almost always) this is the sampled token sequence; a sample written with an
@@ -26,16 +29,25 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from alignkit.data.chat_template import turn_end_ids
 from alignkit.data.schema import PreferenceRecord, Text
-from alignkit.data.tokenize import TokenizeConfig, encode, render, tokenize_records
+from alignkit.data.tokenize import (
+    TokenizeConfig,
+    completion_end,
+    encode,
+    render,
+    tokenize_records,
+    uses_template,
+)
 from alignkit.engine.dataset import TokenizedDataset
 from alignkit.engine.score import iter_batch_logps, model_scorer
 
 
 @dataclass
 class Generation:
-    """B prompts x K samples. ``token_ids[b][k]`` excludes padding and EOS; ``finished[b][k]`` says
-    whether the sample stopped at EOS or at a stop string (False: cut at ``max_new_tokens``).
+    """B prompts x K samples. ``token_ids[b][k]`` excludes padding and the stop token (EOS or the chat
+    template's end of turn); ``finished[b][k]`` says whether the sample stopped at one of those or at a stop
+    string (False: cut at ``max_new_tokens``).
 
     A sample that ended at a stop string keeps, in ``token_ids``, every sampled token up to and
     including the one that completed the stop string (the ids whose log-probs training needs), while its
@@ -45,7 +57,7 @@ class Generation:
     texts: list[list[str]]
     token_ids: list[list[list[int]]]
     finished: list[list[bool]]
-    stop_ids: list[list[int | None]] | None = None  # the EOS token each sample ended with (None: cut or stop string)
+    stop_ids: list[list[int | None]] | None = None  # the stop token each sample ended with (None: cut or stop string)
     stop_strings: list[list[str | None]] | None = None  # the stop string each sample ended at (None: EOS or cut)
 
     @property
@@ -54,8 +66,8 @@ class Generation:
 
     @property
     def ended_with_eos(self) -> list[list[bool]]:
-        """Whether each sample ended with EOS — the ``finished`` that `score_logps` wants (it appends and
-        scores an EOS); a sample that ended at a stop string is rescored from its text without one."""
+        """Whether each sample ended with a stop token — the ``finished`` that `score_logps` wants (it appends
+        and scores the end token); a sample that ended at a stop string is rescored from its text without one."""
         if self.stop_ids is None:
             return self.finished
         return [[s is not None for s in row] for row in self.stop_ids]
@@ -69,9 +81,11 @@ def _record(prompt: Text, completions: list[str]) -> PreferenceRecord:
     return record
 
 
-def prompt_ids(tokenizer, prompt: Text, chat_template: str = "auto") -> list[int]:
+def prompt_ids(tokenizer, prompt: Text, chat_template: str = "auto", chat_template_kwargs: dict | None = None
+               ) -> list[int]:
     """Token ids of a prompt as the trainer and `score_logps` see it (chat template for message lists)."""
-    text, _, used_template = render(_record(prompt, ["x"]), tokenizer, TokenizeConfig(chat_template=chat_template))
+    config = TokenizeConfig(chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
+    text, _, used_template = render(_record(prompt, ["x"]), tokenizer, config, responses=False)
     return encode(tokenizer, text, used_template)
 
 
@@ -89,15 +103,15 @@ def left_pad(chunk: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
+    ids = {tokenizer.eos_token_id, *turn_end_ids(tokenizer)}
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(extra if isinstance(extra, list) else [extra])
     return sorted(i for i in ids if i is not None)
 
 
 def eos_and_pad(model, tokenizer) -> tuple[list[int], int]:
-    """The ids that end a sample (the tokenizer's EOS and the model's generation-config ones) and the pad id
-    (the tokenizer's, else the first EOS)."""
+    """The ids that end a sample (the tokenizer's EOS, the chat template's end-of-turn token and the model's
+    generation-config EOS ids) and the pad id (the tokenizer's, else the first of those)."""
     eos = _eos_ids(model, tokenizer)
     return eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
 
@@ -168,6 +182,7 @@ def generate(
     batch_size: int = 64,
     chat_template: str = "auto",
     stop: list[str] | tuple[str, ...] = (),
+    chat_template_kwargs: dict | None = None,
 ) -> Generation:
     """Sample ``k`` completions for each prompt (``temperature=0``: greedy, and ``k`` identical copies).
 
@@ -204,7 +219,8 @@ def generate(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
-                chunk = [prompt_ids(tokenizer, p, chat_template) for p in prompts[start:start + batch_size]]
+                chunk = [prompt_ids(tokenizer, p, chat_template, chat_template_kwargs)
+                         for p in prompts[start:start + batch_size]]
                 input_ids, mask = left_pad(chunk, pad)
                 width = input_ids.shape[1]
                 criterion = _StopStrings(tokenizer, stop, width, eos) if stop else None
@@ -271,22 +287,25 @@ def score_logps(
     batch_size: int = 32,
     chat_template: str = "auto",
     chunk_size: int = 0,
+    chat_template_kwargs: dict | None = None,
 ) -> Tensor:
     """Summed log-probs ``s(y) = Σ_t log π(y_t | x, y_<t)`` of completions, ``[B, K]`` float32 on CPU.
 
     ``completions[b]`` are the K_b completions of ``prompts[b]`` (ragged K is allowed: missing slots
-    are NaN). Each completion is scored with its EOS appended, as the trainer scores responses;
-    where ``finished[b][k]`` is False (a sample cut at ``max_new_tokens``) the EOS is not scored.
+    are NaN). Each completion is scored with its end token appended (the template's end of turn for a chat
+    prompt, else EOS), as the trainer scores responses; where ``finished[b][k]`` is False (a sample cut at
+    ``max_new_tokens``) that token is not scored.
     No gradients; the model is put in eval mode while scoring.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} rows of completions")
     records = [_record(p, c) for p, c in zip(prompts, completions)]
-    items, _ = tokenize_records(records, tokenizer, TokenizeConfig(max_length=None, chat_template=chat_template))
-    eos = tokenizer.eos_token_id
+    config = TokenizeConfig(max_length=None, chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
+    items, _ = tokenize_records(records, tokenizer, config)
     for b, item in enumerate(items):
+        end = completion_end(tokenizer, uses_template(records[b], config), config)
         for j in range(item.k):
-            if finished is not None and not finished[b][j] and item.segments[j][-1:] == [eos]:
+            if finished is not None and not finished[b][j] and item.segments[j][-1:] == [end]:
                 if len(item.segments[j]) - item.score_start[j] <= 1:
                     raise ValueError(f"completion {j} of prompt {b} is empty and unfinished: nothing to score")
                 item.segments[j] = item.segments[j][:-1]

@@ -12,10 +12,17 @@ every response, which is what shared-prompt packing encodes once. A response who
 (``n_k > shared``) carries its extra prompt tokens as unscored context at the start of its segment,
 so every packed response reproduces ``tokenize(prompt + response)`` token for token.
 
-Chat data (``messages``) is rendered with the tokenizer's chat template: the prompt with
-``add_generation_prompt=True``, the full text with the response as the final assistant turn(s).
-EOS is appended when the completion does not already contain it; template text after the last EOS
-(ChatML's trailing newline) is dropped, since generation stops at EOS.
+Chat data (``messages``) is rendered with the tokenizer's chat template (``chat_template_kwargs`` passed to
+every render): the prompt with ``add_generation_prompt=True``, the full text with the response as the final
+assistant turn(s). The prompt's render must be a prefix of the full render (else a `DataError` names the
+record). Renders already hold their special tokens (BOS included), so they are encoded with
+``add_special_tokens=False``: never a second BOS.
+
+Where a completion ends (`completion_end`): a chat completion ends right after the last end-of-turn token
+the template writes (found once per tokenizer, `alignkit.data.chat_template`: ``<|im_end|>``, ``<|eot_id|>``,
+``<end_of_turn>``, ``<|end|>``, ``</s>``…); what the template writes after it (ChatML's and Gemma's newline,
+Phi-3's ``"\n<|endoftext|>"``) is dropped, since the model stops there. A plain-text completion ends with the
+tokenizer's EOS, appended when the text does not contain it. docs/chat_templates.md has the per-family table.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from alignkit.data.chat_template import chat_template as template_of
+from alignkit.data.chat_template import check_prompt_prefix, render_chat, require_chat_template
 from alignkit.data.schema import PreferenceRecord, Text
+from alignkit.errors import DataError
 
 
 @dataclass
@@ -32,7 +42,8 @@ class TokenizeConfig:
     max_prompt_length: int | None = None  # prompt budget when a sequence is too long (default: max_length // 2)
     prompt_truncation: str = "left"  # "left" keeps the end of the prompt, "right" keeps its start
     chat_template: str = "auto"  # "auto": use it for message prompts; "always": also wrap plain prompts; "never"
-    add_eos: bool = True
+    chat_template_kwargs: dict | None = None  # passed to every apply_chat_template (e.g. enable_thinking, date_string)
+    add_eos: bool = True  # end each completion with its end token (False: the full text's tokens as they are)
 
 
 @dataclass
@@ -91,29 +102,32 @@ def _as_messages(text: Text, role: str) -> list[dict]:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
-def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig, index: int = 0) -> tuple[str, list[str], bool]:
-    """Prompt text and full texts (prompt + response k). Returns (prompt, fulls, used_template)."""
-    use_template = config.chat_template == "always" or (config.chat_template == "auto" and record.is_chat)
-    if use_template:
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(
-                "record has a chat prompt but the tokenizer has no chat template; set chat_template=never "
-                "to join message contents as plain text, or use a tokenizer with a template"
-            )
+def uses_template(record: PreferenceRecord, config: TokenizeConfig) -> bool:
+    return config.chat_template == "always" or (config.chat_template == "auto" and record.is_chat)
+
+
+def render(record: PreferenceRecord, tokenizer, config: TokenizeConfig, index: int = 0,
+           responses: bool = True) -> tuple[str, list[str], bool]:
+    """Prompt text and full texts (prompt + response k). Returns (prompt, fulls, used_template);
+    ``responses=False``: the prompt alone (fulls empty), as generation needs it."""
+    if uses_template(record, config):
+        where = f"record {record.id or index}"
+        require_chat_template(tokenizer, f"{where} has a chat prompt")
         msgs = _as_messages(record.prompt, "user")
         if record.system is not None:
             if msgs[0]["role"] == "system" and msgs[0]["content"] != record.system:
-                raise ValueError(
-                    f"record {record.id or index}: 'system' is set and the chat prompt starts with a different "
-                    "system message; keep one of them"
+                raise DataError(
+                    f"{where}: 'system' is set and the chat prompt starts with a different system message; "
+                    "keep one of them"
                 )
             if msgs[0]["role"] != "system":
                 msgs = [{"role": "system", "content": record.system}] + msgs
-        prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        fulls = [
-            tokenizer.apply_chat_template(msgs + _as_messages(r, "assistant"), tokenize=False)
-            for r in record.responses
-        ]
+        template = template_of(tokenizer, config.chat_template_kwargs)
+        prompt = render_chat(tokenizer, msgs, template, generation_prompt=True)
+        fulls = [render_chat(tokenizer, msgs + _as_messages(r, "assistant"), template, generation_prompt=False)
+                 for r in (record.responses if responses else [])]
+        for k, full in enumerate(fulls):
+            check_prompt_prefix(prompt, full, where if len(fulls) == 1 else f"{where}, response {k}")
         return prompt, fulls, True
     prompt = _plain(record.prompt)
     if record.system is not None:
@@ -130,14 +144,26 @@ def encode(tokenizer, text: str, used_template: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=not used_template)["input_ids"])
 
 
-def _completion_with_eos(ids: list[int], start: int, eos: int | None, add_eos: bool) -> list[int]:
-    if eos is None or not add_eos:
+def completion_end(tokenizer, used_template: bool, config: TokenizeConfig) -> int | None:
+    """The token a completion ends with: the chat template's end of turn for a template render (where the
+    template writes one), else the tokenizer's EOS."""
+    if used_template:
+        end = template_of(tokenizer, config.chat_template_kwargs).end_of_turn
+        if end is not None:
+            return end
+    return tokenizer.eos_token_id
+
+
+def _end_completion(ids: list[int], start: int, end: int | None, add_eos: bool) -> list[int]:
+    """``ids`` cut right after the last ``end`` token of the completion (``ids[start:]``), or with ``end``
+    appended where the completion has none."""
+    if end is None or not add_eos:
         return ids
     comp = ids[start:]
-    if eos in comp:
-        last = len(comp) - 1 - comp[::-1].index(eos)
+    if end in comp:
+        last = len(comp) - 1 - comp[::-1].index(end)
         return ids[: start + last + 1]
-    return ids + [eos]
+    return ids + [end]
 
 
 def tokenize_record(
@@ -145,13 +171,14 @@ def tokenize_record(
 ) -> TokenizedRecord:
     prompt_text, fulls, used_template = render(record, tokenizer, config, index)
     prompt_ids = encode(tokenizer, prompt_text, used_template)
+    end = completion_end(tokenizer, used_template, config)
     full_ids, bounds = [], []
     for text in fulls:
         ids = encode(tokenizer, text, used_template)
         n = _lcp(prompt_ids, ids)
-        ids = _completion_with_eos(ids, n, tokenizer.eos_token_id, config.add_eos)
+        ids = _end_completion(ids, n, end, config.add_eos)
         if len(ids) <= n:
-            raise ValueError(f"response tokenizes to zero completion tokens (record {record.id or index})")
+            raise DataError(f"response tokenizes to zero completion tokens (record {record.id or index})")
         full_ids.append(ids)
         bounds.append(n)
     shared = min(bounds)
@@ -201,6 +228,11 @@ def tokenize_records(
         raise ValueError(f"prompt_truncation must be 'left' or 'right', got {config.prompt_truncation!r}")
     if config.chat_template not in ("auto", "always", "never"):
         raise ValueError(f"chat_template must be auto, always or never, got {config.chat_template!r}")
+    chats = sum(uses_template(r, config) for r in records)
+    if chats:  # once, before tokenizing anything
+        what = "chat_template=always is set" if config.chat_template == "always" else \
+            f"{chats} of {len(records)} records have chat prompts (message lists)"
+        require_chat_template(tokenizer, what)
     report = TokenizeReport()
     out = [tokenize_record(r, tokenizer, config, report, i) for i, r in enumerate(records)]
     return out, report

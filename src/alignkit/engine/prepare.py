@@ -80,7 +80,8 @@ def prepare_data(config, tokenizer, objective, has_reference: bool):
         if records:
             kind, k_min, k_max, dim = data_shape(records)
             objective.check_data(kind, k_min, k_max, has_reference, score_dim=dim)
-    tok = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template)
+    tok = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template,
+                         chat_template_kwargs=c.chat_template_kwargs)
     build = TokenizedDataset.build
     train_data = build(train, tokenizer, tok, "train data", objective.extras, c.seed)
     eval_data = build(evals, tokenizer, tok, "eval data", objective.extras, c.seed) if evals else None

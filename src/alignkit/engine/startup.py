@@ -11,6 +11,7 @@ from alignkit.engine.dataset import data_shape
 from alignkit.engine.logging import logger
 from alignkit.engine.logprobs import unwrap, verify_against_forward
 from alignkit.engine.score import checked_layout
+from alignkit.models.checks import check_tokenizer_fits
 from alignkit.models.load import LoraConfig, disable_dropout, enable_activation_checkpointing, load_model
 
 
@@ -40,6 +41,7 @@ def load_policy(c, objective, tokenizer, train_data):
         policy = rm.load_reward_model(c.model, *head, lora=lora, pad_token_id=tokenizer.pad_token_id, **load_kwargs)
     else:
         policy = load_model(c.model, lora=lora, **load_kwargs)
+    check_tokenizer_fits(tokenizer, unwrap(policy).config, c.model, train_data)
     if c.disable_dropout and (n := disable_dropout(unwrap(policy))):
         logger.info("dropout disabled in %d places of the model (disable_dropout=false keeps it)", n)
     if c.gradient_checkpointing:

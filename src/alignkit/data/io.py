@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from alignkit.data.csv_reader import CsvRow, strict_rows
 from alignkit.data.layouts import check_columns, layout_for_columns, parse_row
 from alignkit.data.schema import PreferenceRecord, RecordError
+from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_path, atomic_write
 
 log = logging.getLogger("alignkit")
 ON_BAD_ROW = ("error", "skip")
@@ -39,11 +42,11 @@ JSON_COLUMNS_KEY = b"alignkit.json_columns"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class SourceError(ValueError):
+class SourceError(DataError):
     """A problem with the source as a whole (format, layout, split, availability, no records)."""
 
 
-class BadRowError(ValueError):
+class BadRowError(DataError):
     """One invalid row: ``path``, 1-based ``row``, ``field`` (None if the row is unreadable), ``reason``."""
 
     def __init__(self, message: str, path: str, row: int, field: str | None, reason: str, raw: Any = None):
@@ -137,31 +140,37 @@ def _csv_row(n: int, start: int, header: list[str], cells: list[str]) -> _Raw:
     raw = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for k, v in row.items()}
     if (bad := next((k for k, v in row.items() if _undecodable(v)), None)) is not None:
         return _fail(n, raw, f"field '{bad}': not valid UTF-8", "bad_encoding", bad, start)
-    if len(cells) > len(header):
-        return _fail(n, raw, f"has {len(cells)} cells but the header has {len(header)}", "extra_cells", line=start)
+    if len(cells) != len(header):
+        detail = f"has {len(cells)} cells but the header has {len(header)}"
+        return _fail(n, raw, detail, "extra_cells" if len(cells) > len(header) else "missing_cells", line=start)
     return _Raw(n, raw, row, line=start)
 
 
-def _csv_rows(header: list[str], f: Any, reader: Any) -> Iterator[_Raw]:
+def _csv_rows(header: list[str], f: Any, rows: Iterator[CsvRow]) -> Iterator[_Raw]:
     with f:
-        last = reader.line_num  # physical lines consumed so far (the header may span several)
-        for n, cells in enumerate(reader, 1):
-            start, last = last + 1, reader.line_num
-            yield _csv_row(n, start, header, cells)
+        for n, row in enumerate(rows, 1):
+            if row.cells is None:  # unclosed quote...: this row only; the next line starts the next row
+                raw = row.text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                yield _fail(n, raw, row.problem, row.reason, line=row.line)
+            else:
+                yield _csv_row(n, row.line, header, row.cells)
 
 
 def _open_csv(path: Path) -> _Source:
-    csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
     f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115 (closed by rows)
-    reader = csv.reader(f)
-    header = next(reader, None) or []
+    rows = strict_rows(f)
+    first = next(rows, None)
+    if first is not None and first.cells is None:
+        f.close()
+        raise SourceError(f"{path.name} line {first.line} (the header): {first.problem}")
+    header = first.cells if first is not None else []
     problem = ("empty CSV file (no header)" if not header else "header is not valid UTF-8"
                if any(map(_undecodable, header)) else f"duplicate column names in the header: {header}"
                if len(set(header)) != len(header) else None)  # fmt: skip
     if problem:
         f.close()
         raise SourceError(f"{path.name}: {problem}")
-    return _Source(path.name, str(path), "row", _csv_rows(header, f, reader), header, True)
+    return _Source(path.name, str(path), "row", _csv_rows(header, f, rows), header, True)
 
 
 def _parquet_rows(pf: Any, json_cols: list[str]) -> Iterator[_Raw]:
@@ -250,7 +259,7 @@ def _open(source: str | os.PathLike, split: str) -> _Source:
     elif isinstance(source, str) and _HUB_NAME.match(source) and Path(source).suffix.lower() not in SUFFIXES:
         return _open_hub(source, split)
     else:
-        raise FileNotFoundError(f"no such file or folder: {path}")
+        raise SourceError(f"no such file or folder: {path}")
     src.rejects = path.with_name(path.name + ".rejects.jsonl") if path.is_dir() else path.with_suffix(".rejects.jsonl")
     return src
 
@@ -298,7 +307,7 @@ def read_records(
     name; ``on_bad_row`` is ``"error"`` (raise `BadRowError` at the first bad row) or ``"skip"``.
     """
     if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
+        raise ConfigError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
     mapping = check_columns(columns, layout)
     src = _open(source, split)
     reason = f"layout '{layout}' given explicitly" if layout else ""
@@ -306,7 +315,7 @@ def read_records(
         layout, reason = _layout_for(src, src.columns, mapping)
     rejects_file = Path(rejects_path) if rejects_path is not None else src.rejects
     if on_bad_row == "skip" and rejects_file and rejects_file.resolve() == Path(src.path).resolve():
-        raise ValueError(f"rejects_path {rejects_file} is the input file itself")
+        raise ConfigError(f"rejects_path {rejects_file} is the input file itself")
     records: list[PreferenceRecord] = []
     skipped: Counter = Counter()
     out, n = None, 0
@@ -371,7 +380,8 @@ def _write_parquet(rows: list[dict[str, Any]], names: list[str], path: Path) -> 
             encoded.append(name)
         arrays.append(arr)
     table = pa.Table.from_arrays(arrays, names=names)
-    pq.write_table(table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(encoded).encode()}), path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(encoded).encode()}), tmp)
 
 
 def _csv_cell(value: Any) -> str:
@@ -382,11 +392,12 @@ def _csv_cell(value: Any) -> str:
 
 def write_records(records: Iterable[PreferenceRecord], path: str | os.PathLike) -> Path:
     """Write records in canonical form (`PreferenceRecord.to_dict`): JSON lines for ``.jsonl``/
-    ``.ndjson``/``.json``, Parquet for ``.parquet``, CSV (list/dict cells JSON-encoded) for ``.csv``."""
+    ``.ndjson``/``.json``, Parquet for ``.parquet``, CSV (list/dict cells JSON-encoded) for ``.csv``.
+    The file is replaced atomically: a failure part-way leaves any earlier file at ``path`` as it was."""
     path = Path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"{path.name}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
+        raise DataError(f"{path.name}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
     rows = []
     for i, rec in enumerate(records):
         if not isinstance(rec, PreferenceRecord):
@@ -396,11 +407,11 @@ def write_records(records: Iterable[PreferenceRecord], path: str | os.PathLike) 
     if kind == "parquet":
         _write_parquet(rows, names, path)
     elif kind == "csv":
-        with open(path, "w", encoding="utf-8", newline="") as f:
+        with atomic_write(path, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(names)
             writer.writerows([_csv_cell(row.get(c)) for c in names] for row in rows)
     else:
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return path

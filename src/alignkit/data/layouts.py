@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from alignkit.data.schema import LABEL_KINDS, PreferenceRecord, RecordError
+from alignkit.errors import DataError
 
 LAYOUTS = ("paired", "unpaired", "ranked", "scored", "conversation", "native")
 COMMON = ("system", "id", "weight", "group", "meta")
@@ -49,7 +50,7 @@ _LABEL_WORDS = {"true": True, "false": False, "desirable": True, "undesirable": 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
 
-class LayoutError(ValueError):
+class LayoutError(DataError):
     """The columns fit no layout (or a mapping/override is invalid)."""
 
 

@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from alignkit.errors import DataError
+
 Message = dict[str, Any]
 Text = Union[str, list[Message]]
 LABEL_KINDS = ("ranks", "scores", "labels")
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """An invalid record. ``field`` names the offending field; the reader adds file and row."""
 
     def __init__(self, message: str, field: str | None = None, reason: str | None = None):

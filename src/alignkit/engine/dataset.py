@@ -20,6 +20,7 @@ import torch
 from alignkit.data.collate import Batch, collate
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig, TokenizedRecord, tokenize_records
+from alignkit.errors import ConfigError, DataError
 
 logger = logging.getLogger("alignkit")
 
@@ -55,7 +56,7 @@ class TokenizedDataset:
         """
         kinds = {r.label_kind for r in records}
         if len(kinds) > 1:
-            raise ValueError(f"{name}: records mix label kinds {sorted(kinds)}; one dataset needs one kind")
+            raise DataError(f"{name}: records mix label kinds {sorted(kinds)}; one dataset needs one kind")
         if "step_mask" in extras:  # process supervision: a record's responses are the steps of one solution
             return cls._build_steps(records, tokenizer, config, name)
         to_tokenize = records
@@ -92,7 +93,7 @@ def _steps_build(cls, records, tokenizer, config, name):
     joined, prefixes = [], []
     for i, r in enumerate(records):
         if r.label_kind != "labels":
-            raise ValueError(f"{name}: record {i} (id={r.id}): process supervision needs per-step `labels`, "
+            raise DataError(f"{name}: record {i} (id={r.id}): process supervision needs per-step `labels`, "
                              f"got {r.label_kind}")
         texts = [STEP_SEPARATOR.join(r.responses[: s + 1]) for s in range(r.k)]
         prefixes.append(dataclasses.replace(r, responses=texts, labels=list(r.labels)))
@@ -130,7 +131,7 @@ def mismatched_partners(records: list[PreferenceRecord], seed: int) -> list[int]
     """For each record, another record whose prompt differs (seeded; a derangement where possible)."""
     keys = [prompt_key(r) for r in records]
     if len(set(keys)) < 2:
-        raise ValueError("the KL baseline pairs each prompt with another prompt's response, but the data has "
+        raise DataError("the KL baseline pairs each prompt with another prompt's response, but the data has "
                          f"{len(set(keys))} distinct prompt(s); it needs at least 2")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
@@ -198,7 +199,7 @@ class BatchOrder:
         self.shuffle = shuffle  # False: the data's own order every epoch (e.g. a curriculum)
         self.global_batch = batch_size * world
         if n < self.global_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"the dataset has {n} records but one step needs {self.global_batch} "
                 f"(batch_size={batch_size} x {world} processes); lower batch_size"
             )

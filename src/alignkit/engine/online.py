@@ -39,6 +39,7 @@ from alignkit.engine.dataset import prompt_key
 from alignkit.engine.logging import peak_memory_mb
 from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap, verify_against_forward
 from alignkit.engine.trainer import Trainer, TrainingStopped
+from alignkit.errors import ConfigError, DataError
 from alignkit.rollout import build_reward, sample_experience
 
 logger = logging.getLogger("alignkit")
@@ -60,13 +61,13 @@ def read_prompt_rows(path: str) -> list[dict]:
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
+        raise DataError(f"prompts file {path} does not exist")
     if p.suffix == ".txt":
         return [{"prompt": line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = []
     for n, row in iter_rows(path):
         if not row.get("prompt"):
-            raise ValueError(f"{path} row {n}: field 'prompt' is missing or empty")
+            raise DataError(f"{path} row {n}: field 'prompt' is missing or empty")
         rows.append(row)
     return rows
 
@@ -104,13 +105,13 @@ class OnlineTrainer(Trainer):
 
     def _check_inputs(self, c) -> None:
         if not c.model or not c.prompts or c.reward is None:
-            raise ValueError("online training needs model=PATH, prompts=FILE and reward=SPEC "
+            raise ConfigError("online training needs model=PATH, prompts=FILE and reward=SPEC "
                              "(e.g. reward=rule:exact_answer, reward=rm:PATH, reward=module:function)")
 
     def _prepare_data(self, strategy: str):
         c = self.config
         if self.objective.inputs == "rewards":
-            raise ValueError(f"objective {self.objective.name} trains a reward model; online training needs a policy")
+            raise ConfigError(f"objective {self.objective.name} trains a reward model; online training needs a policy")
         if self.objective.inputs == "logps":  # an offline objective on K freshly scored samples
             self.objective.check_data("scores", c.num_samples, c.num_samples, strategy != "none")
         rows = read_prompt_rows(c.prompts)

@@ -16,6 +16,7 @@ from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.data.transforms import format_report
 from alignkit.engine.dataset import TokenizedDataset, data_shape, split_by_prompt
+from alignkit.errors import ConfigError, DataError
 
 logger = logging.getLogger("alignkit")
 
@@ -39,7 +40,7 @@ def transform(config, records: list[PreferenceRecord], split: str) -> list[Prefe
                     f"{spec.get('name')}: {report}")
     if not records:
         names = [t.get("name") for t in config.transforms]
-        raise ValueError(f"{split} data: no records left after transforms {names}")
+        raise DataError(f"{split} data: no records left after transforms {names}")
     return records
 
 
@@ -49,7 +50,7 @@ def resolve_shuffle(config) -> bool:
     if value == "auto":
         return not any(t.get("name") == "curriculum" for t in config.transforms)
     if not isinstance(value, bool):
-        raise ValueError(f"shuffle must be auto, true or false, got {value!r}")
+        raise ConfigError(f"shuffle must be auto, true or false, got {value!r}")
     return value
 
 

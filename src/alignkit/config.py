@@ -266,9 +266,13 @@ def _yaml_problem(e: yaml.YAMLError) -> tuple[int | None, str]:
     problem = " ".join(str(getattr(e, "problem", None) or e).split())
     if "could not determine a constructor for the tag" in problem:
         tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
-        problem = (f"the tag '{tag}' is not allowed: alignkit reads configs with yaml.safe_load (plain values "
-                   "only; no Python objects)")
-    return (mark.line + 1 if mark is not None else None), problem
+        return (mark.line + 1 if mark is not None else None), (
+            f"the tag '{tag}' is not allowed: alignkit reads configs with yaml.safe_load (plain values only; "
+            "no Python objects)")
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None and start is not mark:
+        problem += f" ({context} that starts on line {start.line + 1})"
+    return (mark.line + 1 if mark is not None else None), f"YAML syntax error: {problem}"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

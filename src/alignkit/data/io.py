@@ -1,4 +1,4 @@
-"""Read preference data from files, `save_to_disk` folders or cached Hub datasets; write records.
+"""Read preference data from files, `save_to_disk` folders or cached Hub datasets (writing: `alignkit.data.writers`).
 
 Sources: ``.jsonl``/``.ndjson``/``.json`` (JSON lines; a ``.json`` file starting with ``[`` is one
 JSON array), ``.parquet`` (pyarrow; columns `write_records` JSON-encoded are decoded via the
@@ -15,30 +15,29 @@ lines are always skipped and counted as ``blank_line``.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from alignkit.data import checks
 from alignkit.data.csv_reader import CsvRow, strict_rows
 from alignkit.data.layouts import check_columns, layout_for_columns, parse_row
 from alignkit.data.schema import PreferenceRecord, RecordError
+from alignkit.data.writers import CANONICAL, JSON_COLUMNS_KEY, SUFFIXES, write_records  # noqa: F401 (re-exported)
 from alignkit.errors import ConfigError, DataError
-from alignkit.io_atomic import atomic_path, atomic_write
 
 log = logging.getLogger("alignkit")
 ON_BAD_ROW = ("error", "skip")
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-CANONICAL = ("prompt", "responses", "ranks", "scores", "labels", "system", "id", "weight", "group", "meta")
-JSON_COLUMNS_KEY = b"alignkit.json_columns"
+_WARNINGS = {"duplicate_id": "records repeat an earlier record's id",
+             "identical_responses": "pairs have the same text as chosen and rejected (no preference signal)"}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -67,6 +66,12 @@ class ReadResult:
     rejects_path: Path | None = None
     source: str = ""
     layout_reason: str = ""
+    warnings: Counter = field(init=False)  # kept records worth a second look: duplicate_id, identical_responses
+
+    def __post_init__(self) -> None:
+        pairs = checks.pair_problems(self.records)
+        found = {"duplicate_id": checks.duplicate_ids(self.records), "identical_responses": pairs["identical"]}
+        self.warnings = Counter({k: n for k, n in found.items() if n})
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,7 +81,10 @@ class ReadResult:
         if total := sum(self.skipped.values()):
             counts = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
             out += f"; skipped {total} row{'s' if total != 1 else ''}: {counts}"
-        return out + (f" -> {self.rejects_path}" if self.rejects_path is not None else "")
+        out += f" -> {self.rejects_path}" if self.rejects_path is not None else ""
+        if self.warnings:  # kept, but probably not what the user meant
+            out += "; warning: " + ", ".join(f"{n} {_WARNINGS[k]}" for k, n in self.warnings.items())
+        return out
 
 
 @dataclass
@@ -104,9 +112,12 @@ def _fail(n: int, raw: Any, detail: str, reason: str, field: str | None = None, 
 
 
 def _object_row(n: int, raw: Any, data: Any) -> _Raw:
-    if isinstance(data, dict):
-        return _Raw(n, raw, data)
-    return _fail(n, raw, f"expected a JSON object, got {type(data).__name__}", "not_object")
+    if not isinstance(data, dict):
+        return _fail(n, raw, f"expected a JSON object, got {type(data).__name__}", "not_object")
+    if (bad := checks.first_bad_value(data)) is not None:  # 1e999, NaN, a lone surrogate: see data/checks.py
+        name, detail, reason = bad
+        return _fail(n, raw, f"field '{name}': {detail}", reason, name)
+    return _Raw(n, raw, data)
 
 
 def _jsonl_row(n: int, bline: bytes) -> _Raw:
@@ -119,7 +130,7 @@ def _jsonl_row(n: int, bline: bytes) -> _Raw:
     if not text.strip():
         return _fail(n, text, "blank line", "blank_line")
     try:
-        return _object_row(n, text, json.loads(text))
+        return _object_row(n, text, checks.loads(text))
     except ValueError as e:
         return _fail(n, text, f"invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})", "bad_json")
 
@@ -177,11 +188,11 @@ def _parquet_rows(pf: Any, json_cols: list[str]) -> Iterator[_Raw]:
     rows = (row for batch in pf.iter_batches(batch_size=1024) for row in batch.to_pylist())
     for n, row in enumerate(rows, 1):
         try:
-            row.update({c: json.loads(row[c]) for c in json_cols if row.get(c) is not None})
+            row.update({c: checks.loads(row[c]) for c in json_cols if row.get(c) is not None})
         except ValueError as e:
             yield _fail(n, row, f"bad JSON in a JSON-encoded column: {e}", "bad_json")
             continue
-        yield _Raw(n, row, row)
+        yield _object_row(n, row, row)
 
 
 def _open_parquet(path: Path) -> _Source:
@@ -203,7 +214,7 @@ def _dataset_source(ds: Any, name: str, path: str, split: str) -> _Source:
         if split not in ds:
             raise SourceError(f"{name} has no split '{split}'; available splits: {', '.join(ds)}")
         ds, name = ds[split], f"{name}[{split}]"
-    return _Source(name, path, "row", (_Raw(n, row, row) for n, row in enumerate(ds, 1)), list(ds.column_names))
+    return _Source(name, path, "row", (_object_row(n, row, row) for n, row in enumerate(ds, 1)), list(ds.column_names))
 
 
 def _open_hub(name: str, split: str) -> _Source:
@@ -250,7 +261,7 @@ def _open(source: str | os.PathLike, split: str) -> _Source:
             src = _open_parquet(path)
         elif kind == "json" and _head(path).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             try:  # one JSON array; rows are its items
-                items = json.loads(path.read_text(encoding="utf-8-sig"))
+                items = checks.loads(path.read_text(encoding="utf-8-sig"))
             except ValueError as e:  # UnicodeDecodeError included
                 raise SourceError(f"{path.name}: not a valid JSON array: {e}") from None
             src = _Source(path.name, str(path), "item", (_object_row(n, x, x) for n, x in enumerate(items, 1)))
@@ -286,8 +297,12 @@ def _layout_for(src: _Source, cols: list[str], mapping: dict[str, str]) -> tuple
     return layout, reason
 
 
+def _where(src: _Source, raw: _Raw) -> str:  # "data.jsonl line 7", "data.csv row 5 (line 6)"
+    return f"{src.name} {src.unit} {raw.row}" + (f" (line {raw.line})" if raw.line is not None else "")
+
+
 def _bad(src: _Source, raw: _Raw, err: RecordError) -> BadRowError:
-    where = f"{src.name} {src.unit} {raw.row}" + (f" (line {raw.line})" if raw.line is not None else "")
+    where = _where(src, raw)
     message = f"{where}{', ' if err.field else ': '}{err}"
     return BadRowError(message, src.path, raw.row, err.field, err.reason, raw.raw)
 
@@ -327,6 +342,7 @@ def read_records(
                     layout, reason = _layout_for(src, list(raw.data), mapping)
                 try:
                     records.append(parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells))
+                    records[-1].origin = _where(src, raw)
                     continue
                 except RecordError as e:
                     err = e
@@ -349,69 +365,5 @@ def read_records(
     result = ReadResult(records, layout or "unknown", skipped, n, rejects, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({result.summary()})" if skipped else ""))
-    log.log(logging.WARNING if skipped else logging.INFO, "%s", result.summary())
+    log.log(logging.WARNING if skipped or result.warnings else logging.INFO, "%s", result.summary())
     return result
-
-
-def _same(a: Any, b: Any) -> bool:  # equal, with equal types all the way down (1 vs 1.0, dict keys)
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _write_parquet(rows: list[dict[str, Any]], names: list[str], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    arrays, encoded = [], []
-    for name in names:
-        values = [row.get(name) for row in rows]
-        try:
-            arr = pa.array(values)
-            ok = _same(arr.to_pylist(), values)
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:  # mixed text/messages, ragged dicts...: store JSON text, decoded again on read
-            arr = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
-            encoded.append(name)
-        arrays.append(arr)
-    table = pa.Table.from_arrays(arrays, names=names)
-    with atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(encoded).encode()}), tmp)
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None or isinstance(value, (str, float)):
-        return "" if value is None else value if isinstance(value, str) else repr(value)
-    return json.dumps(value, ensure_ascii=False)
-
-
-def write_records(records: Iterable[PreferenceRecord], path: str | os.PathLike) -> Path:
-    """Write records in canonical form (`PreferenceRecord.to_dict`): JSON lines for ``.jsonl``/
-    ``.ndjson``/``.json``, Parquet for ``.parquet``, CSV (list/dict cells JSON-encoded) for ``.csv``.
-    The file is replaced atomically: a failure part-way leaves any earlier file at ``path`` as it was."""
-    path = Path(path)
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path.name}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
-    rows = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, PreferenceRecord):
-            raise TypeError(f"write_records: item {i} is a {type(rec).__name__}, not a PreferenceRecord")
-        rows.append(rec.to_dict())
-    names = [c for c in CANONICAL if any(c in row for row in rows)]
-    if kind == "parquet":
-        _write_parquet(rows, names, path)
-    elif kind == "csv":
-        with atomic_write(path, newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(names)
-            writer.writerows([_csv_cell(row.get(c)) for c in names] for row in rows)
-    else:
-        with atomic_write(path) as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return path

@@ -196,7 +196,11 @@ def _number(value: Any, name: str, text: bool) -> float:
             raise _err(name, f"must be a number, got {value!r}", "wrong_type") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _err(name, f"must be a number, got {type(value).__name__}", "wrong_type")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer with hundreds of digits
+        raise _err(name, f"is outside the float range ({len(str(value))} digits)", "out_of_range") from None
+    if not finite:
         raise _err(name, f"is {value} (not finite)", "nan_score")
     return value
 

@@ -279,6 +279,7 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
                 fn = converter(fmt, columns, score_key)
             try:
                 records.append(fn(raw.data, src.text_cells))
+                records[-1].origin = io._where(src, raw)
                 continue
             except LayoutError as e:
                 raise SourceError(f"{src.name} {src.unit} {raw.row}: {e}") from None

@@ -46,6 +46,7 @@ import torch
 from alignkit.engine.trainer import TrainResult
 from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_write_text
+from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
 
@@ -132,7 +133,9 @@ def sample_and_label(policy_path: str, rows: list[dict], c, seed: int) -> tuple[
     prompts, k = [r["prompt"] for r in rows], c.num_samples
     gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                    top_p=c.top_p, seed=seed, chat_template=c.chat_template, stop=c.stop)
-    labeler = make_labeler(c.reward, model, tokenizer, c.judge_template, device)
+    with collect() as code:
+        labeler = make_labeler(c.reward, model, tokenizer, c.judge_template, device)
+    record(c.output_dir, code)  # <output_dir>/code.json: which file the reward function came from
     flat = labeler([p for p in prompts for _ in range(k)], [t for row in gen.texts for t in row],
                    [r for r in rows for _ in range(k)], group_size=k)
     scores = [flat[b * k:(b + 1) * k] for b in range(len(prompts))]

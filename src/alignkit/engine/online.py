@@ -41,6 +41,7 @@ from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap, verify_a
 from alignkit.engine.trainer import Trainer, TrainingStopped
 from alignkit.errors import ConfigError, DataError
 from alignkit.rollout import build_reward, sample_experience
+from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
 
@@ -122,7 +123,10 @@ class OnlineTrainer(Trainer):
             held = set(keys[: max(1, round(c.eval_split * len(keys)))])
             evals = [r for r in rows if prompt_key_of(r) in held]
             rows = [r for r in rows if prompt_key_of(r) not in held]
-        self.reward_fn = build_reward(c.reward, self.tokenizer, self.accelerator.device)
+        with collect() as code:
+            self.reward_fn = build_reward(c.reward, self.tokenizer, self.accelerator.device)
+        if self.accelerator.is_main_process:
+            record(self.output_dir, code)  # <output_dir>/code.json: which file each reward function came from
         logger.info("online: %d training prompts, %d held out; %d samples per prompt; reward %s", len(rows),
                     len(evals), c.num_samples, c.reward)
         return PromptRows(rows), (PromptRows(evals) if evals else None)

@@ -44,6 +44,8 @@ from alignkit.eval.systems import (
 )
 from alignkit.eval.tournament import ratings, round_robin, single_elimination
 from alignkit.eval.winrate import win_rate
+from alignkit.user_code import collect
+from alignkit.user_code import record as record_code
 
 log = logging.getLogger("alignkit")
 TOURNAMENTS = ("round-robin", "single-elimination", "none")
@@ -115,16 +117,17 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
     if names is not None and len(names) != len(models):
         raise ConfigError(f"--names gives {len(names)} names for {len(models)} models; give one per model")
     t0 = time.perf_counter()
-    judge_obj = make_judge(judge, template=judge_template, batch_size=batch_size, dtype=dtype) if judge else None
-    if isinstance(subset_by, str):
-        from alignkit.eval.judges import load_callable
+    with collect() as code:  # user functions (judge, subsets, prompts): recorded in out_dir/code.json
+        judge_obj = make_judge(judge, template=judge_template, batch_size=batch_size, dtype=dtype) if judge else None
+        if isinstance(subset_by, str):
+            from alignkit.eval.judges import load_callable
 
-        subset_by = load_callable(subset_by)
-    prompt_list, prompt_subsets = (None, None)
-    if isinstance(prompts, (list, tuple)):
-        prompt_list, prompt_subsets = list(prompts), [None] * len(prompts)
-    elif prompts is not None:
-        prompt_list, prompt_subsets = load_prompts(prompts, n_prompts, prompt_seed)
+            subset_by = load_callable(subset_by, "subset")
+        prompt_list, prompt_subsets = (None, None)
+        if isinstance(prompts, (list, tuple)):
+            prompt_list, prompt_subsets = list(prompts), [None] * len(prompts)
+        elif prompts is not None:
+            prompt_list, prompt_subsets = load_prompts(prompts, n_prompts, prompt_seed)
     records = None
     if preferences:
         from alignkit.data.io import read_records
@@ -202,6 +205,7 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
         from alignkit.eval.eval_report import write_eval_report
 
         write_eval_report(results, systems, scores, lens, Path(out_dir))
+        record_code(out_dir, code)
     return results
 
 

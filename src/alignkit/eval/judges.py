@@ -21,7 +21,6 @@ that always picks the first position says ``v_ab = 1, v_ba = 0`` and gets ½: a 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 
 from alignkit.data.schema import Text
 from alignkit.errors import ConfigError, ModelError
+from alignkit.user_code import load_function
 
 DEFAULT_TEMPLATE = (
     "Here is a question and two answers, A and B. Which answer is better? Reply with one letter, A or B.\n\n"
@@ -130,18 +130,10 @@ class Judge:
         return Comparison(order_averaged(p_ab, p_ba), p_ab=p_ab, p_ba=p_ba)
 
 
-def load_callable(spec: str) -> Callable:
-    """``module:function`` (or ``module.function``) → the function."""
-    module, sep, attr = spec.partition(":") if ":" in spec else spec.rpartition(".")
-    if not sep or not module or not attr:
-        raise ConfigError(f"{spec!r} is not a callable spec; write module:function, e.g. alignkit.worlds.reviews:reward")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load {spec!r}: {e}") from e
-    if not callable(fn):
-        raise ConfigError(f"{spec!r} is not callable")
-    return fn
+def load_callable(spec: str, role: str = "judge") -> Callable:
+    """``module:function`` (or ``module.function``) → the function (`alignkit.user_code.load_function`: the
+    current directory first, standard-library modules refused, the resolved file logged)."""
+    return load_function(spec, role)
 
 
 class RuleJudge(Judge):

@@ -149,7 +149,7 @@ def load_prompts(spec: str, n: int | None = None, seed: int = 0) -> tuple[list[T
 
         if n is None:
             raise ConfigError(f"prompts from a function ({spec}) need a count: pass --n-prompts")
-        prompts = list(load_callable(spec)(n, seed=seed))
+        prompts = list(load_callable(spec, "prompts")(n, seed=seed))
         return prompts, [None] * len(prompts)
     if Path(spec).suffix == ".txt":
         from alignkit.inference.commands import read_prompts

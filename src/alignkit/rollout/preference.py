@@ -258,7 +258,7 @@ def build_preference(spec, tokenizer=None, device=None, judge_template: str | No
         return JudgePreference(judge)
     from alignkit.eval.judges import load_callable
 
-    return FunctionPreference(load_callable(spec), spec)
+    return FunctionPreference(load_callable(spec, "preference"), spec)
 
 
 # ---------------------------------------------------------------- the win-rate reward

@@ -24,13 +24,13 @@ applied by the caller (`penalize_unfinished`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from alignkit.errors import ConfigError, DataError, ModelError
+from alignkit.user_code import load_function
 
 RewardFn = Callable[[list, list[str], list[dict]], list[float]]
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -75,11 +75,7 @@ def length_reward(target: int, tokenizer=None) -> RewardFn:
 def python_reward(path: str) -> RewardFn:
     """``module:function``; the function takes ``(completion)``, ``(prompt, completion)``,
     ``(prompt, completion, row)`` or the batched ``(prompts, completions, rows)`` (named so)."""
-    module, _, name = path.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"reward {path!r}: cannot import {name!r} from {module!r} ({e})") from None
+    fn = load_function(path, "reward")  # the current directory first; standard-library modules refused
     params = list(inspect.signature(fn).parameters)
     if params[:1] == ["prompts"]:
         return lambda p, c, r: [float(x) for x in fn(p, c, r)]

@@ -22,8 +22,10 @@ written only when pytest ran to the end (a partial run is refused: nothing is wr
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -93,11 +95,15 @@ def render(rows: list[dict], seconds: float, command: str) -> str:
            f"({time.strftime('%Y-%m-%d')}); wall time {seconds:.1f} s.", "",
            "| " + " | ".join(totals) + " | wall time |", "|" + "---|" * (len(totals) + 1),
            "| " + " | ".join(str(v) for v in totals.values()) + f" | {seconds:.1f} s |", ""]
+    formats = Counter(r["props"]["format"] for r in rows if r["props"].get("format"))
+    if formats:  # the bad-input corpus records each file's format
+        out += ["Bad-input files by format: " + ", ".join(f"{k} {n}" for k, n in sorted(formats.items())) + ".", ""]
     for file in dict.fromkeys(r["file"] for r in rows):
         out += [f"## {file}", "", "| case | expected | outcome | result |", "|---|---|---|---|"]
         for r, o in zip(rows, outcomes):
             if r["file"] == file:
-                cells = [r["case"], _expected(r), o, r["result"]]
+                what = r["doc"].split(":", 1)[0].strip() if ":" in r["doc"] and not r["props"].get("expected") else ""
+                cells = [r["case"] + (f" ({what})" if what else ""), _expected(r), o, r["result"]]
                 out.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -114,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.k:
         pytest_args += ["-k", args.k]
     t0 = time.perf_counter()
-    status = pytest.main(pytest_args, plugins=[collect])
+    status = pytest.main(list(pytest_args), plugins=[collect])  # a copy: pytest inserts its addopts in place
     seconds = time.perf_counter() - t0
     rows = list(collect.rows.values())
     if not collect.finished or not rows:
         print(f"reliability_table: pytest did not run to the end (exit status {status}); nothing written",
               file=sys.stderr)
         return 2
-    command = "pytest " + " ".join(pytest_args[:-3] if args.k is None else pytest_args)
+    command = "pytest " + " ".join(shlex.quote(a) for a in pytest_args if a not in ("-p", "no:cacheprovider", "-q"))
     text = render(rows, seconds, command)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n", encoding="utf-8")

@@ -293,7 +293,6 @@ def _layout_for(src: _Source, cols: list[str], mapping: dict[str, str]) -> tuple
         layout, reason = layout_for_columns(cols, mapping, header=src.columns is not None)
     except ValueError as e:
         raise SourceError(f"{src.name}: {e}") from None
-    log.info("%s: %s", src.name, reason)
     return layout, reason
 
 
@@ -365,5 +364,6 @@ def read_records(
     result = ReadResult(records, layout or "unknown", skipped, n, rejects, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({result.summary()})" if skipped else ""))
+    log.info("%s: %s", src.name, reason)  # after the rows: a mistake in the data stays one line on the console
     log.log(logging.WARNING if skipped or result.warnings else logging.INFO, "%s", result.summary())
     return result

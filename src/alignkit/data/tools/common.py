@@ -49,13 +49,13 @@ def record_key(rec: PreferenceRecord) -> str:
 
 
 def progress(items: Iterable[T], enabled: bool, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """``items`` with a tqdm bar on stderr when ``enabled``."""
+    """``items`` with a tqdm bar on stderr when ``enabled`` and stderr is a terminal (logs stay clean)."""
     if not enabled:
         yield from items
         return
     from tqdm.auto import tqdm
 
-    yield from tqdm(items, desc=desc, total=total, unit=unit)
+    yield from tqdm(items, desc=desc, total=total, unit=unit, disable=None)  # no bar when stderr is not a terminal
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

@@ -140,6 +140,11 @@ BOUNDS = [
     ("rollout_workers", lambda v: v >= 0, ">= 0"), ("rollout_worker_cpus", lambda v: v >= 1, ">= 1"),
     ("rounds", lambda v: v >= 0, ">= 0"), ("mixture_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_backend", lambda v: v in ("ray", "local"), "ray or local"),
+    # checked here too, so that a typo is blamed on its file:line before the run starts (the modules that use
+    # them check again: engine/startup.py, engine/logprobs.py, engine/logging.py)
+    ("mixed_precision", lambda v: v in ("auto", "no", "bf16", "fp16"), "auto, no, bf16 or fp16"),
+    ("packing", lambda v: v in ("auto", "shared_prompt", "padded"), "auto, shared_prompt or padded"),
+    ("trackers", lambda v: all(t in ("tensorboard", "wandb") for t in v), "a list of tensorboard, wandb"),
 ]
 
 

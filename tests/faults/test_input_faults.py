@@ -163,6 +163,8 @@ CASES = [
          {"not_object": 1}),
     Case("json_array_truncated", "json", json.dumps([row(0), row(1)])[:-5], 2,
          source_error="not a valid JSON array"),
+    Case("json_array_lone_surrogate", "json", "[" + json.dumps(row(0)) + ', {"prompt": "\\udfff", "chosen": "c", '
+         '"rejected": "r"}]', 2, (2, "prompt", "bad_encoding"), {"bad_encoding": 1}),
     Case("json_array_1e999", "json", "[" + json.dumps(row(0)) + ', {"prompt": "p", "chosen": "c", "rejected": "r", '
          '"weight": 1e999}]', 2, (2, "weight", "out_of_range"), {"out_of_range": 1}),
 ]

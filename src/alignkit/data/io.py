@@ -33,6 +33,7 @@ from alignkit.data.layouts import check_columns, layout_for_columns, parse_row
 from alignkit.data.schema import PreferenceRecord, RecordError
 from alignkit.data.writers import CANONICAL, JSON_COLUMNS_KEY, SUFFIXES, write_records  # noqa: F401 (re-exported)
 from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_write
 
 log = logging.getLogger("alignkit")
 ON_BAD_ROW = ("error", "skip")
@@ -306,6 +307,15 @@ def _bad(src: _Source, raw: _Raw, err: RecordError) -> BadRowError:
     return BadRowError(message, src.path, raw.row, err.field, err.reason, raw.raw)
 
 
+def write_rejects(bad_rows: list[dict[str, Any]], path: Path) -> Path:
+    """The skipped rows (`BadRowError.to_json`), one JSON line each, written atomically; text that is not
+    Unicode (a lone surrogate) is kept as its ``\\uXXXX`` escape."""
+    text = "".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad_rows)
+    with atomic_write(path, "wb") as f:
+        f.write(text.encode("utf-8", "backslashreplace"))
+    return path
+
+
 def read_records(
     source: str | os.PathLike,
     *,
@@ -332,35 +342,28 @@ def read_records(
         raise ConfigError(f"rejects_path {rejects_file} is the input file itself")
     records: list[PreferenceRecord] = []
     skipped: Counter = Counter()
-    out, n = None, 0
-    try:
-        for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
-            err = raw.error
-            if err is None and raw.data is not None:
-                if layout is None:
-                    layout, reason = _layout_for(src, list(raw.data), mapping)
-                try:
-                    records.append(parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells))
-                    records[-1].origin = _where(src, raw)
-                    continue
-                except RecordError as e:
-                    err = e
-            assert err is not None
-            if err.reason == "blank_line":
-                skipped["blank_line"] += 1
+    bad_rows, n = [], 0
+    for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
+        err = raw.error
+        if err is None and raw.data is not None:
+            if layout is None:
+                layout, reason = _layout_for(src, list(raw.data), mapping)
+            try:
+                records.append(parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells))
+                records[-1].origin = _where(src, raw)
                 continue
-            bad = _bad(src, raw, err)
-            if on_bad_row == "error":
-                raise bad
-            skipped[bad.reason] += 1
-            if out is None:
-                rejects_file.parent.mkdir(parents=True, exist_ok=True)
-                out = open(rejects_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-            out.write(json.dumps(bad.to_json(), ensure_ascii=False, default=str) + "\n")
-    finally:
-        if out is not None:
-            out.close()
-    rejects = rejects_file if out is not None else None
+            except RecordError as e:
+                err = e
+        assert err is not None
+        if err.reason == "blank_line":
+            skipped["blank_line"] += 1
+            continue
+        bad = _bad(src, raw, err)
+        if on_bad_row == "error":
+            raise bad
+        skipped[bad.reason] += 1
+        bad_rows.append(bad.to_json())
+    rejects = write_rejects(bad_rows, rejects_file) if bad_rows else None
     result = ReadResult(records, layout or "unknown", skipped, n, rejects, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({result.summary()})" if skipped else ""))

@@ -39,7 +39,6 @@ from alignkit.data.layouts import LayoutError, check_columns, layout_for_columns
 from alignkit.data.schema import LABEL_KINDS, PreferenceRecord, RecordError
 from alignkit.data.tools.common import counts, progress
 from alignkit.errors import ConfigError, DataError
-from alignkit.io_atomic import atomic_write_text
 
 FORMATS = ("auto", "hh", "ultrafeedback", "trl", "openai", "csv", "native")
 _LAYOUTS_OF = {"trl": ("paired", "conversation", "unpaired"), "native": ("native", "ranked", "scored"),
@@ -294,7 +293,7 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
         skipped[bad.reason] += 1
         bad_rows.append(bad.to_json())
     if bad_rows:
-        atomic_write_text(rejects, "".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad_rows))
+        io.write_rejects(bad_rows, rejects)
     read = ReadResult(records, fmt, skipped, n, rejects if bad_rows else None, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({read.summary()})" if skipped else ""))

@@ -102,3 +102,16 @@ def test_duplicate_ids_and_identical_pairs_warn_with_counts(tmp_path, caplog):
                                 "earlier record's id, 2 pairs have the same text as chosen and rejected (no "
                                 "preference signal)")
     assert result.summary() in caplog.text
+
+
+def test_a_prompts_file_that_is_not_utf8_names_its_line(tmp_path):
+    from alignkit.data.io import SourceError, read_text_lines
+    from alignkit.engine.online import read_prompt_rows
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"first\n\nthe caf\xe9 was\n")
+    with pytest.raises(SourceError) as e:
+        read_prompt_rows(str(path))
+    assert str(e.value) == "prompts.txt line 3: not valid UTF-8 (byte 0xe9)"
+    path.write_bytes(b"\xef\xbb\xbffirst\nsecond\n")
+    assert read_text_lines(path) == ["first", "second"]

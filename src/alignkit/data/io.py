@@ -276,6 +276,17 @@ def _open(source: str | os.PathLike, split: str) -> _Source:
     return src
 
 
+def read_text_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file (prompts, targets); bytes that are not UTF-8 are a `SourceError` naming
+    the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SourceError(f"{Path(path).name} line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
+
+
 def iter_rows(source: str | os.PathLike, *, split: str = "train") -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(row_number, raw dict)`` lazily (JSONL streams line by line; CSV cells stay strings).
 

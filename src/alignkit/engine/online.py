@@ -58,13 +58,13 @@ class PromptRows:
 
 
 def read_prompt_rows(path: str) -> list[dict]:
-    from alignkit.data.io import iter_rows
+    from alignkit.data.io import iter_rows, read_text_lines
 
     p = Path(path)
     if not p.exists():
         raise DataError(f"prompts file {path} does not exist")
     if p.suffix == ".txt":
-        return [{"prompt": line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [{"prompt": line} for line in read_text_lines(p) if line.strip()]
     rows = []
     for n, row in iter_rows(path):
         if not row.get("prompt"):

@@ -197,12 +197,12 @@ def _select_parser(dsub) -> None:
 
 def read_targets(path: str, text: str) -> list[str]:
     """Target texts: a .txt file (one per non-empty line), rows with a ``text`` column, or records."""
-    from alignkit.data.io import iter_rows, read_records
+    from alignkit.data.io import iter_rows, read_records, read_text_lines
     from alignkit.data.tools.common import record_text
 
     p = Path(path)
     if p.suffix.lower() == ".txt":
-        lines = [x for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+        lines = [x for x in read_text_lines(p) if x.strip()]
     else:
         first = next(iter_rows(p), (0, {}))[1]
         lines = ([str(row["text"]) for _, row in iter_rows(p) if row.get("text")] if "text" in first

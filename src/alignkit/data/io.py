@@ -37,8 +37,6 @@ from alignkit.io_atomic import atomic_write
 
 log = logging.getLogger("alignkit")
 ON_BAD_ROW = ("error", "skip")
-_WARNINGS = {"duplicate_id": "records repeat an earlier record's id",
-             "identical_responses": "pairs have the same text as chosen and rejected (no preference signal)"}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -56,6 +54,12 @@ class BadRowError(DataError):
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "row": self.row, "field": self.field, "reason": self.reason,
                 "message": str(self), "raw": self.raw}  # fmt: skip
+
+
+_WARNINGS = {  # ReadResult.warnings: kept, but worth a second look
+    "duplicate_id": "records repeat an earlier record's id",
+    "identical_responses": "pairs have the same text as chosen and rejected (no preference signal)",
+}
 
 
 @dataclass

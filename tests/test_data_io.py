@@ -273,7 +273,7 @@ def test_invalid_arguments(tmp_path):
     (tmp_path / "d.txt").write_text(GOOD)
     with pytest.raises(SourceError, match="unsupported file type '.txt'"):
         read_records(tmp_path / "d.txt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SourceError, match="no such file or folder: .*missing.jsonl"):  # a DataError: one CLI line
         read_records(tmp_path / "missing.jsonl")
     with pytest.raises(SourceError, match="not a datasets save_to_disk folder"):
         read_records(tmp_path)

@@ -58,7 +58,7 @@ def write_prompts(path, prompts):
 def test_rounds_write_round_folders_and_chain_references(tiny_path, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", [f"The movie number {i} was" for i in range(8)])
     out = tmp_path / "run"
-    argv = ["train", "objective=dpo", f"model={tiny_path}", f"prompts={prompts}", "reward=winrate:bt:builtins:len",
+    argv = ["train", "objective=dpo", f"model={tiny_path}", f"prompts={prompts}", "reward=winrate:bt:reward_fns:length",
             "rounds=2", "num_samples=3", "max_new_tokens=6", "batch_size=2", "max_steps=1", f"output_dir={out}",
             "progress=false"]
     assert cli.main(argv) == 0
@@ -79,7 +79,7 @@ def test_an_interrupted_round_leaves_the_last_finished_policy(tiny_path, tmp_pat
     from alignkit.engine.trainer import TrainResult
 
     prompts = write_prompts(tmp_path / "p.jsonl", [f"The movie number {i} was" for i in range(4)])
-    c = TrainConfig(objective="dpo", model=tiny_path, prompts=prompts, reward="winrate:bt:builtins:len", rounds=2,
+    c = TrainConfig(objective="dpo", model=tiny_path, prompts=prompts, reward="winrate:bt:reward_fns:length", rounds=2,
                     num_samples=2, max_new_tokens=4, output_dir=str(tmp_path / "run"), progress=False)
     calls = []
 

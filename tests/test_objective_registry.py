@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from alignkit.errors import ConfigError
 from alignkit.objectives import SequenceStats, available, build_objective, get_objective
 
 D = torch.float64
@@ -65,7 +66,7 @@ def test_unknown_hyper_parameter_names_the_allowed_ones():
 
 
 def test_unknown_name_suggests_a_close_match():
-    with pytest.raises(KeyError, match="Did you mean 'simpo'"):
+    with pytest.raises(ConfigError, match="Did you mean 'simpo'"):  # a ConfigError: one line on the command line
         get_objective("simp0")
 
 

@@ -46,6 +46,7 @@ def _logprobs(args: argparse.Namespace) -> int:
     from alignkit.data.tokenize import TokenizeConfig
     from alignkit.engine.logging import setup_console_logging
     from alignkit.engine.score import iter_logprobs
+    from alignkit.io_atomic import atomic_write
     from alignkit.models.load import load_model, load_tokenizer
 
     setup_console_logging()
@@ -58,7 +59,7 @@ def _logprobs(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with open(out, "w", encoding="utf-8") as f:
+    with atomic_write(out) as f:  # a failure part-way leaves any earlier OUT as it was
         for row in iter_logprobs(model, tokenizer, result.records, args.batch_size,
                                  TokenizeConfig(max_length=args.max_length), progress=True):
             f.write(json.dumps(row) + "\n")
@@ -174,21 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard load/save bars; alignkit shows its own progress
-    from alignkit.config import ConfigError
+    from alignkit.errors import AlignkitError
 
     try:
         return args.fn(args)
     except ImportError as e:  # an optional extra that is not installed says so; anything else is a bug: raise
         if "pip install" not in str(e) or os.environ.get("ALIGNKIT_DEBUG"):
             raise
-        print(f"alignkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (ConfigError, ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        return _error(args, e)
+    except AlignkitError as e:  # the user's mistake: one line. Anything else is a bug and keeps its traceback.
         if os.environ.get("ALIGNKIT_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"alignkit {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        return _error(args, e)
+
+
+def _error(args: argparse.Namespace, e: BaseException) -> int:
+    """``alignkit data convert: error: ...`` on one line of stderr; exit status 2 (as argparse's own errors)."""
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+    message = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    print(f"alignkit {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

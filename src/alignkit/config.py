@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -18,6 +20,7 @@ from typing import Any, Union
 import yaml
 
 from alignkit.errors import ConfigError  # noqa: F401  (re-exported: alignkit.config.ConfigError)
+from alignkit.io_atomic import atomic_write_text
 
 
 @dataclass
@@ -139,18 +142,32 @@ BOUNDS = [
     ("rollout_workers", lambda v: v >= 0, ">= 0"), ("rollout_worker_cpus", lambda v: v >= 1, ">= 1"),
     ("rounds", lambda v: v >= 0, ">= 0"), ("mixture_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_backend", lambda v: v in ("ray", "local"), "ray or local"),
+    # checked here too, so that a typo is blamed on its file:line before the run starts (the modules that use
+    # them check again: engine/startup.py, engine/logprobs.py, engine/logging.py)
+    ("mixed_precision", lambda v: v in ("auto", "no", "bf16", "fp16"), "auto, no, bf16 or fp16"),
+    ("packing", lambda v: v in ("auto", "shared_prompt", "padded"), "auto, shared_prompt or padded"),
+    ("trackers", lambda v: all(t in ("tensorboard", "wandb") for t in v), "a list of tensorboard, wandb"),
 ]
 
 
-def check_bounds(config: Any, source: str = "config") -> None:
-    """`BOUNDS` are TrainConfig's rules; other option dataclasses (inference methods) check their own values,
-    where a key of the same name can mean something else (nudging's ``gamma`` is not PPO's discount)."""
-    for key, ok, rule in BOUNDS if isinstance(config, TrainConfig) else ():
+def check_bounds(config: Any, source: str = "config", sources: Mapping[str, str] | None = None) -> None:
+    """`BOUNDS` are TrainConfig's rules, after every float key is checked finite (``lr=.inf`` is refused);
+    other option dataclasses (inference methods) check their own values, where a key of the same name can
+    mean something else (nudging's ``gamma`` is not PPO's discount; a best-of-N temperature may be inf).
+    ``sources`` names where each key was set (``file.yaml:12`` or the command line) for the message."""
+    if not isinstance(config, TrainConfig):
+        return
+    where = (lambda key: (sources or {}).get(key, source))  # noqa: E731
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where(f.name)}: key '{f.name}' must be a finite number, got {value!r}")
+    for key, ok, rule in BOUNDS:
         if hasattr(config, key) and not ok(getattr(config, key)):
-            raise ConfigError(f"{source}: key '{key}' must be {rule}, got {getattr(config, key)!r}")
+            raise ConfigError(f"{where(key)}: key '{key}' must be {rule}, got {getattr(config, key)!r}")
     hp = getattr(config, "hparams", None) or {}
     if getattr(config, "beta", None) is not None and "beta" in hp:
-        raise ConfigError(f"{source}: 'beta' is set both at the top level and in hparams; keep one")
+        raise ConfigError(f"{where('beta')}: 'beta' is set both at the top level and in hparams; keep one")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -217,25 +234,52 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value
 
 
-def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """Build a config dataclass, checking every key and type."""
+def closest_keys(key: str, names: list[str], owner: str = "the config", n: int = 3) -> str:
+    """`` Did you mean 'a', 'b' or 'c'?`` (up to ``n`` names close to ``key``, TRL/transformers aliases first),
+    else where the keys are listed: never all of them."""
+    close = ([ALIASES[key]] if key in ALIASES else []) + difflib.get_close_matches(key, names, n=n, cutoff=0.6)
+    close = list(dict.fromkeys(close))[:n]
+    if not close:
+        return f" No key of the {len(names)} is close; they are the fields of {owner}."
+    quoted = [f"'{c}'" for c in close]
+    return f" Did you mean {' or '.join(quoted) if len(quoted) < 3 else ', '.join(quoted[:-1]) + ' or ' + quoted[-1]}?"
+
+
+def from_dict(cls: type, values: dict[str, Any], source: str = "config",
+              sources: Mapping[str, str] | None = None) -> Any:
+    """Build a config dataclass, checking every key and type. Errors name ``sources[key]`` (where that key
+    was set: ``file.yaml:12``, ``command line 'lr=.inf'``) or else ``source``."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    where = (lambda key: (sources or {}).get(key, source))  # noqa: E731
     for key, value in values.items():
         if key not in hints:
-            close = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, names, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown key '{key}'.{hint} Allowed keys: {', '.join(names)}")
+            raise ConfigError(f"{where(key)}: unknown key '{key}'.{closest_keys(key, names, cls.__name__)}")
         if value is False and key in _FALSE_WORD:
             value = _FALSE_WORD[key]
         value = values[key] = _coerce(value, hints[key])
         if not _type_ok(value, hints[key]):
             raise ConfigError(
-                f"{source}: key '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+                f"{where(key)}: key '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
             )
     config = cls(**values)
-    check_bounds(config, source)
+    check_bounds(config, source, sources)
     return config
+
+
+def _yaml_problem(e: yaml.YAMLError) -> tuple[int | None, str]:
+    """(1-based line or None, one-line description) of a PyYAML error."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = " ".join(str(getattr(e, "problem", None) or e).split())
+    if "could not determine a constructor for the tag" in problem:
+        tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        return (mark.line + 1 if mark is not None else None), (
+            f"the tag '{tag}' is not allowed: alignkit reads configs with yaml.safe_load (plain values only; "
+            "no Python objects)")
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None and start is not mark:
+        problem += f" ({context} that starts on line {start.line + 1})"
+    return (mark.line + 1 if mark is not None else None), f"YAML syntax error: {problem}"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -243,7 +287,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value")
+            raise ConfigError(f"command line '{item}': an override must look like key=value")
         key, raw = item.split("=", 1)
         try:
             if raw.strip().lower() in _BOOL_WORDS and raw.strip().lower() not in ("true", "false"):
@@ -251,23 +295,41 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             else:
                 value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': cannot parse value: {e}") from e
+            raise ConfigError(f"command line '{item}': cannot parse the value: {_yaml_problem(e)[1]}") from None
         out[key.strip()] = value
     return out
 
 
-def load_config(cls: type, path: str | None = None, overrides: list[str] | None = None) -> Any:
-    """YAML file (optional) + ``key=value`` overrides -> a checked config dataclass."""
-    values: dict[str, Any] = {}
-    if path is not None:
+def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A YAML config file -> (values, ``{key: "path:line"}``). Every problem is one `ConfigError` line naming
+    ``path:line``: a missing file, a syntax error, a ``!!python/...`` tag, a top level that is not a mapping."""
+    try:
         text = Path(path).read_text(encoding="utf-8")
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config file must be a mapping of key: value")
-        values.update(loaded)
-    values.update(parse_overrides(overrides or []))
-    return from_dict(cls, values, source=path or "command line")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line, problem = _yaml_problem(e)
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {problem}") from None
+    if loaded is None:
+        return {}, {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of key: value")
+    lines = {str(k.value): f"{path}:{k.start_mark.line + 1}" for k, _ in node.value}
+    return loaded, lines
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] | None = None) -> Any:
+    """YAML file (optional) + ``key=value`` overrides -> a checked config dataclass. A bad value is blamed
+    where it was set: ``file.yaml:LINE`` for the file, ``command line 'key=value'`` for an override."""
+    values, sources = read_yaml(path) if path is not None else ({}, {})
+    for item in overrides or []:
+        for key, value in parse_overrides([item]).items():
+            values[key], sources[key] = value, f"command line '{item}'"
+    return from_dict(cls, values, source=path or "command line", sources=sources)
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

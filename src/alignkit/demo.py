@@ -34,8 +34,10 @@ from typing import Any
 import torch
 
 from alignkit.data.schema import pair
+from alignkit.errors import RunDirError
 from alignkit.eval.kl import kl_estimates, mean_ci
 from alignkit.generation import generate, score_logps
+from alignkit.io_atomic import atomic_path, atomic_write, atomic_write_text
 from alignkit.worlds import reviews
 
 log = logging.getLogger("alignkit")
@@ -141,7 +143,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("Reward vs KL on held-out prompts (DPO, several β)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -193,9 +196,9 @@ def run_demo(
         records, ties = best_vs_worst(train_prompts, gen.texts, rewards)
         log.info("built %d best-vs-worst pairs; dropped %d prompts whose %d rewards all tie", len(records), ties, s.k)
         print(f"pairs: {len(records)} best-vs-worst pairs, {ties} prompts dropped (all {s.k} rewards tied)")
-        (out / "train_prompts.txt").write_text("".join(p + "\n" for p in train_prompts), encoding="utf-8")
+        atomic_write_text(out / "train_prompts.txt", "".join(p + "\n" for p in train_prompts))
         pairs_path = out / "pairs.jsonl"
-        with pairs_path.open("w", encoding="utf-8") as f:
+        with atomic_write(pairs_path) as f:
             for r in records:
                 f.write(json.dumps(r.to_dict()) + "\n")
         timings["pairs"] = time.perf_counter() - t0 - sum(timings.values())
@@ -241,7 +244,7 @@ def run_demo(
             "reference_row": ref_row, "rows": rows[1:], "table": table,
             "seconds": {k: round(v, 1) for k, v in timings.items()},
         }
-        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
         log.info("demo finished in %.0f s; wrote %s and %s", timings["total"], out / "results.json",
                  out / "reward_vs_kl.png")
         return results
@@ -258,7 +261,7 @@ def evaluate_checkpoints(models: list[str], out_dir: str | Path = "demo_out", se
     s = QUICK if quick else FULL
     manifest = Path(out_dir) / "world" / "world.json"
     if not manifest.is_file():
-        raise FileNotFoundError(f"no demo world in {out_dir}: run `alignkit demo` (or `make demo`) first")
+        raise RunDirError(f"no demo world in {out_dir}: run `alignkit demo` (or `make demo`) first")
     ref_path = Path(out_dir) / "world" / json.loads(manifest.read_text())["checkpoint"]
     tokenizer, reference = load_tokenizer(str(ref_path)), load_model(str(ref_path))
     ev = dict(prompts=reviews.prompts(s.n_eval_prompts, seed=seed + 2), samples=s.eval_samples,

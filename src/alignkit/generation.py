@@ -41,6 +41,7 @@ from alignkit.data.tokenize import (
 )
 from alignkit.engine.dataset import TokenizedDataset
 from alignkit.engine.score import iter_batch_logps, model_scorer
+from alignkit.errors import ConfigError, DataError
 
 
 @dataclass
@@ -96,7 +97,7 @@ def left_pad(chunk: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     mask = torch.zeros((len(chunk), width), dtype=torch.long)
     for i, ids in enumerate(chunk):
         if not ids:
-            raise ValueError(f"row {i} has no tokens: a prompt must encode to at least one token")
+            raise DataError(f"row {i} has no tokens: a prompt must encode to at least one token")
         input_ids[i, width - len(ids):] = torch.tensor(ids)
         mask[i, width - len(ids):] = 1
     return input_ids, mask
@@ -165,7 +166,7 @@ def _split(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: lis
 
 def _check_stop(stop) -> list[str]:
     if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
-        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+        raise ConfigError(f"stop must be a list of non-empty strings, got {stop!r}")
     return list(stop)
 
 
@@ -202,7 +203,7 @@ def generate(
     from transformers import GenerationConfig
 
     if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+        raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
     stop = _check_stop(stop)
     eos, pad = eos_and_pad(model, tokenizer)
     greedy = temperature == 0

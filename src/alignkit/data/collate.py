@@ -24,6 +24,7 @@ from torch import Tensor
 
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
+from alignkit.errors import DataError
 
 
 @dataclass
@@ -232,7 +233,7 @@ def _check_context(items: list[TokenizedRecord]) -> None:
     """Every scored token needs at least one token before it to be predicted from."""
     for tr in items:
         if not tr.prompt_ids and 0 in tr.score_start:
-            raise ValueError(
+            raise DataError(
                 f"record {tr.index}: the prompt tokenizes into the first completion token (or is empty), so "
                 "that token has no context; give the prompt a separator (e.g. end it with a newline) or use "
                 "a tokenizer that adds a BOS token"

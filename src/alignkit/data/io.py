@@ -1,4 +1,4 @@
-"""Read preference data from files, `save_to_disk` folders or cached Hub datasets; write records.
+"""Read preference data from files, `save_to_disk` folders or cached Hub datasets (writing: `alignkit.data.writers`).
 
 Sources: ``.jsonl``/``.ndjson``/``.json`` (JSON lines; a ``.json`` file starting with ``[`` is one
 JSON array), ``.parquet`` (pyarrow; columns `write_records` JSON-encoded are decoded via the
@@ -15,35 +15,36 @@ lines are always skipped and counted as ``blank_line``.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from alignkit.data import checks
+from alignkit.data.csv_reader import CsvRow, strict_rows
 from alignkit.data.layouts import check_columns, layout_for_columns, parse_row
 from alignkit.data.schema import PreferenceRecord, RecordError
+from alignkit.data.writers import CANONICAL, JSON_COLUMNS_KEY, SUFFIXES, write_records  # noqa: F401 (re-exported)
+from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_write
 
 log = logging.getLogger("alignkit")
 ON_BAD_ROW = ("error", "skip")
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-CANONICAL = ("prompt", "responses", "ranks", "scores", "labels", "system", "id", "weight", "group", "meta")
-JSON_COLUMNS_KEY = b"alignkit.json_columns"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class SourceError(ValueError):
+class SourceError(DataError):
     """A problem with the source as a whole (format, layout, split, availability, no records)."""
 
 
-class BadRowError(ValueError):
+class BadRowError(DataError):
     """One invalid row: ``path``, 1-based ``row``, ``field`` (None if the row is unreadable), ``reason``."""
 
     def __init__(self, message: str, path: str, row: int, field: str | None, reason: str, raw: Any = None):
@@ -55,6 +56,12 @@ class BadRowError(ValueError):
                 "message": str(self), "raw": self.raw}  # fmt: skip
 
 
+_WARNINGS = {  # ReadResult.warnings: kept, but worth a second look
+    "duplicate_id": "records repeat an earlier record's id",
+    "identical_responses": "pairs have the same text as chosen and rejected (no preference signal)",
+}
+
+
 @dataclass
 class ReadResult:
     records: list[PreferenceRecord]
@@ -64,6 +71,12 @@ class ReadResult:
     rejects_path: Path | None = None
     source: str = ""
     layout_reason: str = ""
+    warnings: Counter = field(init=False)  # kept records worth a second look: duplicate_id, identical_responses
+
+    def __post_init__(self) -> None:
+        pairs = checks.pair_problems(self.records)
+        found = {"duplicate_id": checks.duplicate_ids(self.records), "identical_responses": pairs["identical"]}
+        self.warnings = Counter({k: n for k, n in found.items() if n})
 
     def __len__(self) -> int:
         return len(self.records)
@@ -73,7 +86,10 @@ class ReadResult:
         if total := sum(self.skipped.values()):
             counts = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
             out += f"; skipped {total} row{'s' if total != 1 else ''}: {counts}"
-        return out + (f" -> {self.rejects_path}" if self.rejects_path is not None else "")
+        out += f" -> {self.rejects_path}" if self.rejects_path is not None else ""
+        if self.warnings:  # kept, but probably not what the user meant
+            out += "; warning: " + ", ".join(f"{n} {_WARNINGS[k]}" for k, n in self.warnings.items())
+        return out
 
 
 @dataclass
@@ -101,9 +117,12 @@ def _fail(n: int, raw: Any, detail: str, reason: str, field: str | None = None, 
 
 
 def _object_row(n: int, raw: Any, data: Any) -> _Raw:
-    if isinstance(data, dict):
-        return _Raw(n, raw, data)
-    return _fail(n, raw, f"expected a JSON object, got {type(data).__name__}", "not_object")
+    if not isinstance(data, dict):
+        return _fail(n, raw, f"expected a JSON object, got {type(data).__name__}", "not_object")
+    if (bad := checks.first_bad_value(data)) is not None:  # 1e999, NaN, a lone surrogate: see data/checks.py
+        name, detail, reason = bad
+        return _fail(n, raw, f"field '{name}': {detail}", reason, name)
+    return _Raw(n, raw, data)
 
 
 def _jsonl_row(n: int, bline: bytes) -> _Raw:
@@ -116,7 +135,7 @@ def _jsonl_row(n: int, bline: bytes) -> _Raw:
     if not text.strip():
         return _fail(n, text, "blank line", "blank_line")
     try:
-        return _object_row(n, text, json.loads(text))
+        return _object_row(n, text, checks.loads(text))
     except ValueError as e:
         return _fail(n, text, f"invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})", "bad_json")
 
@@ -137,42 +156,48 @@ def _csv_row(n: int, start: int, header: list[str], cells: list[str]) -> _Raw:
     raw = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for k, v in row.items()}
     if (bad := next((k for k, v in row.items() if _undecodable(v)), None)) is not None:
         return _fail(n, raw, f"field '{bad}': not valid UTF-8", "bad_encoding", bad, start)
-    if len(cells) > len(header):
-        return _fail(n, raw, f"has {len(cells)} cells but the header has {len(header)}", "extra_cells", line=start)
+    if len(cells) != len(header):
+        detail = f"has {len(cells)} cells but the header has {len(header)}"
+        return _fail(n, raw, detail, "extra_cells" if len(cells) > len(header) else "missing_cells", line=start)
     return _Raw(n, raw, row, line=start)
 
 
-def _csv_rows(header: list[str], f: Any, reader: Any) -> Iterator[_Raw]:
+def _csv_rows(header: list[str], f: Any, rows: Iterator[CsvRow]) -> Iterator[_Raw]:
     with f:
-        last = reader.line_num  # physical lines consumed so far (the header may span several)
-        for n, cells in enumerate(reader, 1):
-            start, last = last + 1, reader.line_num
-            yield _csv_row(n, start, header, cells)
+        for n, row in enumerate(rows, 1):
+            if row.cells is None:  # unclosed quote...: this row only; the next line starts the next row
+                raw = row.text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                yield _fail(n, raw, row.problem, row.reason, line=row.line)
+            else:
+                yield _csv_row(n, row.line, header, row.cells)
 
 
 def _open_csv(path: Path) -> _Source:
-    csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
     f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115 (closed by rows)
-    reader = csv.reader(f)
-    header = next(reader, None) or []
+    rows = strict_rows(f)
+    first = next(rows, None)
+    if first is not None and first.cells is None:
+        f.close()
+        raise SourceError(f"{path.name} line {first.line} (the header): {first.problem}")
+    header = first.cells if first is not None else []
     problem = ("empty CSV file (no header)" if not header else "header is not valid UTF-8"
                if any(map(_undecodable, header)) else f"duplicate column names in the header: {header}"
                if len(set(header)) != len(header) else None)  # fmt: skip
     if problem:
         f.close()
         raise SourceError(f"{path.name}: {problem}")
-    return _Source(path.name, str(path), "row", _csv_rows(header, f, reader), header, True)
+    return _Source(path.name, str(path), "row", _csv_rows(header, f, rows), header, True)
 
 
 def _parquet_rows(pf: Any, json_cols: list[str]) -> Iterator[_Raw]:
     rows = (row for batch in pf.iter_batches(batch_size=1024) for row in batch.to_pylist())
     for n, row in enumerate(rows, 1):
         try:
-            row.update({c: json.loads(row[c]) for c in json_cols if row.get(c) is not None})
+            row.update({c: checks.loads(row[c]) for c in json_cols if row.get(c) is not None})
         except ValueError as e:
             yield _fail(n, row, f"bad JSON in a JSON-encoded column: {e}", "bad_json")
             continue
-        yield _Raw(n, row, row)
+        yield _object_row(n, row, row)
 
 
 def _open_parquet(path: Path) -> _Source:
@@ -194,7 +219,7 @@ def _dataset_source(ds: Any, name: str, path: str, split: str) -> _Source:
         if split not in ds:
             raise SourceError(f"{name} has no split '{split}'; available splits: {', '.join(ds)}")
         ds, name = ds[split], f"{name}[{split}]"
-    return _Source(name, path, "row", (_Raw(n, row, row) for n, row in enumerate(ds, 1)), list(ds.column_names))
+    return _Source(name, path, "row", (_object_row(n, row, row) for n, row in enumerate(ds, 1)), list(ds.column_names))
 
 
 def _open_hub(name: str, split: str) -> _Source:
@@ -241,7 +266,7 @@ def _open(source: str | os.PathLike, split: str) -> _Source:
             src = _open_parquet(path)
         elif kind == "json" and _head(path).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             try:  # one JSON array; rows are its items
-                items = json.loads(path.read_text(encoding="utf-8-sig"))
+                items = checks.loads(path.read_text(encoding="utf-8-sig"))
             except ValueError as e:  # UnicodeDecodeError included
                 raise SourceError(f"{path.name}: not a valid JSON array: {e}") from None
             src = _Source(path.name, str(path), "item", (_object_row(n, x, x) for n, x in enumerate(items, 1)))
@@ -250,9 +275,20 @@ def _open(source: str | os.PathLike, split: str) -> _Source:
     elif isinstance(source, str) and _HUB_NAME.match(source) and Path(source).suffix.lower() not in SUFFIXES:
         return _open_hub(source, split)
     else:
-        raise FileNotFoundError(f"no such file or folder: {path}")
+        raise SourceError(f"no such file or folder: {path}")
     src.rejects = path.with_name(path.name + ".rejects.jsonl") if path.is_dir() else path.with_suffix(".rejects.jsonl")
     return src
+
+
+def read_text_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file (prompts, targets); bytes that are not UTF-8 are a `SourceError` naming
+    the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SourceError(f"{Path(path).name} line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
 
 
 def iter_rows(source: str | os.PathLike, *, split: str = "train") -> Iterator[tuple[int, dict[str, Any]]]:
@@ -273,14 +309,26 @@ def _layout_for(src: _Source, cols: list[str], mapping: dict[str, str]) -> tuple
         layout, reason = layout_for_columns(cols, mapping, header=src.columns is not None)
     except ValueError as e:
         raise SourceError(f"{src.name}: {e}") from None
-    log.info("%s: %s", src.name, reason)
     return layout, reason
 
 
+def _where(src: _Source, raw: _Raw) -> str:  # "data.jsonl line 7", "data.csv row 5 (line 6)"
+    return f"{src.name} {src.unit} {raw.row}" + (f" (line {raw.line})" if raw.line is not None else "")
+
+
 def _bad(src: _Source, raw: _Raw, err: RecordError) -> BadRowError:
-    where = f"{src.name} {src.unit} {raw.row}" + (f" (line {raw.line})" if raw.line is not None else "")
+    where = _where(src, raw)
     message = f"{where}{', ' if err.field else ': '}{err}"
     return BadRowError(message, src.path, raw.row, err.field, err.reason, raw.raw)
+
+
+def write_rejects(bad_rows: list[dict[str, Any]], path: Path) -> Path:
+    """The skipped rows (`BadRowError.to_json`), one JSON line each, written atomically; text that is not
+    Unicode (a lone surrogate) is kept as its ``\\uXXXX`` escape."""
+    text = "".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad_rows)
+    with atomic_write(path, "wb") as f:
+        f.write(text.encode("utf-8", "backslashreplace"))
+    return path
 
 
 def read_records(
@@ -298,7 +346,7 @@ def read_records(
     name; ``on_bad_row`` is ``"error"`` (raise `BadRowError` at the first bad row) or ``"skip"``.
     """
     if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
+        raise ConfigError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
     mapping = check_columns(columns, layout)
     src = _open(source, split)
     reason = f"layout '{layout}' given explicitly" if layout else ""
@@ -306,101 +354,34 @@ def read_records(
         layout, reason = _layout_for(src, src.columns, mapping)
     rejects_file = Path(rejects_path) if rejects_path is not None else src.rejects
     if on_bad_row == "skip" and rejects_file and rejects_file.resolve() == Path(src.path).resolve():
-        raise ValueError(f"rejects_path {rejects_file} is the input file itself")
+        raise ConfigError(f"rejects_path {rejects_file} is the input file itself")
     records: list[PreferenceRecord] = []
     skipped: Counter = Counter()
-    out, n = None, 0
-    try:
-        for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
-            err = raw.error
-            if err is None and raw.data is not None:
-                if layout is None:
-                    layout, reason = _layout_for(src, list(raw.data), mapping)
-                try:
-                    records.append(parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells))
-                    continue
-                except RecordError as e:
-                    err = e
-            assert err is not None
-            if err.reason == "blank_line":
-                skipped["blank_line"] += 1
+    bad_rows, n = [], 0
+    for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
+        err = raw.error
+        if err is None and raw.data is not None:
+            if layout is None:
+                layout, reason = _layout_for(src, list(raw.data), mapping)
+            try:
+                records.append(parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells))
+                records[-1].origin = _where(src, raw)
                 continue
-            bad = _bad(src, raw, err)
-            if on_bad_row == "error":
-                raise bad
-            skipped[bad.reason] += 1
-            if out is None:
-                rejects_file.parent.mkdir(parents=True, exist_ok=True)
-                out = open(rejects_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-            out.write(json.dumps(bad.to_json(), ensure_ascii=False, default=str) + "\n")
-    finally:
-        if out is not None:
-            out.close()
-    rejects = rejects_file if out is not None else None
+            except RecordError as e:
+                err = e
+        assert err is not None
+        if err.reason == "blank_line":
+            skipped["blank_line"] += 1
+            continue
+        bad = _bad(src, raw, err)
+        if on_bad_row == "error":
+            raise bad
+        skipped[bad.reason] += 1
+        bad_rows.append(bad.to_json())
+    rejects = write_rejects(bad_rows, rejects_file) if bad_rows else None
     result = ReadResult(records, layout or "unknown", skipped, n, rejects, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({result.summary()})" if skipped else ""))
-    log.log(logging.WARNING if skipped else logging.INFO, "%s", result.summary())
+    log.info("%s: %s", src.name, reason)  # after the rows: a mistake in the data stays one line on the console
+    log.log(logging.WARNING if skipped or result.warnings else logging.INFO, "%s", result.summary())
     return result
-
-
-def _same(a: Any, b: Any) -> bool:  # equal, with equal types all the way down (1 vs 1.0, dict keys)
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _write_parquet(rows: list[dict[str, Any]], names: list[str], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    arrays, encoded = [], []
-    for name in names:
-        values = [row.get(name) for row in rows]
-        try:
-            arr = pa.array(values)
-            ok = _same(arr.to_pylist(), values)
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:  # mixed text/messages, ragged dicts...: store JSON text, decoded again on read
-            arr = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
-            encoded.append(name)
-        arrays.append(arr)
-    table = pa.Table.from_arrays(arrays, names=names)
-    pq.write_table(table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(encoded).encode()}), path)
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None or isinstance(value, (str, float)):
-        return "" if value is None else value if isinstance(value, str) else repr(value)
-    return json.dumps(value, ensure_ascii=False)
-
-
-def write_records(records: Iterable[PreferenceRecord], path: str | os.PathLike) -> Path:
-    """Write records in canonical form (`PreferenceRecord.to_dict`): JSON lines for ``.jsonl``/
-    ``.ndjson``/``.json``, Parquet for ``.parquet``, CSV (list/dict cells JSON-encoded) for ``.csv``."""
-    path = Path(path)
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise ValueError(f"{path.name}: unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
-    rows = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, PreferenceRecord):
-            raise TypeError(f"write_records: item {i} is a {type(rec).__name__}, not a PreferenceRecord")
-        rows.append(rec.to_dict())
-    names = [c for c in CANONICAL if any(c in row for row in rows)]
-    if kind == "parquet":
-        _write_parquet(rows, names, path)
-    elif kind == "csv":
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(names)
-            writer.writerows([_csv_cell(row.get(c)) for c in names] for row in rows)
-    else:
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return path

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from alignkit.data.schema import LABEL_KINDS, PreferenceRecord, RecordError
+from alignkit.errors import DataError
 
 LAYOUTS = ("paired", "unpaired", "ranked", "scored", "conversation", "native")
 COMMON = ("system", "id", "weight", "group", "meta")
@@ -49,7 +50,7 @@ _LABEL_WORDS = {"true": True, "false": False, "desirable": True, "undesirable": 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
 
-class LayoutError(ValueError):
+class LayoutError(DataError):
     """The columns fit no layout (or a mapping/override is invalid)."""
 
 
@@ -195,7 +196,11 @@ def _number(value: Any, name: str, text: bool) -> float:
             raise _err(name, f"must be a number, got {value!r}", "wrong_type") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _err(name, f"must be a number, got {type(value).__name__}", "wrong_type")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer with hundreds of digits
+        raise _err(name, f"is outside the float range ({len(str(value))} digits)", "out_of_range") from None
+    if not finite:
         raise _err(name, f"is {value} (not finite)", "nan_score")
     return value
 

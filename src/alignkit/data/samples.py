@@ -17,11 +17,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from alignkit.data.schema import PreferenceRecord
+from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_write_text
 
 logger = logging.getLogger("alignkit")
 
@@ -55,29 +56,26 @@ def add_self_samples(records: list[PreferenceRecord], model_path: str, default_c
     """Append ``k`` samples from the model at ``model_path`` to every ``labels`` record, labelled True."""
     unknown = set(options) - set(SAMPLE_OPTIONS)
     if unknown:
-        raise ValueError(f"transform self_samples has no option(s) {sorted(unknown)}; allowed: {sorted(SAMPLE_OPTIONS)}")
+        raise ConfigError(f"transform self_samples has no option(s) {sorted(unknown)}; allowed: {sorted(SAMPLE_OPTIONS)}")
     opts = {**SAMPLE_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
     model_path = opts["model"] or model_path
     if not isinstance(opts["k"], int) or opts["k"] < 1:
-        raise ValueError(f"transform self_samples: k must be an integer >= 1, got {opts['k']!r}")
+        raise ConfigError(f"transform self_samples: k must be an integer >= 1, got {opts['k']!r}")
     for i, r in enumerate(records):
         if r.label_kind != "labels":
-            raise ValueError(f"transform self_samples adds desirable samples to 'labels' records; record {i} "
+            raise DataError(f"transform self_samples adds desirable samples to 'labels' records; record {i} "
                              f"(id={r.id}) has {r.label_kind}")
     prompts = [_prompt(r) for r in records]
     path = Path(opts["cache_dir"] or default_cache_dir) / f"samples-{_key(model_path, prompts, opts, seed)}.jsonl"
     if path.exists():
         texts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         if len(texts) != len(records):
-            raise ValueError(f"self_samples cache {path} holds {len(texts)} rows for {len(records)} records; "
+            raise DataError(f"self_samples cache {path} holds {len(texts)} rows for {len(records)} records; "
                              "delete it to regenerate")
         logger.info("self_samples: %d x %d samples from cache %s", len(texts), opts["k"], path)
     else:
         texts = _generate(model_path, prompts, opts, seed, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(t) + "\n" for t in texts))
         logger.info("self_samples: generated %d x %d samples with %s, cached in %s", len(texts), opts["k"],
                     model_path, path)
     report = {"records_in": len(records), "samples_added": 0, "empty_samples_dropped": 0,
@@ -118,7 +116,7 @@ def apply_with_samples(records: list[PreferenceRecord], specs: list[dict], seed:
 
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or "name" not in spec:
-            raise ValueError(f"transforms[{i}] needs a 'name', got {spec!r}")
+            raise ConfigError(f"transforms[{i}] needs a 'name', got {spec!r}")
     resolve_transforms([s for s in specs if s["name"] != "self_samples"])  # every spec checked before any runs
     reports: list[dict] = []
     for spec in specs:

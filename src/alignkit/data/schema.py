@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from alignkit.data.checks import surrogate_at
+from alignkit.errors import DataError
+
 Message = dict[str, Any]
 Text = Union[str, list[Message]]
 LABEL_KINDS = ("ranks", "scores", "labels")
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """An invalid record. ``field`` names the offending field; the reader adds file and row."""
 
     def __init__(self, message: str, field: str | None = None, reason: str | None = None):
@@ -34,10 +37,17 @@ class RecordError(ValueError):
         self.reason = reason or "invalid"
 
 
+def _check_unicode(value: str, name: str) -> None:
+    if (i := surrogate_at(value)) is not None:
+        raise RecordError(f"field '{name}' is not valid Unicode: a lone surrogate \\u{ord(value[i]):04x} at "
+                          f"character {i + 1} (no tokenizer can encode it)", name, "bad_encoding")
+
+
 def _check_text(value: Any, name: str) -> None:
     if isinstance(value, str):
         if not value.strip():
             raise RecordError(f"field '{name}' is an empty string", name, "empty_field")
+        _check_unicode(value, name)
         return
     if isinstance(value, list) and value:
         for i, m in enumerate(value):
@@ -47,6 +57,7 @@ def _check_text(value: Any, name: str) -> None:
                 )
             if not isinstance(m["content"], str):
                 raise RecordError(f"field '{name}' message {i} content must be a string", name, "wrong_type")
+            _check_unicode(m["content"], name)
         return
     if isinstance(value, list):
         raise RecordError(f"field '{name}' is an empty message list", name, "empty_field")
@@ -58,9 +69,14 @@ def _check_text(value: Any, name: str) -> None:
 def _finite(x: Any, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise RecordError(f"field '{name}' must be a number, got {type(x).__name__}", name, "wrong_type")
-    if not math.isfinite(float(x)):
+    try:
+        value = float(x)
+    except OverflowError:  # an integer with hundreds of digits
+        raise RecordError(f"field '{name}' is outside the float range ({str(x)[:12]}..., "
+                          f"{len(str(x))} digits)", name, "out_of_range") from None
+    if not math.isfinite(value):
         raise RecordError(f"field '{name}' is {x} (not finite)", name, "nan_score")
-    return float(x)
+    return value
 
 
 @dataclass
@@ -75,6 +91,9 @@ class PreferenceRecord:
     weight: float = 1.0
     group: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # where the record was read ("data.jsonl line 7"), for errors found after reading (tokenization);
+    # not data: not compared, not written by `to_dict`, carried by `dataclasses.replace`
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -126,6 +145,8 @@ class PreferenceRecord:
             raise RecordError("field 'weight' must be >= 0", "weight", "wrong_value")
         if self.system is not None and not isinstance(self.system, str):
             raise RecordError("field 'system' must be a string", "system", "wrong_type")
+        if self.system is not None:
+            _check_unicode(self.system, "system")
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able form; ``PreferenceRecord(**d)`` round-trips it."""

@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from alignkit.data.schema import LABEL_KINDS, PreferenceRecord, Text
+from alignkit.errors import DataError
 
 TRANSFORMS: dict[str, Callable[..., tuple[list[PreferenceRecord], dict[str, Any]]]] = {}
 
 
-class TransformError(ValueError):
+class TransformError(DataError):
     """A bad transform spec or option, or a record a transform cannot take (the message names it)."""
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.transforms_common import choice, number, report, transform
+from alignkit.errors import ConfigError
 
 
 def fold_of(record: PreferenceRecord, k: int) -> int:
@@ -27,6 +28,6 @@ def fold(records: list[PreferenceRecord], *, k: int = 5, index: int = 0, keep: s
     number("fold", "index", index, low=0, integer=True)
     choice("fold", "keep", keep, ("others", "only"))
     if index >= k:
-        raise ValueError(f"fold: index={index} must be < k={k}")
+        raise ConfigError(f"fold: index={index} must be < k={k}")
     out = [r for r in records if (fold_of(r, k) == index) == (keep == "only")]
     return out, report("fold", len(records), out, Counter({"other_fold": len(records) - len(out)}))

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from alignkit.data.collate import Batch, collate
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig, TokenizedRecord, tokenize_records
+from alignkit.errors import ConfigError, DataError
 
 logger = logging.getLogger("alignkit")
 
@@ -28,6 +30,7 @@ logger = logging.getLogger("alignkit")
 class TokenizedDataset:
     records: list[PreferenceRecord]
     items: list[TokenizedRecord]
+    skipped: Counter = dataclasses.field(default_factory=Counter)  # records left out (on_bad_row=skip), by reason
 
     def __len__(self) -> int:
         return len(self.records)
@@ -44,8 +47,10 @@ class TokenizedDataset:
 
     @classmethod
     def build(cls, records: list[PreferenceRecord], tokenizer, config: TokenizeConfig, name: str = "data",
-              extras: tuple[str, ...] = (), seed: int = 0):
-        """Tokenize ``records``. ``extras`` (an objective's needs, see `objectives.registry.EXTRAS`):
+              extras: tuple[str, ...] = (), seed: int = 0, on_bad_row: str = "error"):
+        """Tokenize ``records``. A record with text the tokenizer cannot encode (it would become the unknown
+        token) is an error naming its file, line and field, or with ``on_bad_row="skip"`` is left out, counted
+        in ``skipped`` and logged. ``extras`` (an objective's needs, see `objectives.registry.EXTRAS`):
 
         * ``kl_logratios`` — each record gains one auxiliary completion: the first response of another
           record with a different prompt (a fixed seeded derangement), scored under this record's prompt in
@@ -53,11 +58,12 @@ class TokenizedDataset:
         * ``shared_tokens`` — for each response, how many leading completion tokens it shares with another
           response of the same record (preference trees).
         """
+        records, skipped = _encodable(records, tokenizer, name, on_bad_row)
         kinds = {r.label_kind for r in records}
         if len(kinds) > 1:
-            raise ValueError(f"{name}: records mix label kinds {sorted(kinds)}; one dataset needs one kind")
+            raise DataError(f"{name}: records mix label kinds {sorted(kinds)}; one dataset needs one kind")
         if "step_mask" in extras:  # process supervision: a record's responses are the steps of one solution
-            return cls._build_steps(records, tokenizer, config, name)
+            return dataclasses.replace(cls._build_steps(records, tokenizer, config, name), skipped=skipped)
         to_tokenize = records
         if "kl_logratios" in extras:
             partners = mismatched_partners(records, seed)
@@ -70,7 +76,7 @@ class TokenizedDataset:
         if "shared_tokens" in extras:
             for tr in items:
                 tr.shared = shared_completion_tokens(tr)
-        return cls(records, items)
+        return cls(records, items, skipped)
 
     @classmethod
     def _build_steps(cls, records, tokenizer, config, name):
@@ -80,6 +86,59 @@ class TokenizedDataset:
                 attn_weight: float = 0.0) -> Batch:
         items = [self.items[i] for i in indices]  # item.index is the record's position (set by tokenize)
         return collate(items, [self.records[i] for i in indices], pad_id, layout, max_row_tokens, attn_weight)
+
+
+def _texts(record: PreferenceRecord):
+    """(field, text) of every text of a record: prompt, responses[k] (``(chosen)``/``(rejected)`` for a ranked
+    pair, as the paired layout names them), system; message contents for chats."""
+    order = record.ranks if record.k == 2 and record.ranks is not None and record.ranks[0] != record.ranks[1] else None
+    role = {} if order is None else {int(order[0] > order[1]): " (chosen)", int(order[0] < order[1]): " (rejected)"}
+    names = [f"'responses[{k}]'{role.get(k, '')}" for k in range(record.k)]
+    for name, value in (("'prompt'", record.prompt), *zip(names, record.responses)):
+        yield from ((name, m["content"]) for m in value) if isinstance(value, list) else ((name, value),)
+    if record.system is not None:
+        yield "'system'", record.system
+
+
+def unencodable(records: list[PreferenceRecord], tokenizer) -> dict[int, tuple[str, str]]:
+    """``{record index: ("'field'", detail)}`` for texts that this tokenizer turns (partly) into its unknown token:
+    a vocabulary without byte fallback meeting characters it has never seen. One batched encoding; none at
+    all for tokenizers without an unknown token (byte-level BPE)."""
+    unk, unk_text = getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "unk_token", None)
+    if unk is None or not records:
+        return {}
+    where = [(i, f, t) for i, r in enumerate(records) for f, t in _texts(r) if not (unk_text and unk_text in t)]
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer([t for _, _, t in where], add_special_tokens=False, return_offsets_mapping=fast)
+    bad: dict[int, tuple[str, str]] = {}
+    for n, (i, f, text) in enumerate(where):
+        ids = enc["input_ids"][n]
+        if i in bad or unk not in ids:
+            continue
+        spans = [text[a:b] for tok, (a, b) in zip(ids, enc["offset_mapping"][n]) if tok == unk] if fast else []
+        shown = ", ".join(repr(x) for x in dict.fromkeys(spans[:3])) or "part of it"
+        bad[i] = (f, f"the tokenizer cannot encode {shown}: it would become the unknown token {unk_text!r}")
+    return bad
+
+
+def _encodable(records: list[PreferenceRecord], tokenizer, name: str, on_bad_row: str):
+    """``records`` without the ones `unencodable` finds: an error at the first, or (skip) counted and logged."""
+    bad = unencodable(records, tokenizer)
+    if not bad:
+        return records, Counter()
+    where = {i: records[i].origin or f"{name} record {i}" + (f" (id={records[i].id})" if records[i].id else "")
+             for i in bad}
+    if on_bad_row != "skip":
+        i = min(bad)
+        raise DataError(f"{where[i]}, field {bad[i][0]}: {bad[i][1]}; fix the text, use a tokenizer that "
+                        "covers it, or set on_bad_row=skip")
+    kept = [r for i, r in enumerate(records) if i not in bad]
+    shown = "; ".join(where[i] for i in sorted(bad)[:5]) + ("; ..." if len(bad) > 5 else "")
+    logger.warning("%s: skipped %d record%s with text the tokenizer cannot encode (unencodable): %s", name,
+                   len(bad), "s" if len(bad) != 1 else "", shown)
+    if not kept:
+        raise DataError(f"{name}: no records left: the tokenizer cannot encode any of the {len(records)}")
+    return kept, Counter(unencodable=len(bad))
 
 
 STEP_SEPARATOR = "\n"
@@ -92,7 +151,7 @@ def _steps_build(cls, records, tokenizer, config, name):
     joined, prefixes = [], []
     for i, r in enumerate(records):
         if r.label_kind != "labels":
-            raise ValueError(f"{name}: record {i} (id={r.id}): process supervision needs per-step `labels`, "
+            raise DataError(f"{name}: record {i} (id={r.id}): process supervision needs per-step `labels`, "
                              f"got {r.label_kind}")
         texts = [STEP_SEPARATOR.join(r.responses[: s + 1]) for s in range(r.k)]
         prefixes.append(dataclasses.replace(r, responses=texts, labels=list(r.labels)))
@@ -130,7 +189,7 @@ def mismatched_partners(records: list[PreferenceRecord], seed: int) -> list[int]
     """For each record, another record whose prompt differs (seeded; a derangement where possible)."""
     keys = [prompt_key(r) for r in records]
     if len(set(keys)) < 2:
-        raise ValueError("the KL baseline pairs each prompt with another prompt's response, but the data has "
+        raise DataError("the KL baseline pairs each prompt with another prompt's response, but the data has "
                          f"{len(set(keys))} distinct prompt(s); it needs at least 2")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
@@ -198,7 +257,7 @@ class BatchOrder:
         self.shuffle = shuffle  # False: the data's own order every epoch (e.g. a curriculum)
         self.global_batch = batch_size * world
         if n < self.global_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"the dataset has {n} records but one step needs {self.global_batch} "
                 f"(batch_size={batch_size} x {world} processes); lower batch_size"
             )

@@ -14,13 +14,16 @@ import json
 import logging
 from pathlib import Path
 
+from alignkit.errors import ConfigError
+from alignkit.io_atomic import atomic_write_text
+
 logger = logging.getLogger("alignkit")
 
 
 def train_ensemble(config, run_one):
     """Train ``config.ensemble`` members with ``run_one(member_config) -> TrainResult``."""
     if config.ensemble_by not in ("seed", "fold"):
-        raise ValueError(f"ensemble_by must be seed or fold, got {config.ensemble_by!r}")
+        raise ConfigError(f"ensemble_by must be seed or fold, got {config.ensemble_by!r}")
     out = Path(config.output_dir)
     results = []
     for i in range(config.ensemble):
@@ -33,7 +36,7 @@ def train_ensemble(config, run_one):
             return results[-1]
     members = [str(r.final_dir) for r in results]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ensemble.json").write_text(json.dumps({"members": members, "by": config.ensemble_by}, indent=2))
+    atomic_write_text(out / "ensemble.json", json.dumps({"members": members, "by": config.ensemble_by}, indent=2))
     history = [dict(h, member=i) for i, r in enumerate(results) for h in r.history]
     return dataclasses.replace(results[-1], output_dir=out, final_dir=out, history=history)
 

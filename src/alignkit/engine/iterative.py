@@ -44,6 +44,9 @@ from pathlib import Path
 import torch
 
 from alignkit.engine.trainer import TrainResult
+from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_write_text
+from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
 
@@ -53,16 +56,16 @@ def check_rounds_config(c) -> None:
     from alignkit.objectives import build_objective
 
     if not c.model or not c.prompts or c.reward is None:
-        raise ValueError("rounds=N needs model=PATH, prompts=FILE and reward=SPEC (e.g. reward=rm:PATH, "
+        raise ConfigError("rounds=N needs model=PATH, prompts=FILE and reward=SPEC (e.g. reward=rm:PATH, "
                          "reward=module:function, reward=judge:self)")
     if c.num_samples < 2:
-        raise ValueError(f"rounds=N compares samples: num_samples must be >= 2, got {c.num_samples}")
+        raise ConfigError(f"rounds=N compares samples: num_samples must be >= 2, got {c.num_samples}")
     objective = build_objective(c.objective, **{"beta": c.beta, **c.hparams})
     if objective.inputs != "logps":
-        raise ValueError(f"rounds=N trains an offline policy objective each round (dpo, ipo, sppo, ...); "
+        raise ConfigError(f"rounds=N trains an offline policy objective each round (dpo, ipo, sppo, ...); "
                          f"{objective.name} is a {objective.inputs} objective")
     if c.data:
-        raise ValueError("rounds=N makes each round's data from prompts=; remove data=")
+        raise ConfigError("rounds=N makes each round's data from prompts=; remove data=")
 
 
 def needs_pairs(objective_spec, beta, hparams, k: int) -> bool:
@@ -130,7 +133,9 @@ def sample_and_label(policy_path: str, rows: list[dict], c, seed: int) -> tuple[
     prompts, k = [r["prompt"] for r in rows], c.num_samples
     gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                    top_p=c.top_p, seed=seed, chat_template=c.chat_template, stop=c.stop)
-    labeler = make_labeler(c.reward, model, tokenizer, c.judge_template, device)
+    with collect() as code:
+        labeler = make_labeler(c.reward, model, tokenizer, c.judge_template, device)
+    record(c.output_dir, code)  # <output_dir>/code.json: which file the reward function came from
     flat = labeler([p for p in prompts for _ in range(k)], [t for row in gen.texts for t in row],
                    [r for r in rows for _ in range(k)], group_size=k)
     scores = [flat[b * k:(b + 1) * k] for b in range(len(prompts))]
@@ -169,10 +174,10 @@ def train_rounds(config, train_fn: Callable) -> TrainResult:
             continue
         records, stats = sample_and_label(policy, rows, c, seed=c.seed * 1_000_003 + r)
         if not records:
-            raise ValueError(f"round {r}: no prompt has two non-empty samples to compare; raise max_new_tokens "
+            raise DataError(f"round {r}: no prompt has two non-empty samples to compare; raise max_new_tokens "
                              "or num_samples")
         Path(rc.output_dir).mkdir(parents=True, exist_ok=True)
-        Path(rc.data).write_text("".join(json.dumps(x) + "\n" for x in records), encoding="utf-8")
+        atomic_write_text(rc.data, "".join(json.dumps(x) + "\n" for x in records))
         logger.info("round %d/%d: %d prompts, sample reward %.4f (best %.4f); training %s from %s", r, c.rounds,
                     len(records), stats["reward/mean"], stats["reward/best"], c.objective, policy)
         result = train_fn(rc)

@@ -40,7 +40,9 @@ from alignkit.engine.dataset import prompt_key
 from alignkit.engine.logging import peak_memory_mb
 from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.engine.trainer import Trainer, TrainingStopped
+from alignkit.errors import ConfigError, DataError
 from alignkit.rollout import build_reward, sample_experience
+from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
 
@@ -57,17 +59,17 @@ class PromptRows:
 
 
 def read_prompt_rows(path: str) -> list[dict]:
-    from alignkit.data.io import iter_rows
+    from alignkit.data.io import iter_rows, read_text_lines
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
+        raise DataError(f"prompts file {path} does not exist")
     if p.suffix == ".txt":
-        return [{"prompt": line} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [{"prompt": line} for line in read_text_lines(p) if line.strip()]
     rows = []
     for n, row in iter_rows(path):
         if not row.get("prompt"):
-            raise ValueError(f"{path} row {n}: field 'prompt' is missing or empty")
+            raise DataError(f"{path} row {n}: field 'prompt' is missing or empty")
         rows.append(row)
     return rows
 
@@ -105,13 +107,13 @@ class OnlineTrainer(Trainer):
 
     def _check_inputs(self, c) -> None:
         if not c.model or not c.prompts or c.reward is None:
-            raise ValueError("online training needs model=PATH, prompts=FILE and reward=SPEC "
+            raise ConfigError("online training needs model=PATH, prompts=FILE and reward=SPEC "
                              "(e.g. reward=rule:exact_answer, reward=rm:PATH, reward=module:function)")
 
     def _prepare_data(self, strategy: str):
         c = self.config
         if self.objective.inputs == "rewards":
-            raise ValueError(f"objective {self.objective.name} trains a reward model; online training needs a policy")
+            raise ConfigError(f"objective {self.objective.name} trains a reward model; online training needs a policy")
         if self.objective.inputs == "logps":  # an offline objective on K freshly scored samples
             self.objective.check_data("scores", c.num_samples, c.num_samples, strategy != "none")
         rows = read_prompt_rows(c.prompts)
@@ -122,7 +124,10 @@ class OnlineTrainer(Trainer):
             held = set(keys[: max(1, round(c.eval_split * len(keys)))])
             evals = [r for r in rows if prompt_key_of(r) in held]
             rows = [r for r in rows if prompt_key_of(r) not in held]
-        self.reward_fn = build_reward(c.reward, self.tokenizer, self.accelerator.device)
+        with collect() as code:
+            self.reward_fn = build_reward(c.reward, self.tokenizer, self.accelerator.device)
+        if self.accelerator.is_main_process:
+            record(self.output_dir, code)  # <output_dir>/code.json: which file each reward function came from
         logger.info("online: %d training prompts, %d held out; %d samples per prompt; reward %s", len(rows),
                     len(evals), c.num_samples, c.reward)
         return PromptRows(rows), (PromptRows(evals) if evals else None)

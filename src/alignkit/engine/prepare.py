@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from pathlib import Path
 
+from alignkit.data.checks import pair_problems
 from alignkit.data.io import read_records
 from alignkit.data.samples import apply_with_samples
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.data.transforms import format_report
 from alignkit.engine.dataset import TokenizedDataset, data_shape, split_by_prompt
+from alignkit.errors import ConfigError, DataError
 
 logger = logging.getLogger("alignkit")
 
@@ -39,7 +42,7 @@ def transform(config, records: list[PreferenceRecord], split: str) -> list[Prefe
                     f"{spec.get('name')}: {report}")
     if not records:
         names = [t.get("name") for t in config.transforms]
-        raise ValueError(f"{split} data: no records left after transforms {names}")
+        raise DataError(f"{split} data: no records left after transforms {names}")
     return records
 
 
@@ -49,7 +52,7 @@ def resolve_shuffle(config) -> bool:
     if value == "auto":
         return not any(t.get("name") == "curriculum" for t in config.transforms)
     if not isinstance(value, bool):
-        raise ValueError(f"shuffle must be auto, true or false, got {value!r}")
+        raise ConfigError(f"shuffle must be auto, true or false, got {value!r}")
     return value
 
 
@@ -76,13 +79,35 @@ def prepare_data(config, tokenizer, objective, has_reference: bool):
     evals = transform(c, read_split(c, c.eval_data, "eval"), "eval") if c.eval_data else []
     if not evals and c.eval_split > 0:
         train, evals = split_by_prompt(train, c.eval_split, c.seed)
-    for records in (train, evals):
+    for records, split in ((train, "train"), (evals, "eval")):
         if records:
             kind, k_min, k_max, dim = data_shape(records)
             objective.check_data(kind, k_min, k_max, has_reference, score_dim=dim)
+            check_pairs(records, objective, split)
     tok = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template,
                          chat_template_kwargs=c.chat_template_kwargs)
     build = TokenizedDataset.build
-    train_data = build(train, tokenizer, tok, "train data", objective.extras, c.seed)
-    eval_data = build(evals, tokenizer, tok, "eval data", objective.extras, c.seed) if evals else None
+    train_data = build(train, tokenizer, tok, "train data", objective.extras, c.seed, on_bad_row=c.on_bad_row)
+    eval_data = (build(evals, tokenizer, tok, "eval data", objective.extras, c.seed, on_bad_row=c.on_bad_row)
+                 if evals else None)
     return train_data, eval_data
+
+
+def check_pairs(records: list[PreferenceRecord], objective, split: str) -> Counter:
+    """Pairs a pairwise term of ``objective`` learns nothing from: ``tied`` (equal ranks or scores, masked out
+    of the loss) and ``identical`` (chosen and rejected are the same text). Counted and logged at start-up;
+    when no pair is left, the run stops here (`DataError`) instead of training at loss 0."""
+    pairwise = [t.spec.name for t in objective.terms if t.spec.min_responses == t.spec.max_responses == 2]
+    found = pair_problems(records) if pairwise else Counter()
+    if not found:
+        return found
+    what = {"tied": "tied (equal ranks or scores: masked out of the loss)",
+            "identical": "with the same text as chosen and rejected"}
+    counts = ", ".join(f"{n} {what[k]}" for k, n in found.items())
+    names = "/".join(pairwise)
+    if sum(found.values()) == len(records):
+        raise DataError(f"{split} data: every one of the {len(records)} pairs gives {names} no preference signal "
+                        f"({counts}); check the ranks/scores of the data")
+    logger.warning("%s data: %d of %d pairs give %s no preference signal: %s", split, sum(found.values()),
+                   len(records), names, counts)
+    return found

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -35,6 +34,8 @@ from alignkit.engine.distributed import sharding, share_sharded_scorer
 from alignkit.engine.logprobs import unwrap
 from alignkit.engine.reference import Reference
 from alignkit.engine.score import iter_batch_logps
+from alignkit.errors import ConfigError
+from alignkit.io_atomic import atomic_path
 
 logger = logging.getLogger("alignkit")
 
@@ -102,7 +103,7 @@ def load_table(path: str | Path, expect: dict[str, str]) -> Tensor:
     """The cached ``[N, slots]`` table at ``path``; raises ValueError naming every field that differs."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"reference cache {path} does not exist")
+        raise ConfigError(f"reference cache {path} does not exist")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         stale = [k for k in ("format", "weights", "records", "slots", "data", "precision")
@@ -110,16 +111,14 @@ def load_table(path: str | Path, expect: dict[str, str]) -> Tensor:
         if stale:
             details = "; ".join(f"{_WHY[k]} (cache: {str(meta.get(k))[:20]}, this run: {str(expect[k])[:20]})"
                                 for k in stale)
-            raise ValueError(f"reference cache {path} does not match this run and is refused: {details}. "
+            raise ConfigError(f"reference cache {path} does not match this run and is refused: {details}. "
                              "Recompute it (delete it, or drop ref_cache_file to use an automatic cache).")
         return f.get_tensor("ref_logps")
 
 
 def store_table(path: Path, table: Tensor, meta: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # concurrent runs never share a temp file
-    save_file({"ref_logps": table.contiguous()}, tmp, metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # a unique temp file: concurrent runs never share one
+        save_file({"ref_logps": table.contiguous()}, tmp, metadata=meta)
 
 
 class CachedReference(Reference):
@@ -179,15 +178,15 @@ def will_cache(config, objective, strategy: str) -> bool:
     if isinstance(c.ref_cache, bool):  # YAML reads `on` / `off` as true / false
         c.ref_cache = "on" if c.ref_cache else "off"
     if c.ref_cache not in ("auto", "on", "off"):
-        raise ValueError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
+        raise ConfigError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
     if c.ref_cache_file and (c.ref_cache == "off" or strategy == "none"):
-        raise ValueError("ref_cache_file is set but " + ("ref_cache=off" if c.ref_cache == "off" else
+        raise ConfigError("ref_cache_file is set but " + ("ref_cache=off" if c.ref_cache == "off" else
                          f"objective {objective.name} reads no reference"))
     if strategy == "none" or c.ref_cache == "off":
         return False
     if objective.needs_token_logps:
         if c.ref_cache == "on" or c.ref_cache_file:
-            raise ValueError(f"objective {objective.name} reads per-token reference log-probs; "
+            raise ConfigError(f"objective {objective.name} reads per-token reference log-probs; "
                              "the sequence-level cache cannot serve it (use ref_cache=off)")
         return False
     return True

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
 from alignkit.engine.logprobs import LogProbModel, sum_per_slot
+from alignkit.errors import ConfigError
 from alignkit.models.load import frozen_copy, load_model
 
 STRATEGIES = ("auto", "copy", "path", "disable_adapters", "none")
@@ -77,16 +78,16 @@ class InitialPolicyReference(DisabledAdapterReference):
 
 def resolve_strategy(strategy: str, needs_reference: bool, lora: bool, ref_model: str | None) -> str:
     if strategy not in STRATEGIES:
-        raise ValueError(f"ref_strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"ref_strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not needs_reference:
         return "none"
     if strategy != "auto":
         if strategy == "path" and not ref_model:
-            raise ValueError("ref_strategy=path needs ref_model=PATH")
+            raise ConfigError("ref_strategy=path needs ref_model=PATH")
         if strategy == "disable_adapters" and not lora:
-            raise ValueError("ref_strategy=disable_adapters needs lora=true")
+            raise ConfigError("ref_strategy=disable_adapters needs lora=true")
         if strategy == "none":
-            raise ValueError("the objective needs reference log-probs; ref_strategy=none is not possible")
+            raise ConfigError("the objective needs reference log-probs; ref_strategy=none is not possible")
         return strategy
     if ref_model:
         return "path"

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
 from alignkit.engine.logprobs import ExecutorMismatch, decoder_mask, plain_sequences, unwrap
+from alignkit.errors import ConfigError, ModelError
+from alignkit.io_atomic import atomic_write_text
 from alignkit.models.load import LoraConfig, apply_lora, attention_implementation, resolve_dtype
 
 GATE = "alignkit_gate"
@@ -53,7 +55,7 @@ def load_reward_model(path: str, num_outputs: int | None = None, gate: int = 0, 
     if num_outputs is not None:
         kwargs["num_labels"] = num_outputs
     if getattr(config, "num_labels", None) not in (None, num_outputs) and num_outputs is not None and _is_rm(config):
-        raise ValueError(f"{path} is a reward model with {config.num_labels} outputs, but {num_outputs} were asked for")
+        raise ModelError(f"{path} is a reward model with {config.num_labels} outputs, but {num_outputs} were asked for")
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # HF's own forward finds the last non-pad token with it
@@ -85,7 +87,7 @@ def _restore_gate(model, path: str) -> None:
                 getattr(model, GATE).load_state_dict({k[len(GATE) + 1:]: sf.get_tensor(k) for k in keys})
                 return
     if getattr(model.config, "alignkit_gate", 0) and _is_rm(model.config):
-        raise ValueError(f"{path}: the config declares a prompt gate (alignkit_gate={model.config.alignkit_gate}) "
+        raise ModelError(f"{path}: the config declares a prompt gate (alignkit_gate={model.config.alignkit_gate}) "
                          f"but no {GATE}.* weights are in {[f.name for f in files] or 'any .safetensors file'}")
 
 
@@ -93,7 +95,7 @@ def reward_head(model) -> nn.Module:
     base = unwrap(model)
     head = getattr(base, "score", None)
     if head is None:
-        raise ValueError(f"{type(base).__name__} has no `score` head; reward models need a decoder-style "
+        raise ModelError(f"{type(base).__name__} has no `score` head; reward models need a decoder-style "
                          "AutoModelForSequenceClassification (Llama, Qwen2, Mistral, Gemma, GPT-2, ...)")
     return head
 
@@ -179,7 +181,7 @@ def write_info(final: Path, objective, num_outputs: int, gate: int) -> Path:
                                                      if isinstance(v, (int, float, str, bool, list)) or v is None},
             "num_outputs": num_outputs, "gate": gate, "read_at": "last completion token (EOS)"}
     path = Path(final) / "alignkit_reward.json"
-    path.write_text(json.dumps(info, indent=2))
+    atomic_write_text(path, json.dumps(info, indent=2))
     return path
 
 
@@ -193,11 +195,11 @@ def head_size(objective, score_dim: int | None) -> tuple[int, int]:
         n = 1 if want == "1" else int(t.hparams.get(want, t.spec.defaults.get(want)) or 0)
         if n == 0:
             if not score_dim:
-                raise ValueError(f"objective '{t.spec.name}': set {want}=N, or give records with score vectors")
+                raise ConfigError(f"objective '{t.spec.name}': set {want}=N, or give records with score vectors")
             n = score_dim
         sizes.add(n)
     if len(sizes) > 1:
-        raise ValueError(f"objective {objective.name}: its terms need different head sizes {sorted(sizes)}")
+        raise ConfigError(f"objective {objective.name}: its terms need different head sizes {sorted(sizes)}")
     n = sizes.pop()
     return n, (n if "gate" in objective.extras else 0)
 

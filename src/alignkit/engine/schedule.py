@@ -6,6 +6,8 @@ import math
 
 from torch.optim.lr_scheduler import LambdaLR
 
+from alignkit.errors import ConfigError
+
 SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -27,6 +29,6 @@ def lr_factor(step: int, kind: str, warmup: int, total: int) -> float:
 
 def build_scheduler(optimizer, kind: str, warmup: float, total: int) -> LambdaLR:
     if kind not in SCHEDULES:
-        raise ValueError(f"scheduler must be one of {SCHEDULES}, got {kind!r}")
+        raise ConfigError(f"scheduler must be one of {SCHEDULES}, got {kind!r}")
     n_warm = warmup_steps(warmup, total)
     return LambdaLR(optimizer, lambda step: lr_factor(step, kind, n_warm, total))

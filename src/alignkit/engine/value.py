@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from alignkit.data.collate import Batch
 from alignkit.engine.logprobs import decoder_mask, pad_per_slot, unwrap
 from alignkit.engine.reward_model import load_reward_model, reward_head
+from alignkit.errors import ConfigError, ModelError
 from alignkit.objectives.rl_ppo import gae, kl_estimate, token_rewards, whiten
 
 logger = logging.getLogger("alignkit")
@@ -71,7 +72,7 @@ def load_value_model(path: str, policy_vocab: int, pad_token_id: int | None, lor
     model = load_reward_model(path, 1, lora=lora, pad_token_id=pad_token_id, **load_kwargs)
     vocab = unwrap(model).config.vocab_size
     if vocab != policy_vocab:
-        raise ValueError(f"value_model {path} has a vocabulary of {vocab} tokens, the policy {policy_vocab}: the "
+        raise ModelError(f"value_model {path} has a vocabulary of {vocab} tokens, the policy {policy_vocab}: the "
                          "value model must share the policy's tokenizer (it reads the sampled token ids)")
     return ValueModel(model)
 
@@ -86,10 +87,10 @@ def setup_value_model(trainer) -> ValueModel:
 
     c, acc = trainer.config, trainer.accelerator
     if dist.sharding(acc):  # DDP is fine: the online trainer averages the value gradients itself
-        raise ValueError("objective=ppo runs on one process or under DDP (its value model is not sharded by "
+        raise ConfigError("objective=ppo runs on one process or under DDP (its value model is not sharded by "
                          "FSDP/DeepSpeed); launch with a DDP config, or use grpo / rloo")
     if getattr(c, "rollout_workers", 0):
-        raise ValueError("objective=ppo samples in-process for now: set rollout_workers=0")
+        raise ConfigError("objective=ppo samples in-process for now: set rollout_workers=0")
     strategy = "none"
     if c.kl_coef > 0:  # the KL penalty in the reward reads the reference (built from the initial policy)
         strategy = resolve_strategy(c.ref_strategy, True, c.lora, c.ref_model)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alignkit.data.schema import PreferenceRecord
+from alignkit.errors import DataError
 from alignkit.eval.rm_report import pairwise_accuracy, wilson_interval
 
 
@@ -87,7 +88,7 @@ def preference_accuracy(policy, tokenizer, records: Sequence[PreferenceRecord], 
     with ``ref_tokenizer`` (default: ``tokenizer``). Adds ``"skipped"``: records without a strict pair."""
     pairs, skipped = preference_pairs(records)
     if not pairs:
-        raise ValueError("no preference pair with a strict winner among the records (need K = 2 with ranks or scores)")
+        raise DataError("no preference pair with a strict winner among the records (need K = 2 with ranks or scores)")
     lp, nt = _logps(policy, tokenizer, pairs, batch_size)
     ref = _logps(reference, ref_tokenizer or tokenizer, pairs, batch_size)[0] if reference is not None else None
     out = ranking_accuracy(lp[0::2], lp[1::2], ref[0::2] if ref else None, ref[1::2] if ref else None,

@@ -10,6 +10,7 @@ from alignkit.eval import plots
 from alignkit.eval import report_html as H
 from alignkit.eval.judges import plain
 from alignkit.eval.systems import System, safe_name, write_outputs
+from alignkit.io_atomic import atomic_write_bytes, atomic_write_text
 
 METHODS_NOTE = (
     "Win rates count ties as ½. Wilson intervals treat comparisons as independent binomial trials (conservative when "
@@ -164,7 +165,7 @@ def write_eval_report(results: dict[str, Any], systems: dict[str, System], score
         write_outputs(s, out_dir / "outputs" / f"{safe_name(name)}.jsonl", scores.get(name))
     figures = build_figures(results, scores, lens)
     for name, png in figures.items():
-        (out_dir / f"{name}.png").write_bytes(png)
+        atomic_write_bytes(out_dir / f"{name}.png", png)
     results["files"] = sorted([f"{n}.png" for n in figures] + ["results.json", "report.html"])
     H.write_results(results, out_dir / "results.json")
     judge = results["judge"]
@@ -191,5 +192,5 @@ def write_eval_report(results: dict[str, Any], systems: dict[str, System], score
     sections.append(("Examples (first answers)", examples))
     sections.append(("Methods", [H.para(METHODS_NOTE, "note")]))
     path = out_dir / "report.html"
-    path.write_text(H.page("alignkit evaluation", sections, sub), encoding="utf-8")
+    atomic_write_text(path, H.page("alignkit evaluation", sections, sub))
     return path

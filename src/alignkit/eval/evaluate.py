@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.eval.judges import Comparison, Judge, make_judge, position_bias
 from alignkit.eval.kl import kl_estimates, mean_ci
 from alignkit.eval.systems import (
@@ -43,6 +44,8 @@ from alignkit.eval.systems import (
 )
 from alignkit.eval.tournament import ratings, round_robin, single_elimination
 from alignkit.eval.winrate import win_rate
+from alignkit.user_code import collect
+from alignkit.user_code import record as record_code
 
 log = logging.getLogger("alignkit")
 TOURNAMENTS = ("round-robin", "single-elimination", "none")
@@ -110,20 +113,21 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
     `Judge` or a callable. Returns the dict written to ``results.json``.
     """
     if tournament not in TOURNAMENTS:
-        raise ValueError(f"tournament must be one of {TOURNAMENTS}, got {tournament!r}")
+        raise ConfigError(f"tournament must be one of {TOURNAMENTS}, got {tournament!r}")
     if names is not None and len(names) != len(models):
-        raise ValueError(f"--names gives {len(names)} names for {len(models)} models; give one per model")
+        raise ConfigError(f"--names gives {len(names)} names for {len(models)} models; give one per model")
     t0 = time.perf_counter()
-    judge_obj = make_judge(judge, template=judge_template, batch_size=batch_size, dtype=dtype) if judge else None
-    if isinstance(subset_by, str):
-        from alignkit.eval.judges import load_callable
+    with collect() as code:  # user functions (judge, subsets, prompts): recorded in out_dir/code.json
+        judge_obj = make_judge(judge, template=judge_template, batch_size=batch_size, dtype=dtype) if judge else None
+        if isinstance(subset_by, str):
+            from alignkit.eval.judges import load_callable
 
-        subset_by = load_callable(subset_by)
-    prompt_list, prompt_subsets = (None, None)
-    if isinstance(prompts, (list, tuple)):
-        prompt_list, prompt_subsets = list(prompts), [None] * len(prompts)
-    elif prompts is not None:
-        prompt_list, prompt_subsets = load_prompts(prompts, n_prompts, prompt_seed)
+            subset_by = load_callable(subset_by, "subset")
+        prompt_list, prompt_subsets = (None, None)
+        if isinstance(prompts, (list, tuple)):
+            prompt_list, prompt_subsets = list(prompts), [None] * len(prompts)
+        elif prompts is not None:
+            prompt_list, prompt_subsets = load_prompts(prompts, n_prompts, prompt_seed)
     records = None
     if preferences:
         from alignkit.data.io import read_records
@@ -150,14 +154,14 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
     for n, path in enumerate(models):
         name = names[n] if names else system_name(path)
         if name in systems:
-            raise ValueError(f"two systems are named {name!r}; pass --names to tell them apart")
+            raise ConfigError(f"two systems are named {name!r}; pass --names to tell them apart")
         if Path(path).is_file():
             systems[name] = read_outputs(path, name)
             continue
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"{path} is neither a model folder nor an outputs file")
+            raise DataError(f"{path} is neither a model folder nor an outputs file")
         if prompt_list is None:
-            raise ValueError(f"{path} is a model: give --prompts to sample answers from it")
+            raise ConfigError(f"{path} is a model: give --prompts to sample answers from it")
         model, tok = _load_model(path, dtype)
         length_tok = length_tok or tok
         log.info("eval: sampling %d x %d answers from %s", len(prompt_list), samples, name)
@@ -168,7 +172,7 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
             accuracy[name] = _accuracy(model, tok, records, ref_model, ref_tok, batch_size)
         del model
     if not systems:
-        raise ValueError("nothing to evaluate: give --models (model folders or outputs files)")
+        raise ConfigError("nothing to evaluate: give --models (model folders or outputs files)")
     for s in systems.values():
         apply_subsets(s, subset_by)
     lens = {name: lengths(s, length_tok) for name, s in systems.items()}
@@ -201,6 +205,7 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
         from alignkit.eval.eval_report import write_eval_report
 
         write_eval_report(results, systems, scores, lens, Path(out_dir))
+        record_code(out_dir, code)
     return results
 
 
@@ -241,7 +246,7 @@ def _judge_all(results, systems, judge, scores, lens, baseline, tournament, seed
     names = list(systems)
     baseline = baseline or ("reference" if "reference" in systems else names[0])
     if baseline not in systems:
-        raise ValueError(f"baseline {baseline!r} is not one of the systems {names}")
+        raise ConfigError(f"baseline {baseline!r} is not one of the systems {names}")
     results["baseline"] = baseline
     matches = Matches(systems, judge, scores, lens)
     bias_ab, bias_ba = [], []

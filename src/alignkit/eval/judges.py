@@ -21,7 +21,6 @@ that always picks the first position says ``v_ab = 1, v_ba = 0`` and gets ½: a 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from typing import Any
 import torch
 
 from alignkit.data.schema import Text
+from alignkit.errors import ConfigError, ModelError
+from alignkit.user_code import load_function
 
 DEFAULT_TEMPLATE = (
     "Here is a question and two answers, A and B. Which answer is better? Reply with one letter, A or B.\n\n"
@@ -129,18 +130,10 @@ class Judge:
         return Comparison(order_averaged(p_ab, p_ba), p_ab=p_ab, p_ba=p_ba)
 
 
-def load_callable(spec: str) -> Callable:
-    """``module:function`` (or ``module.function``) → the function."""
-    module, sep, attr = spec.partition(":") if ":" in spec else spec.rpartition(".")
-    if not sep or not module or not attr:
-        raise ValueError(f"{spec!r} is not a callable spec; write module:function, e.g. alignkit.worlds.reviews:reward")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load {spec!r}: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"{spec!r} is not callable")
-    return fn
+def load_callable(spec: str, role: str = "judge") -> Callable:
+    """``module:function`` (or ``module.function``) → the function (`alignkit.user_code.load_function`: the
+    current directory first, standard-library modules refused, the resolved file logged)."""
+    return load_function(spec, role)
 
 
 class RuleJudge(Judge):
@@ -187,7 +180,7 @@ class RewardModelJudge(Judge):
         records = [_record(p, [c]) for p, c in zip(prompts, completions)]
         rows = model_scores(self.model, self.tokenizer, records, self.batch_size, progress=False)
         if rows and isinstance(rows[0][0], list):
-            raise ValueError(f"{self.name} has {len(rows[0][0])} outputs; a judge needs a one-output reward model")
+            raise ModelError(f"{self.name} has {len(rows[0][0])} outputs; a judge needs a one-output reward model")
         self.calls += len(completions)
         return [float(r[0]) for r in rows]
 
@@ -214,21 +207,21 @@ class LLMJudge(Judge):
             self.name = name or "llm"
         for key in ("{prompt}", "{answer_a}", "{answer_b}"):
             if key not in template:
-                raise ValueError(f"the judge template has no {key}; it needs {{prompt}}, {{answer_a}} and {{answer_b}}")
+                raise ConfigError(f"the judge template has no {key}; it needs {{prompt}}, {{answer_a}} and {{answer_b}}")
         self.template, self.batch_size = template, batch_size
         if chat_template == "auto":
             chat_template = "always" if getattr(self.tokenizer, "chat_template", None) else "never"
         self.chat_template = chat_template
         self.label_ids = [self._variants(label) for label in labels]
         if set(self.label_ids[0]) & set(self.label_ids[1]):
-            raise ValueError(f"labels {labels} are the same token in this tokenizer; choose labels that differ")
+            raise ConfigError(f"labels {labels} are the same token in this tokenizer; choose labels that differ")
 
     def _variants(self, label: str) -> list[int]:
         """Token ids of the label's one-token spellings (``"A"``, ``" A"``)."""
         encoded = [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in (label, " " + label)]
         ids = sorted({e[0] for e in encoded if len(e) == 1})
         if not ids:
-            raise ValueError(f"label {label!r} is not one token in this tokenizer (with or without a leading space); "
+            raise ConfigError(f"label {label!r} is not one token in this tokenizer (with or without a leading space); "
                              "choose one-token labels")
         return ids
 
@@ -244,7 +237,7 @@ class LLMJudge(Judge):
         limit = getattr(self.model.config, "max_position_embeddings", None)
         too_long = [i for i, x in enumerate(ids) if limit and len(x) > limit]
         if too_long:
-            raise ValueError(f"judge question {too_long[0]} has {len(ids[too_long[0]])} tokens, more than the judge's "
+            raise ConfigError(f"judge question {too_long[0]} has {len(ids[too_long[0]])} tokens, more than the judge's "
                              f"{limit}; shorten the template or use --max-new-tokens to keep answers shorter")
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id or 0
@@ -281,11 +274,11 @@ def make_judge(spec: str | Judge | Callable, *, template: str | None = None, bat
         return RuleJudge(spec)
     kind, _, rest = spec.partition(":")
     if not rest:
-        raise ValueError(f"judge {spec!r}: write rule:module:function, reward_model:PATH or llm:PATH")
+        raise ConfigError(f"judge {spec!r}: write rule:module:function, reward_model:PATH or llm:PATH")
     if kind == "rule":
         return RuleJudge(rest)
     if kind in ("reward_model", "rm"):
         return RewardModelJudge(rest, batch_size=batch_size, dtype=dtype)
     if kind == "llm":
         return LLMJudge(rest, template=template or DEFAULT_TEMPLATE, batch_size=batch_size, dtype=dtype)
-    raise ValueError(f"judge {spec!r}: unknown kind {kind!r}; use rule, reward_model (rm) or llm")
+    raise ConfigError(f"judge {spec!r}: unknown kind {kind!r}; use rule, reward_model (rm) or llm")

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.io_atomic import atomic_write_text
+
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; line-height: 1.45; padding: 0 1em; }
@@ -88,7 +90,4 @@ def clean_json(x: Any) -> Any:
 
 
 def write_results(results: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean_json(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(clean_json(results), indent=2, allow_nan=False) + "\n")

@@ -30,6 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alignkit.errors import DataError
+from alignkit.io_atomic import atomic_write_text
+
 Scores = Tensor | Sequence[float]
 DEFAULT_EDGES = (0.0, 0.5, 1.0, 2.0, math.inf)
 
@@ -48,7 +51,7 @@ def _pair(chosen: Scores, rejected: Scores) -> tuple[Tensor, Tensor]:
             f"chosen has {c.numel()} scores but rejected has {r.numel()}; give one of each per pair"
         )
     if c.numel() == 0:
-        raise ValueError("no pairs to evaluate: chosen and rejected are empty")
+        raise DataError("no pairs to evaluate: chosen and rejected are empty")
     bad = (~torch.isfinite(c) | ~torch.isfinite(r)).nonzero().flatten()
     if bad.numel():
         raise ValueError(
@@ -103,7 +106,7 @@ def accuracy_by_subset(
                 f"subsets has {len(names)} names but there are {c.numel()} pairs; give one per pair"
             )
         if "overall" in names:
-            raise ValueError("a subset is named 'overall', which is reserved for the total; rename it")
+            raise DataError("a subset is named 'overall', which is reserved for the total; rename it")
         for name in sorted(set(names)):
             mask = torch.tensor([s == name for s in names])
             out[name] = (float(wins[mask].mean()), int(mask.sum()))
@@ -311,6 +314,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
         return x
 
     json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(clean(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    md_path.write_text(format_markdown(report), encoding="utf-8")
+    atomic_write_text(json_path, json.dumps(clean(report), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(md_path, format_markdown(report))
     return json_path, md_path

@@ -14,8 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alignkit.errors import ConfigError, RunDirError
 from alignkit.eval import plots
 from alignkit.eval import report_html as H
+from alignkit.io_atomic import atomic_write_bytes, atomic_write_text
 
 PANELS = ("loss", "rewards/margin", "rewards/accuracy", "rewards/chosen", "rewards/rejected", "logps/chosen",
           "logps/rejected")
@@ -28,14 +30,14 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     run = Path(run_dir)
     path = run / "metrics.jsonl" if run.is_dir() else run
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (give a run folder written by `alignkit train`)")
+        raise RunDirError(f"{run_dir}: no metrics.jsonl (give a run folder written by `alignkit train`)")
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
+                raise RunDirError(f"{path} line {n}: not JSON ({e.msg})") from None
     config: dict[str, Any] = {}
     cfg = path.parent / "config.yaml"
     if cfg.is_file():
@@ -80,7 +82,7 @@ def summarize(run: dict[str, Any], keys: list[str]) -> dict[str, Any]:
 def runs_report(run_dirs: list[str], out_dir: str | Path, command: str | None = None) -> dict[str, Any]:
     """Read the runs, write ``results.json``, ``curves.png`` and ``report.html`` into ``out_dir``; return the results."""
     if not run_dirs:
-        raise ValueError("give at least one run folder")
+        raise ConfigError("give at least one run folder")
     runs = [read_run(d) for d in run_dirs]
     names = [r["name"] for r in runs]
     for i, r in enumerate(runs):  # same folder name (e.g. two `final`s): add the parent
@@ -117,11 +119,11 @@ def runs_report(run_dirs: list[str], out_dir: str | Path, command: str | None = 
         figures["optimizer"] = plots.training_curves({r["name"]: r["rows"] for r in runs}, opt)
         sections.append(("Optimizer", [H.image(figures["optimizer"], "learning rate and gradient norm")]))
     for name, png in figures.items():
-        (out / f"{name}.png").write_bytes(png)
+        atomic_write_bytes(out / f"{name}.png", png)
     results["files"] = sorted([f"{n}.png" for n in figures] + ["results.json", "report.html"])
     H.write_results(results, out / "results.json")
     sub = f"{len(runs)} run(s); {len(keys)} metrics"
-    (out / "report.html").write_text(H.page("alignkit training report", sections, sub), encoding="utf-8")
+    atomic_write_text(out / "report.html", H.page("alignkit training report", sections, sub))
     return results
 
 

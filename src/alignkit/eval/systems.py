@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.data.schema import Text
+from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_write
 
 OUTPUT_FIELDS = ("completion", "completions", "response", "responses", "output")
 
@@ -74,7 +76,7 @@ def align(a: System, b: System) -> list[tuple[tuple[int, int], tuple[int, int]]]
                 out.append(((i, k), queue[key][used[key]]))
                 used[key] += 1
     if not out:
-        raise ValueError(f"systems {a.name!r} and {b.name!r} share no prompt: nothing to compare")
+        raise DataError(f"systems {a.name!r} and {b.name!r} share no prompt: nothing to compare")
     return out
 
 
@@ -105,30 +107,29 @@ def read_outputs(path: str, name: str | None = None) -> System:
     from alignkit.data.io import iter_rows
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"outputs file {path} does not exist")
+        raise DataError(f"outputs file {path} does not exist")
     prompts, completions, subsets = [], [], []
     for n, row in iter_rows(path):
         field = next((f for f in OUTPUT_FIELDS if f in row), None)
         if "prompt" not in row or field is None:
-            raise ValueError(f"{path} row {n}: an outputs row needs 'prompt' and one of {list(OUTPUT_FIELDS)}; "
+            raise DataError(f"{path} row {n}: an outputs row needs 'prompt' and one of {list(OUTPUT_FIELDS)}; "
                              f"it has {sorted(row)}")
         value = row[field]
         texts = value if isinstance(value, list) and all(isinstance(v, str) for v in value) else [value]
         if not all(isinstance(t, str) for t in texts):
-            raise ValueError(f"{path} row {n}: field {field!r} must be a string or a list of strings")
+            raise DataError(f"{path} row {n}: field {field!r} must be a string or a list of strings")
         prompts.append(row["prompt"])
         completions.append(list(texts))
         subsets.append(_subset(row))
     if not prompts:
-        raise ValueError(f"{path}: no outputs")
+        raise DataError(f"{path}: no outputs")
     return System(name or system_name(path), str(path), prompts, completions, subsets)
 
 
 def write_outputs(system: System, path: Path, scores: list[list[float]] | None = None) -> Path:
     """The system's answers as an outputs file (``prompt``, ``completions``, optional ``scores``/``subset``),
     which `read_outputs` (and so ``alignkit eval --models FILE``) reads back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for i, (p, row) in enumerate(zip(system.prompts, system.completions)):
             out: dict[str, Any] = {"prompt": p, "completions": row}
             if scores is not None:
@@ -147,8 +148,8 @@ def load_prompts(spec: str, n: int | None = None, seed: int = 0) -> tuple[list[T
         from alignkit.eval.judges import load_callable
 
         if n is None:
-            raise ValueError(f"prompts from a function ({spec}) need a count: pass --n-prompts")
-        prompts = list(load_callable(spec)(n, seed=seed))
+            raise ConfigError(f"prompts from a function ({spec}) need a count: pass --n-prompts")
+        prompts = list(load_callable(spec, "prompts")(n, seed=seed))
         return prompts, [None] * len(prompts)
     if Path(spec).suffix == ".txt":
         from alignkit.inference.commands import read_prompts
@@ -158,17 +159,17 @@ def load_prompts(spec: str, n: int | None = None, seed: int = 0) -> tuple[list[T
     from alignkit.data.io import iter_rows
 
     if not Path(spec).exists():
-        raise FileNotFoundError(f"prompts file {spec} does not exist (or give a function as module:function)")
+        raise DataError(f"prompts file {spec} does not exist (or give a function as module:function)")
     prompts, subsets = [], []
     for row_n, row in iter_rows(spec):
         if row.get("prompt") in (None, ""):
-            raise ValueError(f"{spec} row {row_n}: field 'prompt' is missing or empty")
+            raise DataError(f"{spec} row {row_n}: field 'prompt' is missing or empty")
         prompts.append(row["prompt"])
         subsets.append(_subset(row))
         if n is not None and len(prompts) >= n:
             break
     if not prompts:
-        raise ValueError(f"{spec}: no prompts")
+        raise DataError(f"{spec}: no prompts")
     return prompts, subsets
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.eval.winrate import _percentile
 
 ELO_SCALE = 400 / math.log(10)
@@ -75,7 +76,7 @@ def single_elimination(systems: Sequence[str], play: Callable[[str, str], list[f
     """
     names = list(systems)
     if len(names) < 2:
-        raise ValueError("a tournament needs at least two systems")
+        raise ConfigError("a tournament needs at least two systems")
     rng = random.Random(seed)
     alive, matches, rounds = list(names), [], []
     while len(alive) > 1:
@@ -151,7 +152,7 @@ def bradley_terry(systems: Sequence[str], matches: Sequence[Match], anchor: str 
 
 def _anchor(names: list[str], anchor: str | None) -> int:
     if anchor is not None and anchor not in names:
-        raise ValueError(f"anchor {anchor!r} is not one of the systems {names}")
+        raise ConfigError(f"anchor {anchor!r} is not one of the systems {names}")
     return 0 if anchor is None else names.index(anchor)
 
 
@@ -165,7 +166,7 @@ def _check_connected(names: list[str], met: torch.Tensor) -> None:
                 stack.append(j)
     if len(seen) < len(names):
         apart = [names[i] for i in range(len(names)) if i not in seen]
-        raise ValueError(f"systems {apart} never met the others (even indirectly); they cannot be rated together")
+        raise DataError(f"systems {apart} never met the others (even indirectly); they cannot be rated together")
 
 
 def _elo_run(n: int, i, j, y, order: torch.Tensor, k: float) -> torch.Tensor:

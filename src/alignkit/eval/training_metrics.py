@@ -14,6 +14,7 @@ from alignkit.data.schema import Text
 from alignkit.eval.judges import Judge, make_judge
 from alignkit.eval.kl import kl_estimates, mean_ci
 from alignkit.eval.rm_report import wilson_interval
+from alignkit.user_code import collect, record
 
 
 def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Text], judge: str | Judge | Callable | None,
@@ -96,7 +97,9 @@ class TrainingEvaluator:
 
         self.config, self.tokenizer = config, tokenizer
         self.prompts = [r["prompt"] for r in read_prompt_rows(config.eval_prompts)]
-        self.judge = make_judge(config.eval_judge) if config.eval_judge else None
+        with collect() as code:
+            self.judge = make_judge(config.eval_judge) if config.eval_judge else None
+        record(config.output_dir, code)  # <output_dir>/code.json: which file the judge came from
         self.reference = None
 
     def __call__(self, policy) -> dict[str, float]:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alignkit.errors import DataError
 from alignkit.eval.rm_report import wilson_interval
 
 Values = Tensor | Sequence[float]
@@ -142,7 +143,7 @@ def win_rate(values: Values, *, length_diff: Values | None = None, groups: Seque
     y = _vec(values, "outcomes")
     n = y.numel()
     if n == 0:
-        raise ValueError("no comparisons: A and B have no prompt in common")
+        raise DataError("no comparisons: A and B have no prompt in common")
     if not all(v in (0.0, 0.5, 1.0) for v in y.tolist()):
         raise ValueError("outcomes must be 1 (A wins), 0.5 (tie) or 0 (B wins)")
     rate = float(y.mean())

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.data.schema import Text
+from alignkit.errors import ConfigError
 
 
 @dataclass
@@ -107,7 +108,7 @@ def method_options(name: str, values: dict[str, Any] | None = None):
 def get_method(name: str) -> MethodSpec:
     builtin_methods()
     if name not in METHODS:
-        raise ValueError(f"unknown inference method {name!r}; known: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"unknown inference method {name!r}; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
@@ -117,9 +118,9 @@ def run_method(name: str, model, tokenizer, prompts: list[Text], rows: list[dict
     """Run inference method ``name`` on ``prompts``; ``options`` a dict or the method's options dataclass."""
     spec = get_method(name)
     if spec.needs_reward and reward_fn is None:
-        raise ValueError(f"method {name} needs a reward (--reward SPEC, e.g. rm:PATH or module:function)")
+        raise ConfigError(f"method {name} needs a reward (--reward SPEC, e.g. rm:PATH or module:function)")
     if spec.needs_helper and helper is None:
-        raise ValueError(f"method {name} needs a helper model (--helper PATH)")
+        raise ConfigError(f"method {name} needs a helper model (--helper PATH)")
     opts = options if isinstance(options, spec.options) else method_options(name, options)
     rows = rows if rows is not None else [{} for _ in prompts]
     if len(rows) != len(prompts):

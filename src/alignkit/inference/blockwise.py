@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
 from alignkit.generation import eos_and_pad, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.bon import bon_kl
@@ -133,19 +134,19 @@ def _values(o: CdOptions, reward_fn, prompt, row, texts, base_lp: Tensor, help_l
         return (help_lp.double() - base_lp.double()).tolist()
     got = [float(v) for v in reward_fn([prompt] * len(texts), texts, [row] * len(texts))]
     if len(got) != len(texts):
-        raise ValueError(f"the reward function returned {len(got)} rewards for {len(texts)} texts")
+        raise ConfigError(f"the reward function returned {len(got)} rewards for {len(texts)} texts")
     return got
 
 
 def _check_options(o: CdOptions, reward_fn, helper) -> None:
     if o.b < 1 or o.block < 1:
-        raise ValueError(f"cd needs b >= 1 and block >= 1, got b={o.b}, block={o.block}")
+        raise ConfigError(f"cd needs b >= 1 and block >= 1, got b={o.b}, block={o.block}")
     if o.value not in VALUES:
-        raise ValueError(f"cd value must be one of {VALUES}, got {o.value!r}")
+        raise ConfigError(f"cd value must be one of {VALUES}, got {o.value!r}")
     if o.value == "reward" and reward_fn is None:
-        raise ValueError("cd with value=reward needs a reward (--reward SPEC); or use value=logratio with --helper")
+        raise ConfigError("cd with value=reward needs a reward (--reward SPEC); or use value=logratio with --helper")
     if o.value == "logratio" and helper is None:
-        raise ValueError("cd with value=logratio needs a helper model (--helper PATH): the aligned model")
+        raise ConfigError("cd with value=logratio needs a helper model (--helper PATH): the aligned model")
 
 
 def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettings, o: CdOptions, reward_fn,

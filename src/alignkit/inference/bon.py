@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alignkit.errors import ConfigError
 from alignkit.inference.base import InferenceOutput, register
 from alignkit.inference.prefill import sample_shared
 from alignkit.rollout.rewards import penalize_unfinished
@@ -89,7 +90,7 @@ def bon_index(rewards) -> int:
 def softmax_weights(scores, temperature: float) -> np.ndarray:
     """``w_i = exp(s_i/T) / Σ_j exp(s_j/T)`` in float64 (stable: the max is subtracted first)."""
     if not temperature > 0:
-        raise ValueError(f"the selection temperature must be > 0, got {temperature}")
+        raise ConfigError(f"the selection temperature must be > 0, got {temperature}")
     z = np.asarray(scores, dtype=float) / temperature
     e = np.exp(z - z.max())
     return e / e.sum()
@@ -142,7 +143,7 @@ class RejectionOptions:
 def _check(opts, names=("n",)) -> None:
     for name in names:
         if getattr(opts, name) < 1:
-            raise ValueError(f"option {name} must be >= 1, got {getattr(opts, name)}")
+            raise ConfigError(f"option {name} must be >= 1, got {getattr(opts, name)}")
 
 
 def _score(reward_fn, prompts, rows, texts, finished, penalty) -> list[list[float]]:
@@ -152,12 +153,12 @@ def _score(reward_fn, prompts, rows, texts, finished, penalty) -> list[list[floa
     flat_t = [t for ts in texts for t in ts]
     values = reward_fn(flat_p, flat_t, flat_r)
     if len(values) != len(flat_t):
-        raise ValueError(f"the reward returned {len(values)} values for {len(flat_t)} completions")
+        raise ConfigError(f"the reward returned {len(values)} values for {len(flat_t)} completions")
     if any(isinstance(v, (list, tuple)) for v in values):
-        raise ValueError("best-of-N needs a scalar reward; this one returns vectors (combine them with weights)")
+        raise ConfigError("best-of-N needs a scalar reward; this one returns vectors (combine them with weights)")
     values = penalize_unfinished([float(v) for v in values], [f for fs in finished for f in fs], penalty)
     if not all(math.isfinite(v) for v in values):
-        raise ValueError("the reward returned a non-finite value (nan or inf)")
+        raise ConfigError("the reward returned a non-finite value (nan or inf)")
     out, i = [], 0
     for ts in texts:
         out.append(values[i:i + len(ts)])
@@ -197,7 +198,7 @@ def soft_best_of_n(model, tokenizer, prompts, rows, settings, opts, reward_fn=No
     """Soft best-of-N: choose among N samples with probabilities softmax(r/τ) (seeded)."""
     _check(opts)
     if not opts.tau > 0:
-        raise ValueError(f"option tau must be > 0 (tau -> 0 is bon), got {opts.tau}")
+        raise ConfigError(f"option tau must be > 0 (tau -> 0 is bon), got {opts.tau}")
     samples, rewards = _candidates(model, tokenizer, prompts, rows, settings, opts.n, reward_fn,
                                    opts.unfinished_penalty)
     rng = np.random.default_rng(settings.seed)
@@ -215,7 +216,7 @@ def calibrated_best_of_n(model, tokenizer, prompts, rows, settings, opts, reward
     """Calibrated best-of-N: quantile of the reward among π's own samples, then an exponential tilt."""
     _check(opts)
     if opts.m < 0 or not opts.t > 0:
-        raise ValueError(f"need m >= 0 and t > 0 (t = inf: argmax), got m={opts.m}, t={opts.t}")
+        raise ConfigError(f"need m >= 0 and t > 0 (t = inf: argmax), got m={opts.m}, t={opts.t}")
     samples, rewards = _candidates(model, tokenizer, prompts, rows, settings, opts.n + opts.m, reward_fn,
                                    opts.unfinished_penalty)
     rng = np.random.default_rng(settings.seed)

@@ -20,6 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
+from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_write
+
 
 def add_parsers(sub) -> None:
     g = sub.add_parser("generate", help="sample completions, plainly (K per prompt) or with an inference method",
@@ -58,7 +61,7 @@ def _read_rows(path: str) -> list[dict]:
 
     rows = read_prompt_rows(path)
     if not rows:
-        raise ValueError(f"{path}: no prompts")
+        raise DataError(f"{path}: no prompts")
     return rows
 
 
@@ -66,7 +69,7 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.method is not None:
         return method_command(args)
     if args.reward or args.helper or args.set or args.n is not None:
-        raise ValueError("--reward, --helper, --set and --n go with --method NAME; plain sampling takes --k")
+        raise ConfigError("--reward, --helper, --set and --n go with --method NAME; plain sampling takes --k")
     return plain_command(args)
 
 
@@ -82,9 +85,8 @@ def plain_command(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype=args.dtype)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with out.open("w", encoding="utf-8") as f, tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
+    with atomic_write(out) as f, tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
         for start in range(0, len(prompts), args.batch_size):
             chunk = prompts[start:start + args.batch_size]
             gen = generate(model, tokenizer, chunk, k=k, max_new_tokens=args.max_new_tokens,
@@ -110,19 +112,19 @@ def method_options_from_args(args: argparse.Namespace):
 
     spec = get_method(args.method)
     if args.k is not None:
-        raise ValueError(f"--k is for plain sampling; --method {args.method} takes its sample count as --n / --set n=N")
+        raise ConfigError(f"--k is for plain sampling; --method {args.method} takes its sample count as --n / --set n=N")
     if getattr(args, "stop", None):
-        raise ValueError(f"--stop is for plain sampling; --method {args.method} stops at the model's stop tokens")
+        raise ConfigError(f"--stop is for plain sampling; --method {args.method} stops at the model's stop tokens")
     values = parse_overrides(args.set)
     if args.n is not None:
         if "n" not in {f.name for f in dataclasses.fields(spec.options)}:
-            raise ValueError(f"--n: method {args.method} has no option n; its options are "
+            raise ConfigError(f"--n: method {args.method} has no option n; its options are "
                              f"{', '.join(f.name for f in dataclasses.fields(spec.options))}")
         values["n"] = args.n
     if spec.needs_reward and not args.reward:
-        raise ValueError(f"--method {args.method} needs --reward SPEC (e.g. rm:PATH or module:function)")
+        raise ConfigError(f"--method {args.method} needs --reward SPEC (e.g. rm:PATH or module:function)")
     if spec.needs_helper and not args.helper:
-        raise ValueError(f"--method {args.method} needs --helper PATH (a second model sharing the tokenizer)")
+        raise ConfigError(f"--method {args.method} needs --helper PATH (a second model sharing the tokenizer)")
     return spec, method_options(args.method, values)
 
 
@@ -156,9 +158,8 @@ def method_command(args: argparse.Namespace) -> int:
     helper = load_model(args.helper, dtype=args.dtype).to(next(model.parameters()).device) if args.helper else None
     reward_fn = build_reward(args.reward, tokenizer) if args.reward else None
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     results = []
-    with out.open("w", encoding="utf-8") as f, tqdm(total=len(rows), desc=args.method, unit="prompt") as bar:
+    with atomic_write(out) as f, tqdm(total=len(rows), desc=args.method, unit="prompt") as bar:
         for start in range(0, len(rows), args.batch_size):
             chunk = rows[start:start + args.batch_size]
             settings = InferenceSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.data.schema import Text
+from alignkit.errors import ConfigError, ModelError
 from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
 from alignkit.inference.prefill import _cache_of, top_p_filter
 
@@ -45,11 +46,11 @@ from alignkit.inference.prefill import _cache_of, top_p_filter
 def check_sampling(temperature: float, top_p: float, max_new_tokens: int = 1, k: int = 1) -> None:
     """Raise a ValueError naming the bad sampling setting."""
     if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+        raise ConfigError(f"temperature must be >= 0 (0: greedy), got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1 or k < 1:
-        raise ValueError(f"max_new_tokens and k must be >= 1, got {max_new_tokens} and {k}")
+        raise ConfigError(f"max_new_tokens and k must be >= 1, got {max_new_tokens} and {k}")
 
 
 def product_logits(logits: list[Tensor], exponents: list[float]) -> Tensor:
@@ -64,7 +65,7 @@ def product_logits(logits: list[Tensor], exponents: list[float]) -> Tensor:
         term = term if e == 1 else e * term
         z = term if z is None else z + term
     if z is None:
-        raise ValueError("every exponent is 0: the product has no model in it")
+        raise ConfigError("every exponent is 0: the product has no model in it")
     return z
 
 
@@ -180,7 +181,7 @@ def common_vocab(logits: list[Tensor], tokenizer) -> list[Tensor]:
     widths = [lg.shape[-1] for lg in logits]
     width = min(widths)
     if width < len(tokenizer):
-        raise ValueError(f"models have vocabulary sizes {widths} but the shared tokenizer has {len(tokenizer)} "
+        raise ModelError(f"models have vocabulary sizes {widths} but the shared tokenizer has {len(tokenizer)} "
                          "tokens: every model must cover the tokenizer (use models built on the same tokenizer)")
     return [lg[:, :width] for lg in logits]
 
@@ -248,9 +249,9 @@ def sample_product(models: list, exponents: list[float], tokenizer, prompts: lis
     finite reals, not all 0. Returns a `ProductGeneration` (its log-prob fields only with ``return_logps``).
     """
     if len(models) != len(exponents) or not models:
-        raise ValueError(f"need one exponent per model, got {len(models)} models and {len(exponents)} exponents")
+        raise ConfigError(f"need one exponent per model, got {len(models)} models and {len(exponents)} exponents")
     if not all(math.isfinite(e) for e in exponents):
-        raise ValueError(f"exponents must be finite, got {list(exponents)}")
+        raise ConfigError(f"exponents must be finite, got {list(exponents)}")
     check_sampling(temperature, top_p, max_new_tokens, k)
     eos, pad = eos_and_pad(models[0], tokenizer)
     draws = 1 if temperature == 0 else k

@@ -54,6 +54,7 @@ import regex
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
 from alignkit.generation import _eos_ids, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.decoding import check_sampling, sampling_logprobs
@@ -73,11 +74,11 @@ class RegexGrammar:
 
     def __init__(self, pattern: str):
         if not isinstance(pattern, str) or not pattern:
-            raise ValueError("grammar needs a regular expression: --set regex='(yes|no)' (regex package syntax)")
+            raise ConfigError("grammar needs a regular expression: --set regex='(yes|no)' (regex package syntax)")
         try:
             self.pattern = regex.compile(pattern)
         except regex.error as e:
-            raise ValueError(f"grammar regex {pattern!r} does not compile: {e}") from None
+            raise ConfigError(f"grammar regex {pattern!r} does not compile: {e}") from None
 
     def viable(self, text: str) -> bool:
         return self.pattern.fullmatch(text, partial=True) is not None
@@ -173,7 +174,7 @@ class GrammarSampler:
             if self.asap:
                 self._update(path, 0.0)
             if (self.restarts > 1000 and not self.asap) or self.root.value <= 0:
-                raise ValueError("grammar: no grammatical completion is reachable (the language may need more than "
+                raise ConfigError("grammar: no grammatical completion is reachable (the language may need more than "
                                  "max_new_tokens tokens, or strings the tokenizer's pieces cannot spell)")
 
 
@@ -196,12 +197,12 @@ def grammar_samples(model, tokenizer, prompt, pattern: str, n: int, settings: In
 
 def _check(mode: str, iterations: int, settings: InferenceSettings) -> None:
     if mode not in MODES:
-        raise ValueError(f"grammar mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"grammar mode must be one of {MODES}, got {mode!r}")
     if iterations < 1:
-        raise ValueError(f"grammar iterations must be >= 1, got {iterations}")
+        raise ConfigError(f"grammar iterations must be >= 1, got {iterations}")
     check_sampling(settings.temperature, settings.top_p, settings.max_new_tokens)
     if settings.temperature == 0:
-        raise ValueError("grammar samples: set temperature > 0 (GCD and ASAp draw from the model)")
+        raise ConfigError("grammar samples: set temperature > 0 (GCD and ASAp draw from the model)")
 
 
 @register("grammar", GrammarOptions, summary="grammar-aligned sampling (ASAp) or constrained decoding (GCD) "

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from alignkit.errors import ConfigError
 from alignkit.generation import eos_and_pad, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.decoding import (
@@ -80,7 +81,7 @@ def arm_objective(beta_r: float = 0.1) -> list[dict]:
     objective is needed: ``train({"model": ..., "data": pairs, "objective": arm_objective(0.1), ...})``.
     """
     if not beta_r > 0:
-        raise ValueError(f"beta_r must be > 0, got {beta_r}")
+        raise ConfigError(f"beta_r must be > 0, got {beta_r}")
     return [{"name": "cpo", "beta": float(beta_r), "sft_weight": 0.0}]
 
 
@@ -115,7 +116,7 @@ def _output(tokenizer, prompt, dec: Decoded, i: int, reward=None, kl=None, calls
 def _scalar_rewards(values, n: int) -> list[float]:
     values = list(values)
     if len(values) != n or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise ValueError(f"the reward function must return {n} finite scalar rewards (one per text), got {values[:8]}")
+        raise ConfigError(f"the reward function must return {n} finite scalar rewards (one per text), got {values[:8]}")
     return [float(v) for v in values]
 
 
@@ -167,9 +168,9 @@ class ArgsChooser:
 def args(model, tokenizer, prompts, rows, settings, options: ArgsOptions, reward_fn=None, helper=None):
     """ARGS (module docstring): one reward call per candidate per step; deterministic when ``greedy``."""
     if options.topk < 1 or not math.isfinite(options.w):
-        raise ValueError(f"args needs topk >= 1 and a finite w, got topk={options.topk}, w={options.w}")
+        raise ConfigError(f"args needs topk >= 1 and a finite w, got topk={options.topk}, w={options.w}")
     if not options.greedy and settings.temperature == 0:
-        raise ValueError("args with greedy=false samples ∝ exp(score / temperature): set temperature > 0 "
+        raise ConfigError("args with greedy=false samples ∝ exp(score / temperature): set temperature > 0 "
                          "(or greedy=true)")
     b = settings.batch_size
     out = []
@@ -186,7 +187,7 @@ def args(model, tokenizer, prompts, rows, settings, options: ArgsOptions, reward
 def genarm(model, tokenizer, prompts, rows, settings, options: GenarmOptions, reward_fn=None, helper=None):
     """GenARM (module docstring): `sample_product` of the base model and the ARM with exponents (1, 1/β)."""
     if not options.beta > 0:
-        raise ValueError(f"genarm needs beta > 0 (inf: the base model alone), got {options.beta}")
+        raise ConfigError(f"genarm needs beta > 0 (inf: the base model alone), got {options.beta}")
     inv = 1.0 / options.beta
     models, exponents = ([model, helper], [1.0, inv]) if inv > 0 else ([model], [1.0])
     out, b, s = [], settings.batch_size, settings
@@ -235,7 +236,7 @@ class NudgeChooser:
 def nudging(model, tokenizer, prompts, rows, settings, options: NudgingOptions, reward_fn=None, helper=None):
     """Nudging (module docstring): both models step together; one helper token per nudge."""
     if not options.gamma >= 0:
-        raise ValueError(f"nudging needs gamma >= 0 (0: the base model; > 1: the helper), got {options.gamma}")
+        raise ConfigError(f"nudging needs gamma >= 0 (0: the base model; > 1: the helper), got {options.gamma}")
     out = []
     for start, dec, ch in _run_chunks([model, helper], tokenizer, prompts, settings,
                                       lambda start, r: NudgeChooser(options.gamma, settings, tokenizer, len(r))):

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from alignkit.data.schema import Text
+from alignkit.errors import ConfigError
 from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
 
 
@@ -133,9 +134,9 @@ def sample_shared(
     """``n`` samples of each prompt, one prefill per prompt (module docstring); ``batch_size`` prompts
     are decoded together (``batch_size · n`` rows)."""
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"need n, max_new_tokens and batch_size >= 1, got {n}, {max_new_tokens} and {batch_size}")
+        raise ConfigError(f"need n, max_new_tokens and batch_size >= 1, got {n}, {max_new_tokens} and {batch_size}")
     if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+        raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
     eos, pad = eos_and_pad(model, tokenizer)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)

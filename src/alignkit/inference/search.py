@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from alignkit.errors import ConfigError
 from alignkit.generation import _eos_ids, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.decoding import CachedLM
@@ -96,7 +97,7 @@ def _heuristic(o: SearchOptions, reward_fn, prompt, row, texts: list[str], cost:
         return [0.0] * len(texts)
     got = [float(v) for v in reward_fn([prompt] * len(texts), texts, [row] * len(texts))]
     if len(got) != len(texts) or not all(math.isfinite(v) for v in got):
-        raise ValueError(f"the reward function must return {len(texts)} finite rewards, got {got[:8]}")
+        raise ConfigError(f"the reward function must return {len(texts)} finite rewards, got {got[:8]}")
     cost.calls += len(texts)
     return got
 
@@ -155,9 +156,9 @@ def beam_search(model, tokenizer, prompt, row, settings: InferenceSettings, o: S
 
 def _check(o: SearchOptions) -> None:
     if o.beams < 1 or o.topk < 0 or o.lookahead < 0:
-        raise ValueError(f"search needs beams >= 1, topk >= 0 and lookahead >= 0, got {o.beams}, {o.topk}, {o.lookahead}")
+        raise ConfigError(f"search needs beams >= 1, topk >= 0 and lookahead >= 0, got {o.beams}, {o.topk}, {o.lookahead}")
     if not (math.isfinite(o.w) and math.isfinite(o.length_penalty)):
-        raise ValueError(f"search needs finite w and length_penalty, got {o.w} and {o.length_penalty}")
+        raise ConfigError(f"search needs finite w and length_penalty, got {o.w} and {o.length_penalty}")
 
 
 @register("search", SearchOptions, summary="DeAL: beam search with lookahead, ranked by log π + w·reward")
@@ -166,7 +167,7 @@ def search(model, tokenizer, prompts, rows, settings, options: SearchOptions, re
     """DeAL beam search (module docstring), one prompt at a time."""
     _check(options)
     if settings.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+        raise ConfigError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
     was_training = model.training
     model.eval()
     out = []

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.generation import generate, prompt_ids, score_logps
 from alignkit.inference.base import InferenceOutput, register
 
@@ -64,19 +65,19 @@ def parse_template(text: str, source: str = "template") -> UrialTemplate:
     """A `UrialTemplate` from a template file's text (module docstring), with errors naming ``source``."""
     head, sep, body = text.partition("\n---\n")
     if not sep:
-        raise ValueError(f"{source}: a URIAL template needs header lines (stop: MARKER), a line '---', then the body")
+        raise ConfigError(f"{source}: a URIAL template needs header lines (stop: MARKER), a line '---', then the body")
     values: dict[str, list[str]] = {"stop": [], "strip": []}
     for n, line in enumerate(head.splitlines(), 1):
         key, colon, value = line.partition(": ")
         if not line.strip():
             continue
         if not colon or key not in values or not value:
-            raise ValueError(f"{source}: header line {n} {line!r} must be 'stop: MARKER' or 'strip: SUFFIX'")
+            raise ConfigError(f"{source}: header line {n} {line!r} must be 'stop: MARKER' or 'strip: SUFFIX'")
         values[key].append(value)
     if not values["stop"]:
-        raise ValueError(f"{source}: the header needs at least one 'stop: MARKER' line (the next-turn marker)")
+        raise ConfigError(f"{source}: the header needs at least one 'stop: MARKER' line (the next-turn marker)")
     if body.count("{query}") != 1:
-        raise ValueError(f"{source}: the body must contain '{{query}}' exactly once, found {body.count('{query}')}")
+        raise ConfigError(f"{source}: the body must contain '{{query}}' exactly once, found {body.count('{query}')}")
     return UrialTemplate(body, tuple(values["stop"]), tuple(values["strip"]))
 
 
@@ -87,7 +88,7 @@ def load_template(path: str = "") -> UrialTemplate:
                               "alignkit/inference/templates/urial.md")
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"urial template {path!r} is not a file")
+        raise ConfigError(f"urial template {path!r} is not a file")
     return parse_template(p.read_text(encoding="utf-8"), str(p))
 
 
@@ -97,7 +98,7 @@ def query_text(prompt) -> str:
         return prompt
     msgs = list(prompt)
     if len(msgs) != 1 or msgs[0].get("role") != "user":
-        raise ValueError(f"urial takes a text prompt or a chat of one user message, got roles "
+        raise DataError(f"urial takes a text prompt or a chat of one user message, got roles "
                          f"{[m.get('role') for m in msgs]}")
     return msgs[0]["content"]
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.common import pair_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
@@ -62,7 +63,7 @@ def _list(stats: SequenceStats, name: str) -> _List:
 def _positive(**kw: float) -> None:
     for k, v in kw.items():
         if not v > 0:
-            raise ValueError(f"hyper-parameter {k} must be > 0, got {v}")
+            raise ConfigError(f"hyper-parameter {k} must be > 0, got {v}")
 
 
 def _logratios(stats: SequenceStats, valid: Tensor) -> Tensor:
@@ -115,7 +116,7 @@ def _plackett_luce_nll(h: Tensor, lst: _List) -> Tensor:
     size = ((start[:, None, :] == pos[None, :, None]) & live_s[:, None, :]).sum(-1)
     g_max = max(int(size.max()), 1) if size.numel() else 1
     if g_max > MAX_TIE_GROUP:
-        raise ValueError(
+        raise DataError(
             f"plackett_luce averages over every order of tied responses and a row has {g_max} tied "
             f"responses (at most {MAX_TIE_GROUP}); give those responses distinct ranks or scores"
         )
@@ -261,7 +262,7 @@ def all_pairs(stats: SequenceStats, beta: float = 0.1, base: str = "dpo") -> Los
     """
     _positive(beta=beta)
     if base not in PAIR_BASES:
-        raise ValueError(f"all_pairs base must be one of {PAIR_BASES}, got '{base}'")
+        raise ConfigError(f"all_pairs base must be one of {PAIR_BASES}, got '{base}'")
     lst = _list(stats, "all_pairs")
     rho = _logratios(stats, lst.valid)
     pair = _pair_loss(base, rho[:, :, None] - rho[:, None, :], beta)
@@ -316,7 +317,7 @@ def tpo(stats: SequenceStats, beta: float = 0.1, shared_weight: float = 0.0) -> 
     """
     _positive(beta=beta)
     if not 0 <= shared_weight <= 1:
-        raise ValueError(f"hyper-parameter shared_weight must be in [0, 1], got {shared_weight}")
+        raise ConfigError(f"hyper-parameter shared_weight must be in [0, 1], got {shared_weight}")
     lst = _list(stats, "tpo")
     rho = _logratios(stats, lst.valid)
     if shared_weight != 1:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.errors import ConfigError
 from alignkit.objectives.common import pair_metrics, reward_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
@@ -18,19 +19,19 @@ CHOSEN_BY = ("objective", "weighted")
 def _weight_vector(weights: Sequence[float] | Tensor | None, m: int, k: int, like: Tensor) -> Tensor:
     """The user weights as a [m] tensor, checked: m entries, all ≥ 0, and w_k > 0."""
     if weights is None:
-        raise ValueError(
+        raise ConfigError(
             f"modpo needs `weights`: one weight ≥ 0 per score component (the data has m = {m}), "
             "e.g. hparams='{weights: [0.5, 0.5]}'"
         )
     w = torch.as_tensor(weights, dtype=like.dtype, device=like.device).reshape(-1)
     if w.numel() != m:
-        raise ValueError(f"modpo `weights` has {w.numel()} entries but the scores have m = {m} components")
+        raise ConfigError(f"modpo `weights` has {w.numel()} entries but the scores have m = {m} components")
     if not 0 <= k < m:
-        raise ValueError(f"modpo `objective_index` must be in [0, {m}), got {k}")
+        raise ConfigError(f"modpo `objective_index` must be in [0, {m}), got {k}")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError(f"modpo `weights` must be finite and ≥ 0, got {w.tolist()}")
+        raise ConfigError(f"modpo `weights` must be finite and ≥ 0, got {w.tolist()}")
     if not w[k] > 0:
-        raise ValueError(f"modpo needs a weight > 0 on the trained objective {k}, got weights {w.tolist()}")
+        raise ConfigError(f"modpo needs a weight > 0 on the trained objective {k}, got weights {w.tolist()}")
     return w
 
 
@@ -71,9 +72,9 @@ def modpo(
         ``Σ_{i≠k} w_i (r_i(w) − r_i(l))``.
     """
     if not beta > 0:
-        raise ValueError(f"hyper-parameter beta must be > 0, got {beta}")
+        raise ConfigError(f"hyper-parameter beta must be > 0, got {beta}")
     if chosen_by not in CHOSEN_BY:
-        raise ValueError(f"modpo chosen_by must be one of {CHOSEN_BY}, got '{chosen_by}'")
+        raise ConfigError(f"modpo chosen_by must be one of {CHOSEN_BY}, got '{chosen_by}'")
     if stats.num_responses != 2:
         raise ValueError(f"modpo needs K = 2 responses per prompt, got K = {stats.num_responses}")
     if stats.scores is None:

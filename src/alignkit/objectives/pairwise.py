@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.common import PairView, pair_metrics, pair_view, reward_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.sft import sft_targets
@@ -69,12 +70,12 @@ def _finish(
 def _positive(**kw: float) -> None:
     for k, v in kw.items():
         if not v > 0:
-            raise ValueError(f"hyper-parameter {k} must be > 0, got {v}")
+            raise ConfigError(f"hyper-parameter {k} must be > 0, got {v}")
 
 
 def _rate(name: str, eps: float, high: float, closed: bool) -> None:
     if not (0 <= eps <= high if closed else 0 <= eps < high):
-        raise ValueError(f"hyper-parameter {name} must be in [0, {high}{']' if closed else ')'}, got {eps}")
+        raise ConfigError(f"hyper-parameter {name} must be in [0, {high}{']' if closed else ')'}, got {eps}")
 
 
 @register("dpo", needs_reference=True, **PAIR)
@@ -190,7 +191,7 @@ def fdpo(
     """
     _positive(beta=beta)
     if divergence not in FDIVERGENCES:
-        raise ValueError(f"fdpo divergence must be one of {FDIVERGENCES}, got '{divergence}'")
+        raise ConfigError(f"fdpo divergence must be one of {FDIVERGENCES}, got '{divergence}'")
     p = _pair(stats, reference=True)
     if divergence == "reverse_kl":
         margin = p.delta
@@ -309,14 +310,14 @@ def jpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     row = torch.arange(B, device=rho.device).repeat_interleave(K)
     if stats.scores is not None:
         if stats.scores.dim() != 2:
-            raise ValueError("jpo needs scalar scores [B, K] to compare responses across prompts")
+            raise DataError("jpo needs scalar scores [B, K] to compare responses across prompts")
         key = stats.scores.reshape(-1)
         better = key[:, None] > key[None, :]
     elif stats.ranks is not None:
         key = stats.ranks.reshape(-1)
         better = (key[:, None] < key[None, :]) & (row[:, None] == row[None, :])
     else:
-        raise ValueError("jpo needs ranks or scalar scores to know which responses are preferred")
+        raise DataError("jpo needs ranks or scalar scores to know which responses are preferred")
     u, v = (better & valid[:, None] & valid[None, :]).nonzero(as_tuple=True)
     per_pair = -F.logsigmoid(beta * (rho[u] - rho[v]))
     w = torch.ones(B, dtype=rho.dtype, device=rho.device) if stats.weights is None else stats.weights

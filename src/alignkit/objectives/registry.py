@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.stats import LossOutput, SequenceStats
 
 LossFn = Callable[..., LossOutput]
@@ -82,30 +83,30 @@ class ObjectiveSpec:
                 "labels": " (unpaired desirable/undesirable labels: use kto, bco, unlikelihood, or d2o)",
                 "ranks": " (to split pairs into labels: transforms: [{name: to_unpaired}])",
             }.get(label_kind, "")
-            raise ValueError(
+            raise DataError(
                 f"objective '{self.name}' needs records labelled with {' or '.join(self.label_kinds)}, "
                 f"but the data has '{label_kind}'{hint}"
             )
         if label_kind == "scores" and score_dim is not None and self.score_shape == "scalar":
-            raise ValueError(
+            raise DataError(
                 f"objective '{self.name}' needs one score per response, but the records carry score vectors "
                 f"of length {score_dim}; turn them into scalars first: "
                 f"transforms: [{{name: weight_scores, weights: [...]}}] (or use modpo)"
             )
         if label_kind == "scores" and score_dim is None and self.score_shape == "vector":
-            raise ValueError(f"objective '{self.name}' needs score vectors (one score per objective) per response")
+            raise DataError(f"objective '{self.name}' needs score vectors (one score per objective) per response")
         if k_min < self.min_responses:
-            raise ValueError(
+            raise DataError(
                 f"objective '{self.name}' needs at least {self.min_responses} responses per prompt; "
                 f"some records have {k_min}"
             )
         if self.max_responses is not None and k_max > self.max_responses:
-            raise ValueError(
+            raise DataError(
                 f"objective '{self.name}' takes at most {self.max_responses} responses per prompt; "
                 f"some records have {k_max} (build pairs first, e.g. best-vs-worst)"
             )
         if self.needs_reference and not has_reference:
-            raise ValueError(f"objective '{self.name}' needs reference log-probs but no reference is available")
+            raise ConfigError(f"objective '{self.name}' needs reference log-probs but no reference is available")
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
@@ -175,7 +176,7 @@ def get_objective(name: str) -> ObjectiveSpec:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise KeyError(f"unknown objective '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"unknown objective '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -211,7 +212,7 @@ class Objective:
     def inputs(self) -> str:
         kinds = {t.spec.inputs for t in self.terms}
         if len(kinds) > 1:
-            raise ValueError(f"objective {self.name} mixes policy objectives and reward-model objectives")
+            raise ConfigError(f"objective {self.name} mixes policy objectives and reward-model objectives")
         return kinds.pop()
 
     @property
@@ -259,14 +260,14 @@ def build_objective(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]],
     accepted = {k for n in names if n in available() for k in get_objective(n).defaults}
     unused = sorted(k for k, v in shared.items() if v is not None and k not in accepted)
     if unused:
-        raise ValueError(
+        raise ConfigError(
             f"objective {'+'.join(names)} takes no hyper-parameter(s) {unused}; allowed: {sorted(accepted)}"
         )
     terms = []
     for item in items:
         item = {"name": item} if isinstance(item, str) else dict(item)
         if "name" not in item:
-            raise ValueError(f"objective entry {item} needs a 'name'")
+            raise ConfigError(f"objective entry {item} needs a 'name'")
         obj = get_objective(item.pop("name"))
         weight = float(item.pop("weight", 1.0))
         hparams = {k: v for k, v in shared.items() if k in obj.defaults and v is not None}
@@ -274,7 +275,7 @@ def build_objective(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]],
         unknown = set(hparams) - set(obj.defaults)
         if unknown:
             close = {u: difflib.get_close_matches(u, obj.defaults, n=1) for u in unknown}
-            raise ValueError(
+            raise ConfigError(
                 f"objective '{obj.name}' has no hyper-parameter(s) {sorted(unknown)}"
                 f"{' (did you mean ' + str({u: c[0] for u, c in close.items() if c}) + '?)' if any(close.values()) else ''}; "
                 f"allowed: {sorted(obj.defaults)}"

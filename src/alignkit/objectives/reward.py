@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.common import PairView, pair_metrics, pair_view, reward_metrics
 from alignkit.objectives.listwise import _List, _list, _plackett_luce_nll
 from alignkit.objectives.registry import register
@@ -34,12 +35,12 @@ PAIR = {**RM, "label_kinds": ("ranks", "scores"), "min_responses": 2, "max_respo
 def _finite(**kw: float) -> None:
     for k, v in kw.items():
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"hyper-parameter {k} must be a finite number >= 0, got {v!r}")
+            raise ConfigError(f"hyper-parameter {k} must be a finite number >= 0, got {v!r}")
 
 
 def _count(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"hyper-parameter {name} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(f"hyper-parameter {name} must be an integer >= {low}, got {value!r}")
     return value
 
 
@@ -63,7 +64,7 @@ def _rewards(stats: SequenceStats, name: str, m: int | None = None, hp: str = "d
     if r.dim() == 2:
         r = r.unsqueeze(-1)
     if m and r.shape[-1] != m:
-        raise ValueError(
+        raise ConfigError(
             f"objective '{name}' with {hp}={m} needs rewards [B, K, {m}], got {tuple(r.shape)}; "
             f"set {hp} to the reward head's number of outputs"
         )
@@ -201,7 +202,7 @@ def bt_pl(stats: SequenceStats) -> LossOutput:
 # ---------------------------------------------------------------- multi-attribute (ArmoRM)
 def _score_vectors(stats: SequenceStats, name: str) -> Tensor:
     if stats.scores is None:
-        raise ValueError(f"objective '{name}' needs records with score vectors (scores [B, K, m])")
+        raise DataError(f"objective '{name}' needs records with score vectors (scores [B, K, m])")
     return stats.scores if stats.scores.dim() == 3 else stats.scores[..., None]
 
 
@@ -226,7 +227,7 @@ def regression(stats: SequenceStats, dim: int = 0) -> LossOutput:
     scores = _score_vectors(stats, "regression")
     m = scores.shape[-1]
     if dim and dim != m:
-        raise ValueError(f"regression with dim={dim} got score vectors of length {m}; set dim: {m} (or 0)")
+        raise ConfigError(f"regression with dim={dim} got score vectors of length {m}; set dim: {m} (or 0)")
     r = _rewards(stats, "regression", m, "dim")
     obs = stats.valid[..., None] & torch.isfinite(scores)
     s = torch.where(obs, scores.to(r.dtype), torch.zeros_like(r))
@@ -269,7 +270,7 @@ def gated_bt(stats: SequenceStats, dim: int = 0, beta: float = 1.0) -> LossOutpu
     """
     _count("dim", dim, 0)
     if not beta > 0:
-        raise ValueError(f"hyper-parameter beta must be > 0, got {beta}")
+        raise ConfigError(f"hyper-parameter beta must be > 0, got {beta}")
     r = _rewards(stats, "gated_bt", dim, "dim")
     gate = _gate(stats, "gated_bt", r.shape[-1], "dim")
     view, v_w, v_l = _pair(stats, r)

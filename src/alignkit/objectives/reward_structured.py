@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.common import pair_metrics
 from alignkit.objectives.listwise import _list
 from alignkit.objectives.registry import register
@@ -93,9 +94,9 @@ def gpm(stats: SequenceStats, dim: int = 4, beta: float = 10.0, normalize: bool 
     """
     _count("dim", dim, 2)
     if dim % 2:
-        raise ValueError(f"hyper-parameter dim must be even (GPM embeds in 2x2 blocks), got {dim}")
+        raise ConfigError(f"hyper-parameter dim must be even (GPM embeds in 2x2 blocks), got {dim}")
     if not beta > 0:
-        raise ValueError(f"hyper-parameter beta must be > 0, got {beta}")
+        raise ConfigError(f"hyper-parameter beta must be > 0, got {beta}")
     view, v_w, v_l = _pair(stats, _rewards(stats, "gpm", dim, "dim"))
     s = gpm_score(v_w, v_l, beta, normalize)  # 0 on masked rows, whose embeddings are 0
     per = torch.where(view.mask, -F.logsigmoid(s), torch.zeros_like(s))
@@ -115,7 +116,7 @@ def prm_outcome(step_logits: Tensor, step_mask: Tensor, aggregate: str = "min") 
     no step scores 1 for both (the empty min / product).
     """
     if aggregate not in PRM_AGGREGATES:
-        raise ValueError(f"prm aggregate must be one of {PRM_AGGREGATES}, got {aggregate!r}")
+        raise ConfigError(f"prm aggregate must be one of {PRM_AGGREGATES}, got {aggregate!r}")
     mask = step_mask.bool()
     if aggregate == "min":
         return torch.sigmoid(torch.where(mask, step_logits, math.inf).amin(-1))
@@ -140,7 +141,7 @@ def _prm_inputs(stats: SequenceStats) -> tuple[Tensor, Tensor, Tensor]:
     obs = mask.bool() & stats.valid[..., None]
     y = torch.where(obs, labels.to(logits.dtype), torch.zeros_like(logits))
     if ((y < 0) | (y > 1)).any():
-        raise ValueError("prm step_labels must be in [0, 1] (1.0 good step, 0.0 bad step)")
+        raise DataError("prm step_labels must be in [0, 1] (1.0 good step, 0.0 bad step)")
     return torch.where(obs, logits, torch.zeros_like(logits)), y, obs
 
 
@@ -161,7 +162,7 @@ def prm(stats: SequenceStats, aggregate: str = "min") -> LossOutput:
     (outcome > 1/2 exactly when the label is 1) when they carry labels.
     """
     if aggregate not in PRM_AGGREGATES:
-        raise ValueError(f"prm aggregate must be one of {PRM_AGGREGATES}, got {aggregate!r}")
+        raise ConfigError(f"prm aggregate must be one of {PRM_AGGREGATES}, got {aggregate!r}")
     x, y, obs = _prm_inputs(stats)
     bce = torch.where(obs, F.binary_cross_entropy_with_logits(x, y, reduction="none"), torch.zeros_like(x))
     n = obs.to(x.dtype).sum((1, 2))

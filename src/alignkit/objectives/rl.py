@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
 from alignkit.objectives.registry import register
 from alignkit.objectives.rl_ppo import (
     KL_KINDS,
@@ -85,9 +86,9 @@ def grpo_advantages(r: Tensor, valid: Tensor | None = None, scale: str = "std", 
     single valid sample has no baseline and gets 0; padded entries get 0. Returns [B, K].
     """
     if scale not in ("std", "none"):
-        raise ValueError(f"grpo_advantages scale must be 'std' or 'none', got {scale!r}")
+        raise ConfigError(f"grpo_advantages scale must be 'std' or 'none', got {scale!r}")
     if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+        raise ConfigError(f"eps must be > 0, got {eps}")
     r, valid = _valid(r, valid)
     mean, n = _group_mean(r, valid)
     centred = torch.where(valid & (n > 1), r - mean, torch.zeros_like(r))
@@ -126,7 +127,7 @@ def reinforce_pp_advantages(r: Tensor, valid: Tensor | None = None, eps: float =
     sample counts once; verl whitens over tokens, weighting long samples more). Padded entries get 0.
     """
     if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+        raise ConfigError(f"eps must be > 0, got {eps}")
     r, valid = _valid(r, valid)
     mean, n = _group_mean(r, valid)
     a = torch.where(valid, torch.where(n > 1, r - mean, r), torch.zeros_like(r))

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats
 
@@ -38,7 +39,7 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
     vanish at πθ = π_ref and agree to first order near it. In the reward (no gradient), k1 is usual.
     """
     if kind not in KL_KINDS:
-        raise ValueError(f"kl must be one of {KL_KINDS}, got {kind!r}")
+        raise ConfigError(f"kl must be one of {KL_KINDS}, got {kind!r}")
     log_u = ref_logp - logp
     if kind == "k1":
         return -log_u
@@ -75,7 +76,7 @@ def gae(
     With γ = λ = 1, A_t is the Monte-Carlo return from t minus V_t.
     """
     if not (0 <= gamma <= 1 and 0 <= lam <= 1):
-        raise ValueError(f"gae needs gamma and lam in [0, 1], got gamma={gamma}, lam={lam}")
+        raise ConfigError(f"gae needs gamma and lam in [0, 1], got gamma={gamma}, lam={lam}")
     mask = mask.bool()
     if not rewards_t.shape == values.shape == mask.shape:
         raise ValueError(
@@ -105,7 +106,7 @@ def token_rewards(score: Tensor, kl_per_token: Tensor, mask: Tensor, beta: float
     a valid token gets no reward. Returns [N, T].
     """
     if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+        raise ConfigError(f"beta must be >= 0, got {beta}")
     mask = mask.bool()
     if kl_per_token.shape != mask.shape or score.shape != mask.shape[:-1]:
         raise ValueError(
@@ -222,23 +223,23 @@ def check_policy_hparams(
     clip_low: float, clip_high: float, beta: float, kl: str, loss_agg: str, norm_len: int
 ) -> None:
     if not 0 <= clip_low <= 1:
-        raise ValueError(
+        raise ConfigError(
             f"hyper-parameter clip_low must be in [0, 1] (ratio floor 1 − clip_low), got {clip_low}"
         )
     if not clip_high >= 0:
-        raise ValueError(f"hyper-parameter clip_high must be >= 0 (inf: no upper clip), got {clip_high}")
+        raise ConfigError(f"hyper-parameter clip_high must be >= 0 (inf: no upper clip), got {clip_high}")
     if not (beta >= 0 and math.isfinite(beta)):
-        raise ValueError(f"hyper-parameter beta must be finite and >= 0, got {beta}")
+        raise ConfigError(f"hyper-parameter beta must be finite and >= 0, got {beta}")
     if kl not in KL_KINDS:
-        raise ValueError(f"hyper-parameter kl must be one of {KL_KINDS}, got {kl!r}")
+        raise ConfigError(f"hyper-parameter kl must be one of {KL_KINDS}, got {kl!r}")
     if loss_agg not in LOSS_AGGS:
-        raise ValueError(f"hyper-parameter loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+        raise ConfigError(f"hyper-parameter loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
     if isinstance(norm_len, bool) or not isinstance(norm_len, int) or norm_len < 0:
-        raise ValueError(
+        raise ConfigError(
             f"hyper-parameter norm_len must be an integer >= 0 (0: the batch's longest), got {norm_len!r}"
         )
     if norm_len and loss_agg != "sum_norm":
-        raise ValueError(f"hyper-parameter norm_len applies only to loss_agg='sum_norm', not {loss_agg!r}")
+        raise ConfigError(f"hyper-parameter norm_len applies only to loss_agg='sum_norm', not {loss_agg!r}")
 
 
 def policy_loss(
@@ -257,7 +258,7 @@ def policy_loss(
     loss_t, metrics = clipped_surrogate(tok, token_advantages(stats, tok, name), clip_low, clip_high)
     ref = stats.extra.get("ref_token_logps")
     if beta > 0 and ref is None:
-        raise ValueError(
+        raise ConfigError(
             f"objective '{name}' with beta > 0 needs extra['ref_token_logps'] (a reference model)"
         )
     if ref is not None and ref.shape != tok.mask.shape:
@@ -312,11 +313,11 @@ def ppo(
     ``clip_fraction`` (``/low``, ``/high``), ``approx_kl``, ``ratio/mean``, ``values/mean``, ``tokens``.
     """
     if not 0 <= clip <= 1:
-        raise ValueError(f"hyper-parameter clip must be in [0, 1], got {clip}")
+        raise ConfigError(f"hyper-parameter clip must be in [0, 1], got {clip}")
     if not (vf_coef >= 0 and math.isfinite(vf_coef)):
-        raise ValueError(f"hyper-parameter vf_coef must be finite and >= 0, got {vf_coef}")
+        raise ConfigError(f"hyper-parameter vf_coef must be finite and >= 0, got {vf_coef}")
     if not cliprange_value >= 0:
-        raise ValueError(
+        raise ConfigError(
             f"hyper-parameter cliprange_value must be >= 0 (inf: no value clipping), got {cliprange_value}"
         )
     tok = rollout_tokens(stats, "ppo")

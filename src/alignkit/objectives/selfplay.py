@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 
@@ -28,14 +29,14 @@ def preference_inputs(stats: SequenceStats, name: str) -> tuple[Tensor, Tensor, 
     """(P [B, K] detached, ρ [B, K], mask [B, K]) with P and ρ 0 outside the mask; P must lie in [0, 1]."""
     p = stats.rewards if stats.rewards is not None and stats.rewards.dim() == 2 else stats.scores
     if p is None or p.dim() != 2:
-        raise ValueError(f"objective '{name}' needs one preference probability per response [B, K] "
+        raise ConfigError(f"objective '{name}' needs one preference probability per response [B, K] "
                          "(online: reward=winrate:PREF_SPEC or reward=mixture:PREF_SPEC; offline: scalar scores)")
     rho = stats.logratios
     p = p.detach().to(rho.dtype)
     mask = stats.valid & ~torch.isnan(p)
     seen = p[mask]
     if seen.numel() and ((seen < 0) | (seen > 1)).any():
-        raise ValueError(f"objective '{name}' reads preference probabilities in [0, 1] (win rates), got values in "
+        raise ConfigError(f"objective '{name}' reads preference probabilities in [0, 1] (win rates), got values in "
                          f"[{float(seen.min()):.4g}, {float(seen.max()):.4g}]; use reward=winrate:PREF_SPEC or "
                          "reward=mixture:PREF_SPEC, not a raw reward, and an unfinished_penalty in [0, 1] if any")
     zero = torch.zeros_like(rho)
@@ -71,7 +72,7 @@ def sppo(stats: SequenceStats, eta: float = 10.0) -> LossOutput:
     ``target/mean`` (η(P̂ − ½)), ``residual`` (mean |ρ − target|).
     """
     if not eta > 0:
-        raise ValueError(f"sppo hyper-parameter eta must be > 0, got {eta}")
+        raise ConfigError(f"sppo hyper-parameter eta must be > 0, got {eta}")
     p, rho, mask = preference_inputs(stats, "sppo")
     target = eta * (p - 0.5)
     sq = torch.where(mask, (rho - target).square(), torch.zeros_like(rho))
@@ -103,7 +104,7 @@ def nash_md(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     on-policy samples), ``logp/mean`` (mean log πθ(y)).
     """
     if not beta >= 0:
-        raise ValueError(f"nash_md hyper-parameter beta must be >= 0, got {beta}")
+        raise ConfigError(f"nash_md hyper-parameter beta must be >= 0, got {beta}")
     p, rho, mask = preference_inputs(stats, "nash_md")
     logp = torch.where(mask, stats.logps, torch.zeros_like(rho))
     per_sample = torch.where(mask, -(p - 0.5) * logp + 0.5 * beta * rho.square(), torch.zeros_like(rho))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from alignkit.errors import DataError
 from alignkit.objectives.common import pair_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
@@ -31,7 +32,7 @@ def sft_targets(stats: SequenceStats) -> Tensor:
         return valid & (stats.labels > 0.5)
     if stats.num_responses == 1:
         return valid.clone()
-    raise ValueError(
+    raise DataError(
         f"SFT-style objectives need ranks, scalar scores or labels to pick the target among "
         f"K = {stats.num_responses} responses; give the records ranks/scores/labels or use one response each"
     )

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.common import pair_view, reward_metrics
 from alignkit.objectives.pairwise import _positive
 from alignkit.objectives.registry import register
@@ -28,7 +29,7 @@ UNPAIRED = {"label_kinds": ("labels",), "min_responses": 1}
 def _nonnegative(**kw: float) -> None:
     for k, v in kw.items():
         if not v >= 0:
-            raise ValueError(f"hyper-parameter {k} must be >= 0, got {v}")
+            raise ConfigError(f"hyper-parameter {k} must be >= 0, got {v}")
 
 
 class _Slots(NamedTuple):
@@ -49,7 +50,7 @@ def _slots(stats: SequenceStats, name: str, pairs: bool = False) -> _Slots:
         bad = stats.valid & ~(stats.labels > 0.5)
     elif pairs and (stats.ranks is not None or stats.scores is not None):
         if stats.num_responses != 2:
-            raise ValueError(
+            raise DataError(
                 f"objective '{name}' reads ranks/scores only for K = 2 pairs (chosen desirable, rejected "
                 f"undesirable); got K = {stats.num_responses}: label the responses 1.0 / 0.0 instead"
             )
@@ -58,7 +59,7 @@ def _slots(stats: SequenceStats, name: str, pairs: bool = False) -> _Slots:
         good = (cols == view.w[:, None]) & view.mask[:, None]
         bad = (cols == view.l[:, None]) & view.mask[:, None]
     else:
-        raise ValueError(
+        raise DataError(
             f"objective '{name}' needs records labelled desirable / undesirable (labels 1.0 / 0.0), "
             f"e.g. the unpaired layout (prompt, completion, label)"
         )
@@ -182,7 +183,7 @@ def bco(
     """
     _positive(beta=beta)
     if momentum is not None and not 0 <= momentum < 1:
-        raise ValueError(f"hyper-parameter momentum must be in [0, 1) or None, got {momentum}")
+        raise ConfigError(f"hyper-parameter momentum must be in [0, 1) or None, got {momentum}")
     state = {} if state is None else state
     s = _slots(stats, "bco")
     r = beta * s.zero(stats.logratios)

@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from alignkit.errors import ConfigError, DataError, ModelError
+from alignkit.io_atomic import atomic_write
+
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("score", help="add reward-model scores to every response of a data file",
@@ -64,7 +67,7 @@ def score_command(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     records, tokenizer, models, infos = _load(args, out.with_suffix(".rejects.jsonl"), load_models=not args.workers)
     tokenize = TokenizeConfig(max_length=args.max_length)
     if args.workers:
@@ -76,8 +79,7 @@ def score_command(args: argparse.Namespace) -> int:
     else:
         scores, unc = score_records(models, tokenizer, records, args.batch_size, args.aggregate, args.lam, tokenize,
                                     infos=infos)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
+    with atomic_write(out) as f:  # a failure part-way leaves any earlier OUT as it was
         for i, r in enumerate(records):
             f.write(json.dumps(scored_record(r, scores[i], unc[i] if unc else None)) + "\n")
     n = sum(r.k for r in records)
@@ -95,7 +97,7 @@ def eval_rm_command(args: argparse.Namespace) -> int:
     chosen_idx = [_chosen_rejected(r, i) for i, r in enumerate(records)]
     keep = [i for i, c in enumerate(chosen_idx) if c is not None]
     if not keep:
-        raise ValueError(f"{args.data}: no record has a strict preference between two responses")
+        raise DataError(f"{args.data}: no record has a strict preference between two responses")
     pairs = [records[i] for i in keep]
     scores, _ = score_records(models, tokenizer, pairs, args.batch_size,
                               tokenize=TokenizeConfig(max_length=args.max_length), infos=infos)
@@ -122,7 +124,7 @@ def _vector_pairs(chosen: list, rejected: list, info: dict) -> tuple[list[float]
     from alignkit.objectives.reward_structured import gpm_score
 
     if info.get("objective") != "gpm":
-        raise ValueError("eval-rm compares one score per response, a GPM's embeddings, or an ensemble; this "
+        raise ModelError("eval-rm compares one score per response, a GPM's embeddings, or an ensemble; this "
                          f"model has {len(chosen[0])} outputs and was trained with {info.get('objective', '?')}")
     hp = info.get("hparams", {})
     s = gpm_score(torch.tensor(chosen), torch.tensor(rejected), hp.get("beta", 10.0), hp.get("normalize", True))

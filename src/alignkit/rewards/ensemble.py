@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
+
 AGGREGATE_MODES = ("mean", "min", "mean_minus_std")
 
 
@@ -33,7 +35,7 @@ def aggregate(
         ``min <= mean``.
     """
     if mode not in AGGREGATE_MODES:
-        raise ValueError(f"mode must be one of {AGGREGATE_MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {AGGREGATE_MODES}, got {mode!r}")
     s = member_scores if isinstance(member_scores, Tensor) else torch.as_tensor(member_scores)
     if not s.is_floating_point():
         s = s.double()

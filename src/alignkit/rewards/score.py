@@ -21,6 +21,7 @@ from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine.dataset import TokenizedDataset
 from alignkit.engine.logprobs import supports_packing
+from alignkit.errors import ModelError
 
 
 @torch.no_grad()
@@ -119,7 +120,7 @@ def score_records(models: list, tokenizer, records: list[PreferenceRecord], batc
     from alignkit.rewards.ensemble import aggregate as combine
 
     if any(isinstance(s, list) for rows in per_model for row in rows for s in row):
-        raise ValueError("ensembles aggregate one-output reward models; these have vector outputs")
+        raise ModelError("ensembles aggregate one-output reward models; these have vector outputs")
     flat = torch.tensor([[s for row in rows for s in row] for rows in per_model], dtype=torch.float64)
     score, spread = combine(flat, mode=aggregate, lam=lam)
     scores, unc, pos = [], [], 0

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.errors import ConfigError
+
 COMBINE_MODES = ("sum", "lsc_sum")
 
 
@@ -112,7 +114,7 @@ def combine(
         ``[N]`` combined rewards.
     """
     if mode not in COMBINE_MODES:
-        raise ValueError(f"mode must be one of {COMBINE_MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {COMBINE_MODES}, got {mode!r}")
     rewards = _as_tensor(rewards)
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be 2-D [N, n_rewards], got shape {tuple(rewards.shape)}")

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 
+from alignkit.errors import ConfigError
 from alignkit.rollout.preference import Preference
 
 
 def mixture_exponents(alpha: float) -> list[float]:
     """``[1 − α, α]``: the exponents of (policy, reference) in the geometric mixture; α in [0, 1]."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"mixture_alpha must be in [0, 1] (0: the policy, 1: the reference), got {alpha}")
+        raise ConfigError(f"mixture_alpha must be in [0, 1] (0: the policy, 1: the reference), got {alpha}")
     return [1.0 - alpha, alpha]
 
 
@@ -42,7 +43,7 @@ def reference_model(reference):
     """The frozen model behind an `engine.reference.Reference` (copy or path strategies)."""
     scorer = getattr(reference, "scorer", None)
     if reference is None or scorer is None or getattr(reference, "strategy", "") == "disable_adapters":
-        raise ValueError("reward=mixture:... (Nash-MD) decodes with the reference as a separate model: use "
+        raise ConfigError("reward=mixture:... (Nash-MD) decodes with the reference as a separate model: use "
                          "ref_strategy=copy or ref_model=PATH (not LoRA's disable_adapters, not none)")
     return scorer.model
 

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
+
 # The self-rewarding judge's question (iterative training with reward=judge:self); replace it with
 # judge_template=FILE (a text file with {prompt}, {answer_a} and {answer_b}).
 SELF_JUDGE_TEMPLATE = (
@@ -208,7 +210,7 @@ class FunctionPreference(Preference):
         params = list(inspect.signature(fn).parameters)
         self.batched, self.arity = params[:1] == ["prompts"], len(params)
         if not self.batched and self.arity < 2:
-            raise ValueError(f"preference {name}: a function of (a, b), (prompt, a, b) or (prompt, a, b, row) "
+            raise ConfigError(f"preference {name}: a function of (a, b), (prompt, a, b) or (prompt, a, b, row) "
                              f"is needed, got parameters {params}")
 
     def __call__(self, prompts, firsts, seconds, rows=None):
@@ -227,7 +229,7 @@ def read_template(template: str | None) -> str:
         return template
     path = Path(template)
     if not path.is_file():
-        raise ValueError(f"judge_template {template!r} is neither a template (with {{prompt}}, {{answer_a}}, "
+        raise ConfigError(f"judge_template {template!r} is neither a template (with {{prompt}}, {{answer_a}}, "
                          "{answer_b}) nor an existing file")
     return path.read_text(encoding="utf-8")
 
@@ -239,7 +241,7 @@ def build_preference(spec, tokenizer=None, device=None, judge_template: str | No
     if callable(spec):
         return FunctionPreference(spec, getattr(spec, "__name__", "fn"))
     if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"preference spec {spec!r}: write rm:PATH, bt:REWARD_SPEC, llm:PATH or module:function")
+        raise ConfigError(f"preference spec {spec!r}: write rm:PATH, bt:REWARD_SPEC, llm:PATH or module:function")
     kind, _, rest = spec.partition(":")
     if kind == "rm":
         return model_preference(rest, device)
@@ -256,7 +258,7 @@ def build_preference(spec, tokenizer=None, device=None, judge_template: str | No
         return JudgePreference(judge)
     from alignkit.eval.judges import load_callable
 
-    return FunctionPreference(load_callable(spec), spec)
+    return FunctionPreference(load_callable(spec, "preference"), spec)
 
 
 # ---------------------------------------------------------------- the win-rate reward
@@ -297,4 +299,4 @@ def _same_k(groups: Sequence[Sequence]) -> int:
 def _check_probs(p: Sequence[float], name: str) -> None:
     bad = [x for x in p if not 0.0 <= x <= 1.0]
     if bad:
-        raise ValueError(f"preference {name} returned {bad[0]!r}; a preference is a probability in [0, 1]")
+        raise ConfigError(f"preference {name} returned {bad[0]!r}; a preference is a probability in [0, 1]")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from alignkit.engine.dataset import TokenizedDataset
+from alignkit.errors import ConfigError
 from alignkit.rollout.experience import Experience, sample_experience
 from alignkit.rollout.rewards import build_reward
 
@@ -194,9 +195,9 @@ def rollout_pool(config, model, tokenizer, reward_fn):
     if config.rollout_backend == "local":
         return LocalRollout(model, tokenizer, reward_fn, workers, cpus)
     if config.rollout_backend != "ray":
-        raise ValueError(f"rollout_backend must be one of {BACKENDS}, got {config.rollout_backend!r}")
+        raise ConfigError(f"rollout_backend must be one of {BACKENDS}, got {config.rollout_backend!r}")
     if getattr(reward_fn, "needs_models", False):  # bound to the driver's policy and reference each rollout
-        raise ValueError(f"reward {config.reward!r} samples from the trainer's own models and runs in-process only; "
+        raise ConfigError(f"reward {config.reward!r} samples from the trainer's own models and runs in-process only; "
                          "use rollout_workers=0 or rollout_backend=local")
     return RayRollout(model, tokenizer, config.reward, workers, cpus, config.rollout_worker_gpus)
 

@@ -24,11 +24,13 @@ applied by the caller (`penalize_unfinished`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from alignkit.errors import ConfigError, DataError, ModelError
+from alignkit.user_code import load_function
 
 RewardFn = Callable[[list, list[str], list[dict]], list[float]]
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -45,7 +47,7 @@ def exact_answer(prompts, completions, rows) -> list[float]:
     out = []
     for i, (c, row) in enumerate(zip(completions, rows)):
         if "answer" not in row:
-            raise ValueError(f"reward rule:exact_answer needs an 'answer' field; prompt row {i} has {sorted(row)}")
+            raise DataError(f"reward rule:exact_answer needs an 'answer' field; prompt row {i} has {sorted(row)}")
         got, want = extract_answer(c), str(row["answer"]).strip()
         out.append(1.0 if got is not None and _same_number(got, want) else 0.0)
     return out
@@ -73,11 +75,7 @@ def length_reward(target: int, tokenizer=None) -> RewardFn:
 def python_reward(path: str) -> RewardFn:
     """``module:function``; the function takes ``(completion)``, ``(prompt, completion)``,
     ``(prompt, completion, row)`` or the batched ``(prompts, completions, rows)`` (named so)."""
-    module, _, name = path.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward {path!r}: cannot import {name!r} from {module!r} ({e})") from None
+    fn = load_function(path, "reward")  # the current directory first; standard-library modules refused
     params = list(inspect.signature(fn).parameters)
     if params[:1] == ["prompts"]:
         return lambda p, c, r: [float(x) for x in fn(p, c, r)]
@@ -116,7 +114,7 @@ def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
         records = completion_records(prompts, completions)
         scores, _ = score_records([model], tokenizer, records, batch_size, progress=False, infos=[info])
         if isinstance(scores[0][0], list):
-            raise ValueError(f"reward model {path} has {len(scores[0][0])} outputs per response; a reward needs one "
+            raise ModelError(f"reward model {path} has {len(scores[0][0])} outputs per response; a reward needs one "
                              "(a scalar head, a gated head, or a process reward model)")
         return [s[0] for s in scores]
     return fn
@@ -157,7 +155,7 @@ def build_reward(spec: Any, tokenizer=None, device=None) -> RewardFn:
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"reward must be a spec string, a list of {{reward, weight}} or a callable, got {spec!r}")
+        raise ConfigError(f"reward must be a spec string, a list of {{reward, weight}} or a callable, got {spec!r}")
     kind, _, rest = spec.partition(":")
     if kind == "rule":
         name, _, arg = rest.partition(":")
@@ -167,7 +165,7 @@ def build_reward(spec: Any, tokenizer=None, device=None) -> RewardFn:
             return regex_reward(arg)
         if name == "length":
             return length_reward(int(arg or 100), tokenizer)
-        raise ValueError(f"unknown rule {name!r}; rules: exact_answer, regex:PATTERN, length:N")
+        raise ConfigError(f"unknown rule {name!r}; rules: exact_answer, regex:PATTERN, length:N")
     if kind == "rm":
         return model_reward(rest, device)
     if kind in ("winrate", "mixture"):  # self-play rewards from a pairwise preference (rollout/preference.py)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignkit.io_atomic import atomic_write, atomic_write_text
+
 log = logging.getLogger("alignkit")
 
 
@@ -57,7 +59,7 @@ def pretrained_world(out_dir: str | Path, settings: dict[str, Any], corpus: list
                       num_heads=s["num_heads"], num_kv_heads=s["num_kv_heads"],
                       intermediate_size=s["intermediate_size"], max_positions=256)
     data = out_dir / "corpus.jsonl"
-    with data.open("w", encoding="utf-8") as f:
+    with atomic_write(data) as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
     log.info("world: pretraining a %d-layer, %d-wide model on %d records", s["num_layers"], s["hidden_size"],
@@ -71,5 +73,5 @@ def pretrained_world(out_dir: str | Path, settings: dict[str, Any], corpus: list
         raise RuntimeError(f"pretraining in {out_dir / 'pretrain'} was interrupted; run it again")
     checkpoint = Path(result.final_dir)
     relative = os.path.relpath(checkpoint, out_dir)  # the folder can move
-    manifest.write_text(json.dumps({"settings": settings, "checkpoint": relative}, indent=2), encoding="utf-8")
+    atomic_write_text(manifest, json.dumps({"settings": settings, "checkpoint": relative}, indent=2))
     return checkpoint

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alignkit.errors import ConfigError, DataError
+
 
 def add_parsers(sub) -> None:
     d = sub.add_parser("data", help="convert, inspect, pair, dedup, select, split or synthesize data",
@@ -76,7 +78,7 @@ def _columns(text: str | None) -> dict[str, str] | None:
         return None
     pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
     if any(len(p) != 2 for p in pairs):
-        raise ValueError(f"--columns must look like prompt=question,chosen=good; got {text!r}")
+        raise ConfigError(f"--columns must look like prompt=question,chosen=good; got {text!r}")
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -138,7 +140,7 @@ def pairs_command(args: argparse.Namespace) -> int:
     out, report = pairs(records, strategy=args.strategy, min_margin=args.min_margin, seed=args.seed)
     print(format_report(report))
     if not out:
-        raise ValueError("pairs: no pairs left (see the counts above); nothing written")
+        raise DataError("pairs: no pairs left (see the counts above); nothing written")
     print(f"wrote {len(out)} pairs to {_write(out, args.out)}")
     return 0
 
@@ -195,18 +197,18 @@ def _select_parser(dsub) -> None:
 
 def read_targets(path: str, text: str) -> list[str]:
     """Target texts: a .txt file (one per non-empty line), rows with a ``text`` column, or records."""
-    from alignkit.data.io import iter_rows, read_records
+    from alignkit.data.io import iter_rows, read_records, read_text_lines
     from alignkit.data.tools.common import record_text
 
     p = Path(path)
     if p.suffix.lower() == ".txt":
-        lines = [x for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+        lines = [x for x in read_text_lines(p) if x.strip()]
     else:
         first = next(iter_rows(p), (0, {}))[1]
         lines = ([str(row["text"]) for _, row in iter_rows(p) if row.get("text")] if "text" in first
                  else [record_text(r, text) for r in read_records(p).records])  # fmt: skip
     if not lines:
-        raise ValueError(f"{path}: no target texts")
+        raise DataError(f"{path}: no target texts")
     return lines
 
 
@@ -296,6 +298,6 @@ def synthesize_command(args: argparse.Namespace) -> int:
           f"sampled, {r['instructions_kept']} kept -> {r['records']} records, {r['responses']} responses; "
           f"dropped: {counts(r['dropped'])}")  # fmt: skip
     if not result.records:
-        raise ValueError("synthesize: every sample was filtered out (see the counts above); nothing written")
+        raise DataError("synthesize: every sample was filtered out (see the counts above); nothing written")
     print(f"wrote {_write(result.records, args.out)}")
     return 0

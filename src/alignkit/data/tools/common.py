@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alignkit.data.schema import PreferenceRecord, Text
+from alignkit.errors import ConfigError
+from alignkit.io_atomic import atomic_write, atomic_write_text
 
 T = TypeVar("T")
 TEXT_PARTS = ("all", "prompt", "responses")
@@ -30,7 +32,7 @@ def prompt_text(rec: PreferenceRecord) -> str:
 def record_text(rec: PreferenceRecord, part: str = "all") -> str:
     """``prompt`` (with the system prompt), ``responses`` (joined by newlines) or ``all`` (both)."""
     if part not in TEXT_PARTS:
-        raise ValueError(f"text part must be one of {', '.join(TEXT_PARTS)}, got {part!r}")
+        raise ConfigError(f"text part must be one of {', '.join(TEXT_PARTS)}, got {part!r}")
     responses = "\n".join(plain(r) for r in rec.responses)
     return {"prompt": prompt_text(rec), "responses": responses, "all": prompt_text(rec) + "\n" + responses}[part]
 
@@ -47,28 +49,23 @@ def record_key(rec: PreferenceRecord) -> str:
 
 
 def progress(items: Iterable[T], enabled: bool, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """``items`` with a tqdm bar on stderr when ``enabled``."""
+    """``items`` with a tqdm bar on stderr when ``enabled`` and stderr is a terminal (logs stay clean)."""
     if not enabled:
         yield from items
         return
     from tqdm.auto import tqdm
 
-    yield from tqdm(items, desc=desc, total=total, unit=unit)
+    yield from tqdm(items, desc=desc, total=total, unit=unit, disable=None)  # no bar when stderr is not a terminal
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return path
+    return Path(path)
 
 
 def counts(counter: dict[str, int]) -> str:

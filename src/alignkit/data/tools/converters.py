@@ -38,6 +38,7 @@ from alignkit.data.io import ReadResult, SourceError
 from alignkit.data.layouts import LayoutError, check_columns, layout_for_columns, parse_row, rename
 from alignkit.data.schema import LABEL_KINDS, PreferenceRecord, RecordError
 from alignkit.data.tools.common import counts, progress
+from alignkit.errors import ConfigError, DataError
 
 FORMATS = ("auto", "hh", "ultrafeedback", "trl", "openai", "csv", "native")
 _LAYOUTS_OF = {"trl": ("paired", "conversation", "unpaired"), "native": ("native", "ranked", "scored"),
@@ -243,7 +244,7 @@ def converter(fmt: str, columns: Mapping[str, str] | None = None,
               score_key: str | None = None) -> Callable[[dict[str, Any], bool], PreferenceRecord]:  # fmt: skip
     """``fn(raw_row, text_cells) -> PreferenceRecord`` for one format (raises `RecordError`)."""
     if fmt not in FORMATS[1:]:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     mapping = check_columns(columns)
     if fmt in _LAYOUTS_OF:
         return _layout_converter(fmt, mapping)
@@ -258,9 +259,9 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
                    show_progress: bool = False) -> ConvertResult:  # fmt: skip
     """Read ``source`` in format ``fmt`` into records; bad rows as in `alignkit.data.read_records`."""
     if on_bad_row not in io.ON_BAD_ROW:
-        raise ValueError(f"on_bad_row must be one of {', '.join(io.ON_BAD_ROW)}; got {on_bad_row!r}")
+        raise ConfigError(f"on_bad_row must be one of {', '.join(io.ON_BAD_ROW)}; got {on_bad_row!r}")
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     src = io._open(source, split)
     rejects = Path(rejects_path) if rejects_path is not None else src.rejects
     reason = "given explicitly" if fmt != "auto" else ""
@@ -277,6 +278,7 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
                 fn = converter(fmt, columns, score_key)
             try:
                 records.append(fn(raw.data, src.text_cells))
+                records[-1].origin = io._where(src, raw)
                 continue
             except LayoutError as e:
                 raise SourceError(f"{src.name} {src.unit} {raw.row}: {e}") from None
@@ -291,8 +293,7 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
         skipped[bad.reason] += 1
         bad_rows.append(bad.to_json())
     if bad_rows:
-        rejects.parent.mkdir(parents=True, exist_ok=True)
-        rejects.write_text("".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad_rows), "utf-8")
+        io.write_rejects(bad_rows, rejects)
     read = ReadResult(records, fmt, skipped, n, rejects if bad_rows else None, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({read.summary()})" if skipped else ""))
@@ -306,7 +307,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto"
     """
     out = Path(out)
     if io.SUFFIXES.get(out.suffix.lower()) is None:
-        raise ValueError(f"{out.name}: unsupported output type '{out.suffix}'; use .jsonl, .parquet or .csv")
+        raise DataError(f"{out.name}: unsupported output type '{out.suffix}'; use .jsonl, .parquet or .csv")
     kwargs.setdefault("rejects_path", out.with_suffix(".rejects.jsonl"))
     result = read_converted(source, fmt, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ import numpy as np
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tools.common import normalize, progress, prompt_text, record_key
 from alignkit.engine.dataset import prompt_key
+from alignkit.errors import ConfigError
 
 SHINGLES = ("char", "word")
 DEFAULT_NGRAM = {"char": 5, "word": 3}
@@ -132,9 +133,9 @@ def dedup(records: list[PreferenceRecord], *, near: bool = True, threshold: floa
     """Remove duplicate records and prompts (rules in the module docstring); indices are 0-based positions
     in ``records``. The result's ``removed`` rows say why each record went and which kept one it repeats."""
     if not 0 < threshold <= 1:
-        raise ValueError(f"dedup: threshold must be in (0, 1], got {threshold}")
+        raise ConfigError(f"dedup: threshold must be in (0, 1], got {threshold}")
     if shingle not in SHINGLES:
-        raise ValueError(f"dedup: shingle must be one of {', '.join(SHINGLES)}, got {shingle!r}")
+        raise ConfigError(f"dedup: shingle must be one of {', '.join(SHINGLES)}, got {shingle!r}")
     index = _Index(threshold, num_perm, seed)
     by_record: dict[str, int] = {}
     by_text: dict[str, int] = {}

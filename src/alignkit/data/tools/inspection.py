@@ -23,6 +23,8 @@ from alignkit.data.tokenize import TokenizeConfig, tokenize_record
 from alignkit.data.tools.common import plain, progress, record_key, write_json
 from alignkit.data.transforms_common import goodness, kind_of
 from alignkit.engine.dataset import prompt_key
+from alignkit.errors import ConfigError, DataError
+from alignkit.io_atomic import atomic_path
 
 
 @dataclass
@@ -154,9 +156,9 @@ def inspect_data(records: list[PreferenceRecord], *, tokenizer=None, max_length:
                  chat_template: str = "auto", show_progress: bool = False) -> Inspection:  # fmt: skip
     """All statistics of ``records`` (see the module docstring). ``max_length`` needs a ``tokenizer``."""
     if not records:
-        raise ValueError("inspect: no records")
+        raise DataError("inspect: no records")
     if max_length is not None and tokenizer is None:
-        raise ValueError("inspect: --max-length needs --tokenizer (truncation is counted in tokens)")
+        raise ConfigError("inspect: --max-length needs --tokenizer (truncation is counted in tokens)")
     prompts, responses, fulls = _lengths(records, tokenizer, chat_template, show_progress)
     flat = [n for ls in responses for n in ls]
     labels, scores = _labels(records)
@@ -186,7 +188,8 @@ def _histogram(values: list[float], label: str, path: Path) -> Path:
     ax.set_title(f"{len(values)} values, mean {sum(values) / len(values):.4g}", fontsize=10)
     ax.set_ylabel("count")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tools.common import progress, record_text
+from alignkit.errors import ConfigError, DataError
 
 METHODS = ("zipfit", "random", "length")
 
@@ -40,7 +41,7 @@ def ncd(x: str, y: str, cx: int | None = None, cy: int | None = None) -> float:
 def zipfit_scores(candidates: list[str], targets: list[str], show_progress: bool = False) -> list[float]:
     """Each candidate's mean ``1 - NCD`` to the targets (higher = closer to the target distribution)."""
     if not targets:
-        raise ValueError("zipfit needs at least one target text")
+        raise DataError("zipfit needs at least one target text")
     target_sizes = [compressed_size(t) for t in targets]
     scores = []
     for x in progress(candidates, show_progress, "zipfit", len(candidates), "record"):
@@ -66,13 +67,13 @@ class Selection:
 
 def _how_many(n: int, fraction: float | None, count: int | None) -> int:
     if (fraction is None) == (count is None):
-        raise ValueError("select: give exactly one of fraction (e.g. 0.1) or n (a number of records)")
+        raise ConfigError("select: give exactly one of fraction (e.g. 0.1) or n (a number of records)")
     if fraction is not None:
         if not 0 < fraction <= 1:
-            raise ValueError(f"select: fraction must be in (0, 1], got {fraction}")
+            raise ConfigError(f"select: fraction must be in (0, 1], got {fraction}")
         return max(1, math.ceil(fraction * n))
     if count < 1:
-        raise ValueError(f"select: n must be >= 1, got {count}")
+        raise ConfigError(f"select: n must be >= 1, got {count}")
     return min(count, n)
 
 
@@ -85,15 +86,15 @@ def select(records: list[PreferenceRecord], *, method: str = "zipfit", fraction:
     target texts (zipfit only), of which at most ``max_targets`` (a seeded sample) are used.
     """
     if method not in METHODS:
-        raise ValueError(f"select: method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ConfigError(f"select: method must be one of {', '.join(METHODS)}, got {method!r}")
     if not records:
-        raise ValueError("select: no records")
+        raise DataError("select: no records")
     keep = _how_many(len(records), fraction, n)
     texts = [record_text(r, text) for r in records]
     report: dict[str, Any] = {"method": method, "text": text}
     if method == "zipfit":
         if not targets:
-            raise ValueError("select: method zipfit needs target texts (--target FILE)")
+            raise ConfigError("select: method zipfit needs target texts (--target FILE)")
         if max_targets is not None and len(targets) > max_targets:
             targets = random.Random(seed).sample(list(targets), max_targets)
         scores = zipfit_scores(texts, list(targets), show_progress)

@@ -12,6 +12,7 @@ from typing import Any
 
 from alignkit.data.schema import PreferenceRecord
 from alignkit.engine.dataset import prompt_key, split_by_prompt
+from alignkit.errors import ConfigError, DataError
 
 
 @dataclass
@@ -24,11 +25,11 @@ class Split:
 def split(records: list[PreferenceRecord], eval_fraction: float = 0.1, seed: int = 0) -> Split:
     """Records split into train and eval by prompt; both keep the input order."""
     if not 0 < eval_fraction < 1:
-        raise ValueError(f"split: eval_fraction must be in (0, 1), got {eval_fraction}")
+        raise ConfigError(f"split: eval_fraction must be in (0, 1), got {eval_fraction}")
     train, evals = split_by_prompt(records, eval_fraction, seed)
     prompts = {name: len({prompt_key(r) for r in part}) for name, part in (("train", train), ("eval", evals))}
     if not train:
-        raise ValueError(f"split: all {prompts['eval']} distinct prompt(s) went to eval; lower eval_fraction "
+        raise DataError(f"split: all {prompts['eval']} distinct prompt(s) went to eval; lower eval_fraction "
                          "or add prompts")
     report = {"records_in": len(records), "train_records": len(train), "eval_records": len(evals),
               "train_prompts": prompts["train"], "eval_prompts": prompts["eval"], "eval_fraction": eval_fraction,

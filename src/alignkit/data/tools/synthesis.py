@@ -22,6 +22,7 @@ from typing import Any
 
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tools.common import normalize, progress
+from alignkit.errors import ConfigError, ModelError
 from alignkit.generation import generate
 
 SENTINEL = "\u27e6ALIGNKIT-MAGPIE-QUERY\u27e7"
@@ -30,12 +31,12 @@ SENTINEL = "\u27e6ALIGNKIT-MAGPIE-QUERY\u27e7"
 def pre_query_template(tokenizer, system: str | None = None) -> str:
     """The chat template's text up to where a user message's content starts (with ``system`` if given)."""
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("synthesize needs a chat model: the tokenizer has no chat template")
+        raise ModelError("synthesize needs a chat model: the tokenizer has no chat template")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": SENTINEL}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     at = text.find(SENTINEL)
     if at < 0:
-        raise ValueError("the chat template does not render the user message's content verbatim; "
+        raise ModelError("the chat template does not render the user message's content verbatim; "
                          "cannot find where a user turn starts")  # fmt: skip
     return text[:at]
 
@@ -123,11 +124,11 @@ def synthesize(model, tokenizer, n: int, *, k: int = 1, system: str | None = Non
     docstring). ``response_temperature`` defaults to 0 (greedy) for ``k == 1`` and 1 otherwise;
     ``keep_unfinished`` keeps texts cut at the token limit instead of dropping them as overlong."""
     if n < 1 or k < 1 or batch_size < 1:
-        raise ValueError(f"synthesize: n, k and batch_size must be >= 1, got {n}, {k}, {batch_size}")
+        raise ConfigError(f"synthesize: n, k and batch_size must be >= 1, got {n}, {k}, {batch_size}")
     if response_temperature is None:
         response_temperature = 0.0 if k == 1 else 1.0
     if k > 1 and response_temperature == 0:
-        raise ValueError("synthesize: k > 1 with greedy responses gives k identical copies; set a temperature")
+        raise ConfigError("synthesize: k > 1 with greedy responses gives k identical copies; set a temperature")
     template, marker = pre_query_template(tokenizer, system), post_query_marker(tokenizer, system)
     opts = {"k": k, "batch_size": batch_size, "max_instruction_tokens": max_instruction_tokens,
             "max_response_tokens": max_response_tokens, "temperature": temperature, "top_p": top_p,

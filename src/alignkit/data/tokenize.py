@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from alignkit.data.chat_template import chat_template as template_of
 from alignkit.data.chat_template import check_prompt_prefix, render_chat, require_chat_template
 from alignkit.data.schema import PreferenceRecord, Text
-from alignkit.errors import DataError
+from alignkit.errors import ConfigError, DataError
 
 
 @dataclass
@@ -211,7 +211,7 @@ def _truncate(tr: TokenizedRecord, config: TokenizeConfig, report: TokenizeRepor
         room = max_len - len(tr.prompt_ids)
         if len(seg) > room:
             if room <= tr.score_start[k]:
-                raise ValueError(
+                raise DataError(
                     f"max_length={max_len} leaves no room for the completion of record {tr.index}; "
                     "raise max_length or lower max_prompt_length"
                 )
@@ -225,9 +225,9 @@ def tokenize_records(
 ) -> tuple[list[TokenizedRecord], TokenizeReport]:
     config = config or TokenizeConfig()
     if config.prompt_truncation not in ("left", "right"):
-        raise ValueError(f"prompt_truncation must be 'left' or 'right', got {config.prompt_truncation!r}")
+        raise ConfigError(f"prompt_truncation must be 'left' or 'right', got {config.prompt_truncation!r}")
     if config.chat_template not in ("auto", "always", "never"):
-        raise ValueError(f"chat_template must be auto, always or never, got {config.chat_template!r}")
+        raise ConfigError(f"chat_template must be auto, always or never, got {config.chat_template!r}")
     chats = sum(uses_template(r, config) for r in records)
     if chats:  # once, before tokenizing anything
         what = "chat_template=always is set" if config.chat_template == "always" else \

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.errors import ConfigError, ModelError
+
 logger = logging.getLogger("alignkit")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -32,7 +34,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -42,7 +44,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
-            raise ValueError(f"tokenizer at {path} has neither a pad nor an eos token; add a pad token")
+            raise ModelError(f"tokenizer at {path} has neither a pad nor an eos token; add a pad token")
         tok.pad_token = tok.eos_token
     return tok
 

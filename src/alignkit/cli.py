@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("items", nargs="*", help="an optional YAML config, then key=value overrides")
     t.set_defaults(fn=_train)
 
+    from alignkit.models.hub import OFFLINE_HELP
+
     lp = sub.add_parser("logprobs", help="log-prob of every response of every record")
     lp.add_argument("--model", required=True)
     lp.add_argument("--data", required=True)
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--max-prompt-length", type=int, default=None)
     lp.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
     lp.add_argument("--seed", type=int, default=0, help="with --cache: the training seed (KTO's pairing)")
+    lp.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     lp.set_defaults(fn=_logprobs)
 
     d = sub.add_parser("demo", help="the built-in demo world: pretrain, label, DPO at several betas")
@@ -174,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # per-shard load/save bars; alignkit shows its own progress
     from alignkit.config import ConfigError
+    from alignkit.models.hub import set_offline
 
+    if getattr(args, "offline", False):  # --offline: Hub names from the local cache only
+        set_offline(True)
     try:
         return args.fn(args)
     except ImportError as e:  # an optional extra that is not installed says so; anything else is a bug: raise

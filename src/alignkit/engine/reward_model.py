@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
 from alignkit.engine.logprobs import decoder_mask, unwrap
+from alignkit.models.hub import resolve_model
 from alignkit.models.load import LoraConfig, apply_lora, resolve_dtype
 
 GATE = "alignkit_gate"
@@ -44,6 +45,7 @@ def load_reward_model(path: str, num_outputs: int | None = None, gate: int = 0, 
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    path = resolve_model(path, trust_remote_code=trust_remote_code)  # a local folder, or a Hub id's cached snapshot
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:

@@ -20,6 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
+from alignkit.models.hub import OFFLINE_HELP
+
 
 def add_parsers(sub) -> None:
     g = sub.add_parser("generate", help="sample completions, plainly (K per prompt) or with an inference method",
@@ -45,6 +47,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
     g.add_argument("--dtype", default="float32")
+    g.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     g.set_defaults(fn=generate_command)
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from alignkit.models.hub import OFFLINE_HELP
+
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("score", help="add reward-model scores to every response of a data file",
@@ -37,6 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
 
 
 def _load(args, rejects: Path, load_models: bool = True):

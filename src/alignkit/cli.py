@@ -9,6 +9,7 @@
     alignkit eval --models A_DIR B.jsonl --reference REF --prompts FILE --judge rule:mod:fn --out DIR
     alignkit report RUN_DIR [RUN_DIR ...]
     alignkit data convert|inspect|pairs|dedup|select|split|synthesize ...   (alignkit data --help)
+    alignkit doctor MODEL [--data FILE] [--batch-size N --max-length L] [--load-weights]
     alignkit demo
 """
 
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_demo)
 
     from alignkit.data.tools.commands import add_parsers as data_parsers
+    from alignkit.doctor import add_parser as doctor_parser
     from alignkit.eval.commands import add_parsers as eval_parsers
     from alignkit.inference.commands import add_parsers as generate_parsers
     from alignkit.rewards.commands import add_parsers as reward_parsers
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_parsers(sub)
     eval_parsers(sub)
     data_parsers(sub)
+    doctor_parser(sub)
 
     o = sub.add_parser("objectives", help="list the registered objectives and their hyper-parameters")
     o.set_defaults(fn=_objectives)

@@ -2,6 +2,7 @@
 memory estimate against a measured peak."""
 
 import json
+import logging
 import shutil
 import weakref
 
@@ -20,6 +21,12 @@ CHAT = [
      "chosen": [{"role": "assistant", "content": "Seven."}], "rejected": [{"role": "assistant", "content": "Nine."}]},
 ]
 real_tokenizers = pytest.mark.skipif(tokenizer_dir() is None, reason="the vendored real tokenizers are not here")
+
+
+@pytest.fixture(autouse=True)
+def console_on_this_tests_stderr(monkeypatch):
+    """alignkit's console handler, if an earlier test set one up, writes to that test's closed stream."""
+    monkeypatch.setattr(logging.getLogger("alignkit"), "handlers", [])
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ offline cache is a real Hugging Face cache layout in a temporary folder read by 
 local port and a local socket that never answers.
 """
 
+import logging
 import shutil
 import socket
 import time
@@ -30,6 +31,7 @@ FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "original/cons
 @pytest.fixture(autouse=True)
 def fresh_hub(monkeypatch, tmp_path):
     """An empty Hugging Face cache, nothing resolved yet, alignkit's own offline switch off."""
+    monkeypatch.setattr(logging.getLogger("alignkit"), "handlers", [])  # a console handler on this test's stderr
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     hub.clear_cache()
     hub.set_offline(False)

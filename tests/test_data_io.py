@@ -15,6 +15,7 @@ from alignkit.data import (
     read_records,
     write_records,
 )
+from alignkit.errors import DataError
 
 
 def u(text):
@@ -307,11 +308,13 @@ def test_hub_name_not_cached_gives_clear_offline_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(DataError) as e:  # HF_DATASETS_OFFLINE=1 (conftest): the cache only (tests/test_hub.py: online)
         read_records("alignkit-tests/not-a-cached-dataset")
     msg = str(e.value)
-    assert "dataset 'alignkit-tests/not-a-cached-dataset' is not available offline" in msg
-    assert "pass a local path" in msg and "AssertionError" not in msg
+    assert msg.startswith("dataset 'alignkit-tests/not-a-cached-dataset': no local file or folder ")
+    assert msg.endswith(f", not in the datasets cache ({tmp_path / 'hf-cache'}), and the Hub was not asked "
+                        "(HF_DATASETS_OFFLINE=1); run once with a network to download it into the cache, or save it "
+                        "to a .jsonl/.parquet file (or save_to_disk) and pass the path")
     assert datasets.config.HF_HUB_OFFLINE is False  # restored
 
 
@@ -333,5 +336,6 @@ def test_hub_name_cached_loads_offline(tmp_path, monkeypatch):
     result = read_records("alignkit-tests/tiny-prefs")
     assert result.summary() == "read 1 records from alignkit-tests/tiny-prefs[train] (layout 'paired')"
     assert result.records[0].to_dict() == {"prompt": "p", "responses": ["c", "r"], "ranks": [0.0, 1.0]}
-    with pytest.raises(SourceError, match="no split 'test'; available splits: train"):
+    with pytest.raises(DataError, match=r"""^dataset 'alignkit-tests/tiny-prefs': Unknown split "test". Should be one """
+                                        r"""of \['train'\]; choose the split \(data_split=\.\.\., now 'test'\) or subset"""):
         read_records("alignkit-tests/tiny-prefs", split="test")

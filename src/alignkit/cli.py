@@ -9,6 +9,7 @@
     alignkit eval --models A_DIR B.jsonl --reference REF --prompts FILE --judge rule:mod:fn --out DIR
     alignkit report RUN_DIR [RUN_DIR ...]
     alignkit data convert|inspect|pairs|dedup|select|split|synthesize ...   (alignkit data --help)
+    alignkit doctor MODEL [--data FILE] [--batch-size N --max-length L] [--load-weights]
     alignkit demo
 """
 
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("items", nargs="*", help="an optional YAML config, then key=value overrides")
     t.set_defaults(fn=_train)
 
+    from alignkit.models.hub import OFFLINE_HELP
+
     lp = sub.add_parser("logprobs", help="log-prob of every response of every record")
     lp.add_argument("--model", required=True)
     lp.add_argument("--data", required=True)
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--max-prompt-length", type=int, default=None)
     lp.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
     lp.add_argument("--seed", type=int, default=0, help="with --cache: the training seed (KTO's pairing)")
+    lp.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     lp.set_defaults(fn=_logprobs)
 
     d = sub.add_parser("demo", help="the built-in demo world: pretrain, label, DPO at several betas")
@@ -155,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_demo)
 
     from alignkit.data.tools.commands import add_parsers as data_parsers
+    from alignkit.doctor import add_parser as doctor_parser
     from alignkit.eval.commands import add_parsers as eval_parsers
     from alignkit.inference.commands import add_parsers as generate_parsers
     from alignkit.rewards.commands import add_parsers as reward_parsers
@@ -163,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_parsers(sub)
     eval_parsers(sub)
     data_parsers(sub)
+    doctor_parser(sub)
 
     o = sub.add_parser("objectives", help="list the registered objectives and their hyper-parameters")
     o.set_defaults(fn=_objectives)
@@ -176,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # per-shard load/save bars; alignkit shows its own progress
     from alignkit.errors import AlignkitError
+    from alignkit.models.hub import set_offline
 
+    if getattr(args, "offline", False):  # --offline: Hub names from the local cache only
+        set_offline(True)
     try:
         return args.fn(args)
     except ImportError as e:  # an optional extra that is not installed says so; anything else is a bug: raise

@@ -31,8 +31,11 @@ class TrainConfig:
     beta: float | None = None  # shared hyper-parameter, applied to every objective that takes `beta`
     hparams: dict = field(default_factory=dict)  # extra hyper-parameters for a single objective
     # data
-    data: str = ""
+    data: str = ""  # a file, a save_to_disk folder, or a Hub dataset owner/name (downloaded and cached by datasets)
     eval_data: str | None = None
+    data_split: str = "train"  # the split of a Hub / save_to_disk dataset in `data` (slices too: train[:2000])
+    eval_data_split: str = "test"  # ... and of `eval_data` (e.g. eval_data=trl-lib/ultrafeedback_binarized)
+    data_subset: str | None = None  # a Hub dataset's subset (configuration), for data and eval_data
     eval_split: float = 0.0  # hold out this fraction of `data` (by prompt) when eval_data is not given
     layout: str | None = None  # force a data layout instead of auto-detection
     columns: dict | None = None  # explicit column mapping {field: column}
@@ -104,6 +107,7 @@ class TrainConfig:
     lora_target_modules: Union[str, list] = "all-linear"
     attn_implementation: str = "auto"  # auto (SDPA where the model class supports it, else eager) | sdpa | eager | ...
     trust_remote_code: bool = False
+    offline: bool = False  # Hub models and datasets from the local cache only (as HF_HUB_OFFLINE=1)
     # executor
     packing: str = "auto"  # auto | shared_prompt | padded
     max_row_tokens: int = 256  # short records share a row up to this many tokens (dense masks are quadratic)
@@ -201,6 +205,8 @@ ALIASES = {
     "lr_scheduler_type": "scheduler", "loss_type": "objective", "dataset": "data", "train_file": "data",
     "torch_dtype": "dtype", "bf16": "mixed_precision", "use_peft": "lora", "activation_checkpointing": "gradient_checkpointing", "logging_steps": "log_every",
     "save_steps": "save_every", "eval_steps": "eval_every", "resume_from_checkpoint": "resume_from",
+    "dataset_name": "data", "dataset_config": "data_subset", "dataset_train_split": "data_split",
+    "dataset_test_split": "eval_data_split", "split": "data_split", "subset": "data_subset",
 }
 
 

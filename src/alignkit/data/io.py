@@ -1,10 +1,11 @@
-"""Read preference data from files, `save_to_disk` folders or cached Hub datasets (writing: `alignkit.data.writers`).
+"""Read preference data from files, `save_to_disk` folders or Hub datasets (writing: `alignkit.data.writers`).
 
 Sources: ``.jsonl``/``.ndjson``/``.json`` (JSON lines; a ``.json`` file starting with ``[`` is one
 JSON array), ``.parquet`` (pyarrow; columns `write_records` JSON-encoded are decoded via the
 ``alignkit.json_columns`` metadata), ``.csv`` (header first; list/message cells are JSON text,
 decoded where the layout needs a list, see `alignkit.data.layouts`), a ``save_to_disk`` folder
-(``split`` picks from a DatasetDict), or ``owner/name`` already in the local Hub cache (offline).
+(``split`` picks from a DatasetDict), or a Hub dataset ``owner/name`` (`alignkit.models.hub.load_hub_dataset`:
+downloaded and cached by datasets when online, from its cache offline).
 
 Row numbers are 1-based: JSONL ``line N`` = physical line N (blank lines count); CSV ``row N`` = N-th
 data row after the header (the message adds its first physical line); JSON arrays ``item N``;
@@ -21,11 +22,9 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from alignkit.data import checks
 from alignkit.data.csv_reader import CsvRow, strict_rows
@@ -222,23 +221,13 @@ def _dataset_source(ds: Any, name: str, path: str, split: str) -> _Source:
     return _Source(name, path, "row", (_object_row(n, row, row) for n, row in enumerate(ds, 1)), list(ds.column_names))
 
 
-def _open_hub(name: str, split: str) -> _Source:
-    import datasets
-    import huggingface_hub.constants as hub_constants
+def _open_hub(name: str, split: str, subset: str | None) -> _Source:
+    from alignkit.models.hub import load_hub_dataset
 
-    try:  # force offline: env vars, plus the flags datasets/huggingface_hub already read at import
-        with ExitStack() as stack:
-            stack.enter_context(mock.patch.dict(os.environ, {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}))
-            for module in (datasets.config, hub_constants):
-                stack.enter_context(mock.patch.object(module, "HF_HUB_OFFLINE", True))
-            ds = datasets.load_dataset(name)
-    except Exception as e:
-        raise SourceError(f"dataset '{name}' is not available offline: it is not a local path and not in the local "
-                          f"Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}); alignkit never downloads "
-                          f"data - pass a local path (.jsonl, .json, .parquet, .csv or a save_to_disk folder) "
-                          f"instead [{type(e).__name__}: {e}]") from None  # fmt: skip
-    src = _dataset_source(ds, name, name, split)
-    src.rejects = Path.cwd() / f"{name.replace('/', '__')}.{split}.rejects.jsonl"
+    ds = load_hub_dataset(name, split=split, subset=subset)  # downloaded and cached by datasets (offline: cache)
+    src = _dataset_source(ds, f"{name}[{split}]", name, split)
+    safe_split = re.sub(r"[^\w.-]+", "_", split)  # train[:1000] -> train_1000_
+    src.rejects = Path.cwd() / f"{name.replace('/', '__')}.{safe_split}.rejects.jsonl"
     return src
 
 
@@ -247,7 +236,7 @@ def _head(path: Path, n: int = 4096) -> bytes:
         return f.read(n)
 
 
-def _open(source: str | os.PathLike, split: str) -> _Source:
+def _open(source: str | os.PathLike, split: str, subset: str | None = None) -> _Source:
     path = Path(source).expanduser()
     if path.is_dir():
         if not any((path / m).exists() for m in ("dataset_dict.json", "state.json")):
@@ -272,8 +261,9 @@ def _open(source: str | os.PathLike, split: str) -> _Source:
             src = _Source(path.name, str(path), "item", (_object_row(n, x, x) for n, x in enumerate(items, 1)))
         else:
             src = _Source(path.name, str(path), "line", _jsonl_rows(path))
-    elif isinstance(source, str) and _HUB_NAME.match(source) and Path(source).suffix.lower() not in SUFFIXES:
-        return _open_hub(source, split)
+    elif (isinstance(source, str) and _HUB_NAME.match(source) and Path(source).suffix.lower() not in SUFFIXES
+          and not path.parent.is_dir()):  # owner/name: a Hub dataset (a path when the folder `owner` exists)
+        return _open_hub(source, split, subset)
     else:
         raise SourceError(f"no such file or folder: {path}")
     src.rejects = path.with_name(path.name + ".rejects.jsonl") if path.is_dir() else path.with_suffix(".rejects.jsonl")
@@ -339,16 +329,19 @@ def read_records(
     on_bad_row: str = "error",
     rejects_path: str | os.PathLike | None = None,
     split: str = "train",
+    subset: str | None = None,
 ) -> ReadResult:
     """Read every row of ``source`` into `PreferenceRecord`s (see the module docstring).
 
     ``layout`` overrides detection (one of `LAYOUTS`); ``columns`` maps alignkit field -> your column
     name; ``on_bad_row`` is ``"error"`` (raise `BadRowError` at the first bad row) or ``"skip"``.
+    ``split`` picks from a save_to_disk DatasetDict or a Hub dataset (with slicing there: ``train[:1000]``);
+    ``subset``: a Hub dataset's subset (configuration).
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ConfigError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
     mapping = check_columns(columns, layout)
-    src = _open(source, split)
+    src = _open(source, split, subset)
     reason = f"layout '{layout}' given explicitly" if layout else ""
     if layout is None and src.columns is not None:
         layout, reason = _layout_for(src, src.columns, mapping)

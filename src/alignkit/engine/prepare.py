@@ -26,8 +26,9 @@ logger = logging.getLogger("alignkit")
 def read_split(config, path: str, split: str) -> list[PreferenceRecord]:
     """Records of one file; skipped rows (``on_bad_row=skip``) land in the run folder."""
     rejects = Path(config.output_dir) / f"{split}.{Path(path).stem}.rejects.jsonl"
+    which = config.data_split if split == "train" else config.eval_data_split  # of a Hub / save_to_disk dataset
     return read_records(path, layout=config.layout, columns=config.columns, on_bad_row=config.on_bad_row,
-                        rejects_path=rejects).records
+                        rejects_path=rejects, split=which, subset=config.data_subset).records
 
 
 def transform(config, records: list[PreferenceRecord], split: str) -> list[PreferenceRecord]:

@@ -33,6 +33,7 @@ from alignkit.data.collate import Batch
 from alignkit.engine.logprobs import ExecutorMismatch, decoder_mask, plain_sequences, unwrap
 from alignkit.errors import ConfigError, ModelError
 from alignkit.io_atomic import atomic_write_text
+from alignkit.models.hub import resolve_model
 from alignkit.models.load import LoraConfig, apply_lora, attention_implementation, resolve_dtype
 
 GATE = "alignkit_gate"
@@ -48,6 +49,7 @@ def load_reward_model(path: str, num_outputs: int | None = None, gate: int = 0, 
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    path = resolve_model(path, trust_remote_code=trust_remote_code)  # a local folder, or a Hub id's cached snapshot
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn := attention_implementation(config, attn_implementation, task="seq-cls"):

@@ -45,6 +45,7 @@ from alignkit.engine.logprobs import (
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
+from alignkit.models.hub import offline_mode
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.objectives import build_objective
 
@@ -404,6 +405,11 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
         from alignkit.config import from_dict
 
         config = from_dict(TrainConfig, dict(config), source="train()")
+    with offline_mode(config.offline):  # offline=true: Hub models and datasets from the local cache only
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     if config.rounds > 0:  # iterative DPO / self-rewarding: rounds of sample, label, train (engine/iterative.py)
         from alignkit.engine.iterative import train_rounds
 

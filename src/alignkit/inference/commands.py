@@ -22,6 +22,7 @@ from pathlib import Path
 
 from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_write
+from alignkit.models.hub import OFFLINE_HELP
 
 
 def add_parsers(sub) -> None:
@@ -48,6 +49,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
     g.add_argument("--dtype", default="float32")
+    g.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     g.set_defaults(fn=generate_command)
 
 

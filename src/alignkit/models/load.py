@@ -1,4 +1,5 @@
-"""Loading tokenizers and causal LMs the transformers way (local folders or locally cached Hub names).
+"""Loading tokenizers and causal LMs the transformers way: a local folder or a Hub id (`alignkit.models.hub`
+resolves both to one local folder: downloaded and cached when online, the cache only when offline).
 
 ``trust_remote_code`` is off unless the caller asks; weights load through safetensors where the
 checkpoint provides them. LoRA adapters come from `peft`.
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.errors import ConfigError, ModelError
+from alignkit.models.hub import resolve_model
 
 logger = logging.getLogger("alignkit")
 
@@ -41,7 +43,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    folder = resolve_model(path, weights=False, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ModelError(f"tokenizer at {path} has neither a pad nor an eos token; add a pad token")
@@ -85,6 +88,7 @@ def load_model(
     and optional LoRA."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    path = resolve_model(path, trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn := attention_implementation(config, attn_implementation):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from alignkit.errors import ConfigError, DataError, ModelError
 from alignkit.io_atomic import atomic_write
+from alignkit.models.hub import OFFLINE_HELP
 
 
 def add_parsers(sub) -> None:
@@ -40,6 +41,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
 
 
 def _load(args, rejects: Path, load_models: bool = True):

@@ -62,7 +62,9 @@ def reward_info(path: str) -> dict:
     hyper-parameters; ``{}`` for a reward model trained elsewhere (read as a plain scalar head)."""
     from pathlib import Path
 
-    meta = Path(path) / "alignkit_reward.json"
+    from alignkit.models.hub import resolve_model
+
+    meta = Path(resolve_model(path, weights=False)) / "alignkit_reward.json"  # a Hub id: its cached snapshot
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 

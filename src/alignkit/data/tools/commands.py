@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from alignkit.errors import ConfigError, DataError
+from alignkit.models.hub import OFFLINE_HELP
 
 
 def add_parsers(sub) -> None:
@@ -97,6 +98,7 @@ def _inspect_parser(dsub) -> None:
                         description="alignkit data inspect IN [--tokenizer PATH --max-length N] [--out DIR]")  # fmt: skip
     _reading(p, out_required=False)
     p.add_argument("--tokenizer", default=None, help="count tokens with this tokenizer (default: whitespace words)")
+    p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     p.add_argument("--max-length", type=int, default=None, help="report the truncation this limit causes")
     p.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
     p.set_defaults(fn=inspect_command)
@@ -262,7 +264,8 @@ def split_command(args: argparse.Namespace) -> int:
 def _synthesize_parser(dsub) -> None:
     p = dsub.add_parser("synthesize", help="Magpie: instructions and responses from a chat model alone",
                         description="alignkit data synthesize --model PATH --n 1000 --out OUT.jsonl")  # fmt: skip
-    p.add_argument("--model", required=True, help="a local chat model whose tokenizer has a chat template")
+    p.add_argument("--model", required=True, help="a chat model (folder or Hub id) whose tokenizer has a chat template")
+    p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     p.add_argument("--n", type=int, required=True, help="instructions to sample (before filtering)")
     p.add_argument("--out", required=True)
     p.add_argument("--k", type=int, default=1, help="responses per instruction")

@@ -89,10 +89,9 @@ EXPECTED = {
         "✓ layout      shared-prompt packing: a prompt once, its responses behind a block mask + windows (padded "
         "rows where cheaper)",
         COMMON["lora"], COMMON["positions"], COMMON["data"],
-        "✓   record 1  prompt 16 + completion 10 tokens: …?<end_of_turn>\\n<start_of_turn>model\\n│Paris is the "
-        "capital of France…<end_of_turn>\\n<eos>",
-        "✓   record 2  prompt 14 + completion 5 tokens: ….<end_of_turn>\\n<start_of_turn>model\\n│Seven.<end_of_turn>"
-        "\\n<eos>",
+        "✓   record 1  prompt 16 + completion 8 tokens: …?<end_of_turn>\\n<start_of_turn>model\\n│Paris is the "
+        "capital of France.<end_of_turn>",
+        "✓   record 2  prompt 14 + completion 3 tokens: ….<end_of_turn>\\n<start_of_turn>model\\n│Seven.<end_of_turn>",
     ],
 }
 

@@ -394,7 +394,7 @@ def test_a_data_path_inside_an_existing_folder_is_never_a_hub_name(online, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     no_hub(monkeypatch)
-    with pytest.raises(FileNotFoundError, match="no such file or folder: data/prefs"):
+    with pytest.raises(DataError, match="no such file or folder: data/prefs"):
         read_records("data/prefs")
 
 

@@ -135,3 +135,5 @@ def test_cli_needs_models_or_judgments_not_both(tmp_path, capsys):
     assert "needs --models (systems to sample or read) or --judgments FILE, one of them" in err
     assert main(["eval", "--judgments", path, "--baseline", "nobody", "--out", str(tmp_path / "o")]) == 2
     assert "baseline 'nobody' is not one of the systems" in capsys.readouterr().err
+    assert main(["eval", "--judgments", path, "--lc-anchors", "dpo_verbose", "--out", str(tmp_path / "o")]) == 2
+    assert "--lc-anchors ['dpo_verbose']: name systems other than the baseline" in capsys.readouterr().err

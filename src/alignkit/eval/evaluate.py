@@ -267,6 +267,10 @@ def compare_systems(results: dict[str, Any], names: list[str], matches, baseline
     baseline = baseline or default_baseline or names[0]
     if baseline not in names:
         raise ValueError(f"baseline {baseline!r} is not one of the systems {names}")
+    unknown = [a for a in lc_anchors if a not in names or a == baseline]
+    if unknown:
+        raise ValueError(f"--lc-anchors {unknown}: name systems other than the baseline (the baseline's verbose or "
+                         f"concise variants) among {names}")
     results["baseline"] = baseline
     bias_ab, bias_ba, fixed_ab, fixed_ba, lc_input = [], [], [], [], {}
     portia = {"rejudged": 0, "fixed": 0, "calls": 0}
@@ -296,7 +300,7 @@ def compare_systems(results: dict[str, Any], names: list[str], matches, baseline
         results["win_rates"].append(row)
     if lc_input:
         lc = length_controlled_glm(lc_input, anchors=[a for a in lc_anchors if a in lc_input], n_boot=n_boot,
-                                   seed=seed)
+                                   seed=seed)  # an anchor never compared with the baseline has nothing to add
         for w in results["win_rates"]:
             w["win_rate"]["length_controlled"] = lc["systems"][w["name"]]
         results["length_control"] = lc["model"]

@@ -192,34 +192,30 @@ def length_controlled_glm(systems: Mapping[str, Mapping[str, Any]], *, anchors: 
         data[name]["lookup"] = data[name]["key"] if lookup is None else torch.tensor([keys[p] for p in lookup])
     use_difficulty = len(names) > 1 if difficulty is None else difficulty
     gamma, theta_hat, phi_hat = torch.zeros(len(keys), dtype=torch.float64), {}, None
-    if len(names) > 1 or use_difficulty:
+    if use_difficulty:
         sys_id = torch.cat([torch.full((data[n]["y"].numel(),), i) for i, n in enumerate(names)])
         cat = {k: torch.cat([data[n][k] for n in names]) for k in ("key", "t", "y")}
         theta, phi_hat, g = _joint_fit(sys_id, cat["key"], cat["t"], cat["y"], len(names), len(keys),
                                        difficulty_ridge)
-        theta_hat = dict(zip(names, theta.tolist()))
-        if use_difficulty:
-            gamma = g
-            for n in names:
-                data[n]["q"] = torch.sigmoid(theta_hat[n] + phi_hat * data[n]["t"] + g[data[n]["key"]])
-        else:
-            theta_hat = {}  # without γ the joint θ̂ are not what the pool's offsets should be
+        theta_hat, gamma = dict(zip(names, theta.tolist())), g
+        for n in names:
+            data[n]["q"] = torch.sigmoid(theta_hat[n] + phi_hat * data[n]["t"] + g[data[n]["key"]])
     anchor_set = set(anchors)
     pool = [n for n in names if n not in anchor_set]
     cols = 3 if use_difficulty else 2
-    results, kind = {}, "none"
+    results, model_kind = {}, "none"
     for i, name in enumerate(names):
         s = data[name]
         x_own = torch.stack([torch.ones_like(s["t"]), s["t"], gamma[s["lookup"]]], 1)[:, :cols]
+        kind, parts = "none", []
         if anchors:
             parts, kind = [(data[a], 0.0, lam / len(anchors)) for a in anchors], "baseline variants"
-        elif len(pool) > 1 and theta_hat:
+        elif len(pool) > 1 and theta_hat and lam > 0:
             others = [n for n in pool if n != name]
             info = float(sum((data[n]["q"] * (1 - data[n]["q"])).sum() for n in others))
-            weight = lam * s["y"].numel() * ANCHOR_INFO / info
+            weight = lam * s["y"].numel() * ANCHOR_INFO / max(info, 1e-12)
             parts, kind = [(data[n], theta_hat[n], weight) for n in others], "pooled systems"
-        else:
-            parts = []
+        model_kind = kind if kind != "none" else model_kind
         x_anc = torch.cat([torch.stack([torch.zeros_like(p["t"]), p["t"], gamma[p["key"]]], 1)[:, :cols]
                            for p, _, _ in parts]) if parts else torch.zeros(0, cols, dtype=torch.float64)
         y_anc = torch.cat([p["y"] for p, _, _ in parts]) if parts else torch.zeros(0, dtype=torch.float64)
@@ -245,7 +241,7 @@ def length_controlled_glm(systems: Mapping[str, Mapping[str, Any]], *, anchors: 
                      "difficulty": float(beta[2]) if use_difficulty else None}}
     return {"systems": results, "model": {
         "formula": FORMULA, "lambda": lam, "difficulty": use_difficulty, "instructions": len(keys),
-        "judge_length_coef": phi_hat if use_difficulty else None, "regulariser": kind, "n_boot": n_boot,
+        "judge_length_coef": phi_hat if use_difficulty else None, "regulariser": model_kind, "n_boot": n_boot,
         "anchors": list(anchors)}}
 
 

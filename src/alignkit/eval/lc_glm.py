@@ -44,8 +44,9 @@ from torch import Tensor
 
 LAMBDA = 0.2  # AlpacaEval's regularize_to_baseline_lambda
 # Mean Fisher information q(1 − q) of one comparison in AlpacaEval's anchors (gpt4_1106_preview's verbose and concise
-# variants against it, under their published weights, lengths and alignkit's difficulties: 0.173 and 0.131):
-# the pooled regulariser carries λ·n_m·ANCHOR_INFO, the information of AlpacaEval's λ·n_m anchor comparisons.
+# variants against it, under their published weights and answer lengths: 0.186 and 0.148 without the difficulty
+# term, 0.173 and 0.131 with alignkit's difficulties roughly rescaled; docs/evaluation.md): the pooled regulariser
+# carries λ·n_m·ANCHOR_INFO, the information of AlpacaEval's λ·n_m anchor comparisons.
 ANCHOR_INFO = 0.15
 FORMULA = "P(win) = σ(θ_m + φ_m·tanh(Δlen/sd_m) + ψ_m·γ_x); LC = mean_x σ(θ_m + ψ_m·γ_x)"
 

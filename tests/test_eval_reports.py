@@ -80,7 +80,7 @@ def test_eval_with_a_position_biased_pairwise_judge(outputs, tmp_path):
     assert res["position_bias"]["consistency"] == 0.0
     assert res["position_bias"]["first_position_win_rate"] == 1.0
     assert res["win_rates"][0]["win_rate"]["win_rate"] == 0.5  # corrected by order averaging
-    assert res["judge"] == {"name": "judge", "kind": "pairwise", "calls": 24}
+    assert res["judge"] == {"name": "judge", "kind": "pairwise", "calls": 24, "portia": False}
     assert "Position bias" in (tmp_path / "ev" / "report.html").read_text()
 
 

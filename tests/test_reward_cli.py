@@ -82,13 +82,21 @@ def test_eval_rm_writes_a_report_with_subsets(tiny_path, pairs_path, tmp_path, c
     rm = train_rm(tiny_path, pairs_path, tmp_path / "rm") / "final"
     data = tmp_path / "bench.jsonl"
     src = [json.loads(x) for x in open(pairs_path)]
+    same = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["chosen"], "subset": "same"} for r in src[:6]]
     data.write_text("".join(json.dumps({**r, "subset": "easy" if i % 2 else "hard"}) + "\n"
-                            for i, r in enumerate(src)))
+                            for i, r in enumerate(src)) + "".join(json.dumps(r) + "\n" for r in same))
     assert cli.main(["eval-rm", "--reward-model", str(rm), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
-    assert report["n"] == len(src) and set(report["subsets"]) == {"easy", "hard"}
+    assert report["n"] == len(src) + 6 and set(report["subsets"]) == {"easy", "hard", "same"}
     assert 0 <= report["accuracy"] <= 1 and "ece" in report["calibration"]
-    assert "accuracy" in capsys.readouterr().out
+    # identical responses: ties whatever the float noise of two forward passes, so exactly ½
+    assert report["subsets"]["same"] == {**report["subsets"]["same"], "correct": 0, "wrong": 0, "ties": 6,
+                                         "accuracy": 0.5}
+    assert report["tie_rule"]["identical_pairs"] == 6 and report["tie_rule"]["rtol"] == 1e-5
+    assert report["correct"] + report["wrong"] + report["ties"] == report["n"]
+    assert report["sections"]["scheme"] == "subsets"
+    assert f"{report['correct']} correct, {report['wrong']} wrong, {report['ties']} ties at rtol 1e-05" in (
+        capsys.readouterr().out)
     assert (tmp_path / "ev" / "report.md").read_text().startswith("#")
 
 

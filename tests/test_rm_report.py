@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alignkit.eval.rm_report import (
+    TIE_RULE,
     accuracy_by_subset,
     calibration,
     margin_buckets,
@@ -15,6 +16,7 @@ from alignkit.eval.rm_report import (
     wilson_interval,
     write_report,
 )
+from alignkit.eval.rm_sections import REWARDBENCH_COUNTS, section_scores
 
 # five hand-made pairs: margins r_w − r_l = 0.2, 0 (tie), 1.5, −1 (wrong), 4
 CHOSEN = [1.0, 0.0, 3.0, 2.0, 5.0]
@@ -129,14 +131,18 @@ def test_rm_report_bundles_everything():
     rep = rm_report(CHOSEN, REJECTED, SUBSETS, extra={"model": "rm-tiny", "step": 3})
     assert rep["n"] == 5
     assert rep["accuracy"] == pytest.approx(0.7)
-    assert rep["accuracy_ci"] == pytest.approx(list(wilson_interval(3.5, 5)))
+    assert rep["ci"] == pytest.approx(list(wilson_interval(3.5, 5)))
+    assert (rep["correct"], rep["wrong"], rep["ties"]) == (3, 1, 1)
     assert rep["mean_margin"] == pytest.approx((0.2 + 0 + 1.5 - 1 + 4) / 5)
     assert rep["subsets"]["chat"] == {
-        "accuracy": pytest.approx(2.5 / 3), "n": 3, "ci": pytest.approx(list(wilson_interval(2.5, 3)))
+        "accuracy": pytest.approx(2.5 / 3), "n": 3, "correct": 2, "wrong": 0, "ties": 1,
+        "ci": pytest.approx(list(wilson_interval(2.5, 3)))
     }  # fmt: skip
+    assert set(rep["subsets"]["safety"]) == set(rep) & set(rep["subsets"]["safety"])  # one key naming
     assert list(rep["subsets"]) == ["chat", "safety"]
     assert rep["calibration"] == calibration(CHOSEN, REJECTED)
     assert rep["margin_buckets"] == margin_buckets(CHOSEN, REJECTED)
+    assert rep["tie_rule"] == {"rule": TIE_RULE, "rtol": 1e-5, "identical_pairs": None}
     assert rep["margin_source"] == "model"
     assert rep["extra"] == {"model": "rm-tiny", "step": 3}
     assert rm_report(CHOSEN, REJECTED)["subsets"] == {}
@@ -163,10 +169,15 @@ def test_write_report_files(tmp_path):
     lo, hi = wilson_interval(3.5, 5)
     ece = rep["calibration"]["ece"]
     overall = lines.index("## Overall")
-    assert lines[overall + 2] == "| pairs | accuracy | CI low (Wilson, z=1.96) | CI high | mean margin | ECE |"
-    assert lines[overall + 4] == f"| 5 | 0.7000 | {lo:.4f} | {hi:.4f} | 0.9400 | {ece:.4f} |"
-    assert f"| chat | 3 | 0.8333 | {wilson_interval(2.5, 3)[0]:.4f} | {wilson_interval(2.5, 3)[1]:.4f} |" in lines
-    assert "| safety | 2 | 0.5000 |" in md
+    assert lines[overall + 2] == ("| pairs | correct | wrong | ties | accuracy | CI low (Wilson, z=1.96) | CI high | "
+                                  "mean margin | ECE |")
+    assert lines[overall + 4] == f"| 5 | 3 | 1 | 1 | 0.7000 | {lo:.4f} | {hi:.4f} | 0.9400 | {ece:.4f} |"
+    assert ("Ties count 0.5. A pair is a tie for identical responses, or |r_w − r_l| <= rtol·max(|r_w|, |r_l|, 1), "
+            "rtol = 1e-05.") in lines
+    chat_ci = wilson_interval(2.5, 3)
+    assert f"| chat | 3 | 2 | 0 | 1 | 0.8333 | {chat_ci[0]:.4f} | {chat_ci[1]:.4f} |" in lines
+    assert "| safety | 2 | 1 | 1 | 0 | 0.5000 |" in md
+    assert "| chat | 3 | 0.8333 | 1.0000 | chat (1) |" in lines  # sections: each subset its own
     assert "| 0.0000 | 0.5000 | 2 | 1 | 0 | 1 | 0.7500 |" in lines  # margin bucket [0, 0.5)
     assert "| 0.5000 | 1.0000 | 0 | 0 | 0 | 0 | – |" in lines  # an empty bucket
     assert "| 2.0000 | inf | 1 | 1 | 0 | 0 | 1.0000 |" in lines
@@ -175,3 +186,46 @@ def test_write_report_files(tmp_path):
     # no subsets → no per-subset section; writing again overwrites
     write_report(rm_report(CHOSEN, REJECTED), tmp_path / "eval")
     assert "## Per subset" not in md_path.read_text()
+
+
+def test_identical_responses_are_ties_whatever_float_noise_says():
+    # three pairs of one text scored twice: fp32 noise of ±5e-8 would decide 2 of 3 for "chosen" (0.667)
+    chosen, rejected = [0.73125, -1.2, 4.0], [0.73125 - 5e-8, -1.2 + 5e-8, 4.0 - 5e-8]
+    assert pairwise_accuracy(chosen, rejected) == pytest.approx(2 / 3)  # exact comparison: noise decides
+    rep = rm_report(chosen, rejected, identical=[True, True, True], tie_rtol=0.0)
+    assert (rep["correct"], rep["wrong"], rep["ties"], rep["accuracy"]) == (0, 0, 3, 0.5)
+    assert rep["tie_rule"]["identical_pairs"] == 3
+    # different texts, rewards equal to within the tolerance: rtol·max(|r_w|, |r_l|, 1)
+    near = rm_report([1000.0, 2e-6, 1.0], [1000.005, 0.0, 1.1])
+    assert (near["correct"], near["wrong"], near["ties"]) == (0, 1, 2)  # 5e-3 <= 1e-2; 2e-6 <= 1e-5; 0.1 is not
+    assert rm_report([1000.0], [1000.005], tie_rtol=1e-7)["wrong"] == 1
+    assert near["margin_buckets"][0]["ties"] == 2  # buckets use the same rule
+    with pytest.raises(ValueError, match="one per pair"):
+        rm_report(chosen, rejected, identical=[True])
+
+
+def test_rewardbench_sections_weigh_subsets_as_rewardbench_does():
+    subsets = {"alpacaeval-easy": 0.9, "mt-bench-hard": 0.6, "math-prm": 0.5, "hep-python": 0.8,
+               "refusals-dangerous": 0.7, "shp": 0.6}
+    chosen, rejected, names = [], [], []
+    for name, acc in subsets.items():  # 10 pairs per subset, 10·acc of them right
+        right = round(10 * acc)
+        chosen += [1.0] * 10
+        rejected += [0.0] * right + [2.0] * (10 - right)
+        names += [name] * 10
+    sec = rm_report(chosen, rejected, names)["sections"]
+    assert sec["scheme"] == "rewardbench"
+    reasoning = (0.5 * REWARDBENCH_COUNTS["math-prm"] + 0.8 * 164) / (984 + 164)  # math-prm counts as 984 pairs
+    assert sec["sections"]["Reasoning"]["accuracy"] == pytest.approx(reasoning)
+    assert sec["sections"]["Chat"]["accuracy"] == pytest.approx(0.9)
+    assert sec["sections"]["Prior Sets"]["weight"] == 0.5
+    expected = (0.9 + 0.6 + reasoning + 0.7 + 0.5 * 0.6) / 4.5
+    assert sec["section_weighted_accuracy"] == pytest.approx(expected)
+    assert sec["subset_weighted_accuracy"] == pytest.approx(sum(subsets.values()) / 6)
+    named = section_scores({"chat/easy": {"accuracy": 1.0, "n": 30}, "chat/hard": {"accuracy": 0.5, "n": 10},
+                            "safety/x": {"accuracy": 0.2, "n": 5}})
+    assert named["scheme"] == "named" and named["sections"]["chat"]["accuracy"] == pytest.approx(35 / 40)
+    assert named["section_weighted_accuracy"] == pytest.approx((35 / 40 + 0.2) / 2)
+    plain = section_scores({"a": {"accuracy": 1.0, "n": 30}, "b": {"accuracy": 0.5, "n": 10}})
+    assert plain["scheme"] == "subsets" and plain["section_weighted_accuracy"] == 0.75
+    assert section_scores({}) is None

@@ -8,16 +8,32 @@ import shlex
 import sys
 from pathlib import Path
 
+from alignkit.errors import ConfigError
+
 EVAL_USAGE = ("alignkit eval --models A_DIR|A.jsonl [B ...] [--reference REF] --prompts FILE|module:function "
-              "--judge rule:module:function|reward_model:PATH|llm:PATH --samples N --out DIR")
+              "--judge rule:module:function|reward_model:PATH|llm:PATH --samples N --out DIR | "
+              "alignkit eval --judgments FILE [--baseline NAME] --out DIR")
 
 
 def add_parsers(sub) -> None:
     e = sub.add_parser("eval", help="evaluate models or outputs: win rates, tournament, KL, reward-KL frontier",
                        description=EVAL_USAGE)
-    e.add_argument("--models", nargs="+", required=True,
+    e.add_argument("--models", nargs="+", default=None,
                    help="model folders (sampled) and/or outputs files (JSONL/CSV/Parquet rows with prompt and "
                         "completion or completions)")
+    e.add_argument("--judgments", default=None,
+                   help="judgments someone already made instead of --models/--judge: JSONL/CSV/Parquet rows with "
+                        "prompt, system_a, system_b, output_a, output_b and outcome (1 / 0.5 / 0: A wins / tie / "
+                        "B wins) or p_a (P(A wins)); system_a was shown first")
+    e.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
+                   help="--judgments rows that fail to parse: stop at the first (error) or skip, count and write "
+                        "them to <file>.rejects.jsonl (skip)")
+    e.add_argument("--lc-anchors", nargs="+", default=(),
+                   help="systems that are the baseline's own verbose/concise variants: regularise the "
+                        "length-controlled win rate towards them, as AlpacaEval does (default: the other systems)")
+    e.add_argument("--portia", action="store_true",
+                   help="LLM judge: re-ask comparisons whose verdict flips with the order with both answers split "
+                        "into aligned parts and interleaved (PORTIA); the report shows both consistencies")
     e.add_argument("--names", nargs="+", default=None, help="one display name per --models entry")
     e.add_argument("--reference", default=None,
                    help="reference model: sampled as the baseline system and used for KL and implicit rewards")
@@ -65,6 +81,17 @@ def eval_command(args: argparse.Namespace) -> int:
     from alignkit.eval.evaluate import evaluate
 
     setup_console_logging()
+    if (args.models is None) == (args.judgments is None):
+        raise ConfigError("alignkit eval needs --models (systems to sample or read) or --judgments FILE, one of them")
+    if args.judgments is not None:
+        from alignkit.eval.judgments import evaluate_judgments
+
+        tournament = "none" if args.tournament == "none" else "round-robin"
+        results = evaluate_judgments(args.judgments, baseline=args.baseline, tournament=tournament,
+                                     on_bad_row=args.on_bad_row, lc_anchors=args.lc_anchors, seed=args.seed,
+                                     n_boot=args.bootstrap, rating_boot=args.rating_bootstrap, out_dir=args.out,
+                                     command=_command_line())
+        return _print_summary(results, args.out, summary_table)
     template = Path(args.judge_template).read_text(encoding="utf-8") if args.judge_template else None
     results = evaluate(
         args.models, names=args.names, reference=args.reference, prompts=args.prompts, n_prompts=args.n_prompts,
@@ -72,7 +99,17 @@ def eval_command(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, baseline=args.baseline,
         tournament=args.tournament, preferences=args.preferences, subset_by=args.subset_by, seed=args.seed,
         n_boot=args.bootstrap, rating_boot=args.rating_bootstrap, batch_size=args.batch_size, dtype=args.dtype,
-        include_reference=not args.no_reference_system, out_dir=args.out, command=_command_line())
+        include_reference=not args.no_reference_system, lc_anchors=args.lc_anchors, portia=args.portia,
+        out_dir=args.out, command=_command_line())
+    return _print_summary(results, args.out, summary_table)
+
+
+def _print_summary(results: dict, out: str, summary_table) -> int:
+    if results.get("judgments"):
+        j = results["judgments"]
+        skipped = ", ".join(f"{n} {reason}" for reason, n in j["skipped"].items())
+        print(f"judgments: {j['read']} read from {j['source']}" + (f"; skipped {skipped} -> {j['rejects']}"
+                                                                  if skipped else ""))
     print(summary_table(results))
     t = results["tournament"]
     if t:
@@ -82,8 +119,10 @@ def eval_command(args: argparse.Namespace) -> int:
     if results["position_bias"]:
         b = results["position_bias"]
         print(f"judge position bias: consistency {b['consistency']:.3f}, "
-              f"first-position win rate {b['first_position_win_rate']:.3f}")
-    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+              f"first-position win rate {b['first_position_win_rate']:.3f}"
+              + (f"; with PORTIA {b['portia']['consistency']:.3f} ({b['portia']['rejudged']} re-judged)"
+                 if b.get("portia") else ""))
+    print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}")
     return 0
 
 

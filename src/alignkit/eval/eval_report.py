@@ -13,10 +13,13 @@ from alignkit.eval.systems import System, safe_name, write_outputs
 from alignkit.io_atomic import atomic_write_bytes, atomic_write_text
 
 METHODS_NOTE = (
-    "Win rates count ties as ½. Wilson intervals treat comparisons as independent binomial trials (conservative when "
-    "there are ties); bootstrap intervals resample prompts (all samples of a prompt together). The length-controlled win rate is σ(α) of the logistic fit "
-    "P(win) = σ(α + γ·Δlen/sd(Δlen)): the win rate predicted at equal length. A pairwise LLM judge is asked every "
-    "comparison in both orders and its two verdicts are averaged. Ratings: Bradley–Terry by the MM algorithm "
+    "Win rates count ties as ½ and a soft verdict as its probability. Wilson intervals treat comparisons as independent "
+    "binomial trials (conservative with ties or soft verdicts); bootstrap intervals resample prompts (all samples of a "
+    "prompt together). The length-controlled win rate is AlpacaEval 2's GLM, P(win) = σ(θ + φ·tanh(Δlen/sd) + ψ·γ_prompt) "
+    "with the length term switched off, γ the prompts' difficulty fitted jointly over all systems and the length and "
+    "difficulty terms regularised towards the other systems (docs/evaluation.md). A pairwise LLM judge is asked every "
+    "comparison in both orders and its two verdicts are averaged; with PORTIA, comparisons whose verdict flips with "
+    "the order are asked again with both answers split into aligned parts and interleaved. Ratings: Bradley–Terry by the MM algorithm "
     "(one virtual tie per pair that met) shown on the Elo scale (1000 + 400·θ/ln10, the baseline at 1000), and "
     "online Elo (K = 16, mean over 100 random orders); intervals from bootstrapping comparisons within each match. KL(π ‖ π_ref) "
     "per sample: k1 = mean log-ratio, k3 = mean of exp(−r) − 1 + r, over samples from π, with normal 95% CIs.")
@@ -68,35 +71,56 @@ def _win_section(results, figures) -> list[str]:
     rows, subset_rows, bias_rows = [], [], []
     for w in results["win_rates"]:
         v, lc = w["win_rate"], w["win_rate"]["length_controlled"]
-        rows.append([w["name"], v["n"], f"{v['wins']}/{v['ties']}/{v['losses']}", v["win_rate"], v["wilson"],
-                     v["bootstrap"], v["clusters"], lc and lc["win_rate"], lc and lc["bootstrap"], lc and lc["coef"],
+        wtl = f"{v['wins']}/{v['ties']}/{v['losses']}" + (f" ({v['soft']} soft)" if v.get("soft") else "")
+        rows.append([w["name"], v["n"], wtl, v["win_rate"], v["wilson"], v["bootstrap"], v["clusters"],
+                     lc and lc["win_rate"], lc and lc["bootstrap"], lc and lc["coef"]["length"],
                      lc and lc["mean_length_diff"]])
         for name, sv in v["subsets"].items():
             subset_rows.append([w["name"], name, sv["n"], sv["win_rate"], sv["wilson"], sv["bootstrap"]])
         if w["position_bias"]:
-            b = w["position_bias"]
+            b, pb = w["position_bias"], w.get("position_bias_portia")
             bias_rows.append([w["name"], b["n"], b["consistency"], b["first_position_win_rate"], b["win_rate_a_first"],
-                              b["win_rate_a_second"], b["order_averaged_win_rate"], b["mean_p_a"]])
+                              b["win_rate_a_second"], b["order_averaged_win_rate"], b["mean_p_a"]]
+                             + ([pb["consistency"], pb["order_averaged_win_rate"], pb["rejudged"], pb["fixed"]]
+                                if pb else []))
     out.append(H.table(["system", "comparisons", "W/T/L", "win rate", "Wilson 95%", "bootstrap 95%", "prompts",
-                        "length-controlled", "LC bootstrap 95%", "length coef (per sd)",
+                        "length-controlled", "LC bootstrap 95%", "length coef φ (tanh of Δ/sd)",
                         f"mean length diff ({results['length_unit']})"], rows))
+    first = results["win_rates"][0]["win_rate"] if results["win_rates"] else None
+    if first and first.get("ci_methods"):
+        out.append(H.para("Intervals: " + "; ".join(f"{k}: {v}" for k, v in first["ci_methods"].items()) + ".",
+                          "note"))
+    lcm = results.get("length_control")
+    if lcm:
+        reg = {"pooled systems": "regularised towards the other systems (pooled, λ = {lam})",
+               "baseline variants": "regularised towards the baseline's length variants {anchors} (λ = {lam})",
+               "none": "not regularised (one system: nothing to pool)"}[lcm["regulariser"]]
+        out.append(H.para(f"Length control: {lcm['formula']}; " + ("prompt difficulty fitted jointly over "
+                          f"{lcm['instructions']} prompts; " if lcm["difficulty"] else "no difficulty term; ")
+                          + reg.format(lam=lcm["lambda"], anchors=lcm.get("anchors")) + ".", "note"))
     if subset_rows:
         out += ["<h3>Per subset</h3>", H.table(["system", "subset", "n", "win rate", "Wilson 95%", "bootstrap 95%"],
                                                subset_rows)]
     if bias_rows:
         b = results["position_bias"]
+        pb = b.get("portia")
         bias_rows.append(["all comparisons", b["n"], b["consistency"], b["first_position_win_rate"],
-                          b["win_rate_a_first"], b["win_rate_a_second"], b["order_averaged_win_rate"], b["mean_p_a"]])
-        out += ["<h3>Position bias (every comparison asked in both orders)</h3>",
-                H.table(["system", "comparisons", "consistency", "first-position win rate", "win rate shown first",
-                         "win rate shown second", "order-averaged win rate", "mean P(win)"], bias_rows)]
+                          b["win_rate_a_first"], b["win_rate_a_second"], b["order_averaged_win_rate"], b["mean_p_a"]]
+                         + ([pb["consistency"], pb["order_averaged_win_rate"], pb["rejudged"], pb["fixed"]]
+                            if pb else []))
+        head = ["system", "comparisons", "consistency", "first-position win rate", "win rate shown first",
+                "win rate shown second", "order-averaged win rate", "mean P(win)"]
+        if pb:
+            head += ["consistency with PORTIA", "win rate with PORTIA", "re-judged", "made consistent"]
+        out += ["<h3>Position bias (comparisons seen in both orders)</h3>", H.table(head, bias_rows)]
     return out
 
 
 def _tournament_section(results, figures) -> list[str]:
     t = results["tournament"]
+    calls = f", {t['judge_calls']} judge calls" if t["judge_calls"] is not None else ""
     out = [H.para(f"{t['format']}: {t['matches']} matches (a round-robin needs {t['round_robin_matches']}), "
-                  f"{t['comparisons']} comparisons, {t['judge_calls']} judge calls"
+                  f"{t['comparisons']} comparisons{calls}"
                   + (f"; champion: {t['champion']}" if t["champion"] else "") + ".")]
     if t["rounds"]:
         lines = []
@@ -170,12 +194,27 @@ def write_eval_report(results: dict[str, Any], systems: dict[str, System], score
     H.write_results(results, out_dir / "results.json")
     judge = results["judge"]
     st = results["settings"]
-    sub = (f"{len(systems)} systems; {st['n_prompts'] or 'given'} prompts x {st['samples']} samples; judge: "
-           f"{judge['name'] + ' (' + judge['kind'] + ', ' + str(judge['calls']) + ' calls)' if judge else 'none'}; "
-           f"baseline: {results['baseline']}; {results['seconds']} s")
+    if results.get("judgments"):
+        j = results["judgments"]
+        skipped = sum(j["skipped"].values())
+        sub = (f"{len(systems)} systems; {j['comparisons']} comparisons from {j['read']} judgments in {j['source']}"
+               + (f" ({skipped} rows skipped)" if skipped else "") + f"; baseline: {results['baseline']}; "
+               f"{results['seconds']} s")
+    else:
+        sub = (f"{len(systems)} systems; {st['n_prompts'] or 'given'} prompts x {st['samples']} samples; judge: "
+               f"{judge['name'] + ' (' + judge['kind'] + ', ' + str(judge['calls']) + ' calls)' if judge else 'none'}; "
+               f"baseline: {results['baseline']}; {results['seconds']} s")
     sections: list[tuple[str, list[str]]] = []
     if results.get("command"):
         sections.append(("Command", [H.pre(results["command"])]))
+    if results.get("judgments"):
+        j = results["judgments"]
+        skipped = ", ".join(f"{n} {reason}" for reason, n in j["skipped"].items()) or "none"
+        sections.append(("Judgments", [H.para(
+            f"{j['source']}: {j['rows']} rows, {j['read']} judgments read, skipped: {skipped}"
+            + (f" (rows in {j['rejects']})" if j["rejects"] else "") + f"; {j['comparisons']} comparisons, "
+            f"{j['in_both_orders']} seen in both orders (averaged, and giving the position-bias figures); "
+            f"{j['soft']} soft verdicts (counted as their probability).")]))
     sections.append(("Systems", _systems_section(results)))
     if results["win_rates"]:
         sections.append((f"Win rates over {results['baseline']}", _win_section(results, figures)))

@@ -42,7 +42,7 @@ from alignkit.eval.systems import (
     sample_system,
     system_name,
 )
-from alignkit.eval.tournament import ratings, round_robin, single_elimination
+from alignkit.eval.tournament import Match, Tournament, ratings, round_robin, single_elimination
 from alignkit.eval.winrate import win_rate
 from alignkit.user_code import collect
 from alignkit.user_code import record as record_code
@@ -105,7 +105,8 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
              tournament: str = "round-robin", preferences: str | None = None,
              subset_by: str | Callable | None = None, seed: int = 0, n_boot: int = 1000, rating_boot: int = 200,
              batch_size: int = 32, dtype: str = "float32", include_reference: bool = True,
-             out_dir: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
+             lc_anchors: Sequence[str] = (), portia: bool = False, out_dir: str | Path | None = None,
+             command: str | None = None) -> dict[str, Any]:
     """Evaluate systems (model folders or outputs files in ``models``); see the module docstring.
 
     ``prompts``: a file, a ``module:function`` (called ``fn(n_prompts, seed=prompt_seed)``) or a list;
@@ -119,6 +120,10 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
     t0 = time.perf_counter()
     with collect() as code:  # user functions (judge, subsets, prompts): recorded in out_dir/code.json
         judge_obj = make_judge(judge, template=judge_template, batch_size=batch_size, dtype=dtype) if judge else None
+        if portia:
+            if judge_obj is None or judge_obj.pointwise:
+                raise ConfigError("portia corrects a pairwise (LLM) judge's position bias; give --judge llm:PATH")
+            judge_obj.portia = True
         if isinstance(subset_by, str):
             from alignkit.eval.judges import load_callable
 
@@ -185,7 +190,7 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
             "preferences": preferences},
         "length_unit": "tokens" if length_tok is not None else "characters",
         "judge": None, "baseline": None, "win_rates": [], "position_bias": None, "tournament": None,
-        "frontier": None,
+        "frontier": None, "length_control": None,
     }
     if temperature != 1.0 or top_p != 1.0:
         results["kl_note"] = ("samples were not drawn from π itself (temperature or top_p != 1): the KL estimates "
@@ -198,7 +203,8 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
     results["systems"] = [_system_row(s, lens[s.name], scores.get(s.name), kl.get(s.name), accuracy.get(s.name))
                           for s in systems.values()]
     if judge_obj is not None:
-        _judge_all(results, systems, judge_obj, scores, lens, baseline, tournament, seed, n_boot, rating_boot)
+        _judge_all(results, systems, judge_obj, scores, lens, baseline, tournament, seed, n_boot, rating_boot,
+                   lc_anchors)
     results["frontier"] = frontier_rows(results)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
@@ -242,43 +248,87 @@ def _system_row(s: System, lens, scores, kl, accuracy) -> dict[str, Any]:
     return row
 
 
-def _judge_all(results, systems, judge, scores, lens, baseline, tournament, seed, n_boot, rating_boot) -> None:
-    names = list(systems)
-    baseline = baseline or ("reference" if "reference" in systems else names[0])
-    if baseline not in systems:
-        raise ConfigError(f"baseline {baseline!r} is not one of the systems {names}")
-    results["baseline"] = baseline
+def _judge_all(results, systems, judge, scores, lens, baseline, tournament, seed, n_boot, rating_boot,
+               lc_anchors=()) -> None:
     matches = Matches(systems, judge, scores, lens)
-    bias_ab, bias_ba = [], []
+    compare_systems(results, list(systems), matches, baseline, tournament, seed, n_boot, rating_boot, lc_anchors,
+                    default_baseline="reference" if "reference" in systems else None, judge=judge)
+    t = results["tournament"]
+    if t is not None:
+        t["judge_calls"] = (sum(systems[n].num_answers for n in t["systems"]) if judge.pointwise
+                            else 2 * t["comparisons"])
+    results["judge"] = {"name": judge.name, "kind": "pointwise" if judge.pointwise else "pairwise",
+                        "calls": judge.calls, "portia": bool(getattr(judge, "portia", False))}
+
+
+def compare_systems(results: dict[str, Any], names: list[str], matches, baseline: str | None, tournament: str,
+                    seed: int, n_boot: int, rating_boot: int, lc_anchors: Sequence[str] = (),
+                    default_baseline: str | None = None, judge: Judge | None = None) -> None:
+    """Fill ``results`` with win rates over the baseline (the LC GLM fitted over all systems at once), the
+    judge's position bias (and PORTIA's, when it ran) and the tournament. ``matches.get(a, b)`` gives a's
+    outcomes against b (`Matches`, or `alignkit.eval.judgments.JudgedMatches`)."""
+    from alignkit.eval.lc_glm import length_controlled_glm
+
+    baseline = baseline or default_baseline or names[0]
+    if baseline not in names:
+        raise ConfigError(f"baseline {baseline!r} is not one of the systems {names}")
+    unknown = [a for a in lc_anchors if a not in names or a == baseline]
+    if unknown:
+        raise ConfigError(f"--lc-anchors {unknown}: name systems other than the baseline (the baseline's verbose or "
+                         f"concise variants) among {names}")
+    results["baseline"] = baseline
+    bias_ab, bias_ba, fixed_ab, fixed_ba, lc_input = [], [], [], [], {}
+    portia = {"rejudged": 0, "fixed": 0, "calls": 0}
     for name in names:
         if name == baseline:
             continue
         m = matches.get(name, baseline)
-        wr = win_rate(m["outcomes"], length_diff=m["length_diff"], groups=m["groups"],
+        if not m["outcomes"]:
+            continue  # precomputed judgments may never compare this system with the baseline
+        wr = win_rate(m["outcomes"], groups=m["groups"],
                       subsets=m["subsets"] if any(x is not None for x in m["subsets"]) else None,
                       n_boot=n_boot, seed=seed)
+        lc_input[name] = {"outcomes": m["outcomes"], "length_diff": m["length_diff"], "prompts": m["groups"]}
         c = m["comparison"]
-        results["win_rates"].append({"name": name, "vs": baseline, "win_rate": wr, "position_bias": c.position_bias})
+        row = {"name": name, "vs": baseline, "win_rate": wr, "position_bias": c.position_bias}
         if c.p_ab is not None:
             bias_ab += c.p_ab
             bias_ba += c.p_ba
+        if "portia" in c.extra:
+            pc = c.extra["portia"]
+            row["position_bias_portia"] = {**position_bias(pc["p_ab"], pc["p_ba"]), "rejudged": pc["rejudged"],
+                                           "fixed": pc["fixed"], "calls": pc["calls"]}
+            fixed_ab += pc["p_ab"]
+            fixed_ba += pc["p_ba"]
+            for k in portia:
+                portia[k] += pc[k]
+        results["win_rates"].append(row)
+    if lc_input:
+        lc = length_controlled_glm(lc_input, anchors=[a for a in lc_anchors if a in lc_input], n_boot=n_boot,
+                                   seed=seed)  # an anchor never compared with the baseline has nothing to add
+        for w in results["win_rates"]:
+            w["win_rate"]["length_controlled"] = lc["systems"][w["name"]]
+        results["length_control"] = lc["model"]
     if bias_ab:
         results["position_bias"] = position_bias(bias_ab, bias_ba)
-    calls_before = judge.calls
+        if fixed_ab:
+            results["position_bias"]["portia"] = {**position_bias(fixed_ab, fixed_ba), **portia}
+    calls_before = judge.calls if judge is not None else None
     if tournament != "none" and len(names) >= 3:
         order = [baseline] + [n for n in names if n != baseline]
-        def play(a, b):
-            return matches.get(a, b)["outcomes"]
-        t = round_robin(order, play) if tournament == "round-robin" else single_elimination(order, play, seed)
-        per_call = 1 if judge.pointwise else 2
+        if tournament == "given":  # precomputed judgments: the pairs that met
+            t = Tournament("given", order, [Match(a, b, matches.get(a, b)["outcomes"]) for i, a in enumerate(order)
+                                            for b in order[i + 1:] if matches.met(a, b)])
+        else:
+            def play(a, b):
+                return matches.get(a, b)["outcomes"]
+            t = round_robin(order, play) if tournament == "round-robin" else single_elimination(order, play, seed)
         results["tournament"] = {
             "format": t.format, "systems": t.systems, "matches": len(t.matches),
             "round_robin_matches": len(order) * (len(order) - 1) // 2, "comparisons": t.comparisons,
-            "judge_calls": (sum(systems[n].num_answers for n in order) if judge.pointwise else per_call * t.comparisons),
-            "new_judge_calls": judge.calls - calls_before, "champion": t.champion, "rounds": t.rounds,
-            "ratings": ratings(t, anchor=baseline, n_boot=rating_boot, seed=seed)}
-    results["judge"] = {"name": judge.name, "kind": "pointwise" if judge.pointwise else "pairwise",
-                        "calls": judge.calls}
+            "judge_calls": None, "new_judge_calls": None if judge is None else judge.calls - calls_before,
+            "champion": t.champion, "rounds": t.rounds, "ratings": ratings(t, anchor=baseline, n_boot=rating_boot,
+                                                                         seed=seed)}
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:

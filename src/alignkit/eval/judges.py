@@ -15,6 +15,11 @@ and ``v_ba = [p_ba < ½]`` (½ on exact ties), and the outcome used everywhere i
 that always picks the first position says ``v_ab = 1, v_ba = 0`` and gets ½: a tie, not a win.
 `position_bias` reports the consistency rate (``v_ab == v_ba``) and the first-position win rate.
 
+With ``portia`` set, a pairwise judge re-asks the comparisons whose verdict flips with the order, both
+answers split into aligned parts and interleaved (`alignkit.eval.portia`); the comparison keeps the plain
+verdicts in ``p_ab`` / ``p_ba`` (for the position-bias figures) and PORTIA's in ``extra["portia"]``, and
+its outcomes are PORTIA's.
+
 `make_judge` builds one from a command-line spec: ``rule:module:function``, ``reward_model:PATH`` (or
 ``rm:PATH``) or ``llm:PATH``.
 """
@@ -37,6 +42,13 @@ DEFAULT_TEMPLATE = (
     "Question: {prompt}\n\n"
     "Answer A: {answer_a}\n\n"
     "Answer B: {answer_b}\n\n"
+    "Better answer:"
+)
+PORTIA_TEMPLATE = (
+    "Here is a question and two answers, A and B, each cut into parts shown side by side. Which answer is better? "
+    "Reply with one letter, A or B.\n\n"
+    "Question: {prompt}\n\n"
+    "{answers}\n\n"
     "Better answer:"
 )
 
@@ -104,6 +116,8 @@ class Judge:
 
     name = "judge"
     pointwise = True
+    portia = False  # pairwise judges: re-ask order-dependent comparisons split and merged (PORTIA)
+    portia_parts = 3
 
     def __init__(self) -> None:
         self.calls = 0
@@ -116,6 +130,11 @@ class Judge:
         """``P(first answer is better)`` for each prompt."""
         raise NotImplementedError(f"{type(self).__name__} is a pointwise judge: compare scores instead")
 
+    def prefer_first_parts(self, prompts: Sequence[Text], parts_first: Sequence[Sequence[str]],
+                           parts_second: Sequence[Sequence[str]]) -> list[float]:
+        """``P(first answer is better)`` with both answers cut into parts and interleaved (PORTIA)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read answers split into parts (PORTIA)")
+
     def compare(self, prompts: Sequence[Text], a: Sequence[str], b: Sequence[str]) -> Comparison:
         """Compare answers ``a[i]`` and ``b[i]`` to ``prompts[i]`` (both orders for a pairwise judge)."""
         from alignkit.eval.winrate import outcomes
@@ -127,7 +146,12 @@ class Judge:
             return Comparison(outcomes(sa, sb), scores_a=sa, scores_b=sb)
         p_ab = self.prefer_first(prompts, a, b)
         p_ba = self.prefer_first(prompts, b, a)
-        return Comparison(order_averaged(p_ab, p_ba), p_ab=p_ab, p_ba=p_ba)
+        if not self.portia:
+            return Comparison(order_averaged(p_ab, p_ba), p_ab=p_ab, p_ba=p_ba)
+        from alignkit.eval.portia import correct
+
+        fixed = correct(self, prompts, a, b, p_ab, p_ba, parts=self.portia_parts)
+        return Comparison(order_averaged(fixed["p_ab"], fixed["p_ba"]), p_ab=p_ab, p_ba=p_ba, extra={"portia": fixed})
 
 
 def load_callable(spec: str, role: str = "judge") -> Callable:
@@ -189,14 +213,20 @@ class LLMJudge(Judge):
     """A causal LM asked ``template`` (with ``{prompt}``, ``{answer_a}``, ``{answer_b}``); see the module docstring.
 
     ``chat_template``: ``"auto"`` wraps the question as a user turn when the tokenizer has a chat template;
-    ``"always"`` / ``"never"`` force it.
+    ``"always"`` / ``"never"`` force it. ``portia``: re-ask order-dependent comparisons with the answers
+    cut into ``portia_parts`` aligned parts, interleaved into ``portia_template`` (``{prompt}``, ``{answers}``).
     """
 
     pointwise = False
 
     def __init__(self, model: str | tuple, template: str = DEFAULT_TEMPLATE, labels: tuple[str, str] = ("A", "B"),
-                 chat_template: str = "auto", batch_size: int = 16, dtype: str = "float32", name: str | None = None):
+                 chat_template: str = "auto", batch_size: int = 16, dtype: str = "float32", name: str | None = None,
+                 portia: bool = False, portia_parts: int = 3, portia_template: str = PORTIA_TEMPLATE):
         super().__init__()
+        for key in ("{prompt}", "{answers}"):
+            if key not in portia_template:
+                raise ValueError(f"the PORTIA template has no {key}; it needs {{prompt}} and {{answers}}")
+        self.portia, self.portia_parts, self.portia_template = portia, portia_parts, portia_template
         if isinstance(model, str):
             from alignkit.models.load import load_model, load_tokenizer
 
@@ -212,6 +242,7 @@ class LLMJudge(Judge):
         if chat_template == "auto":
             chat_template = "always" if getattr(self.tokenizer, "chat_template", None) else "never"
         self.chat_template = chat_template
+        self.labels = tuple(labels)
         self.label_ids = [self._variants(label) for label in labels]
         if set(self.label_ids[0]) & set(self.label_ids[1]):
             raise ConfigError(f"labels {labels} are the same token in this tokenizer; choose labels that differ")
@@ -228,12 +259,21 @@ class LLMJudge(Judge):
     def question(self, prompt: Text, first: str, second: str) -> str:
         return self.template.format(prompt=plain(prompt), answer_a=first, answer_b=second)
 
-    @torch.no_grad()
     def prefer_first(self, prompts, firsts, seconds):
+        return self._p_first([self.question(p, f, s) for p, f, s in zip(prompts, firsts, seconds)])
+
+    def prefer_first_parts(self, prompts, parts_first, parts_second):
+        from alignkit.eval.portia import merge
+
+        return self._p_first([self.portia_template.format(prompt=plain(p), answers=merge(f, s, self.labels))
+                              for p, f, s in zip(prompts, parts_first, parts_second)])
+
+    @torch.no_grad()
+    def _p_first(self, questions: list[str]) -> list[float]:
+        """``P(first label) / (P(first) + P(second))`` at the next token after each question."""
         from alignkit.generation import prompt_ids
 
-        ids = [prompt_ids(self.tokenizer, self.question(p, f, s), self.chat_template)
-               for p, f, s in zip(prompts, firsts, seconds)]
+        ids = [prompt_ids(self.tokenizer, q, self.chat_template) for q in questions]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         too_long = [i for i, x in enumerate(ids) if limit and len(x) > limit]
         if too_long:

@@ -6,6 +6,10 @@ optionally a ``subset`` name per pair (e.g. ``"chat"``, ``"safety-refusal"``) an
 
 * ``pairwise_accuracy`` — fraction of pairs with ``r_w > r_l``; a tie counts 0.5 (a coin flip
   would break it either way), so a constant reward scores exactly 0.5.
+* **Ties** (`tie_mask`): a pair of identical responses is a tie whatever the two scores (two forward
+  passes of one text can differ by float noise, ±5e-8 in fp32, which would otherwise decide it), and so
+  is a pair whose rewards are within ``rtol·max(|r_w|, |r_l|, 1)`` (``rm_report``'s default ``rtol``
+  1e-5; 0 in the plain functions, which compare exactly).
 * ``accuracy_by_subset`` — the same per subset, plus ``"overall"``.
 * ``calibration`` — expected calibration error of ``p = σ(r_w − r_l)`` read as the probability that
   the first response wins. The label is always "chosen wins", so the set is symmetrised: every pair
@@ -13,8 +17,9 @@ optionally a ``subset`` name per pair (e.g. ``"chat"``, ``"safety-refusal"``) an
   bins of ``[0, 1]``.
 * ``margin_buckets`` — count and accuracy per bucket of ``|r_w − r_l|`` (or of annotated margins).
 * ``wilson_interval`` — the Wilson score interval of a binomial proportion.
-* ``rm_report`` bundles everything into a JSON-ready dict; ``write_report`` writes ``report.json``
-  and ``report.md``.
+* ``rm_report`` bundles everything into a JSON-ready dict — counts of correct / wrong / tied pairs,
+  accuracy and its interval under one key naming overall and per subset, RewardBench-style section
+  scores (`alignkit.eval.rm_sections`) — and ``write_report`` writes ``report.json`` and ``report.md``.
 
 (METHODS.md sections 5 and 9; N. Lambert et al., "RewardBench", 2024, https://arxiv.org/abs/2403.13787.)
 """
@@ -35,17 +40,18 @@ from alignkit.io_atomic import atomic_write_text
 
 Scores = Tensor | Sequence[float]
 DEFAULT_EDGES = (0.0, 0.5, 1.0, 2.0, math.inf)
+DEFAULT_TIE_RTOL = 1e-5  # well above fp32 noise (~1e-7 relative); raise it for bf16 / fp16 scores
+TIE_RULE = "identical responses, or |r_w − r_l| <= rtol·max(|r_w|, |r_l|, 1)"
+
+
+def _scores(x: Scores) -> Tensor:
+    # Python floats go straight to float64: through torch's default float32 they would lose digits (and
+    # differences of 5e-8 at 4.0 would vanish into ties)
+    return (x if isinstance(x, Tensor) else torch.as_tensor(x, dtype=torch.float64)).detach().double().flatten().cpu()
 
 
 def _pair(chosen: Scores, rejected: Scores) -> tuple[Tensor, Tensor]:
-    c = (chosen if isinstance(chosen, Tensor) else torch.as_tensor(chosen)).detach().double().flatten().cpu()
-    r = (
-        (rejected if isinstance(rejected, Tensor) else torch.as_tensor(rejected))
-        .detach()
-        .double()
-        .flatten()
-        .cpu()
-    )
+    c, r = _scores(chosen), _scores(rejected)
     if c.numel() != r.numel():
         raise ValueError(
             f"chosen has {c.numel()} scores but rejected has {r.numel()}; give one of each per pair"
@@ -60,15 +66,30 @@ def _pair(chosen: Scores, rejected: Scores) -> tuple[Tensor, Tensor]:
     return c, r
 
 
-def _wins(c: Tensor, r: Tensor) -> Tensor:
-    """1 where chosen scores higher, 0.5 on a tie, 0 otherwise."""
-    return (c > r).double() + 0.5 * (c == r).double()
+def tie_mask(c: Tensor, r: Tensor, identical: Sequence[bool] | None = None, rtol: float = 0.0) -> Tensor:
+    """``[P]`` bool: pairs that are ties — identical responses, or rewards within ``rtol·max(|c|, |r|, 1)``."""
+    if rtol < 0:
+        raise ValueError(f"the tie tolerance rtol must be >= 0, got {rtol}")
+    ties = (c - r).abs() <= rtol * torch.maximum(torch.maximum(c.abs(), r.abs()), torch.ones_like(c))
+    if identical is not None:
+        same = torch.as_tensor(list(identical), dtype=torch.bool)
+        if same.numel() != c.numel():
+            raise ValueError(f"identical has {same.numel()} flags but there are {c.numel()} pairs; give one per pair")
+        ties = ties | same
+    return ties
 
 
-def pairwise_accuracy(chosen: Scores, rejected: Scores) -> float:
-    """Fraction of pairs with ``chosen > rejected``; ties count 0.5. Inputs ``[P]`` each."""
+def _wins(c: Tensor, r: Tensor, ties: Tensor | None = None) -> Tensor:
+    """1 where chosen scores higher, 0.5 on a tie (exact equality, or ``ties``), 0 otherwise."""
+    ties = (c == r) if ties is None else ties
+    return torch.where(ties, torch.full_like(c, 0.5), (c > r).double())
+
+
+def pairwise_accuracy(chosen: Scores, rejected: Scores, identical: Sequence[bool] | None = None,
+                      rtol: float = 0.0) -> float:
+    """Fraction of pairs with ``chosen > rejected``; ties (`tie_mask`) count 0.5. Inputs ``[P]`` each."""
     c, r = _pair(chosen, rejected)
-    return float(_wins(c, r).mean())
+    return float(_wins(c, r, tie_mask(c, r, identical, rtol)).mean())
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -90,14 +111,15 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
 
 def accuracy_by_subset(
-    chosen: Scores, rejected: Scores, subsets: Sequence[str] | None = None
+    chosen: Scores, rejected: Scores, subsets: Sequence[str] | None = None, identical: Sequence[bool] | None = None,
+    rtol: float = 0.0,
 ) -> dict[str, tuple[float, int]]:
     """``{subset: (accuracy, n_pairs)}`` for each subset (sorted by name), then ``"overall"``.
 
-    ``subsets`` has one name per pair; ``None`` gives only ``"overall"``. Ties count 0.5.
+    ``subsets`` has one name per pair; ``None`` gives only ``"overall"``. Ties (`tie_mask`) count 0.5.
     """
     c, r = _pair(chosen, rejected)
-    wins = _wins(c, r)
+    wins = _wins(c, r, tie_mask(c, r, identical, rtol))
     out: dict[str, tuple[float, int]] = {}
     if subsets is not None:
         names = [str(s) for s in subsets]
@@ -153,6 +175,7 @@ def margin_buckets(
     rejected: Scores,
     edges: Sequence[float] = DEFAULT_EDGES,
     margins: Scores | None = None,
+    ties: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Accuracy by margin bucket ``[edges[i], edges[i+1])``.
 
@@ -161,23 +184,19 @@ def margin_buckets(
 
     Returns:
         One row per bucket: ``{"lower", "upper", "count", "correct", "wrong", "ties", "accuracy"}``;
-        ``accuracy`` counts ties as 0.5 and is ``None`` for an empty bucket. Every pair lands in a
-        bucket: a margin outside ``[edges[0], edges[-1])`` is an error.
+        ``accuracy`` counts ties (``ties``, a `tie_mask`; default exact equality) as 0.5 and is ``None``
+        for an empty bucket. Every pair lands in a bucket: a margin outside ``[edges[0], edges[-1])`` is
+        an error.
     """
     c, r = _pair(chosen, rejected)
+    ties = (c == r) if ties is None else ties
     edges = [float(e) for e in edges]
     if len(edges) < 2 or any(a >= b for a, b in zip(edges, edges[1:])):
         raise ValueError(f"edges must be at least two strictly increasing numbers, got {edges}")
     if margins is None:
         m = (c - r).abs()
     else:
-        m = (
-            (margins if isinstance(margins, Tensor) else torch.as_tensor(margins))
-            .detach()
-            .double()
-            .flatten()
-            .cpu()
-        )
+        m = _scores(margins)
         if m.numel() != c.numel():
             raise ValueError(
                 f"margins has {m.numel()} values but there are {c.numel()} pairs; give one per pair"
@@ -191,14 +210,15 @@ def margin_buckets(
     rows = []
     for lo, hi in zip(edges, edges[1:]):
         mask = (m >= lo) & (m < hi)
-        cm, rm = c[mask], r[mask]
+        cm, rm, tm = c[mask], r[mask], ties[mask]
         count = int(mask.sum())
-        rows.append({
-            "lower": lo, "upper": hi, "count": count,
-            "correct": int((cm > rm).sum()), "wrong": int((cm < rm).sum()), "ties": int((cm == rm).sum()),
-            "accuracy": float(_wins(cm, rm).mean()) if count else None,
-        })  # fmt: skip
+        rows.append({"lower": lo, "upper": hi, "count": count, **_counts(cm, rm, tm),
+                     "accuracy": float(_wins(cm, rm, tm).mean()) if count else None})
     return rows
+
+
+def _counts(c: Tensor, r: Tensor, ties: Tensor) -> dict[str, int]:
+    return {"correct": int(((c > r) & ~ties).sum()), "wrong": int(((c < r) & ~ties).sum()), "ties": int(ties.sum())}
 
 
 def rm_report(
@@ -207,6 +227,8 @@ def rm_report(
     subsets: Sequence[str] | None = None,
     extra: dict[str, Any] | None = None,
     *,
+    identical: Sequence[bool] | None = None,
+    tie_rtol: float = DEFAULT_TIE_RTOL,
     margins: Scores | None = None,
     bins: int = 10,
     edges: Sequence[float] = DEFAULT_EDGES,
@@ -216,31 +238,46 @@ def rm_report(
 
     Returns::
 
-        {"n": P, "accuracy": a, "accuracy_ci": [lo, hi], "ci_method": "wilson", "z": z,
-         "mean_margin": mean(r_w − r_l),
-         "subsets": {name: {"accuracy", "n", "ci": [lo, hi]}, ...},   # {} when subsets is None
+        {"n": P, "correct", "wrong", "ties", "accuracy": a, "ci": [lo, hi], "ci_method": "wilson", "z": z,
+         "tie_rule": {"rule", "rtol", "identical_pairs"}, "mean_margin": mean(r_w − r_l),
+         "subsets": {name: {"n", "correct", "wrong", "ties", "accuracy", "ci"}, ...},   # {} without subsets
+         "sections": rm_sections.section_scores(...) or None,
          "calibration": calibration(...), "margin_buckets": margin_buckets(...),
          "margin_source": "model" | "annotated", "extra": extra or {}}
 
-    The CI is Wilson's with ties as half a success; ``extra`` (model name, dataset, step, ...)
-    is carried through and must be JSON-serialisable.
+    ``identical`` flags the pairs whose two responses are the same text (ties whatever their scores);
+    ``tie_rtol`` the relative tolerance for near-equal rewards. The CI is Wilson's with ties as half a
+    success; ``extra`` (model name, dataset, step, ...) is carried through and must be JSON-serialisable.
     """
+    from alignkit.eval.rm_sections import section_scores
+
     c, r = _pair(chosen, rejected)
-    by_subset = accuracy_by_subset(c, r, subsets)
-    acc, n = by_subset.pop("overall")
+    ties = tie_mask(c, r, identical, tie_rtol)
+    wins = _wins(c, r, ties)
+
+    def block(mask: Tensor) -> dict[str, Any]:
+        k, acc = int(mask.sum()), float(wins[mask].mean())
+        return {"n": k, **_counts(c[mask], r[mask], ties[mask]), "accuracy": acc,
+                "ci": list(wilson_interval(acc * k, k, z))}
+
+    by_subset: dict[str, dict[str, Any]] = {}
+    if subsets is not None:
+        names = [str(x) for x in subsets]
+        if len(names) != c.numel():
+            raise ValueError(f"subsets has {len(names)} names but there are {c.numel()} pairs; give one per pair")
+        for name in sorted(set(names)):
+            by_subset[name] = block(torch.tensor([x == name for x in names]))
     return {
-        "n": n,
-        "accuracy": acc,
-        "accuracy_ci": list(wilson_interval(acc * n, n, z)),
+        **block(torch.ones_like(ties)),
         "ci_method": "wilson",
         "z": z,
+        "tie_rule": {"rule": TIE_RULE, "rtol": tie_rtol,
+                     "identical_pairs": None if identical is None else int(sum(bool(x) for x in identical))},
         "mean_margin": float((c - r).mean()),
-        "subsets": {
-            name: {"accuracy": a, "n": k, "ci": list(wilson_interval(a * k, k, z))}
-            for name, (a, k) in by_subset.items()
-        },
+        "subsets": by_subset,
+        "sections": section_scores(by_subset),
         "calibration": calibration(c, r, bins),
-        "margin_buckets": margin_buckets(c, r, edges, margins),
+        "margin_buckets": margin_buckets(c, r, edges, margins, ties),
         "margin_source": "model" if margins is None else "annotated",
         "extra": dict(extra or {}),
     }
@@ -266,18 +303,33 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- {key}: {value}")
     if report.get("extra"):
         lines.append("")
-    lo, hi = report["accuracy_ci"]
+    lo, hi = report["ci"]
+    rule = report["tie_rule"]
     lines += ["## Overall", ""]
     lines += _table(
-        ["pairs", "accuracy", f"CI low (Wilson, z={report['z']:g})", "CI high", "mean margin", "ECE"],
-        [[report["n"], report["accuracy"], lo, hi, report["mean_margin"], report["calibration"]["ece"]]],
+        ["pairs", "correct", "wrong", "ties", "accuracy", f"CI low (Wilson, z={report['z']:g})", "CI high",
+         "mean margin", "ECE"],
+        [[report["n"], report["correct"], report["wrong"], report["ties"], report["accuracy"], lo, hi,
+          report["mean_margin"], report["calibration"]["ece"]]],
     )
+    same = "" if rule["identical_pairs"] is None else f"; {rule['identical_pairs']} pairs of identical responses"
+    lines += ["", f"Ties count 0.5. A pair is a tie for {rule['rule']}, rtol = {rule['rtol']:g}{same}."]
     if report["subsets"]:
         lines += ["", "## Per subset", ""]
-        rows = [
-            [name, s["n"], s["accuracy"], s["ci"][0], s["ci"][1]] for name, s in report["subsets"].items()
-        ]
-        lines += _table(["subset", "pairs", "accuracy", "CI low", "CI high"], rows)
+        rows = [[name, s["n"], s["correct"], s["wrong"], s["ties"], s["accuracy"], s["ci"][0], s["ci"][1]]
+                for name, s in report["subsets"].items()]
+        lines += _table(["subset", "pairs", "correct", "wrong", "ties", "accuracy", "CI low", "CI high"], rows)
+    sec = report.get("sections")
+    if sec:
+        how = {"rewardbench": "RewardBench's sections and subset weights (Prior Sets at half weight)",
+               "named": "sections named `section/subset`, subsets weighted by their pairs",
+               "subsets": "every subset its own section"}[sec["scheme"]]
+        lines += ["", "## Sections", "", f"{how}: section-weighted accuracy "
+                  f"{_fmt(sec['section_weighted_accuracy'])}, subset-weighted (mean of the subsets) "
+                  f"{_fmt(sec['subset_weighted_accuracy'])}, pair-weighted (overall) {_fmt(report['accuracy'])}.", ""]
+        lines += _table(["section", "pairs", "accuracy", "weight in the mean", "subsets (weight)"],
+                        [[name, s["n"], s["accuracy"], s["weight"],
+                          ", ".join(f"{m} ({w:g})" for m, w in s["subsets"].items())] for name, s in sec["sections"].items()])
     cal = report["calibration"]
     lines += [
         "",

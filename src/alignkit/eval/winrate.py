@@ -1,21 +1,17 @@
 """Win rates of system A over system B: confidence intervals, length control, per-subset breakdown.
 
-An *outcome* is one comparison seen from A's side: 1 (A wins), ½ (tie), 0 (B wins). The win rate is the
-mean outcome, so ties count half (METHODS.md section 9).
+An *outcome* is one comparison seen from A's side: 1 (A wins), ½ (tie), 0 (B wins), or a soft
+``P(A wins)`` in [0, 1] (a judge's probability). The win rate is the mean outcome, so ties count half
+(METHODS.md section 9).
 
-* ``wilson`` — the Wilson score interval of the win rate (`alignkit.eval.rm_report.wilson_interval`, ties
-  as half a success). It treats comparisons as independent.
+* ``wilson`` — the Wilson score interval of the win rate (`alignkit.eval.rm_report.wilson_interval`, the sum
+  of outcomes as successes). It treats comparisons as independent; ties and soft outcomes have less
+  variance than a coin flip with the same mean, so for them it is conservative.
 * ``bootstrap`` — a seeded percentile bootstrap. With ``groups`` (e.g. the prompt of each comparison) it
   resamples whole groups: several samples of one prompt are correlated, and the cluster bootstrap
   widens the interval accordingly.
-* ``length_controlled`` — judges (and reward models) often prefer longer answers. We fit the logistic
-  regression ``P(A wins) = σ(α + γ·Δ/s)`` of the outcome on the length difference ``Δ = len(A) − len(B)``
-  (``s`` = the standard deviation of Δ; ties enter as y = ½ in the Bernoulli log-likelihood) and report
-  ``σ(α)``: the win rate predicted at zero length difference — what the judge would say if A's answers
-  were as long as B's. A tiny ridge (``1e-6·n`` on α and γ) keeps the fit finite when length separates the
-  outcomes perfectly. Its interval is the same bootstrap, refitting on every resample (the AlpacaEval 2
-  length-controlled win rate is this estimator with more terms; Dubois et al., 2024,
-  https://arxiv.org/abs/2404.04475).
+* ``length_controlled`` — AlpacaEval 2's GLM (`alignkit.eval.lc_glm`); for one pair of systems its system
+  and length terms, ``σ(θ + φ·tanh(Δ/sd(Δ)))`` with the length term switched off.
 """
 
 from __future__ import annotations
@@ -27,6 +23,7 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import DataError
+from alignkit.eval.lc_glm import length_controlled
 from alignkit.eval.rm_report import wilson_interval
 
 Values = Tensor | Sequence[float]
@@ -84,73 +81,40 @@ def bootstrap_ci(values: Values, groups: Sequence[Any] | None = None, n_boot: in
     return _percentile((w @ y) / w.sum(1), level)
 
 
-def _logistic_fit(y: Tensor, x: Tensor, w: Tensor, iters: int = 50) -> Tensor:
-    """Newton's method for ``P(y=1) = σ(α + γx)`` with item weights ``w`` ``[B, n]``; returns ``[B, 2]``."""
-    design = torch.stack([torch.ones_like(x), x], 1)  # [n, 2]
-    ridge = 1e-6 * w.sum(1).clamp(min=1.0)  # [B]
-    theta = torch.zeros(w.shape[0], 2, dtype=torch.float64)
-    eye = torch.eye(2, dtype=torch.float64)
-    for _ in range(iters):
-        p = torch.sigmoid(theta @ design.T)  # [B, n]
-        grad = (w * (y - p)) @ design - ridge[:, None] * theta
-        v = w * p * (1 - p)  # [B, n]
-        h01 = v @ x
-        hess = torch.stack([torch.stack([v.sum(1), h01], 1), torch.stack([h01, v @ (x * x)], 1)], 1)
-        hess = hess + ridge[:, None, None] * eye
-        step = torch.linalg.solve(hess, grad)
-        theta = theta + step
-        if float(step.abs().max()) < 1e-10:
-            break
-    return theta
-
-
-def length_controlled(values: Values, length_diff: Values, groups: Sequence[Any] | None = None,
-                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Length-controlled win rate ``σ(α)`` of the fit ``P(A wins) = σ(α + γ·Δ/s)`` (see the module docstring).
-
-    Args:
-        values: outcomes ``[n]`` in {0, ½, 1}.
-        length_diff: ``len(A) − len(B)`` per comparison ``[n]`` (any unit: it is divided by its std).
-
-    Returns:
-        ``{"win_rate": σ(α), "bootstrap": [lo, hi], "coef": γ (per std of Δ), "length_diff_std": s,
-        "mean_length_diff": mean Δ}``.
-    """
-    y, d = _vec(values, "outcomes"), _vec(length_diff, "length_diff")
-    if y.numel() != d.numel():
-        raise ValueError(f"{y.numel()} outcomes but {d.numel()} length differences; give one each per comparison")
-    std = float(d.std()) if d.numel() > 1 else 0.0
-    scale = std if std > 0 else 1.0
-    x = d / scale
-    full = _logistic_fit(y, x, torch.ones(1, y.numel(), dtype=torch.float64))[0]
-    boot = _logistic_fit(y, x, resample_weights(y.numel(), groups, n_boot, seed))
-    return {"win_rate": float(torch.sigmoid(full[0])), "bootstrap": _percentile(torch.sigmoid(boot[:, 0]), level),
-            "coef": float(full[1]), "length_diff_std": std, "mean_length_diff": float(d.mean())}
+def ci_methods(n_boot: int, clustered: bool, soft: bool) -> dict[str, str]:
+    """How each interval of `win_rate` was computed, in words (the reports print these)."""
+    return {"wilson": "Wilson score interval with the sum of outcomes as successes (ties ½"
+                      + ("; soft outcomes: conservative, Var(p) ≤ m(1 − m))" if soft else ")"),
+            "bootstrap": f"percentile bootstrap, {n_boot} resamples"
+                         + (", whole prompts resampled" if clustered else ", comparisons resampled")}
 
 
 def win_rate(values: Values, *, length_diff: Values | None = None, groups: Sequence[Any] | None = None,
              subsets: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
              z: float = 1.96) -> dict[str, Any]:
-    """Win rate of A over B from outcomes ``[n]`` (1 / ½ / 0), with every interval described above.
+    """Win rate of A over B from outcomes ``[n]`` (1 / ½ / 0, or soft in [0, 1]), with the intervals above.
 
     Returns::
 
-        {"n", "wins", "ties", "losses", "win_rate", "wilson": [lo, hi], "bootstrap": [lo, hi],
-         "n_boot", "clusters": number of groups or None,
-         "length_controlled": length_controlled(...) or None (no length_diff),
+        {"n", "wins" (outcome > ½), "ties" (= ½), "losses" (< ½), "soft" (outcomes not in {0, ½, 1}),
+         "win_rate", "wilson": [lo, hi], "bootstrap": [lo, hi], "n_boot", "ci_methods": {name: words},
+         "clusters": number of groups or None,
+         "length_controlled": lc_glm.length_controlled(...) or None (no length_diff),
          "subsets": {name: {"n", "win_rate", "wilson", "bootstrap"}}}   # {} without subsets
     """
     y = _vec(values, "outcomes")
     n = y.numel()
     if n == 0:
         raise DataError("no comparisons: A and B have no prompt in common")
-    if not all(v in (0.0, 0.5, 1.0) for v in y.tolist()):
-        raise ValueError("outcomes must be 1 (A wins), 0.5 (tie) or 0 (B wins)")
+    if float(y.min()) < 0 or float(y.max()) > 1:
+        raise DataError("outcomes must be 1 (A wins), 0.5 (tie), 0 (B wins) or a probability P(A wins) in [0, 1]")
     rate = float(y.mean())
+    soft = int((~((y == 0) | (y == 0.5) | (y == 1))).sum())
     out: dict[str, Any] = {
-        "n": n, "wins": int((y == 1).sum()), "ties": int((y == 0.5).sum()), "losses": int((y == 0).sum()),
-        "win_rate": rate, "wilson": list(wilson_interval(rate * n, n, z)),
+        "n": n, "wins": int((y > 0.5).sum()), "ties": int((y == 0.5).sum()), "losses": int((y < 0.5).sum()),
+        "soft": soft, "win_rate": rate, "wilson": list(wilson_interval(rate * n, n, z)),
         "bootstrap": bootstrap_ci(y, groups, n_boot, seed, level), "n_boot": n_boot,
+        "ci_methods": ci_methods(n_boot, groups is not None, soft > 0),
         "clusters": len(set(groups)) if groups is not None else None,
         "length_controlled": None if length_diff is None else length_controlled(y, length_diff, groups, n_boot, seed,
                                                                                 level),

@@ -29,6 +29,9 @@ def add_parsers(sub) -> None:
     _common(e)
     e.add_argument("--out", default=None, help="report folder (default: <reward-model>/eval-<data stem>)")
     e.add_argument("--subset-field", default="subset", help="meta field (or `group`) naming each pair's subset")
+    e.add_argument("--tie-rtol", type=float, default=None,
+                   help="pairs whose rewards differ by at most rtol·max(|r_w|, |r_l|, 1) are ties, as are pairs of "
+                        "identical responses (default: 1e-5; 1e-2 for --dtype bfloat16, 1e-3 for float16)")
     e.set_defaults(fn=eval_rm_command)
 
 
@@ -108,14 +111,21 @@ def eval_rm_command(args: argparse.Namespace) -> int:
     if isinstance(chosen[0], list):
         chosen, rejected = _vector_pairs(chosen, rejected, infos[0])
     subsets = [_subset(records[i], args.subset_field) for i in keep]
+    identical = [records[i].responses[chosen_idx[i][0]] == records[i].responses[chosen_idx[i][1]] for i in keep]
+    rtol = args.tie_rtol if args.tie_rtol is not None else TIE_RTOL.get(args.dtype, 1e-5)
     report = rm_report(chosen, rejected, subsets if any(s != "all" for s in subsets) else None,
                        extra={"data": str(args.data), "reward_model": args.reward_model,
-                              "skipped_records": len(records) - len(keep)})
+                              "skipped_records": len(records) - len(keep), "dtype": args.dtype},
+                       identical=identical, tie_rtol=rtol)
     write_report(report, out)
     acc = report.get("accuracy")
-    print(f"eval-rm: {len(keep)} pairs, accuracy {acc:.4f}; {len(records) - len(keep)} records skipped "
+    print(f"eval-rm: {len(keep)} pairs, accuracy {acc:.4f} ({report['correct']} correct, {report['wrong']} wrong, "
+          f"{report['ties']} ties at rtol {rtol:g}); {len(records) - len(keep)} records skipped "
           f"(ties or fewer than 2 responses); report in {out}/report.md")
     return 0
+
+
+TIE_RTOL = {"bfloat16": 1e-2, "float16": 1e-3}  # scores carry about 3 (bf16) or 4 (fp16) significant digits
 
 
 def _vector_pairs(chosen: list, rejected: list, info: dict) -> tuple[list[float], list[float]]:

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,52 @@ def write_rejects(bad_rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def open_source(source: str | os.PathLike, split: str = "train", subset: str | None = None) -> _Source:
+    """A file, ``save_to_disk`` folder or Hub dataset as a source of raw rows (see the module docstring)."""
+    return _open(source, split, subset)
+
+
+@dataclass
+class Rows:
+    items: list[Any]
+    skipped: Counter
+    n_rows: int
+    rejects: Path | None
+
+
+def read_rows(src: _Source, parse: Callable[[_Raw], Any], on_bad_row: str = "error",
+              rejects_path: str | os.PathLike | None = None) -> Rows:
+    """Every row of ``src`` through ``parse`` (which raises `RecordError` for a bad row), with the bad-row
+    rules of the module docstring: ``on_bad_row="error"`` raises `BadRowError` (file, row, field) at the first
+    bad row; ``"skip"`` counts it by reason and writes it to the rejects file. Blank lines are counted."""
+    if on_bad_row not in ON_BAD_ROW:
+        raise ConfigError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
+    rejects_file = Path(rejects_path) if rejects_path is not None else src.rejects
+    if on_bad_row == "skip" and rejects_file and rejects_file.resolve() == Path(src.path).resolve():
+        raise ConfigError(f"rejects_path {rejects_file} is the input file itself")
+    items: list[Any] = []
+    skipped: Counter = Counter()
+    bad_rows, n = [], 0
+    for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
+        err = raw.error
+        if err is None and raw.data is not None:
+            try:
+                items.append(parse(raw))
+                continue
+            except RecordError as e:
+                err = e
+        assert err is not None
+        if err.reason == "blank_line":
+            skipped["blank_line"] += 1
+            continue
+        bad = _bad(src, raw, err)
+        if on_bad_row == "error":
+            raise bad
+        skipped[bad.reason] += 1
+        bad_rows.append(bad.to_json())
+    return Rows(items, skipped, n, write_rejects(bad_rows, rejects_file) if bad_rows else None)
+
+
 def read_records(
     source: str | os.PathLike,
     *,
@@ -338,40 +384,22 @@ def read_records(
     ``split`` picks from a save_to_disk DatasetDict or a Hub dataset (with slicing there: ``train[:1000]``);
     ``subset``: a Hub dataset's subset (configuration).
     """
-    if on_bad_row not in ON_BAD_ROW:
-        raise ConfigError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
     mapping = check_columns(columns, layout)
-    src = _open(source, split, subset)
+    src = open_source(source, split, subset)
     reason = f"layout '{layout}' given explicitly" if layout else ""
     if layout is None and src.columns is not None:
         layout, reason = _layout_for(src, src.columns, mapping)
-    rejects_file = Path(rejects_path) if rejects_path is not None else src.rejects
-    if on_bad_row == "skip" and rejects_file and rejects_file.resolve() == Path(src.path).resolve():
-        raise ConfigError(f"rejects_path {rejects_file} is the input file itself")
-    records: list[PreferenceRecord] = []
-    skipped: Counter = Counter()
-    bad_rows, n = [], 0
-    for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
-        err = raw.error
-        if err is None and raw.data is not None:
-            if layout is None:
-                layout, reason = _layout_for(src, list(raw.data), mapping)
-            try:
-                records.append(parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells))
-                records[-1].origin = _where(src, raw)
-                continue
-            except RecordError as e:
-                err = e
-        assert err is not None
-        if err.reason == "blank_line":
-            skipped["blank_line"] += 1
-            continue
-        bad = _bad(src, raw, err)
-        if on_bad_row == "error":
-            raise bad
-        skipped[bad.reason] += 1
-        bad_rows.append(bad.to_json())
-    rejects = write_rejects(bad_rows, rejects_file) if bad_rows else None
+
+    def parse(raw: _Raw) -> PreferenceRecord:
+        nonlocal layout, reason
+        if layout is None:
+            layout, reason = _layout_for(src, list(raw.data), mapping)
+        record = parse_row(raw.data, layout, columns=mapping, text_cells=src.text_cells)
+        record.origin = _where(src, raw)
+        return record
+
+    rows = read_rows(src, parse, on_bad_row, rejects_path)
+    records, skipped, n, rejects = rows.items, rows.skipped, rows.n_rows, rows.rejects
     result = ReadResult(records, layout or "unknown", skipped, n, rejects, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({result.summary()})" if skipped else ""))

@@ -118,41 +118,12 @@ def parse_judgment(row: dict[str, Any], text_cells: bool = False) -> Judgment:
 def read_judgments(source: str | Path, *, on_bad_row: str = "error", rejects_path: str | Path | None = None,
                    split: str = "train") -> Judgments:
     """Every row of ``source`` as a `Judgment`, with the training data's bad-row rules (module docstring)."""
-    from alignkit.data.io import ON_BAD_ROW, SourceError, _bad, _open
+    from alignkit.data.io import SourceError, open_source, read_rows
 
-    if on_bad_row not in ON_BAD_ROW:
-        raise ConfigError(f"on_bad_row must be one of {', '.join(map(repr, ON_BAD_ROW))}; got {on_bad_row!r}")
-    src = _open(source, split)
-    rejects_file = Path(rejects_path) if rejects_path is not None else src.rejects
-    if on_bad_row == "skip" and rejects_file and rejects_file.resolve() == Path(src.path).resolve():
-        raise ConfigError(f"rejects_path {rejects_file} is the input file itself")
-    rows: list[Judgment] = []
-    skipped: Counter = Counter()
-    out, n = None, 0
-    try:
-        for n, raw in enumerate(src.rows, 1):  # noqa: B007 (n is the row count afterwards)
-            err = raw.error
-            if err is None and raw.data is not None:
-                try:
-                    rows.append(parse_judgment(raw.data, src.text_cells))
-                    continue
-                except RecordError as e:
-                    err = e
-            if err.reason == "blank_line":
-                skipped["blank_line"] += 1
-                continue
-            bad = _bad(src, raw, err)
-            if on_bad_row == "error":
-                raise bad
-            skipped[bad.reason] += 1
-            if out is None:
-                rejects_file.parent.mkdir(parents=True, exist_ok=True)
-                out = open(rejects_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-            out.write(json.dumps(bad.to_json(), ensure_ascii=False, default=str) + "\n")
-    finally:
-        if out is not None:
-            out.close()
-    result = Judgments(rows, src.name, skipped, n, rejects_file if out is not None else None)
+    src = open_source(source, split)
+    got = read_rows(src, lambda raw: parse_judgment(raw.data, src.text_cells), on_bad_row, rejects_path)
+    rows, skipped, n = got.items, got.skipped, got.n_rows
+    result = Judgments(rows, src.name, skipped, n, got.rejects)
     if not rows:
         raise SourceError(f"{src.name}: no valid judgments in {n} rows" + (f" ({result.summary()})" if skipped else ""))
     return result

@@ -76,9 +76,12 @@ def env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-def start_cli(items: list[str], log: Path) -> subprocess.Popen:
-    """``alignkit train ITEMS`` in a new process (one torch thread, like the tests), output to ``log``."""
-    code = "import sys, torch; torch.set_num_threads(1); from alignkit.cli import main; sys.exit(main(sys.argv[1:]))"
+def start_cli(items: list[str], log: Path, step_pause: float = 0.0) -> subprocess.Popen:
+    """``alignkit train ITEMS`` in a new process (one torch thread, like the tests), output to ``log``;
+    ``step_pause``: seconds of sleep at the start of each step (a run slow enough to act on mid-training)."""
+    code = ("import sys, time, torch; torch.set_num_threads(1); from alignkit.engine.trainer import Trainer; "
+            f"step = Trainer.step; Trainer.step = lambda self: (time.sleep({step_pause}), step(self))[1]; "
+            "from alignkit.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", code, "train", *items], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env())
 

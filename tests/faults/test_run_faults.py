@@ -106,7 +106,6 @@ def test_signal_during_startup_stops_at_once(tiny_path, pairs_path, tmp_path, mo
     one line says so, and the program's own SIGTERM handler gets the signal."""
     import alignkit.engine.refcache as rc
     import alignkit.engine.trainer as trainer_module
-    from alignkit.engine import rundir
 
     went_on = []
     target = (trainer_module, "prepare_data") if phase == "tokenization" else (rc, "compute_table")
@@ -121,6 +120,8 @@ def test_signal_during_startup_stops_at_once(tiny_path, pairs_path, tmp_path, mo
     with host_handler(signal.SIGTERM, Recorder()) as host, pytest.raises(KeyboardInterrupt):
         Trainer(tiny_config(tiny_path, pairs_path, tmp_path))
     assert went_on == [] and host.seen == [signal.SIGTERM]
+    from alignkit.engine import rundir
+
     assert not (tmp_path / "run.lock").exists() and rundir.describe_run(tmp_path) is None
     assert ("SIGTERM received during start-up: stopped before training, nothing to resume; run the same command "
             "again") in messages(log)
@@ -236,13 +237,8 @@ def test_signal_during_final_save_finishes_the_save(tiny_path, pairs_path, tmp_p
 def test_sigterm_to_the_command_line_mid_training(tiny_path, pairs_path, tmp_path, straight):
     """SIGTERM to `alignkit train` during step 3 -> the step finishes and is saved, the resume command is printed,
     no traceback, the process ends by SIGTERM; the printed command's resume gives bit-identical final weights."""
-    log_path = tmp_path / "train.log"
-    code = ("import sys, time, torch; torch.set_num_threads(1); from alignkit.engine.trainer import Trainer; "
-            "s = Trainer.step; Trainer.step = lambda self: (time.sleep(0.5), s(self))[1]; "
-            "from alignkit.cli import main; sys.exit(main(sys.argv[1:]))")
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", code, "train", *cli_items(tiny_path, pairs_path, out)],
-                            stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env())
+    log_path, out = tmp_path / "train.log", tmp_path / "run"
+    proc = start_cli(cli_items(tiny_path, pairs_path, out), log_path, step_pause=0.5)
     try:
         assert wait_for(lambda: len(logged_steps(out)) >= 2, proc=proc)
         proc.send_signal(signal.SIGTERM)
@@ -337,8 +333,6 @@ def test_resume_with_other_settings_is_refused_before_loading(tiny_path, pairs_p
 def test_resume_with_other_data_is_refused_and_a_moved_file_is_not(tiny_path, pairs_path, tmp_path, straight):
     """resume with a data file missing one row -> refused naming 'data' and its fingerprints; the same rows at
     another path (and free keys such as log_every, save_every, keep_checkpoints changed) -> accepted."""
-    from alignkit.engine.resume import data_fingerprint
-
     copy_checkpoints(straight, tmp_path / "run")
     rows = Path(pairs_path).read_text().splitlines(keepends=True)
     (tmp_path / "fewer.jsonl").write_text("".join(rows[:-1]))
@@ -351,7 +345,7 @@ def test_resume_with_other_data_is_refused_and_a_moved_file_is_not(tiny_path, pa
     t = Trainer(tiny_config(tiny_path, str(tmp_path / "moved.jsonl"), tmp_path / "run", resume_from="latest",
                             log_every=2, save_every=3, keep_checkpoints=5))
     assert t._resume_path == step_dir(tmp_path / "run", 6) and t.fingerprints["data"] == old
-    assert data_fingerprint(t.train_data) == old
+    t._release()
 
 
 def test_resume_override_applies_lr_and_max_steps(tiny_path, pairs_path, tmp_path, straight, log):
@@ -372,27 +366,29 @@ def test_resume_override_applies_lr_and_max_steps(tiny_path, pairs_path, tmp_pat
 # ------------------------------------------------------------------------------------------------ 3. one run per folder
 def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tiny_path, pairs_path,
                                                                                         tmp_path, log):
-    """A run holds output_dir (another process) -> a second run there is refused in one line naming the first (pid,
-    host, start time); after kill -9 of the first, the next run takes the stale lock over with a warning."""
-    code = ("import sys, time; from pathlib import Path; from alignkit.engine import rundir; "
-            "rundir.acquire(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, env=env())
+    """`alignkit train` is training in output_dir -> a second run there is refused in one line naming the first (pid,
+    host, start time) and the first goes on; after kill -9 of the first, the next run takes the stale lock over
+    with a warning, and gives it back when it ends."""
+    out = tmp_path / "run"
+    proc = start_cli(cli_items(tiny_path, pairs_path, out, max_steps=10000), tmp_path / "first.log", step_pause=0.2)
     try:
-        assert proc.stdout.readline() == b"locked\n"
-        holder = json.loads((tmp_path / "run.lock").read_text())
-        who = f"pid {proc.pid} on {socket.gethostname()}, started {holder['started']}"
+        assert wait_for(lambda: len(logged_steps(out)) >= 1, proc=proc)
         with pytest.raises(RunDirError) as e:
-            Trainer(tiny_config(tiny_path, pairs_path, tmp_path))
-        assert str(e.value) == (f"output_dir {tmp_path} is in use by another run ({who}; lock {tmp_path / 'run.lock'}); "
+            Trainer(tiny_config(tiny_path, pairs_path, out, resume_from="latest"))
+        holder = json.loads((out / "run.lock").read_text())
+        who = f"pid {proc.pid} on {socket.gethostname()}, started {holder['started']}"
+        assert str(e.value) == (f"output_dir {out} is in use by another run ({who}; lock {out / 'run.lock'}); "
                                 "wait for it to finish or pick another output_dir")
+        steps = len(logged_steps(out))
+        assert wait_for(lambda: len(logged_steps(out)) > steps, proc=proc)  # the first run goes on
     finally:
         proc.kill()
         proc.wait()
-    t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path))
-    assert f"output_dir {tmp_path}: taking over the lock of a run that is no longer running ({who})" in messages(log)
-    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
-    t.train()
-    assert not (tmp_path / "run.lock").exists()
+    t = Trainer(tiny_config(tiny_path, pairs_path, out, max_steps=10000, resume_from="latest"))
+    assert f"output_dir {out}: taking over the lock of a run that is no longer running ({who})" in messages(log)
+    assert json.loads((out / "run.lock").read_text())["pid"] == os.getpid()
+    t._release()
+    assert not (out / "run.lock").exists()
 
 
 def test_a_new_run_in_a_folder_holding_a_run_needs_resume_or_overwrite(tiny_path, pairs_path, tmp_path, straight):
@@ -517,15 +513,15 @@ def test_a_named_checkpoint_without_its_optimizer_is_refused_naming_the_file(tin
 
 
 def test_a_wrong_shape_tensor_is_refused_before_any_weight_changes(tiny_path, pairs_path, tmp_path, straight):
-    """A checkpoint whose embedding is [1, 64] (manifest rewritten to match, so only the shape check can see it) ->
-    CheckpointError naming the file, the tensor and both shapes; no parameter of the model changed."""
+    """A checkpoint whose embedding is [1, 64] (without a manifest, as one saved before manifests, so only the shape
+    check can see it) -> CheckpointError naming the file, the tensor and both shapes; no parameter changed."""
     copy_checkpoints(straight, tmp_path, steps=(6,))
     path = step_dir(tmp_path, 6)
     tensors = weights(path)
     name = next(n for n, t in tensors.items() if t.dim() == 2)
     full = tensors[name]
     save_file({**tensors, name: full[:1].clone()}, path / "model.safetensors")
-    ckpt.write_manifest(path)
+    (path / "manifest.json").unlink(missing_ok=True)
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, resume_from="latest"))
     before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
     with pytest.raises(CheckpointError) as e:
@@ -544,8 +540,7 @@ def test_foreign_folders_are_ignored_and_kept(tiny_path, pairs_path, tmp_path, s
     shutil.copytree(step_dir(tmp_path, 6), tmp_path / "checkpoints" / "step-000010.bak")
     (tmp_path / "checkpoints" / "step-abc").mkdir()
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, resume_from="latest", keep_checkpoints=1))
-    assert t._resume_path == step_dir(tmp_path, 6)
-    t.train()
+    assert t.train().history == [] and t.step_idx == 6
     t.save()  # a save at step 6 again: rotation keeps one checkpoint
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-000006", "step-000010.bak", "step-abc"]
@@ -619,8 +614,6 @@ def test_saves_through_skipped_steps_keep_the_last_healthy_checkpoint(tiny_path,
 def test_rotation_always_keeps_the_last_checkpoint_with_finite_weights(tmp_path, log):
     """Checkpoints 1 (finite), then 2, 3, 4 with NaN weights, keep_checkpoints=2 -> step 1 is kept beside 3 and 4;
     resume_from=latest picks step 1, naming the two NaN checkpoints it passes over."""
-    from alignkit.engine.resume import locate
-
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     sched = build_scheduler(opt, "linear", 0, 10)
@@ -631,6 +624,8 @@ def test_rotation_always_keeps_the_last_checkpoint_with_finite_weights(tmp_path,
     for step in (2, 3, 4):
         ckpt.save_checkpoint(root, step, model, opt, sched, {"skipped_total": 0}, "a: 1\n", keep=2)
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-000001", "step-000003", "step-000004"]
+    from alignkit.engine.resume import locate
+
     assert locate("latest", tmp_path) == root / "step-000001"
     assert "checkpoint step-000004: its weights are not finite (NaN/inf)" in messages(log)
     assert "checkpoint step-000003: its weights are not finite (NaN/inf)" in messages(log)
@@ -653,17 +648,17 @@ def test_too_little_disk_is_refused_before_loading(tiny_path, pairs_path, tmp_pa
     """The disk has 10 MiB free, less than a checkpoint plus the final model -> one line with both sizes, before the
     model loads."""
     import alignkit.engine.startup as startup
-    from alignkit.engine import rundir
 
     config = tiny_config(tiny_path, pairs_path, tmp_path)
-    need = rundir.needed_bytes(config)
-    n = rundir.safetensors_params(Path(tiny_path))
-    assert need == n * 4 * 4 + rundir.MARGIN  # weights + 2 Adam moments of every parameter, and the final model
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: usage._replace(free=10 * 2**20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10 * 2**20))
     monkeypatch.setattr(startup, "load_policy", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(RunDirError) as e:
         Trainer(config)
+    from alignkit.engine import rundir
+
+    need = rundir.needed_bytes(config)
+    assert need == rundir.safetensors_params(Path(tiny_path)) * 4 * 4 + rundir.MARGIN  # weights, 2 moments, final
     assert str(e.value) == (f"output_dir {tmp_path}: 0.01 GiB free on its disk, this run needs about "
                             f"{need / 2**30:.2f} GiB (a checkpoint of the trainable parameters with their optimizer "
                             "state, and the final model); free space or pick another output_dir")

@@ -74,8 +74,11 @@ def test_cli_train_yaml_resume_and_logprobs(tiny_path, pairs_path, tmp_path):
     assert steps == [1, 2, 3, 4]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["max_steps"] == 4 and saved["beta"] == 0.5
-    # Resume the finished run for two more steps: it continues from step 4.
-    assert main(["train", str(out / "config.yaml"), "max_steps=6", "resume_from=latest"]) == 0
+    # Resume the finished run for two more steps: it continues from step 4 (a longer schedule is a change of
+    # result, so it is asked for by name)
+    assert main(["train", str(out / "config.yaml"), "max_steps=6", "resume_from=latest"]) == 2
+    assert main(["train", str(out / "config.yaml"), "max_steps=6", "resume_from=latest",
+                 "resume_override=max_steps"]) == 0
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     lp = tmp_path / "lp.jsonl"

@@ -130,12 +130,21 @@ def test_sigint_finishes_step_saves_and_says_how_to_resume(tiny_path, pairs_path
         return rec
 
     t.step = step_then_interrupt
-    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
-    result = t.train()
+    seen = []
+
+    def host(signum, frame):  # the handler of the program that runs the trainer
+        seen.append(signum)
+
+    before = signal.signal(signal.SIGINT, host)
+    try:
+        result = t.train()
+        assert signal.getsignal(signal.SIGINT) is host  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert result.interrupted and result.final_dir is None
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
     assert latest.name == "step-000002"
-    assert signal.getsignal(signal.SIGINT) is before  # handler restored
+    assert seen == [signal.SIGINT]  # once saved, the signal went on to the handler from before the run
 
 
 def test_lora_reference_by_disabling_adapters_equals_frozen_copy(tiny_path, pairs_path, tmp_path):

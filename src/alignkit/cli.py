@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         set_offline(True)
     try:
         return args.fn(args)
+    except KeyboardInterrupt:  # Ctrl-C: a training run has saved and said how to resume; no traceback
+        return 130
     except ImportError as e:  # an optional extra that is not installed says so; anything else is a bug: raise
         if "pip install" not in str(e) or os.environ.get("ALIGNKIT_DEBUG"):
             raise

@@ -123,6 +123,8 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     resume_from: str | None = None  # latest | PATH
+    resume_override: Union[str, list] = field(default_factory=list)  # keys whose new values a resume applies: "lr,max_steps"
+    overwrite: bool = False  # start a new run in an output_dir that holds one (its checkpoints, final/ and metrics go)
     trackers: list = field(default_factory=list)  # tensorboard, wandb
     max_bad_steps: int = 5  # stop after this many NaN/inf steps in a row
     progress: bool = True

@@ -212,6 +212,7 @@ def run_demo(
                 output_dir=str(out / f"dpo_beta{beta:g}"), batch_size=s.dpo_batch_size, epochs=s.dpo_epochs,
                 lr=s.dpo_lr, warmup=0.1, scheduler="linear", seed=seed, max_length=128, log_every=5,
                 progress=progress, ref_cache_dir=str(out / "ref_cache"),  # one reference pass for all betas
+                overwrite=True,  # the demo rebuilds its folder: a second `alignkit demo` replaces the first's runs
             ))
             if result.final_dir is None:
                 raise RuntimeError(f"DPO with beta={beta:g} was interrupted; its checkpoint is in {result.output_dir}")

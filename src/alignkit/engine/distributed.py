@@ -20,6 +20,7 @@ process calls `save_sharded`, only the main process writes alignkit's own files:
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from torch import nn
 
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine.logprobs import unwrap
+from alignkit.errors import CheckpointError, ConfigError
 
 COMPILE_BACKEND = "inductor"  # torch.compile backend of `compile=true` (tests on CPU swap in "aot_eager")
 _WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -108,9 +110,10 @@ def save_sharded(
     weights = trainable_weights(acc, scorer, policy)
     path = None
     if main:
-        ckpt.write_checkpoint(tmp, step, weights, None, scheduler, {**state, "sharding": sharding(acc)},
-                              config_yaml, objective_state, extra_states)
-        path = ckpt.commit_checkpoint(tmp, final, keep)
+        with ckpt.disk_errors(tmp, final):
+            ckpt.write_checkpoint(tmp, step, weights, None, scheduler, {**state, "sharding": sharding(acc)},
+                                  config_yaml, objective_state, extra_states)
+            path = ckpt.commit_checkpoint(tmp, final, keep)
     acc.wait_for_everyone()
     return path
 
@@ -119,7 +122,7 @@ def load_sharded(accelerator, path: Path, optimizer, scheduler: Any) -> tuple[di
     """Resume a sharded run: alignkit's state, then parameters, optimizer and per-process RNG via accelerate."""
     path = Path(path)
     if (path / "trainer_state.json").exists() and not (path / ckpt.SHARDED_DIR).is_dir():
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path} was saved by a one-process or DDP run (no {ckpt.SHARDED_DIR}/), and this run is "
             f"sharded ({sharding(accelerator)}): resume it with the same kind of launch"
         )
@@ -152,32 +155,51 @@ def _init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 
 def save_final(
     accelerator, scorer: nn.Module, policy: nn.Module, tokenizer, final: Path, load_base: Callable[[], nn.Module] | None,
+    extras: Callable[[Path], None] | None = None,
 ) -> Path | None:
     """``final/``: a plain ``save_pretrained`` folder. Every process calls it; the main process writes it.
 
     ``load_base`` (LoRA runs): loads the base model. ``adapter/`` is written next to ``final/``, and
     ``final/`` holds the merged model. Under FSDP / DeepSpeed the weights are gathered first (collective)
-    and loaded into a fresh copy of the base with the same adapters, on the main process."""
+    and loaded into a fresh copy of the base with the same adapters, on the main process. ``extras(folder)``
+    adds files (a reward model's description, PPO's value model) before the folder is renamed into place.
+
+    Both folders are written as ``.tmp-final`` / ``.tmp-adapter`` and renamed into place (`checkpoint.publish`): a kill
+    during the save leaves the previous ``final/`` (or none), never a half-written one."""
     sharded = sharding(accelerator) is not None
     full = full_state_dict(accelerator, scorer, policy) if sharded else None
     if accelerator.is_main_process:
         adapter = final.parent / "adapter"
-        if load_base is not None and sharded:  # peft's own save would see FSDP's wrapped module names
-            from peft import get_peft_model
+        tmp_final, tmp_adapter = staging(final), staging(adapter)
+        with ckpt.disk_errors(tmp_final, final, "the checkpoint of the last step is intact", more=(tmp_adapter,)):
+            if load_base is not None and sharded:  # peft's own save would see FSDP's wrapped module names
+                from peft import get_peft_model
 
-            model = get_peft_model(load_base(), copy.deepcopy(policy.peft_config["default"]))
-            model.load_state_dict(full)
-            model.save_pretrained(adapter)
-            model.merge_and_unload().save_pretrained(final)
-        elif load_base is not None:
-            policy.save_pretrained(adapter)
-            policy.merge_and_unload().save_pretrained(final)
-        else:
-            unwrap(policy).save_pretrained(final, state_dict=full)  # full=None: the model's own state dict
-        tokenizer.save_pretrained(final)
+                model = get_peft_model(load_base(), copy.deepcopy(policy.peft_config["default"]))
+                model.load_state_dict(full)
+                model.save_pretrained(tmp_adapter)
+                model.merge_and_unload().save_pretrained(tmp_final)
+            elif load_base is not None:
+                policy.save_pretrained(tmp_adapter)
+                policy.merge_and_unload().save_pretrained(tmp_final)
+            else:
+                unwrap(policy).save_pretrained(tmp_final, state_dict=full)  # full=None: the model's own state dict
+            tokenizer.save_pretrained(tmp_final)
+            if extras is not None:
+                extras(tmp_final)
+            if load_base is not None:
+                ckpt.publish(tmp_adapter, adapter)
+            ckpt.publish(tmp_final, final)
     if sharded:
         accelerator.wait_for_everyone()
     return final if accelerator.is_main_process else None
+
+
+def staging(folder: Path) -> Path:
+    """An empty ``.tmp-<name>`` folder next to ``folder`` to write it in."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
 
 
 def any_process(accelerator, flag: bool) -> bool:
@@ -232,13 +254,13 @@ def check_launch(accelerator, config, strategy: str) -> None:
         return
     plugin = accelerator.state.deepspeed_plugin
     if plugin.zero_stage == 3 and (config.verify_logprobs or strategy == "copy"):
-        raise ValueError(
+        raise ConfigError(
             "under DeepSpeed ZeRO-3 set verify_logprobs=false and use an objective without a reference (simpo, "
             "orpo, sft, ...): the log-prob check and the copied reference run the model outside DeepSpeed's "
             "engine while its parameters are partitioned (ZeRO-2 has no such limit)"
         )
     if config.grad_accum != 1:
-        raise ValueError("with DeepSpeed, use grad_accum=1 (raise batch_size instead): DeepSpeed steps its "
+        raise ConfigError("with DeepSpeed, use grad_accum=1 (raise batch_size instead): DeepSpeed steps its "
                          "optimizer inside every backward call that accelerate forwards to it")
     ds_config = plugin.deepspeed_config
     if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":

@@ -28,7 +28,9 @@ Each round writes ``output_dir/round_{r}/``: ``samples.jsonl`` (the scored recor
 run folder of the round (``metrics.jsonl``, ``final/``). ``output_dir/rounds.jsonl`` logs per round:
 ``reward/mean``, ``reward/std``, ``reward/best`` (mean of each prompt's best score), ``response_length``
 (characters), ``records`` (prompts with ≥ 2 non-empty samples), ``seconds``. A round whose
-``final/`` exists is not trained again (re-running the command resumes after the last finished round).
+``final/`` exists is not trained again (re-running the command resumes after the last finished round); a
+round that was interrupted continues from its checkpoint with ``resume_from=latest`` (or starts over with
+``overwrite=true``).
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def round_config(c, r: int, policy: str, data: str, pairs: bool):
     transforms = ([{"name": "pairs", "strategy": "best_vs_worst"}] if pairs else []) + list(c.transforms)
     return dataclasses.replace(
         c, model=policy, data=data, prompts=None, reward=None, rounds=0, eval_data=None, transforms=transforms,
-        output_dir=str(Path(c.output_dir) / f"round_{r}"), ref_model=None, resume_from=None,
+        output_dir=str(Path(c.output_dir) / f"round_{r}"), ref_model=None,
+        resume_from="latest" if c.resume_from == "latest" else None,  # an interrupted round continues
         ref_strategy="auto" if c.ref_strategy == "path" else c.ref_strategy)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from alignkit.errors import ConfigError, RunDirError
 
 logger = logging.getLogger("alignkit")
 
@@ -36,19 +39,20 @@ class MetricsLogger:
 
     def __init__(self, output_dir: Path, trackers: list[str], config: dict[str, Any], enabled: bool = True,
                  resume_step: int | None = None):
-        """``resume_step``: keep the lines of steps up to it (a resumed run), drop later ones (they are redone)."""
+        """``resume_step``: a resumed run keeps the lines of steps up to it and appends; the lines of later steps
+        (they are redone) are dropped first by writing the kept ones to a temp file renamed over the old one, so
+        a kill at any moment leaves every line up to the resume point on disk."""
         self.enabled = enabled
         self.path = output_dir / "metrics.jsonl"
         self.trackers = []
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        kept = []
         if resume_step and self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= resume_step]
-        self.file = open(self.path, "w", encoding="utf-8")
-        self.file.writelines(x + "\n" for x in kept)
+            keep_lines_up_to(self.path, resume_step)
+            self.file = open(self.path, "a", encoding="utf-8")
+        else:
+            self.file = open(self.path, "w", encoding="utf-8")
         for name in trackers:
             self.trackers.append(_make_tracker(name, output_dir, config))
 
@@ -64,6 +68,45 @@ class MetricsLogger:
     def close(self) -> None:
         if self.enabled:
             self.file.close()
+
+
+def read_metrics(path: Path, strict: bool = True) -> tuple[list[dict[str, Any]], str | None]:
+    """(records, note) of a ``metrics.jsonl``. A torn last line (the run was killed while writing it) is left out
+    and named in the note; with ``strict`` a bad line elsewhere raises `RunDirError` naming it, else it is also
+    left out and named."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records, bad = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if strict and n != len(lines):
+                raise RunDirError(f"{path} line {n}: not JSON ({e.msg})") from None
+            bad.append(n)
+    if not bad:
+        return records, None
+    torn = " (torn: the run stopped while writing it)" if bad[-1] == len(lines) else ""
+    return records, f"{path}: left out unreadable line(s) {', '.join(map(str, bad))}{torn}"
+
+
+def keep_lines_up_to(path: Path, step: int) -> None:
+    """Drop the lines of steps after ``step`` (and unreadable ones, with a warning) from ``path``, atomically."""
+    records, note = read_metrics(path, strict=False)
+    if note:
+        logger.warning("%s", note)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) == len(records) and not note:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _make_tracker(name: str, output_dir: Path, config: dict[str, Any]):
@@ -88,7 +131,7 @@ def _make_tracker(name: str, output_dir: Path, config: dict[str, Any]):
             raise ImportError("trackers=[wandb] needs `pip install wandb`") from e
         run = wandb.init(config=config, dir=str(output_dir))
         return lambda metrics, step: run.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
-    raise ValueError(f"unknown tracker {name!r}; use tensorboard or wandb")
+    raise ConfigError(f"unknown tracker {name!r}; use tensorboard or wandb")
 
 
 # what the progress bar shows, first match per slot: offline pairs report accuracy, online runs the mean reward

@@ -271,16 +271,20 @@ class OnlineTrainer(Trainer):
         """``final/`` (the policy); with PPO also ``final/value/``, the value model (see engine/value.py)."""
         if self.value is None:
             return super().save_final()
-        from alignkit.engine.value import VALUE, save_value_model
+        from alignkit.engine.value import VALUE
 
         self.policy._modules.pop(VALUE)  # the policy's save_pretrained must not hold it
         try:
-            final = super().save_final()
+            return super().save_final()
         finally:
             setattr(self.policy, VALUE, self.value)
-        if final is not None:
-            save_value_model(self.value, final, self.tokenizer)
-        return final
+
+    def _final_extras(self, folder: Path) -> None:
+        super()._final_extras(folder)
+        if self.value is not None:  # inside final/ before it is renamed into place
+            from alignkit.engine.value import save_value_model
+
+            save_value_model(self.value, folder, self.tokenizer)
 
 
 def prompt_key_of(row: dict) -> str:

@@ -4,6 +4,11 @@ Read it top to bottom: `Trainer.__init__` wires data, model, reference, objectiv
 scheduler from a `TrainConfig`; `Trainer.train` runs steps; `Trainer.step` is one optimizer step
 (``grad_accum`` micro-batches). The trainer knows nothing of individual losses: it computes
 `SequenceStats` and hands them to the bound `Objective`.
+
+Around the loop, nothing a run finished is lost: the run folder is locked and checked before anything is
+loaded (`engine/rundir.py`), a resume is validated against the checkpoint (`engine/resume.py`), a signal
+in any phase leaves a checkpoint of the last finished step (`engine/interrupts.py`), and an update that
+would make the weights non-finite is skipped (`engine/numerics.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +24,15 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, check_bounds, save_config
+from alignkit.config import TrainConfig, check_bounds
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import distributed as dist
+from alignkit.engine import evaluation, rundir, startup
 from alignkit.engine import refcache as rc
+from alignkit.engine import resume as rs
 from alignkit.engine import reward_model as rm
-from alignkit.engine import startup
 from alignkit.engine.dataset import BatchOrder, TokenizedDataset
+from alignkit.engine.interrupts import RunInterrupted, StopGuard
 from alignkit.engine.logging import (
     MetricsLogger,
     logger,
@@ -40,11 +46,12 @@ from alignkit.engine.logprobs import (
     build_stats,
     configure_attention_kernels,
     packing_layout,
-    unwrap,
 )
+from alignkit.engine.numerics import adamw_step_is_finite
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
+from alignkit.errors import ConfigError
 from alignkit.models.hub import offline_mode
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.objectives import build_objective
@@ -80,13 +87,25 @@ class Trainer:
         if not self.accelerator.is_main_process:
             logger.setLevel("WARNING")  # one process speaks for the run
         self.output_dir = Path(c.output_dir)
+        self._hold = rundir.preflight_all(c, self.accelerator)  # locked, no earlier run clobbered, room to save
+        self.guard = StopGuard(self.accelerator.num_processes == 1)
+        self._saved_step: int | None = None
+        with self.guard.starting(self._release):  # a signal until training starts stops at once: nothing to save
+            self._build(c)
+
+    def _build(self, c: TrainConfig) -> None:
         self.objective = build_objective(c.objective, **{"beta": c.beta, **c.hparams})  # hparams beta wins over null
+        self._resume_path = rs.locate(c.resume_from, self.output_dir)  # the newest valid checkpoint, if resuming
 
         # data: read, check against the objective, tokenize
         self.tokenizer = load_tokenizer(c.model, trust_remote_code=c.trust_remote_code)
         strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
         with main_process_first(self.accelerator):  # transforms that generate (self_samples) run once, then cached
             self.train_data, self.eval_data = self._prepare_data(strategy)
+        self.fingerprints = {"data": rs.data_fingerprint(self.train_data), "model": rs.files_fingerprint(c.model),
+                             "ref_model": rs.files_fingerprint(c.ref_model)}
+        # a resume with other settings, data or model is refused here, before the model loads
+        self._overrides = rs.check(self._resume_path, c, self.fingerprints) if self._resume_path else []
 
         # model and reference (the reference is built from the *initial* policy, before any resume)
         self.reward_model = self.objective.inputs == "rewards"  # a reward model: a head read at the last token
@@ -129,12 +148,16 @@ class Trainer:
         self.step_idx = 0
         self.skipped_total = 0
         self.skipped_in_row = 0
-        self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- setup helpers
     def _check_inputs(self, c: TrainConfig) -> None:
         if not c.model or not c.data:
-            raise ValueError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
+            raise ConfigError("set model=PATH and data=FILE (e.g. `alignkit train objective=dpo model=... data=...`)")
+        rs.override_keys(c)  # unknown keys in resume_override
+
+    def _release(self) -> None:
+        if self._hold is not None:
+            self._hold.release()
 
     def _prepare_data(self, strategy: str):
         """(train, eval or None) datasets; `engine/online.py` overrides it with prompts."""
@@ -206,7 +229,7 @@ class Trainer:
                   "skipped_steps": self.skipped_total}
         if self.skipped_in_row >= c.max_bad_steps:
             raise TrainingStopped(
-                f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient; stopping. "
+                f"{self.skipped_in_row} steps in a row had a non-finite loss, gradient or update; stopping. "
                 "Lower lr, check the data, or use dtype=float32."
             )
         return record
@@ -215,6 +238,7 @@ class Trainer:
         """Reduce metrics over processes, clip, step the optimizer and schedule (or skip a non-finite step).
         Returns (loss, metrics, tokens, grad_norm, lr)."""
         c, acc = self.config, self.accelerator
+        self.guard.phase = "update"  # from here on a signal lets the step finish (engine/interrupts.py)
         if acc.num_processes > 1:  # log the mean over processes, not the main process's share
             loss_sum, *means = dist.mean_over_processes(acc, [loss_sum, *metrics.values()])
             metrics = dict(zip(metrics, means))
@@ -222,8 +246,11 @@ class Trainer:
         grad_norm = acc.clip_grad_norm_(self.scorer.parameters(), c.max_grad_norm if c.max_grad_norm > 0 else 1e30)
         grad_norm = float(grad_norm)
         finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
+        # a finite gradient can still make non-finite weights (an lr that overflows them): that update is skipped
+        diverging = finite and dist.any_process(acc, not adamw_step_is_finite(self.optimizer))
+        finite = finite and not diverging
         lr = self.scheduler.get_last_lr()[0]
-        if acc.scaler is not None and math.isfinite(loss_sum):
+        if acc.scaler is not None and math.isfinite(loss_sum) and not diverging:
             # fp16: the grad scaler must see every step (it skips overflowing ones and lowers its scale)
             self.optimizer.step()
             finite = not self.optimizer.step_was_skipped
@@ -235,162 +262,185 @@ class Trainer:
         else:
             self.skipped_total += 1
             self.skipped_in_row += 1
-            logger.warning("step %d: non-finite loss (%s) or grad norm (%s): update skipped (%d in a row)",
-                           self.step_idx + 1, loss_sum, grad_norm, self.skipped_in_row)
+            why = "the update would make weights non-finite" if diverging else "non-finite loss or grad norm"
+            logger.warning("step %d: %s (loss %s, grad norm %s, lr %s): update skipped (%d in a row)",
+                           self.step_idx + 1, why, loss_sum, grad_norm, lr, self.skipped_in_row)
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, metrics, tokens, grad_norm, lr
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        if self.eval_data is None:
-            return self.generation_eval()
-        from accelerate.utils import gather_object
-
-        self.scorer.eval()
-        acc, bs = self.accelerator, self.config.batch_size
-        totals: dict[str, float] = {"_n": 0.0}
-        # each process evaluates every num_processes-th batch; the sums are merged below
-        for start in range(acc.process_index * bs, len(self.eval_data), bs * acc.num_processes):
-            idx = list(range(start, min(start + bs, len(self.eval_data))))
-            out, _ = self._micro_loss(idx, self.eval_data, train=False)
-            w = len(idx)
-            for k, v in {"loss": float(out.loss), **out.metrics}.items():
-                totals[k] = totals.get(k, 0.0) + v * w
-            totals["_n"] += w
-        parts = gather_object([totals]) if acc.num_processes > 1 else [totals]
-        merged: dict[str, float] = {}
-        for part in parts:
-            for k, v in part.items():
-                merged[k] = merged.get(k, 0.0) + v
-        n = merged.pop("_n")
-        return {**{f"eval/{k}": v / n for k, v in merged.items()}, **self.generation_eval()}
+        """``eval/...`` metrics on the held-out data, and the sampled ones of ``eval_judge`` (engine/evaluation.py)."""
+        return evaluation.held_out(self)
 
     def generation_eval(self) -> dict[str, float]:
         """Sampled metrics on ``eval_prompts`` judged by ``eval_judge`` (main process), if configured."""
-        if not self.config.eval_judge or not self.accelerator.is_main_process:
-            return {}
-        if getattr(self, "_gen_eval", None) is None:
-            from alignkit.eval.training_metrics import TrainingEvaluator
-
-            self._gen_eval = TrainingEvaluator(self.config, self.tokenizer)
-        return self._gen_eval(unwrap(self.policy))
+        return evaluation.sampled(self)
 
     # ----------------------------------------------------------------- checkpoints
+    def _config_yaml(self) -> str:
+        """The run's settings; how this start was asked for (overwrite, resume_override) is not one of them."""
+        kept = dataclasses.replace(self.config, overwrite=False, resume_override=[])
+        return yaml.safe_dump(dataclasses.asdict(kept), sort_keys=False)
+
     def save(self) -> Path | None:
         """Write a checkpoint. Every process calls it: under FSDP / DeepSpeed gathering is collective (see
         engine/distributed.py). Only the main process writes, and gets the folder back."""
         acc, c, root = self.accelerator, self.config, self.output_dir / "checkpoints"
         state = {"skipped_total": self.skipped_total, "skipped_in_row": self.skipped_in_row,
-                 "total_steps": self.total_steps}
-        rest = (state, yaml.safe_dump(dataclasses.asdict(c), sort_keys=False), c.keep_checkpoints,
-                self.objective.state_dict(), {"grad_scaler": acc.scaler.state_dict()} if acc.scaler else None)
+                 "total_steps": self.total_steps, "fingerprints": self.fingerprints}
+        rest = (state, self._config_yaml(), c.keep_checkpoints, self.objective.state_dict(),
+                {"grad_scaler": acc.scaler.state_dict()} if acc.scaler else None)
         path = None
-        if dist.sharding(acc):
-            path = dist.save_sharded(acc, self.scorer, root, self.step_idx, self.policy, self.scheduler, *rest)
-        elif acc.is_main_process:  # one process or DDP: the main process holds all of it
-            path = ckpt.save_checkpoint(root, self.step_idx, self.policy, self.optimizer, self.scheduler, *rest)
+        with self.guard.during("save"):  # a signal waits for the save
+            if dist.sharding(acc):
+                path = dist.save_sharded(acc, self.scorer, root, self.step_idx, self.policy, self.scheduler, *rest)
+            elif acc.is_main_process:  # one process or DDP: the main process holds all of it
+                path = ckpt.save_checkpoint(root, self.step_idx, self.policy, self.optimizer, self.scheduler, *rest)
+        self._saved_step = self.step_idx
         if path is not None:
             logger.info("saved checkpoint %s", path)
         return path
 
     def resume(self, where: str) -> None:
-        path = ckpt.latest_checkpoint(self.output_dir / "checkpoints") if where == "latest" else Path(where)
+        """Continue from checkpoint ``where`` (``latest`` or a path), validated against this run (engine/resume.py)."""
+        if self._resume_path is not None and where in (self.config.resume_from, str(self._resume_path)):
+            path, overrides = self._resume_path, self._overrides  # located and checked at start-up
+        else:
+            path = rs.locate(where, self.output_dir)
+            overrides = rs.check(path, self.config, self.fingerprints) if path else []
         if path is None:
-            logger.info("resume_from=latest: no checkpoint in %s, starting fresh", self.output_dir)
             return
+        fresh = rs.fresh_hparams(self.optimizer, self.scheduler)
         if dist.sharding(self.accelerator):
             state, obj_state = dist.load_sharded(self.accelerator, path, self.optimizer, self.scheduler)
         else:
             state, obj_state = ckpt.load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+        rs.apply_overrides(overrides, fresh, self.optimizer, self.scheduler)
         self.step_idx = state["step"]
         self.skipped_total = state["skipped_total"]
         self.skipped_in_row = state["skipped_in_row"]
         self.objective.load_state_dict(obj_state)
         if self.accelerator.scaler is not None and "grad_scaler" in state["extra"]:
             self.accelerator.scaler.load_state_dict(state["extra"]["grad_scaler"])
+        self._saved_step = self.step_idx
         logger.info("resumed from %s at step %d", path, self.step_idx)
 
     def save_final(self) -> Path | None:
-        """``final/``, a ``save_pretrained`` folder (LoRA: merged, plus ``adapter/``). Every process calls it."""
+        """``final/``, a ``save_pretrained`` folder (LoRA: merged, plus ``adapter/``), written to a temporary folder
+        and renamed into place. Every process calls it."""
         c = self.config
         load = dict(dtype=c.dtype, trust_remote_code=c.trust_remote_code)
         if self.reward_model:
             base = lambda: rm.load_reward_model(c.model, *self.head, pad_token_id=self.tokenizer.pad_token_id, **load)  # noqa: E731
         else:
             base = lambda: load_model(c.model, **load)  # noqa: E731
-        final = dist.save_final(self.accelerator, self.scorer, self.policy, self.tokenizer, self.output_dir / "final",
-                                base if c.lora else None)
-        if final is not None and self.reward_model:
-            rm.write_info(final, self.objective, *self.head)
-        return final
+        with self.guard.during("save"):
+            return dist.save_final(self.accelerator, self.scorer, self.policy, self.tokenizer,
+                                   self.output_dir / "final", base if c.lora else None, extras=self._final_extras)
+
+    def _final_extras(self, folder: Path) -> None:
+        """Files written into ``final/`` before it is renamed into place."""
+        if self.reward_model:
+            rm.write_info(folder, self.objective, *self.head)
 
     # ----------------------------------------------------------------- the loop
     def train(self) -> TrainResult:
-        c = self.config
-        if c.resume_from:
-            self.resume(c.resume_from)
-        main = self.accelerator.is_main_process
-        if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.output_dir / "config.yaml")
+        """Run to ``total_steps`` (or to a signal: then a checkpoint of the last finished step, the command that
+        resumes it, and the signal passed on to the handler from before the run)."""
+        self.guard.install()
+        try:
+            result = self._run()
+        finally:
+            self.guard.restore()
+            self._release()
+        self.guard.pass_on()
+        return result
+
+    def _run(self) -> TrainResult:
+        c, acc = self.config, self.accelerator
+        main = acc.is_main_process
+        try:
+            with self.guard.during("setup"):
+                if self._resume_path is not None:
+                    self.resume(c.resume_from)
+                if main:
+                    rundir.start_run(self.output_dir, self._config_yaml(), c.overwrite)
+        except RunInterrupted:
+            self.guard.report(self.step_idx, self.output_dir, None, started=False)
+            return TrainResult(self.output_dir, None, [], True, self.skipped_total)
         log = MetricsLogger(self.output_dir, c.trackers, dataclasses.asdict(c), enabled=main,
                             resume_step=self.step_idx)
         history: list[dict[str, Any]] = []
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(self.total_steps, self.step_idx, enabled=c.progress and main)
-        interrupted = False
+        stopped = dist.any_process(acc, self.guard.signum is not None)  # a signal during start-up
+        record = None  # a finished step's record not logged yet
         try:
-            while self.step_idx < self.total_steps:
-                record = self.step()
+            while self.step_idx < self.total_steps and not stopped:
+                record = self._guarded_step()
                 if c.eval_every and self.step_idx % c.eval_every == 0:
-                    record.update(self.evaluate())
-                history.append(record)
-                if self.step_idx % max(1, c.log_every) == 0 or self.step_idx == self.total_steps:
-                    log.log(record)
-                bar.update(1)
-                bar.set_postfix(progress_fields(record))
+                    with self.guard.during("eval"):  # a signal stops the evaluation at once
+                        record.update(self.evaluate())
+                self._log(record, history, log, bar)
+                record = None
                 if c.save_every and self.step_idx % c.save_every == 0:
                     self.save()
-                if dist.any_process(self.accelerator, self._stop_signal is not None):
-                    interrupted = True
-                    break
+                stopped = dist.any_process(acc, self.guard.signum is not None)
+            if not stopped:
+                with self.guard.during("eval"):
+                    self._final_eval(history, log)
+        except RunInterrupted:
+            stopped = True
+            if record is not None:  # its evaluation was cut short; the step itself finished
+                self._log(record, history, log, bar)
         finally:
             bar.close()
-            for s, h in previous.items():
-                signal.signal(s, h)
-        final_dir = None
-        if interrupted:
-            path = self.save()
-            logger.warning("interrupted by signal %s after step %d; checkpoint %s. Resume with: "
-                           "alignkit train %s/config.yaml resume_from=latest", self._stop_signal or "to another process",
-                           self.step_idx, path, self.output_dir)
-        else:
-            final_eval = self.evaluate() if (self.eval_data is not None or c.eval_judge) and not c.eval_every else {}
-            if final_eval:
-                final_eval["step"] = self.step_idx
-                log.log(final_eval)
-                history.append(final_eval)
-                logger.info("eval: %s", {k: round(v, 4) for k, v in final_eval.items()})
-            if not c.save_every or self.step_idx % c.save_every:
-                self.save()
-            final_dir = self.save_final()
+        if self._saved_step != self.step_idx and (self.step_idx > 0 or not stopped):
+            self.save()
+        final_dir = None if stopped else self.save_final()
+        self.guard.report(self.step_idx, self.output_dir, final_dir, stopped=stopped)
         log.close()
         if self.skipped_total:
-            logger.warning("%d step(s) were skipped for non-finite loss or gradient", self.skipped_total)
-        return TrainResult(self.output_dir, final_dir, history, interrupted, self.skipped_total, self.layout)
+            logger.warning("%d step(s) were skipped for non-finite loss, gradient or update", self.skipped_total)
+        return TrainResult(self.output_dir, final_dir, history, stopped, self.skipped_total, self.layout)
 
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        logger.warning("signal %d received: finishing this step, then saving a checkpoint", signum)
+    def _guarded_step(self) -> dict[str, Any]:
+        """`step`, in the ``step`` phase: a second signal stops it at once, and the RNG and objective state go back
+        to the step's start (the weights are untouched until the update, which no signal interrupts)."""
+        rng, objective_state = ckpt.rng_state(), self.objective.state_dict()
+        try:
+            with self.guard.during("step"):
+                return self.step()
+        except RunInterrupted:
+            ckpt.set_rng_state(*rng)
+            self.objective.load_state_dict(objective_state)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+
+    def _log(self, record: dict[str, Any], history: list, log: MetricsLogger, bar) -> None:
+        history.append(record)
+        if self.step_idx % max(1, self.config.log_every) == 0 or self.step_idx == self.total_steps:
+            log.log(record)
+        bar.update(1)
+        bar.set_postfix(progress_fields(record))
+
+    def _final_eval(self, history: list, log: MetricsLogger) -> None:
+        c = self.config
+        if (self.eval_data is None and not c.eval_judge) or c.eval_every:
+            return
+        final_eval = self.evaluate()
+        if final_eval:
+            final_eval["step"] = self.step_idx
+            log.log(final_eval)
+            history.append(final_eval)
+            logger.info("eval: %s", {k: round(v, 4) for k, v in final_eval.items()})
 
 
 def _no_state_update(objective, stats):
     saved = objective.state_dict()
-    out = objective(stats)
-    objective.load_state_dict(saved)
-    return out
+    try:
+        return objective(stats)
+    finally:
+        objective.load_state_dict(saved)
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -9,11 +9,11 @@ tabulates each run's objective, β, steps and last values.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from alignkit.engine.logging import logger, read_metrics
 from alignkit.errors import ConfigError, RunDirError
 from alignkit.eval import plots
 from alignkit.eval import report_html as H
@@ -31,13 +31,9 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     path = run / "metrics.jsonl" if run.is_dir() else run
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no metrics.jsonl (give a run folder written by `alignkit train`)")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise RunDirError(f"{path} line {n}: not JSON ({e.msg})") from None
+    rows, note = read_metrics(path)  # a torn last line (a killed run) is left out, with a warning
+    if note:
+        logger.warning("%s", note)
     config: dict[str, Any] = {}
     cfg = path.parent / "config.yaml"
     if cfg.is_file():

@@ -68,6 +68,7 @@ def pretrained_world(out_dir: str | Path, settings: dict[str, Any], corpus: list
         model=str(base), objective="sft", data=str(data), output_dir=str(out_dir / "pretrain"),
         batch_size=s["pretrain_batch_size"], epochs=s["pretrain_epochs"], lr=s["pretrain_lr"],
         warmup=0.05, scheduler="cosine", seed=s["seed"], max_length=max_length, log_every=10, progress=progress,
+        overwrite=True,  # a pretraining with other settings (the manifest did not match) is replaced
     ))
     if result.final_dir is None:
         raise RuntimeError(f"pretraining in {out_dir / 'pretrain'} was interrupted; run it again")

@@ -1,0 +1,48 @@
+"""Evaluation during training (`Trainer.evaluate`): the objective's loss and metrics on the held-out data,
+averaged over records and merged across processes, plus sampled metrics on ``eval_prompts`` judged by
+``eval_judge``. Nothing here changes the trainer's state (the objective's state is put back after each batch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.engine.logprobs import unwrap
+
+
+@torch.no_grad()
+def held_out(trainer) -> dict[str, float]:
+    """``eval/<metric>``: the record-weighted mean of the objective's loss and metrics over the eval data (each
+    process takes every num_processes-th batch), and the sampled metrics of `sampled`."""
+    if trainer.eval_data is None:
+        return trainer.generation_eval()
+    from accelerate.utils import gather_object
+
+    trainer.scorer.eval()
+    acc, bs = trainer.accelerator, trainer.config.batch_size
+    totals: dict[str, float] = {"_n": 0.0}
+    for start in range(acc.process_index * bs, len(trainer.eval_data), bs * acc.num_processes):
+        idx = list(range(start, min(start + bs, len(trainer.eval_data))))
+        out, _ = trainer._micro_loss(idx, trainer.eval_data, train=False)
+        w = len(idx)
+        for k, v in {"loss": float(out.loss), **out.metrics}.items():
+            totals[k] = totals.get(k, 0.0) + v * w
+        totals["_n"] += w
+    parts = gather_object([totals]) if acc.num_processes > 1 else [totals]
+    merged: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            merged[k] = merged.get(k, 0.0) + v
+    n = merged.pop("_n")
+    return {**{f"eval/{k}": v / n for k, v in merged.items()}, **trainer.generation_eval()}
+
+
+def sampled(trainer) -> dict[str, float]:
+    """Sampled metrics on ``eval_prompts`` judged by ``eval_judge`` (main process), if configured."""
+    if not trainer.config.eval_judge or not trainer.accelerator.is_main_process:
+        return {}
+    if getattr(trainer, "_gen_eval", None) is None:
+        from alignkit.eval.training_metrics import TrainingEvaluator
+
+        trainer._gen_eval = TrainingEvaluator(trainer.config, trainer.tokenizer)
+    return trainer._gen_eval(unwrap(trainer.policy))

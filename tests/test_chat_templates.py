@@ -227,6 +227,24 @@ def test_phi3_end_of_text_after_the_last_turn_is_not_trained(tok):
     assert tokenize_record(rec, t, TokenizeConfig()).full_ids(0) == full[:-1]
 
 
+@pytest.mark.parametrize("name", ["gemma-3", "phi-3", "qwen2.5"])
+def test_process_reward_steps_end_on_their_own_last_token_not_the_turn_end(tok, name):
+    """A process reward model reads each step's label at the step's last token; the last step's is its final
+    period, not the template's end of turn (which is not the tokenizer's EOS for Gemma-3 and Phi-3)."""
+    from alignkit.engine.dataset import TokenizedDataset
+
+    t = tok(name)
+    steps = ["2 + 3 = 5.", "5 * 2 = 10."]
+    rec = PreferenceRecord(prompt=[user("Add 2 and 3, then double it.")], responses=steps, labels=[True, False])
+    item = TokenizedDataset.build([rec], t, TokenizeConfig(), "data", extras=("step_mask",)).items[0]
+    comp = item.completion_ids(0)
+    assert comp[-1] == TURN_END[name][0] and len(item.steps) == 2 and item.step_labels == [1.0, 0.0]
+    first = t.decode(comp[: item.steps[0] + 1])  # Qwen's BPE merges ".\n\n" across the step separator, so
+    assert first.endswith(steps[0]) or first.endswith(steps[0][:-1])  # its first step may end one character early
+    assert t.decode(comp[: item.steps[1] + 1]).endswith(steps[1])
+    assert item.steps[-1] == len(comp) - 2  # the last step ends right before the end-of-turn token
+
+
 def test_mistral_system_message_goes_to_the_last_user_turn(tok):
     t = tok("mistral-v3")
     rec = CASES["system"]

@@ -166,9 +166,9 @@ def _steps_build(cls, records, tokenizer, config, name):
         start = len(pre.prompt_ids) + pre.score_start[-1]
         n = len(tr.segments[0]) - tr.score_start[0]  # completion tokens kept after truncation
         ends = []
-        for s in range(pre.k):
-            ids = pre.full_ids(s)
-            ids = ids[:-1] if ids[-1:] == [tokenizer.eos_token_id] else ids
+        for s in range(pre.k):  # each prefix ends with the token that ends a completion (EOS, or a chat
+            ids = pre.full_ids(s)  # template's end of turn), as the whole solution does: a step ends before it
+            ids = ids[:-1] if ids[-1:] == full[-1:] else ids
             ends.append(_lcp(ids, full) - 1 - start)
         tr.steps = [e for e in ends if 0 <= e < n]
         tr.step_labels = [float(x) for x, e in zip(rec.labels, ends) if 0 <= e < n]

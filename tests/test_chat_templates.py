@@ -427,3 +427,42 @@ def test_one_dpo_step_per_family_on_its_real_tokenizer(tok, name, tmp_path, monk
     record = trainer.step()
     assert record["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at the first step
     assert math.isfinite(record["grad_norm"]) and record["grad_norm"] > 0
+
+
+def test_chat_template_kwargs_reach_rollouts_logprobs_and_generate(tok, tmp_path):
+    """Qwen3 with enable_thinking=false: the rollout's prompt ids, `alignkit logprobs` and `alignkit generate`
+    render the prompt as training does (ending with the empty think block), not with the default render."""
+    from alignkit import cli
+    from alignkit.generation import prompt_ids
+    from alignkit.models.families import save_family
+    from alignkit.rollout import sample_experience
+
+    t = tok("qwen3")
+    kwargs = {"enable_thinking": False}
+    chat = [user("Name a colour.")]
+    want = list(t.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                      enable_thinking=False))
+    assert want[-4:] == [151667, 271, 151668, 271]  # <think>\n\n</think>\n\n
+    assert prompt_ids(t, chat, "auto", kwargs) == want
+    path = save_family("qwen3", tmp_path / "m")
+    from alignkit.models.load import load_model
+
+    model = load_model(str(path))
+    exp = sample_experience(model, t, [chat], [{}], lambda p, c, r: [0.0] * len(c), k=1, seed=0, max_new_tokens=2,
+                            chat_template_kwargs=kwargs)
+    assert exp.data.items[0].prompt_ids == want
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": chat, "chosen": "Red.", "rejected": "Blue."}) + "\n")
+    counts = {}
+    for flags in ([], ["--chat-template-kwargs", "{enable_thinking: false}"]):
+        out = tmp_path / f"lp-{len(flags)}.jsonl"
+        assert cli.main(["logprobs", "--model", str(path), "--data", str(data), "--out", str(out), *flags]) == 0
+        counts[len(flags)] = [json.loads(x)["n_tokens"] for x in out.read_text().splitlines()]
+    # the template writes the empty think block into a final turn either way; without the flag the prompt does
+    # not end with it, so it is part of the completion: 4 tokens more
+    assert [a - b for a, b in zip(counts[0], counts[2])] == [4, 4]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": chat}) + "\n")
+    out = tmp_path / "gen.jsonl"
+    assert cli.main(["generate", "--model", str(path), "--prompts", str(prompts), "--out", str(out), "--k", "1",
+                     "--max-new-tokens", "2", "--chat-template-kwargs", "{enable_thinking: false}"]) == 0

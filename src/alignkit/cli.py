@@ -44,7 +44,6 @@ def _logprobs(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from alignkit.data.io import read_records
-    from alignkit.data.tokenize import TokenizeConfig
     from alignkit.engine.logging import setup_console_logging
     from alignkit.engine.score import iter_logprobs
     from alignkit.io_atomic import atomic_write
@@ -61,18 +60,27 @@ def _logprobs(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with atomic_write(out) as f:  # a failure part-way leaves any earlier OUT as it was
-        for row in iter_logprobs(model, tokenizer, result.records, args.batch_size,
-                                 TokenizeConfig(max_length=args.max_length), progress=True):
+        for row in iter_logprobs(model, tokenizer, result.records, args.batch_size, _tokenize_config(args),
+                                 progress=True):
             f.write(json.dumps(row) + "\n")
             n += 1
     tqdm.write(f"wrote {n} log-probs for {len(result.records)} records to {out}")
     return 0
 
 
+def _tokenize_config(args: argparse.Namespace, max_length: int | None = None):
+    """How `alignkit logprobs` tokenizes: the same settings, and keys, as `alignkit train`."""
+    from alignkit.config import parse_mapping
+    from alignkit.data.tokenize import TokenizeConfig
+
+    return TokenizeConfig(max_length if max_length is not None else args.max_length, args.max_prompt_length,
+                          chat_template=args.chat_template,
+                          chat_template_kwargs=parse_mapping(args.chat_template_kwargs, "--chat-template-kwargs"))
+
+
 def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     """A reference cache that `alignkit train ... ref_cache_file=OUT` accepts (see engine/refcache.py)."""
     from alignkit.config import TrainConfig
-    from alignkit.data.tokenize import TokenizeConfig
     from alignkit.engine import refcache as rc
     from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.reference import ModelReference
@@ -81,8 +89,7 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
 
     extras = build_objective(args.objective).extras
     max_length = args.max_length if args.max_length is not None else TrainConfig.max_length  # train's default
-    tok = TokenizeConfig(max_length, args.max_prompt_length, chat_template=args.chat_template)
-    data = TokenizedDataset.build(records, tokenizer, tok, "data", extras, args.seed)
+    data = TokenizedDataset.build(records, tokenizer, _tokenize_config(args, max_length), "data", extras, args.seed)
     weights = rc.files_digest(args.model)
     weights = (weights or rc.weights_digest(model)) + rc.load_key(model, args.dtype)
     _, layout, _ = model_scorer(model)
@@ -145,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--objective", default="dpo", help="with --cache: the objective to train (KTO adds completions)")
     lp.add_argument("--max-prompt-length", type=int, default=None)
     lp.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
+    lp.add_argument("--chat-template-kwargs", default=None, metavar="MAPPING",
+                    help="passed to the chat template, as train's chat_template_kwargs (e.g. '{enable_thinking: false}')")
     lp.add_argument("--seed", type=int, default=0, help="with --cache: the training seed (KTO's pairing)")
     lp.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     lp.set_defaults(fn=_logprobs)

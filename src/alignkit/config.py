@@ -290,6 +290,20 @@ def _yaml_problem(e: yaml.YAMLError) -> tuple[int | None, str]:
     return (mark.line + 1 if mark is not None else None), f"YAML syntax error: {problem}"
 
 
+def parse_mapping(text: str | None, source: str) -> dict | None:
+    """A command-line option holding a mapping (``--chat-template-kwargs '{enable_thinking: false}'``), read as
+    YAML (JSON is YAML); None when not given. Anything but a mapping is a `ConfigError` naming ``source``."""
+    if text is None:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: cannot parse {text!r} as a mapping: {str(e).splitlines()[0]}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: expected a mapping such as '{{enable_thinking: false}}', got {text!r}")
+    return value
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["beta=0.1", "lora=true"]`` -> ``{"beta": 0.1, "lora": True}`` (values parsed as YAML)."""
     out = {}

@@ -155,10 +155,12 @@ class OnlineTrainer(Trainer):
                 self._workers = rollout_pool(c, unwrap(self.policy), self.tokenizer, self.reward_fn)
             return self._workers.rollout(rows, seed, k=k, max_new_tokens=c.max_new_tokens, temperature=temperature,
                                          top_p=c.top_p, unfinished_penalty=c.unfinished_penalty,
-                                         chat_template=c.chat_template, stop=c.stop)
+                                         chat_template=c.chat_template, stop=c.stop,
+                                         chat_template_kwargs=c.chat_template_kwargs)
         return sample_experience(unwrap(self.policy), self.tokenizer, [r["prompt"] for r in rows], rows,
                                  self.reward_fn, k, seed, c.max_new_tokens, temperature, c.top_p,
-                                 c.unfinished_penalty, c.chat_template, stop=c.stop)
+                                 c.unfinished_penalty, c.chat_template, stop=c.stop,
+                                 chat_template_kwargs=c.chat_template_kwargs)
 
     def step(self) -> dict[str, Any]:
         from alignkit.objectives.rl import ADVANTAGES, remax_advantages

@@ -36,6 +36,7 @@ class InferenceSettings:
     seed: int = 0
     batch_size: int = 16  # prompts processed together
     chat_template: str = "auto"
+    chat_template_kwargs: dict | None = None  # passed to every chat-template render, as train's key
 
 
 @dataclass

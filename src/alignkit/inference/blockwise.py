@@ -152,7 +152,7 @@ def _check_options(o: CdOptions, reward_fn, helper) -> None:
 def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettings, o: CdOptions, reward_fn,
                 gen: torch.Generator) -> InferenceOutput:
     eos, pad = eos_and_pad(model, tokenizer)
-    ids = prompt_ids(tokenizer, prompt, settings.chat_template)
+    ids = prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs)
     base = PrefixLM(model, ids)
     help_ = PrefixLM(helper, ids) if o.value == "logratio" else None
     prefix: list[int] = []

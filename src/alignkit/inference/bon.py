@@ -169,7 +169,8 @@ def _score(reward_fn, prompts, rows, texts, finished, penalty) -> list[list[floa
 def _candidates(model, tokenizer, prompts, rows, settings, n, reward_fn, penalty, seed=None):
     s = settings
     samples = sample_shared(model, tokenizer, prompts, n, s.max_new_tokens, s.temperature, s.top_p,
-                            s.seed if seed is None else seed, s.batch_size, s.chat_template)
+                            s.seed if seed is None else seed, s.batch_size, s.chat_template,
+                            s.chat_template_kwargs)
     g = samples.generation
     return samples, _score(reward_fn, prompts, rows, g.texts, g.finished, penalty)
 

@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from alignkit.config import parse_mapping
 from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_write
 from alignkit.models.hub import OFFLINE_HELP
@@ -48,6 +49,8 @@ def add_parsers(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
+    g.add_argument("--chat-template-kwargs", default=None, metavar="MAPPING",
+                   help="passed to the chat template, as train's chat_template_kwargs (e.g. '{enable_thinking: false}')")
     g.add_argument("--dtype", default="float32")
     g.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     g.set_defaults(fn=generate_command)
@@ -93,7 +96,8 @@ def plain_command(args: argparse.Namespace) -> int:
             chunk = prompts[start:start + args.batch_size]
             gen = generate(model, tokenizer, chunk, k=k, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed + start,
-                           batch_size=args.batch_size, chat_template=args.chat_template, stop=args.stop)
+                           batch_size=args.batch_size, chat_template=args.chat_template, stop=args.stop,
+                           chat_template_kwargs=parse_mapping(args.chat_template_kwargs, "--chat-template-kwargs"))
             for prompt, texts, done in zip(chunk, gen.texts, gen.finished):
                 keep = [(t, d) for t, d in zip(texts, done) if t.strip()]
                 n += len(texts) - len(keep)
@@ -166,7 +170,9 @@ def method_command(args: argparse.Namespace) -> int:
             chunk = rows[start:start + args.batch_size]
             settings = InferenceSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                          top_p=args.top_p, seed=args.seed + start, batch_size=args.batch_size,
-                                         chat_template=args.chat_template)
+                                         chat_template=args.chat_template,
+                                         chat_template_kwargs=parse_mapping(args.chat_template_kwargs,
+                                                                            "--chat-template-kwargs"))
             outputs = run_method(spec.name, model, tokenizer, [r["prompt"] for r in chunk], chunk, settings, options,
                                  reward_fn=reward_fn, helper=helper)
             for o in outputs:

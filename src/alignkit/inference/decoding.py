@@ -239,7 +239,8 @@ def _regroup(flat: list, b: int, k: int) -> list[list]:
 @torch.no_grad()
 def sample_product(models: list, exponents: list[float], tokenizer, prompts: list[Text], k: int = 1,
                    max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                   chat_template: str = "auto", return_logps: bool = False) -> ProductGeneration:
+                   chat_template: str = "auto", return_logps: bool = False,
+                   chat_template_kwargs: dict | None = None) -> ProductGeneration:
     """Sample ``k`` completions per prompt, each token from ``softmax(Σ_m e_m·log_softmax(logits_m) / T)``
     with top-p on that distribution (``T = 0``: greedy, ``k`` identical copies).
 
@@ -255,7 +256,7 @@ def sample_product(models: list, exponents: list[float], tokenizer, prompts: lis
     check_sampling(temperature, top_p, max_new_tokens, k)
     eos, pad = eos_and_pad(models[0], tokenizer)
     draws = 1 if temperature == 0 else k
-    rows = [prompt_ids(tokenizer, p, chat_template) for p in prompts for _ in range(draws)]
+    rows = [prompt_ids(tokenizer, p, chat_template, chat_template_kwargs) for p in prompts for _ in range(draws)]
     chooser = ProductChooser(list(exponents), tokenizer, temperature, top_p, len(rows))
     device = next(models[0].parameters()).device
     modes = [m.training for m in models]

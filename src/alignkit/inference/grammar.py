@@ -187,7 +187,7 @@ def grammar_samples(model, tokenizer, prompt, pattern: str, n: int, settings: In
     was_training = model.training
     model.eval()
     try:
-        sampler = GrammarSampler(model, tokenizer, prompt_ids(tokenizer, prompt, settings.chat_template),
+        sampler = GrammarSampler(model, tokenizer, prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs),
                                  RegexGrammar(pattern), settings, mode == "asap")
         with torch.no_grad():
             return [sampler.draw(gen)[0] for _ in range(n)], sampler
@@ -218,7 +218,7 @@ def grammar(model, tokenizer, prompts, rows, settings, options: GrammarOptions, 
     out = []
     try:
         for prompt, row in zip(prompts, rows):
-            sampler = GrammarSampler(model, tokenizer, prompt_ids(tokenizer, prompt, settings.chat_template),
+            sampler = GrammarSampler(model, tokenizer, prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs),
                                      grammar_, settings, options.mode == "asap")
             draws = [sampler.draw(gen) for _ in range(options.iterations)]
             ids, kl = draws[-1]

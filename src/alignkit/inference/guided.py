@@ -96,7 +96,7 @@ def _run_chunks(models, tokenizer, prompts, settings: InferenceSettings, make_ch
         for m in models:
             m.eval()
         for start in range(0, len(prompts), settings.batch_size):
-            rows = [prompt_ids(tokenizer, p, settings.chat_template) for p in prompts[start:start + settings.batch_size]]
+            rows = [prompt_ids(tokenizer, p, settings.chat_template, settings.chat_template_kwargs) for p in prompts[start:start + settings.batch_size]]
             chooser = make_chooser(start, rows)
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(settings.seed + start)
@@ -195,7 +195,8 @@ def genarm(model, tokenizer, prompts, rows, settings, options: GenarmOptions, re
         chunk = prompts[start:start + b]
         gen = sample_product(models, exponents, tokenizer, chunk, k=1, max_new_tokens=s.max_new_tokens,
                              temperature=s.temperature, top_p=s.top_p, seed=s.seed + start,
-                             chat_template=s.chat_template, return_logps=True)
+                             chat_template=s.chat_template, return_logps=True,
+                             chat_template_kwargs=s.chat_template_kwargs)
         texts = [t[0] for t in gen.texts]
         rewards = _final_rewards(reward_fn, chunk, texts, rows[start:start + b])
         for i, prompt in enumerate(chunk):

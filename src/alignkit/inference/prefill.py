@@ -130,6 +130,7 @@ def sample_shared(
     seed: int = 0,
     batch_size: int = 16,
     chat_template: str = "auto",
+    chat_template_kwargs: dict | None = None,
 ) -> SharedSamples:
     """``n`` samples of each prompt, one prefill per prompt (module docstring); ``batch_size`` prompts
     are decoded together (``batch_size · n`` rows)."""
@@ -145,7 +146,8 @@ def sample_shared(
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
-            chunk = [prompt_ids(tokenizer, p, chat_template) for p in prompts[start:start + batch_size]]
+            chunk = [prompt_ids(tokenizer, p, chat_template, chat_template_kwargs)
+                     for p in prompts[start:start + batch_size]]
             drawn, lengths, stopped, lp = _sample_chunk(model, chunk, n, max_new_tokens, temperature, top_p, eos,
                                                         pad, gen, device)
             for b, p_ids in enumerate(chunk):

@@ -116,7 +116,7 @@ def beam_search(model, tokenizer, prompt, row, settings: InferenceSettings, o: S
                 cost: Counter) -> Hypothesis:
     """The search of the module docstring for one prompt; returns the best finished hypothesis."""
     eos = _eos_ids(model, tokenizer)
-    ids = prompt_ids(tokenizer, prompt, settings.chat_template)
+    ids = prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs)
     kk, k = o.beams, o.topk or 2 * o.beams
     guided = reward_fn is not None and o.w != 0
     running: list[tuple[list[int], float]] = [([], 0.0)]

@@ -109,7 +109,8 @@ def _kl(model, tokenizer, prompts, rendered, gen, settings) -> list[float | None
     raw = [[tokenizer.decode(ids[0], skip_special_tokens=True)] for ids in gen.token_ids]
     eos_end = [[s[0] is not None] for s in gen.stop_ids]
     with_ctx = score_logps(model, tokenizer, rendered, raw, eos_end, chat_template="never")
-    without = score_logps(model, tokenizer, prompts, raw, eos_end, chat_template=settings.chat_template)
+    without = score_logps(model, tokenizer, prompts, raw, eos_end, chat_template=settings.chat_template,
+                          chat_template_kwargs=settings.chat_template_kwargs)
     return [float(a - b) for a, b in zip(with_ctx[:, 0], without[:, 0])]
 
 
@@ -132,7 +133,7 @@ def urial(model, tokenizer, prompts, rows, settings, options: UrialOptions, rewa
         calls, tokens = drawn, p_len + drawn - 1
         if kls[i] is not None:
             calls += 2
-            tokens += p_len + len(prompt_ids(tokenizer, prompt, settings.chat_template)) + 2 * len(ids)
+            tokens += p_len + len(prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs)) + 2 * len(ids)
         out.append(InferenceOutput(prompt=prompt, text=texts[i], token_ids=ids, finished=gen.finished[i][0],
                                    reward=rewards[i], calls=calls, tokens=tokens, kl=kls[i],
                                    extra={"stopped_at": gen.stop_strings[i][0]}))

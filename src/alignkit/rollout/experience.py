@@ -57,11 +57,13 @@ def _record(prompt, k: int, rewards: list[float]) -> PreferenceRecord:
 def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_fn, k: int, seed: int,
                       max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                       unfinished_penalty: float | None = None, chat_template: str = "auto",
-                      stop: list[str] | tuple[str, ...] = ()) -> Experience:
-    """Sample ``k`` completions per prompt from ``model`` (seeded; ending at EOS, a ``stop`` string or
-    ``max_new_tokens``), score them with ``reward_fn``."""
+                      stop: list[str] | tuple[str, ...] = (), chat_template_kwargs: dict | None = None) -> Experience:
+    """Sample ``k`` completions per prompt from ``model`` (seeded; ending at a stop token — EOS or the chat
+    template's end of turn —, a ``stop`` string or ``max_new_tokens``), score them with ``reward_fn``.
+    ``chat_template_kwargs``: passed to every render of a chat prompt, as in training."""
     gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                   top_p=top_p, seed=seed, chat_template=chat_template, stop=stop)
+                   top_p=top_p, seed=seed, chat_template=chat_template, stop=stop,
+                   chat_template_kwargs=chat_template_kwargs)
     flat_prompts = [p for p in prompts for _ in range(k)]
     flat_rows = [r for r in rows for _ in range(k)]
     flat_texts = [t for row in gen.texts for t in row]
@@ -76,7 +78,7 @@ def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_
     eos = tokenizer.eos_token_id
     items, records = [], []
     for b, prompt in enumerate(prompts):
-        ids = prompt_ids(tokenizer, prompt, chat_template)
+        ids = prompt_ids(tokenizer, prompt, chat_template, chat_template_kwargs)
         # the EOS actually sampled (e.g. <|im_end|> or <|endoftext|>), not necessarily tokenizer.eos; none
         # after a stop string: its ids already end with the token that completed it
         segments = [list(s) + ([stop] if stop is not None else []) for s, stop in zip(gen.token_ids[b], gen.stop_ids[b])]

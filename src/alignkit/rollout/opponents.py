@@ -72,7 +72,7 @@ class MixtureOpponentReward:
         c = self.config
         gen = sample_product(self.models, self.exponents, self.tokenizer, list(prompts), k=1,
                              max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=seed,
-                             chat_template=c.chat_template)
+                             chat_template=c.chat_template, chat_template_kwargs=c.chat_template_kwargs)
         stop = list(getattr(c, "stop", None) or [])  # the policy's samples end at a stop string: so do opponents
         return [row[0][:_first_stop(row[0], stop)[0]] for row in gen.texts]
 

@@ -7,13 +7,15 @@ How a test in tests/faults becomes a row of the table (the convention every faul
 
 * **case**: the test's id, ``test_name[param]`` (the file name groups the rows into sections);
 * **expected outcome**: ``record_property("expected", "...")`` if the test records one (parametrized tests,
-  one text per case); else the first line of the test's docstring, written ``case: expected outcome``
-  (e.g. ``"SIGTERM during the final eval: resumable checkpoint at the last step, exit 130"``);
+  one text per case); else the first paragraph of the test's docstring, written ``case -> expected outcome``
+  or ``case: expected outcome`` (e.g. ``"SIGTERM during the final eval -> resumable checkpoint at the last
+  step, exit 130"``);
 * **observed outcome**: ``record_property("outcome", "...")`` if the test records one, *before* it asserts, so
   a failing test still says what it saw. Words the totals count: ``clean error`` (one line naming the source),
   ``silent loss`` (data or work lost without a word), ``crash`` (a traceback where a one-line error belongs).
-  A test that records no outcome reads as its expected outcome when it passes; when it fails it is a
-  ``crash`` if the failure is not an assertion, else ``wrong result``.
+  A test that records no outcome reads ``as expected`` when it passes (``clean error, as expected`` when its
+  expected outcome is an error "in one line", which the test asserts); when it fails it is a ``crash`` if the
+  failure is not an assertion, else ``wrong result``.
 
 Totals: cases, clean errors, silent losses, crashes, failed tests, and the suite's wall time. The table is
 written only when pytest ran to the end (a partial run is refused: nothing is written).
@@ -42,8 +44,8 @@ class Collect:
 
     def pytest_collection_modifyitems(self, items) -> None:
         for item in items:
-            doc = (getattr(item, "function", None).__doc__ or "").strip().splitlines() if hasattr(item, "function") else []
-            self.rows[item.nodeid] = {"file": item.location[0], "case": item.name, "doc": doc[0] if doc else "",
+            doc = (getattr(item, "function", None).__doc__ or "") if hasattr(item, "function") else ""
+            self.rows[item.nodeid] = {"file": item.location[0], "case": item.name, "doc": first_paragraph(doc),
                                       "props": {}, "result": "not run", "crash": False, "seconds": 0.0}
 
     def pytest_runtest_logreport(self, report) -> None:
@@ -62,12 +64,27 @@ class Collect:
         self.finished = exitstatus in (0, 1)  # all tests ran (some may have failed); not interrupted or broken
 
 
+def first_paragraph(doc: str) -> str:
+    lines = doc.strip().splitlines()
+    end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    return " ".join(line.strip() for line in lines[:end])
+
+
+def _split(doc: str) -> tuple[str, str]:
+    """(case, expected outcome) of a docstring's first paragraph."""
+    for sep in (" -> ", ": "):
+        if sep in doc:
+            case, expected = doc.split(sep, 1)
+            return case.strip(), expected.strip()
+    return "", doc
+
+
 def outcome_of(row: dict) -> str:
     observed = row["props"].get("outcome")
     if observed:
         return observed
     if row["result"] == "passed":
-        return _expected(row) or "passed"
+        return "clean error, as expected" if "one line" in _expected(row) else "as expected"
     if row["result"] == "skipped":
         return "skipped (not run here)"
     return "crash" if row["crash"] else "wrong result"
@@ -76,8 +93,7 @@ def outcome_of(row: dict) -> str:
 def _expected(row: dict) -> str:
     if row["props"].get("expected"):
         return str(row["props"]["expected"])
-    doc = row["doc"]
-    return doc.split(":", 1)[1].strip() if ":" in doc else doc
+    return _split(row["doc"])[1]
 
 
 def render(rows: list[dict], seconds: float, command: str) -> str:
@@ -102,7 +118,7 @@ def render(rows: list[dict], seconds: float, command: str) -> str:
         out += [f"## {file}", "", "| case | expected | outcome | result |", "|---|---|---|---|"]
         for r, o in zip(rows, outcomes):
             if r["file"] == file:
-                what = r["doc"].split(":", 1)[0].strip() if ":" in r["doc"] and not r["props"].get("expected") else ""
+                what = _split(r["doc"])[0] if not r["props"].get("expected") else ""
                 cells = [r["case"] + (f" ({what})" if what else ""), _expected(r), o, r["result"]]
                 out.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         out.append("")

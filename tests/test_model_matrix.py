@@ -102,7 +102,7 @@ def test_without_the_window_the_mask_would_be_wrong(root):
 
 
 def test_reward_is_read_where_transformers_reads_it_when_pad_is_eos(root):
-    """Llama-3's tokenizer has no pad token, so alignkit pads with EOS; transformers' sequence-classification
+    """A tokenizer without a pad token (as Llama-3's), so alignkit pads with EOS; transformers' sequence-classification
     forward then reads the token before a trailing EOS. alignkit reads the same token, in both layouts, so a
     trained reward model scores the same in plain transformers."""
     from alignkit.data.collate import collate
@@ -111,7 +111,11 @@ def test_reward_is_read_where_transformers_reads_it_when_pad_is_eos(root):
     from alignkit.engine.reward_model import RewardScorer, load_reward_model
     from alignkit.models.load import load_tokenizer
 
-    path = save_family("llama", root / "rm" / "model")
+    from alignkit.models.tiny import build_tokenizer
+
+    no_pad = build_tokenizer(chat_template=False)  # like Llama-3's: no pad token of its own
+    no_pad.pad_token = None
+    path = save_family("llama", root / "rm" / "model", tokenizer=no_pad)
     tok = load_tokenizer(str(path))
     assert tok.pad_token_id == tok.eos_token_id
     model = load_reward_model(str(path), 1, pad_token_id=tok.pad_token_id).eval()

@@ -61,6 +61,15 @@ _WARNINGS = {  # ReadResult.warnings: kept, but worth a second look
 }
 
 
+def skipped_text(skipped: Counter, rejects: Path | None) -> str:
+    """``"; skipped 3 rows: 2 bad_json, 1 missing_field -> x.rejects.jsonl"`` for a reading summary."""
+    out = ""
+    if total := sum(skipped.values()):
+        counts = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
+        out += f"; skipped {total} row{'s' if total != 1 else ''}: {counts}"
+    return out + (f" -> {rejects}" if rejects is not None else "")
+
+
 @dataclass
 class ReadResult:
     records: list[PreferenceRecord]
@@ -82,10 +91,7 @@ class ReadResult:
 
     def summary(self) -> str:
         out = f"read {len(self.records)} records from {self.source} (layout '{self.layout}')"
-        if total := sum(self.skipped.values()):
-            counts = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
-            out += f"; skipped {total} row{'s' if total != 1 else ''}: {counts}"
-        out += f" -> {self.rejects_path}" if self.rejects_path is not None else ""
+        out += skipped_text(self.skipped, self.rejects_path)
         if self.warnings:  # kept, but probably not what the user meant
             out += "; warning: " + ", ".join(f"{n} {_WARNINGS[k]}" for k, n in self.warnings.items())
         return out

@@ -52,11 +52,9 @@ class Judgments:
     rejects_path: Path | None = None
 
     def summary(self) -> str:
-        out = f"read {len(self.rows)} judgments from {self.source}"
-        if total := sum(self.skipped.values()):
-            out += f"; skipped {total} row{'s' if total != 1 else ''}: " + ", ".join(
-                f"{n} {reason}" for reason, n in self.skipped.most_common())
-        return out + (f" -> {self.rejects_path}" if self.rejects_path is not None else "")
+        from alignkit.data.io import skipped_text
+
+        return f"read {len(self.rows)} judgments from {self.source}" + skipped_text(self.skipped, self.rejects_path)
 
 
 def _err(name: str, detail: str, reason: str) -> RecordError:

@@ -235,6 +235,23 @@ def test_ambiguous_name_without_network_fails_fast_and_asks_once(online, monkeyp
         "the model folder here and pass its path")
 
 
+def test_train_with_an_ambiguous_name_and_no_network_asks_the_hub_once_through_the_resolver(online, monkeypatch,
+                                                                                         tmp_path, pairs_path):
+    """Every model read of a run goes through the resolver: `alignkit train` (its start-up checks included) asks
+    the unreachable Hub once, never through transformers' own retrying download (which once cost 24 s here)."""
+    import huggingface_hub.file_download as fd
+
+    import alignkit
+
+    monkeypatch.chdir(tmp_path)
+    fake = FakeHub(monkeypatch, info_error=httpx2.ConnectError("[Errno -2] Name or service not known"))
+    monkeypatch.setattr(fd, "get_hf_file_metadata", lambda *a, **k: pytest.fail("a read bypassed the resolver"))
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="model 'models/my-llama': no local folder"):
+        alignkit.train({"model": "models/my-llama", "data": pairs_path, "output_dir": str(tmp_path / "run")})
+    assert time.perf_counter() - start < 5.0 and len(fake.info_calls) == 1
+
+
 def test_unreachable_hub_falls_back_to_the_cache(online, monkeypatch, tiny_path):
     snapshot = fake_cache(tiny_path)
     FakeHub(monkeypatch, info_error=httpx2.ConnectError("[Errno 101] Network is unreachable"))

@@ -110,7 +110,6 @@ def test_reward_is_read_where_transformers_reads_it_when_pad_is_eos(root):
     from alignkit.data.tokenize import TokenizeConfig, tokenize_records
     from alignkit.engine.reward_model import RewardScorer, load_reward_model
     from alignkit.models.load import load_tokenizer
-
     from alignkit.models.tiny import build_tokenizer
 
     no_pad = build_tokenizer(chat_template=False)  # like Llama-3's: no pad token of its own

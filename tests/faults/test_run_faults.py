@@ -657,7 +657,7 @@ def test_too_little_disk_is_refused_before_loading(tiny_path, pairs_path, tmp_pa
         Trainer(config)
     from alignkit.engine import rundir
 
-    need = rundir.needed_bytes(config)
+    need = rundir.needed_bytes(config, Path(tiny_path))
     assert need == rundir.safetensors_params(Path(tiny_path)) * 4 * 4 + rundir.MARGIN  # weights, 2 moments, final
     assert str(e.value) == (f"output_dir {tmp_path}: 0.01 GiB free on its disk, this run needs about "
                             f"{need / 2**30:.2f} GiB (a checkpoint of the trainable parameters with their optimizer "

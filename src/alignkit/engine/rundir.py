@@ -199,12 +199,11 @@ def safetensors_params(model_dir: Path) -> int | None:
 _BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2}
 
 
-def needed_bytes(config) -> int | None:
-    """Bytes one checkpoint plus the final model take (module docstring); None when the model is not a local
-    folder. LoRA: the adapters are a sliver of the model, so the final (merged) model is what counts."""
-    if not Path(config.model).is_dir():
-        return None
-    n = safetensors_params(Path(config.model))
+def needed_bytes(config, model_dir: Path) -> int | None:
+    """Bytes one checkpoint plus the final model take (module docstring); None when ``model_dir`` (the model's
+    local folder, or its cached Hub snapshot) holds no safetensors weights yet. LoRA: the adapters are a sliver
+    of the model, so the final (merged) model is what counts."""
+    n = safetensors_params(model_dir)
     if n is None:
         return None
     size = _BYTES.get(str(config.dtype), 4)
@@ -212,8 +211,8 @@ def needed_bytes(config) -> int | None:
     return trainable * size * 3 + n * size + MARGIN
 
 
-def check_space(folder: Path, config) -> None:
-    need = needed_bytes(config)
+def check_space(folder: Path, config, model_dir: Path) -> None:
+    need = needed_bytes(config, model_dir)
     if need is None:
         return
     free = shutil.disk_usage(folder).free
@@ -223,7 +222,15 @@ def check_space(folder: Path, config) -> None:
                           "state, and the final model); free space or pick another output_dir")
 
 
-def check_position_limit(config) -> None:
+def model_folder(config) -> Path:
+    """The model's local folder, or its Hub snapshot in the cache (configs and tokenizer only: the weights come
+    when the model loads); a name that is found nowhere is one `ModelError` line, here, before anything else."""
+    from alignkit.models.hub import resolve_model
+
+    return Path(resolve_model(config.model, weights=False, trust_remote_code=config.trust_remote_code))
+
+
+def check_position_limit(config, model_dir: Path) -> None:
     """``max_length`` beyond the model's position limit (read from its config.json, before any weight) is lowered
     to the limit, with a warning naming both; the config then records the value the run uses."""
     if config.max_length is None:
@@ -231,7 +238,7 @@ def check_position_limit(config) -> None:
     try:
         from transformers import AutoConfig
 
-        model_config = AutoConfig.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
     except Exception:  # not a model we can read the config of: loading it will say why
         return
     model_config = getattr(model_config, "text_config", None) or model_config
@@ -264,14 +271,15 @@ def preflight(config, main: bool) -> Hold | None:
         raise ConfigError("set either resume_from (continue the run) or overwrite=true (start over), not both")
     folder = Path(config.output_dir)
     if not main:
-        check_position_limit(config)
+        check_position_limit(config, model_folder(config))
         return None
     check_writable(folder)
     hold = Hold(folder)
     try:
         check_new_run(folder, config)
-        check_space(folder, config)
-        check_position_limit(config)
+        model_dir = model_folder(config)
+        check_space(folder, config, model_dir)
+        check_position_limit(config, model_dir)
     except BaseException:
         hold.release()
         raise

@@ -58,12 +58,15 @@ def override_keys(config) -> list[str]:
 
 
 def files_fingerprint(path: str | None) -> str | None:
-    """A model folder's fingerprint (module docstring); the name itself for what is not a local folder."""
+    """A model folder's fingerprint (module docstring); for a Hub name, the name and the commit of the snapshot it
+    resolved to (a new revision pushed to the Hub between a run and its resume is a difference)."""
     if not path:
         return None
     folder = Path(path)
     if not folder.is_dir():
-        return f"name:{path}"
+        from alignkit.models.hub import resolve_model
+
+        return f"name:{path}@{Path(resolve_model(path, weights=False)).name}"
     h = hashlib.sha256()
     for f in sorted(folder.iterdir()):
         if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt", ".pth")):

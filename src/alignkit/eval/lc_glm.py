@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
+from alignkit.eval.bootstrap import percentile_interval, resample_weights
 
 LAMBDA = 0.2  # AlpacaEval's regularize_to_baseline_lambda
 # Mean Fisher information q(1 − q) of one comparison in AlpacaEval's anchors (gpt4_1106_preview's verbose and concise
@@ -142,11 +143,6 @@ def _system_fit(x_own: Tensor, y_own: Tensor, w_own: Tensor, x_anc: Tensor, y_an
     return torch.cat(out)
 
 
-def _percentile(x: Tensor, level: float) -> list[float]:
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    return torch.quantile(x[torch.isfinite(x)], q).tolist()
-
-
 def length_controlled_glm(systems: Mapping[str, Mapping[str, Any]], *, anchors: Sequence[str] = (),
                           lam: float = LAMBDA, difficulty: bool | None = None, difficulty_ridge: float = 1.0,
                           n_boot: int = 0, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
@@ -232,11 +228,9 @@ def length_controlled_glm(systems: Mapping[str, Mapping[str, Any]], *, anchors: 
         lc = float(torch.sigmoid(x0 @ beta).mean())
         interval = None
         if n_boot:
-            from alignkit.eval.winrate import resample_weights
-
             w = resample_weights(n, s["prompts"], n_boot, seed + i)
             betas = _system_fit(x_own, s["y"], w, x_anc, y_anc, w_anc, off, start=beta)
-            interval = _percentile((w * torch.sigmoid(betas @ x0.T)).sum(1) / w.sum(1), level)
+            interval = percentile_interval((w * torch.sigmoid(betas @ x0.T)).sum(1) / w.sum(1), level)
         results[name] = {
             "win_rate": lc, "bootstrap": interval, "n": n, "length_diff_std": s["sd"],
             "mean_length_diff": float(s["d"].mean()), "regulariser": kind,

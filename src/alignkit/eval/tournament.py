@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.eval.winrate import _percentile
+from alignkit.eval.bootstrap import percentile_interval
 
 ELO_SCALE = 400 / math.log(10)
 
@@ -242,7 +242,7 @@ def ratings(tournament: Tournament, anchor: str | None = None, n_boot: int = 200
     def ci(samples: torch.Tensor, s: str, scale: float = 1.0, offset: float = 0.0) -> list[float]:
         if not samples.shape[0]:
             return [math.nan, math.nan]
-        return [offset + scale * v for v in _percentile(samples[:, names.index(s)], level)]
+        return [offset + scale * v for v in percentile_interval(samples[:, names.index(s)], level)]
 
     wins, played = (t[0] for t in _tallies(len(names), i, j, y, torch.ones(1, y.numel(), dtype=torch.float64)))
     board = []

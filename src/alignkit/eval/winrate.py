@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import DataError
+from alignkit.eval.bootstrap import bootstrap_ci, resample_weights  # noqa: F401  (re-exported)
 from alignkit.eval.lc_glm import length_controlled
 from alignkit.eval.rm_report import wilson_interval
 
@@ -42,43 +43,6 @@ def outcomes(scores_a: Values, scores_b: Values) -> list[float]:
     if a.numel() != b.numel():
         raise ValueError(f"scores_a has {a.numel()} values but scores_b has {b.numel()}; give one each per comparison")
     return ((a > b).double() + 0.5 * (a == b).double()).tolist()
-
-
-def resample_weights(n: int, groups: Sequence[Any] | None, n_boot: int, seed: int) -> Tensor:
-    """``[n_boot, n]`` bootstrap multiplicities of each item (seeded).
-
-    Without ``groups`` items are drawn with replacement; with them whole groups are (the weight of an item
-    is the number of times its group was drawn).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    if groups is None:
-        idx = torch.randint(n, (n_boot, n), generator=gen)
-        return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
-    if len(groups) != n:
-        raise ValueError(f"groups has {len(groups)} entries but there are {n} comparisons; give one per comparison")
-    ids: dict[Any, int] = {}
-    gid = torch.tensor([ids.setdefault(g, len(ids)) for g in groups])
-    n_groups = len(ids)
-    idx = torch.randint(n_groups, (n_boot, n_groups), generator=gen)
-    counts = torch.zeros(n_boot, n_groups, dtype=torch.float64).scatter_add_(
-        1, idx, torch.ones(n_boot, n_groups, dtype=torch.float64))
-    return counts[:, gid]
-
-
-def _percentile(x: Tensor, level: float) -> list[float]:
-    x = x[torch.isfinite(x)]
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    return torch.quantile(x, q).tolist()
-
-
-def bootstrap_ci(values: Values, groups: Sequence[Any] | None = None, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval ``[lo, hi]`` of the mean of ``values`` (cluster bootstrap with ``groups``)."""
-    y = _vec(values, "values")
-    if y.numel() == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    w = resample_weights(y.numel(), groups, n_boot, seed)
-    return _percentile((w @ y) / w.sum(1), level)
 
 
 def ci_methods(n_boot: int, clustered: bool, soft: bool) -> dict[str, str]:

@@ -5,6 +5,7 @@ traceback; config values are blamed where they were set (YAML file:line or the c
 import dataclasses
 import json
 import logging
+import re
 
 import pytest
 
@@ -141,3 +142,11 @@ def test_unknown_key_shows_the_closest_keys_not_all_of_them():
 def test_every_float_key_must_be_finite(item):
     with pytest.raises(ConfigError, match=rf"command line '{item}': key '{item.split('=')[0]}' must be "):
         load_config(TrainConfig, None, [item])
+
+
+@pytest.mark.parametrize("item, path", [("hparams={beta: .nan}", "hparams.beta"),
+                                        ("objective=[{name: dpo, beta: .nan}]", "objective[0].beta")])
+def test_a_nan_nested_in_a_key_is_named_by_its_path(item, path):
+    with pytest.raises(ConfigError, match=rf"command line '{re.escape(item)}': '{re.escape(path)}' is not a number"):
+        load_config(TrainConfig, None, [item])
+    load_config(TrainConfig, None, ["hparams={cliprange_value: .inf}"])  # an infinity an option gives a meaning

@@ -168,12 +168,27 @@ def check_bounds(config: Any, source: str = "config", sources: Mapping[str, str]
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where(f.name)}: key '{f.name}' must be a finite number, got {value!r}")
+        if (path := _nan_inside(value, f.name)) is not None:  # hparams, objective lists, transforms
+            raise ConfigError(f"{where(f.name)}: '{path}' is not a number (nan)")
     for key, ok, rule in BOUNDS:
         if hasattr(config, key) and not ok(getattr(config, key)):
             raise ConfigError(f"{where(key)}: key '{key}' must be {rule}, got {getattr(config, key)!r}")
     hp = getattr(config, "hparams", None) or {}
     if getattr(config, "beta", None) is not None and "beta" in hp:
         raise ConfigError(f"{where('beta')}: 'beta' is set both at the top level and in hparams; keep one")
+
+
+def _nan_inside(value: Any, path: str) -> str | None:
+    """The dotted path of a NaN nested in a dict or list value (``hparams.beta``), else None. Nested infinities
+    are left to the option (PPO's ``cliprange_value: .inf`` means no clipping)."""
+    if isinstance(value, float) and math.isnan(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _nan_inside(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

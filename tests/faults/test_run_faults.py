@@ -340,12 +340,32 @@ def test_resume_with_other_data_is_refused_and_a_moved_file_is_not(tiny_path, pa
     with pytest.raises(CheckpointError) as e:
         Trainer(tiny_config(tiny_path, str(tmp_path / "fewer.jsonl"), tmp_path / "run", resume_from="latest"))
     old = json.loads((step_dir(tmp_path / "run", 6) / "trainer_state.json").read_text())["fingerprints"]["data"]
-    assert (f"data: {old} -> " in str(e.value) and "(the training data's token ids)" in str(e.value)
+    assert (f"data: {old} -> " in str(e.value) and "(the training data's token ids and labels)" in str(e.value)
             and str(e.value).endswith("resume_override=data"))
     t = Trainer(tiny_config(tiny_path, str(tmp_path / "moved.jsonl"), tmp_path / "run", resume_from="latest",
                             log_every=2, save_every=3, keep_checkpoints=5))
     assert t._resume_path == step_dir(tmp_path / "run", 6) and t.fingerprints["data"] == old
     t._release()
+
+
+def test_resume_with_the_preferences_reversed_or_the_reference_dropped_is_refused(tiny_path, pairs_path, tmp_path,
+                                                                                   straight):
+    """resume on the same texts with chosen and rejected swapped (the same token ids, other labels) -> refused
+    naming 'data'; resume of a run trained against ref_model=PATH without it (the reference silently becoming a
+    copy of the policy) -> refused naming 'ref_model' and 'reference'."""
+    copy_checkpoints(straight, tmp_path / "run")
+    rows = [json.loads(x) for x in Path(pairs_path).read_text().splitlines()]
+    swapped = tmp_path / "swapped.jsonl"
+    swapped.write_text("".join(json.dumps({"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]],
+                                           "ranks": [1, 0]}) + "\n" for r in rows))
+    with pytest.raises(CheckpointError, match=r"data: \w+ -> \w+ \(the training data's token ids and labels\)"):
+        Trainer(tiny_config(tiny_path, str(swapped), tmp_path / "run", resume_from="latest"))
+    out = tmp_path / "with_ref"
+    Trainer(tiny_config(tiny_path, pairs_path, out, ref_model=tiny_path, max_steps=2)).train()
+    with pytest.raises(CheckpointError) as e:
+        Trainer(tiny_config(tiny_path, pairs_path, out, resume_from="latest", max_steps=2))
+    assert "ref_model: " in str(e.value) and " -> null (the reference model's files)" in str(e.value)
+    assert "reference: path -> copy" in str(e.value)
 
 
 def test_resume_override_applies_lr_and_max_steps(tiny_path, pairs_path, tmp_path, straight, log):
@@ -593,6 +613,43 @@ def test_float16_weights_that_adam_would_break_stay_intact(tiny_path, pairs_path
     assert ckpt.list_checkpoints(tmp_path / "checkpoints") == []
 
 
+def test_a_run_that_diverges_keeps_its_last_finite_update(tiny_path, pairs_path, tmp_path, straight):
+    """The loss turns NaN after step 4 (save_every=0, max_bad_steps=2) -> one line (what happened, where the work
+    is, how to go on), a checkpoint step-000006 whose weights and Adam moments are the uninterrupted step 4's."""
+    from alignkit.engine.trainer import TrainingStopped
+
+    t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, max_bad_steps=2))
+    micro = t._micro_loss
+
+    def nan_after_step_4(indices, data, train):
+        out, tokens = micro(indices, data, train)
+        if t.step_idx >= 4:
+            out.loss = out.loss * float("nan")
+        return out, tokens
+
+    t._micro_loss = nan_after_step_4
+    with pytest.raises(TrainingStopped) as e:
+        t.train()
+    assert str(e.value) == (
+        "2 steps in a row had a non-finite loss, gradient or update; stopping. Lower lr, check the data, or use "
+        f"dtype=float32. Checkpoint step-000006 holds the weights of step 4, the last finite update: resume with "
+        f"`alignkit train {tmp_path}/config.yaml resume_from=latest resume_override=lr lr=<lower>`")
+    a, b = step_dir(tmp_path, 6), step_dir(straight, 4)
+    assert same_tensors(weights(a), weights(b))
+    assert all(torch.equal(x, y) for x, y in zip(optimizer_moments(a), optimizer_moments(b), strict=True))
+
+
+def test_a_run_whose_every_step_is_skipped_writes_no_final_model(tiny_path, pairs_path, tmp_path):
+    """hparams={beta: .inf} (every loss NaN) with max_steps=3 < max_bad_steps -> one line saying no update was
+    applied and no final model written (it would be the initial model under a trained name)."""
+    from alignkit.engine.trainer import TrainingStopped
+
+    with pytest.raises(TrainingStopped, match="every one of the 3 steps had a non-finite loss, gradient or update"):
+        Trainer(tiny_config(tiny_path, pairs_path, tmp_path, max_steps=3, beta=None, hparams={"beta": math.inf},
+                            verify_logprobs=False)).train()
+    assert not (tmp_path / "final").exists()
+
+
 def test_saves_through_skipped_steps_keep_the_last_healthy_checkpoint(tiny_path, pairs_path, tmp_path, straight):
     """Steps 3..6 have a NaN loss (skipped; each saved, keep_checkpoints=1) -> step-000002, the newest checkpoint
     saved outside the run of skipped steps, is kept beside step-000006 and holds the uninterrupted step 2."""
@@ -665,27 +722,57 @@ def test_too_little_disk_is_refused_before_loading(tiny_path, pairs_path, tmp_pa
     assert not (tmp_path / "run.lock").exists()
 
 
+@pytest.mark.parametrize("fails", ["model.safetensors", "optimizer.pt"])
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tiny_path, pairs_path, tmp_path,
-                                                                                 straight, monkeypatch):
-    """ENOSPC while writing checkpoint step 4 -> one line (disk full, which save, what stays), its temp folder is
-    gone, and step-000002 is still valid and equal to the uninterrupted run's."""
+                                                                                 straight, fails):
+    """The disk refuses a write while checkpoint step 4 is saved (a real limit on file size: safetensors and
+    torch.save fail as they do on a full disk) -> one line (which save, the OS error, what stays), its temp
+    folder is gone, and step-000002 is still valid and equal to the uninterrupted run's."""
+    import resource
+
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, save_every=2))
-    original = ckpt.save_file
+    sizes = {}
+    original = t.save
 
-    def full_disk(tensors, filename, *args, **kwargs):
-        if t.step_idx == 4:
-            Path(filename).write_bytes(b"\0" * 100)
-            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
-        return original(tensors, filename, *args, **kwargs)
+    def save_with_a_limit():
+        if t.step_idx != 4:
+            return original()
+        sizes.update({f.name: f.stat().st_size for f in step_dir(tmp_path, 2).iterdir()})
+        limit = sizes["model.safetensors"] // 2 if fails == "model.safetensors" else sizes["model.safetensors"] + 64
+        assert sizes["optimizer.pt"] > limit  # optimizer.pt holds two moments per weight
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write is then an error, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            return original()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
 
-    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    t.save = save_with_a_limit
     with pytest.raises(RunDirError) as e:
         t.train()
-    assert str(e.value) == (f"{tmp_path / 'checkpoints'}: disk full while saving step-000004 (No space left on "
-                            "device); the previous checkpoint step-000002 is intact. Free space (or pick another "
+    assert str(e.value) == (f"{tmp_path / 'checkpoints'}: write failed while saving step-000004 (File too large); "
+                            "the previous checkpoint step-000002 is intact. Free space (or pick another "
                             "output_dir) and resume with resume_from=latest")
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
     assert ckpt.verify_checkpoint(step_dir(tmp_path, 2)) is None and same_as_straight(tmp_path, straight, 2)
+
+
+def test_no_space_left_reads_as_disk_full():
+    """The OS error behind a failed write, whatever the writer raised: ENOSPC -> 'disk full' in the line."""
+    from safetensors import SafetensorError
+
+    assert ckpt.os_error(SafetensorError("Error while serializing: I/O error: No space left on device "
+                                         "(os error 28)")).errno == errno.ENOSPC
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+    except RuntimeError as e:
+        assert e.__cause__ is None and ckpt.os_error(e).errno == errno.ENOSPC  # torch.save's: in the context
+    assert ckpt.os_error(RuntimeError("a bug")) is None
 
 
 def test_max_length_beyond_the_position_limit_is_lowered_before_loading(tiny_path, pairs_path, tmp_path, log):

@@ -107,7 +107,10 @@ def disk_errors(tmp: Path, final: Path, stays: str | None = None, more: tuple[Pa
     the newest checkpoint next to it)."""
     try:
         yield
-    except OSError as e:
+    except Exception as raised:
+        e = os_error(raised)
+        if e is None:  # not the disk: a bug, with its traceback
+            raise
         for folder in (tmp, *more):
             shutil.rmtree(folder, ignore_errors=True)
         if stays is None:
@@ -115,7 +118,29 @@ def disk_errors(tmp: Path, final: Path, stays: str | None = None, more: tuple[Pa
             stays = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
         what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "write failed"
         raise RunDirError(f"{final.parent}: {what} while saving {final.name} ({e.strerror or e}); {stays}. "
-                          "Free space (or pick another output_dir) and resume with resume_from=latest") from e
+                          "Free space (or pick another output_dir) and resume with resume_from=latest") from raised
+
+
+def os_error(e: BaseException) -> OSError | None:
+    """The operating-system error behind a failed write, wherever the writer put it: an ``OSError`` itself or in
+    the chain (``torch.save`` to a file object raises a RuntimeError whose context is the OSError), or the
+    ``(os error N)`` of a ``SafetensorError`` (safetensors writes from Rust); None for anything else."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        if found := re.search(r"\(os error (\d+)\)", str(e)):
+            code = int(found[1])
+            return OSError(code, os.strerror(code))
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file object, so a failed write surfaces its OSError (`os_error`)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def checkpoint_paths(root: str | Path, step: int) -> tuple[Path, Path]:
@@ -149,13 +174,13 @@ def write_checkpoint(
     """Everything but the sharded part. ``optimizer_state=None``: it lives in ``sharded/`` instead."""
     save_file(weights, tmp / "model.safetensors")
     if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _torch_save(optimizer_state, tmp / "optimizer.pt")
+    _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng_json, rng_tensors = rng_state()
-    torch.save(rng_tensors, tmp / "rng.pt")
-    torch.save(objective_state or {}, tmp / "objective.pt")
+    _torch_save(rng_tensors, tmp / "rng.pt")
+    _torch_save(objective_state or {}, tmp / "objective.pt")
     for name, extra in (extra_states or {}).items():
-        torch.save(extra, tmp / f"extra_{name}.pt")
+        _torch_save(extra, tmp / f"extra_{name}.pt")
     finite = all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
     healthy = finite and not state.get("skipped_in_row")  # not saved inside a run of skipped (non-finite) steps
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step, "finite": finite, "healthy": healthy,

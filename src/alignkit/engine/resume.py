@@ -3,8 +3,10 @@ differences named in ``resume_override``.
 
 A checkpoint holds the resolved config (``config.yaml``) and, in ``trainer_state.json``, fingerprints of
 what the run started from: ``data`` (the token ids of the training data: file, transforms, tokenizer,
-template and truncation), ``model`` and ``ref_model`` (their config.json and weight files: names, sizes and
-the first and last MiB of each). On resume every key that changes the result is compared; any difference
+template and truncation; and each record's labels), ``model`` and ``ref_model`` (their config.json and weight
+files: names, sizes and the first and last MiB of each; a Hub name with its snapshot's commit) and
+``reference`` (the resolved reference strategy: a copy of the initial policy, another model, the base under
+disabled adapters, none). On resume every key that changes the result is compared; any difference
 is refused with the list of keys and their old and new values, unless ``resume_override`` names it
 (``resume_override=lr,max_steps`` or a list): then the new value is applied and logged. Keys that do not
 change the weights (`FREE`) may differ freely; paths are compared by the fingerprint of what they hold, so
@@ -39,8 +41,8 @@ FREE = {"progress", "log_every", "trackers", "output_dir", "save_every", "keep_c
         "eval_data", "eval_prompts", "eval_judge", "eval_samples", "eval_greedy", "log_samples_every",
         "resume_from", "resume_override", "overwrite", "verify_logprobs", "max_bad_steps", "ref_cache",
         "ref_cache_dir", "ref_cache_file", "data", "model", "ref_model", "prompts"}
-FINGERPRINTS = {"data": "the training data's token ids", "model": "the model's files",
-                "ref_model": "the reference model's files"}
+FINGERPRINTS = {"data": "the training data's token ids and labels", "model": "the model's files",
+                "ref_model": "the reference model's files", "reference": "where the reference log-probs come from"}
 _EDGE = 1 << 20
 
 
@@ -81,10 +83,15 @@ def files_fingerprint(path: str | None) -> str | None:
 
 
 def data_fingerprint(data) -> str:
-    """The token ids of a tokenized dataset, or the rows of an online run's prompt file."""
-    if hasattr(data, "items"):
-        return data_digest(data)[:16]
+    """The token ids of a tokenized dataset and every record's labels (ranks, scores, labels, weight, meta: the
+    same text with its preferences reversed is other data), or the rows of an online run's prompt file."""
     h = hashlib.sha256()
+    if hasattr(data, "items"):
+        h.update(data_digest(data).encode())
+        for r in data.records:
+            h.update(json.dumps([r.ranks, r.scores, r.labels, r.weight, r.group, r.meta], sort_keys=True,
+                                default=str).encode())
+        return h.hexdigest()[:16]
     for row in data.rows:
         h.update(json.dumps(row, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -127,7 +134,9 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any
 
 
 def fingerprint_differences(old: dict[str, str], new: dict[str, str]) -> dict[str, tuple[Any, Any]]:
-    return {k: (old[k], v) for k, v in new.items() if k in old and v is not None and old[k] != v}
+    """Fingerprints the checkpoint has that differ now (a value that is there on one side only included: a
+    reference model dropped on resume is a difference)."""
+    return {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
 
 
 def check(path: Path, config, fingerprints: dict[str, str | None]) -> list[str]:

@@ -51,14 +51,15 @@ from alignkit.engine.numerics import adamw_step_is_finite
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
-from alignkit.errors import ConfigError
+from alignkit.errors import AlignkitError, ConfigError
 from alignkit.models.hub import offline_mode
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.objectives import build_objective
 
 
-class TrainingStopped(RuntimeError):
-    """Raised when too many consecutive steps had a non-finite loss or gradient."""
+class TrainingStopped(AlignkitError):
+    """Raised when too many consecutive steps had a non-finite loss, gradient or update (the run diverged: a
+    setting to change, so one line on the command line, after the last finite update is saved)."""
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Trainer:
         with main_process_first(self.accelerator):  # transforms that generate (self_samples) run once, then cached
             self.train_data, self.eval_data = self._prepare_data(strategy)
         self.fingerprints = {"data": rs.data_fingerprint(self.train_data), "model": rs.files_fingerprint(c.model),
-                             "ref_model": rs.files_fingerprint(c.ref_model)}
+                             "ref_model": rs.files_fingerprint(c.ref_model), "reference": strategy}
         # a resume with other settings, data or model is refused here, before the model loads
         self._overrides = rs.check(self._resume_path, c, self.fingerprints) if self._resume_path else []
 
@@ -376,7 +377,11 @@ class Trainer:
         record = None  # a finished step's record not logged yet
         try:
             while self.step_idx < self.total_steps and not stopped:
-                record = self._guarded_step()
+                try:
+                    record = self._guarded_step()
+                except TrainingStopped as e:
+                    log.close()
+                    raise TrainingStopped(str(e) + self._keep_last_finite_update()) from None
                 if c.eval_every and self.step_idx % c.eval_every == 0:
                     with self.guard.during("eval"):  # a signal stops the evaluation at once
                         record.update(self.evaluate())
@@ -385,6 +390,11 @@ class Trainer:
                 if c.save_every and self.step_idx % c.save_every == 0:
                     self.save()
                 stopped = dist.any_process(acc, self.guard.signum is not None)
+            if self.step_idx > 0 and self.skipped_total == self.step_idx:  # not one update applied
+                log.close()
+                raise TrainingStopped(f"every one of the {self.step_idx} steps had a non-finite loss, gradient or "
+                                      "update, so the model never changed; no final model is written. Check the "
+                                      "objective's hyper-parameters and the data, or lower lr")
             if not stopped:
                 with self.guard.during("eval"):
                     self._final_eval(history, log)
@@ -402,6 +412,17 @@ class Trainer:
         if self.skipped_total:
             logger.warning("%d step(s) were skipped for non-finite loss, gradient or update", self.skipped_total)
         return TrainResult(self.output_dir, final_dir, history, stopped, self.skipped_total, self.layout)
+
+    def _keep_last_finite_update(self) -> str:
+        """When a run diverges: a checkpoint of its weights, which are those of the last finite update (skipped
+        updates change nothing), unless that step is saved already or there was none; what to do next."""
+        last = self.step_idx - self.skipped_in_row
+        if last <= 0 or last <= (self._saved_step or 0):
+            return ""
+        path = self.save()
+        return (f" Checkpoint {path.name if path else f'step {self.step_idx}'} holds the weights of step {last}, the "
+                f"last finite update: resume with `alignkit train {self.output_dir}/config.yaml resume_from=latest "
+                "resume_override=lr lr=<lower>`")
 
     def _guarded_step(self) -> dict[str, Any]:
         """`step`, in the ``step`` phase: a second signal stops it at once, and the RNG and objective state go back

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.models.checks import position_limit
 from alignkit.models.hub import OFFLINE_HELP, resolve_model
 
 MARK = {"ok": "✓", "fail": "✗", "warn": "!", "info": " "}
@@ -172,17 +173,14 @@ def check_lora(d: Diagnosis, config, r: int, trust_remote_code: bool) -> int:
     return n
 
 
-def position_limit(config) -> int | None:
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-
-
 def check_positions(d: Diagnosis, config, max_length: int) -> None:
-    limit = position_limit(config)
+    found = position_limit(config)
+    limit = found[1] if found else None
     if limit is None:
         d.add("positions", f"max_length {max_length}; the config states no position limit", "warn")
-    elif max_length > limit:
-        d.add("positions", f"max_length {max_length} is beyond the model's {limit} positions "
-              f"(max_position_embeddings); set max_length <= {limit}", "fail")
+    elif max_length > limit:  # training lowers it to the limit, with the same warning (engine/rundir.py)
+        d.add("positions", f"max_length {max_length} is beyond the model's {limit:,} positions ({found[0]}): "
+              f"training cuts sequences at {limit:,}; set max_length <= {limit} to keep this", "warn")
     else:
         d.add("positions", f"max_length {max_length} <= {limit:,} positions", "ok")
 

@@ -5,7 +5,11 @@ One loader, `load_function`, for every place a spec names a Python function:
 * the module is found as ``python -m`` would find it: the current directory first on ``sys.path`` (the
   ``alignkit`` console script otherwise puts its own ``bin/`` folder there), then installed packages;
 * a standard-library module (``os:system``, ``subprocess:run``, ``builtins:eval``, ...) is refused: a reward
-  or a judge is the user's own function, and a config should not be able to run a shell;
+  or a judge is the user's own function, so naming one is a mistake (or a config passed around that tries
+  to run a shell through a one-liner). This is a guard against mistakes, **not a sandbox**: any installed
+  package's function can be named (``torch.hub:load``, ``yaml:unsafe_load``), and the user's own module runs
+  whatever it contains. A config that names code is code: run only configs you trust, as with any Python
+  script;
 * what was loaded is logged (the resolved file and its sha256) and can be recorded in a run folder as
   ``code.json`` (`record`), so whoever audits a run knows exactly which code scored it.
 """

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ from alignkit.engine.trainer import Trainer
 from alignkit.errors import CheckpointError, RunDirError
 
 from ._run_helpers import (
+    RUN,
     Recorder,
     cli_items,
     env,
@@ -426,6 +428,43 @@ def test_a_new_run_in_a_folder_holding_a_run_needs_resume_or_overwrite(tiny_path
     assert logged_steps(out) == [1, 2] and (out / "final" / "model.safetensors").is_file()
 
 
+def test_two_trainers_of_one_process_on_one_folder_cannot_both_write_a_run(tiny_path, pairs_path, tmp_path):
+    """Two Trainers built on one folder before either trains (a notebook) -> the second to start is refused in one
+    line, and the first's finished run (config, metrics, final/) is left as it was."""
+    a = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, max_steps=2))
+    b = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, max_steps=2, beta=0.1))
+    a.train()
+    config, final = (tmp_path / "config.yaml").read_text(), weights(tmp_path / "final")
+    with pytest.raises(RunDirError, match=re.escape(f"output_dir {tmp_path} holds a finished run (final/ from ")):
+        b.train()
+    assert (tmp_path / "config.yaml").read_text() == config and logged_steps(tmp_path) == [1, 2]
+    assert same_tensors(weights(tmp_path / "final"), final)
+
+
+def test_overwrite_starts_the_code_record_and_the_samples_log_afresh(tiny_path, tmp_path):
+    """An online run (log_samples_every=1, a reward named by module) over a folder of an earlier one with
+    overwrite=true -> code.json names only this run's reward and samples.jsonl holds only this run's steps; a
+    resume drops the sample lines of the steps it redoes."""
+    (tmp_path / "prompts.txt").write_text("The movie was\nThe plot was\n")
+    base = dict(RUN, model=tiny_path, prompts=str(tmp_path / "prompts.txt"), objective="grpo", num_samples=2,
+                max_new_tokens=3, batch_size=2, log_samples_every=1, output_dir=str(tmp_path / "run"), beta=None)
+    import alignkit
+
+    alignkit.train({**base, "reward": "alignkit.worlds.reviews:reward", "max_steps": 3})
+    alignkit.train({**base, "reward": "alignkit.model_matrix:distinct_characters", "max_steps": 2, "overwrite": True})
+    code = json.loads((tmp_path / "run" / "code.json").read_text())["functions"]
+    assert [f["spec"] for f in code] == ["alignkit.model_matrix:distinct_characters"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert steps == [1, 1, 2, 2]
+    lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    redone = [json.dumps({**json.loads(x), "step": 3, "prompt": "from the killed run"}) for x in lines[-2:]]
+    (tmp_path / "run" / "samples.jsonl").write_text("\n".join(lines + redone) + "\n")  # step 3 logged, not saved
+    alignkit.train({**base, "reward": "alignkit.model_matrix:distinct_characters", "max_steps": 3,
+                    "resume_from": "latest", "resume_override": "max_steps"})
+    rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 2, 2, 3, 3] and "from the killed run" not in {r["prompt"] for r in rows}
+
+
 # ------------------------------------------------------------------------------------------------ 4. atomic writes
 def test_a_kill_during_the_final_save_leaves_no_half_written_final(tiny_path, pairs_path, tmp_path, straight):
     """The process dies while final/ is being written (after the weights, before the tokenizer) -> no final/ at
@@ -722,6 +761,21 @@ def test_too_little_disk_is_refused_before_loading(tiny_path, pairs_path, tmp_pa
     assert not (tmp_path / "run.lock").exists()
 
 
+@pytest.mark.parametrize("content", [b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n", b""],
+                         ids=["lfs-pointer", "empty"])
+def test_weights_that_are_not_safetensors_are_one_line_before_loading(tiny_path, pairs_path, tmp_path, content):
+    """model.safetensors is a Git LFS pointer (a clone without git-lfs) / empty -> one line naming the file and the
+    fix, before anything is loaded (the disk estimate reads the header first)."""
+    from alignkit.errors import ModelError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_path, model)
+    (model / "model.safetensors").write_bytes(content)
+    fix = "is a Git LFS pointer, not the weights: run `git lfs pull`" if content else "is not a safetensors file"
+    with pytest.raises(ModelError, match=re.escape(f"{model / 'model.safetensors'} {fix}")):
+        Trainer(tiny_config(str(model), pairs_path, tmp_path / "run"))
+
+
 @pytest.mark.parametrize("fails", ["model.safetensors", "optimizer.pt"])
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tiny_path, pairs_path, tmp_path,
                                                                                  straight, fails):
@@ -787,3 +841,22 @@ def test_max_length_beyond_the_position_limit_is_lowered_before_loading(tiny_pat
             f"{limit}): sequences are cut at {limit} (set max_length <= {limit} to silence this)") in messages(log)
     t.train()
     assert f"max_length: {limit}\n" in (tmp_path / "config.yaml").read_text()
+
+
+def test_the_update_check_computes_as_adamw_does_in_float16():
+    """A float16 gradient of 300: g² overflows float16, but AdamW's fused addcmul does not -> the check predicts a
+    finite step (and the step is finite); a learning rate whose step overflows -> predicted non-finite, and is."""
+    from alignkit.engine.numerics import adamw_step_is_finite
+
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    p.grad = torch.full_like(p, 300.0)
+    assert adamw_step_is_finite(opt)
+    opt.step()
+    assert torch.isfinite(p).all() and float(opt.state[p]["exp_avg_sq"][0]) == 90.0
+    q = torch.nn.Parameter(torch.full((4,), 3e38))
+    opt = torch.optim.AdamW([q], lr=1e37)
+    q.grad = -torch.ones(4)
+    assert not adamw_step_is_finite(opt)
+    opt.step()
+    assert not torch.isfinite(q).all()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from alignkit.errors import ConfigError, RunDirError
+from alignkit.io_atomic import atomic_write_text
 
 logger = logging.getLogger("alignkit")
 
@@ -101,12 +101,7 @@ def keep_lines_up_to(path: Path, step: int) -> None:
     kept = [r for r in records if r.get("step", 0) <= step]
     if len(kept) == len(records) and not note:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _make_tracker(name: str, output_dir: Path, config: dict[str, Any]):

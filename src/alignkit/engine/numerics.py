@@ -38,9 +38,16 @@ def adamw_step_is_finite(optimizer) -> bool:
             g, w = _local(p.grad), _local(p)
             state = inner.state.get(p, {})
             step = float(state["step"]) + 1 if "step" in state else 1.0
-            m = _local(state["exp_avg"]) * beta1 + g * (1 - beta1) if state else g * (1 - beta1)
-            v = _local(state["exp_avg_sq"]) * beta2 + g * g * (1 - beta2) if state else g * g * (1 - beta2)
+            # the same fused ops AdamW runs (lerp, addcmul, addcdiv compute in float32 for float16 tensors: g * g
+            # alone would overflow float16 for |g| > 256 where the real step does not)
+            m0 = _local(state["exp_avg"]) if state else torch.zeros_like(g)
+            v0 = _local(state["exp_avg_sq"]) if state else torch.zeros_like(g)
+            m = torch.lerp(m0, g, 1 - beta1)
+            v = torch.addcmul(v0 * beta2, g, g, value=1 - beta2)
             denom = v.sqrt() / math.sqrt(1 - beta2**step) + eps
-            new = w * (1 - lr * wd) - m / denom * (lr / (1 - beta1**step))
+            step_size = lr / (1 - beta1**step)
+            if step_size >= torch.finfo(w.dtype).max:  # not even the step size fits the weights' dtype
+                return False
+            new = torch.addcdiv(w * (1 - lr * wd), m, denom, value=-step_size)
             finite.append(torch.isfinite(new).all() & torch.isfinite(v).all() & torch.isfinite(m).all())
     return bool(torch.stack(finite).all()) if finite else True

@@ -37,7 +37,7 @@ import torch
 
 from alignkit.engine import startup
 from alignkit.engine.dataset import prompt_key
-from alignkit.engine.logging import peak_memory_mb
+from alignkit.engine.logging import keep_lines_up_to, peak_memory_mb
 from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.engine.trainer import Trainer, TrainingStopped
 from alignkit.errors import ConfigError, DataError
@@ -126,8 +126,7 @@ class OnlineTrainer(Trainer):
             rows = [r for r in rows if prompt_key_of(r) not in held]
         with collect() as code:
             self.reward_fn = build_reward(c.reward, self.tokenizer, self.accelerator.device)
-        if self.accelerator.is_main_process:
-            record(self.output_dir, code)  # <output_dir>/code.json: which file each reward function came from
+        self._code = code  # written to <output_dir>/code.json as the run starts (_start_files)
         logger.info("online: %d training prompts, %d held out; %d samples per prompt; reward %s", len(rows),
                     len(evals), c.num_samples, c.reward)
         return PromptRows(rows), (PromptRows(evals) if evals else None)
@@ -245,6 +244,13 @@ class OnlineTrainer(Trainer):
         if self.skipped_in_row >= c.max_bad_steps:
             raise TrainingStopped(f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient")
         return record
+
+    def _start_files(self) -> None:
+        """``code.json`` (which file each reward function came from); a resumed run's ``samples.jsonl`` without
+        the lines of steps it will redo."""
+        record(self.output_dir, self._code)
+        if (self.output_dir / "samples.jsonl").exists():
+            keep_lines_up_to(self.output_dir / "samples.jsonl", self.step_idx)
 
     def _log_samples(self, exp) -> None:
         c = self.config

@@ -36,10 +36,12 @@ from pathlib import Path
 
 from alignkit.engine.checkpoint import latest_checkpoint
 from alignkit.engine.logging import logger
-from alignkit.errors import AlignkitError, ConfigError, RunDirError
+from alignkit.errors import AlignkitError, ConfigError, ModelError, RunDirError
+from alignkit.io_atomic import atomic_write_text
+from alignkit.models.checks import position_limit
 
 LOCK = "run.lock"
-RUN_FILES = ("config.yaml", "metrics.jsonl")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "code.json", "samples.jsonl")
 RUN_DIRS = ("checkpoints", "final", "adapter", "tensorboard", ".tmp-final", ".tmp-adapter", ".old-final",
             ".old-adapter")
 MARGIN = 64 * 2**20  # bytes beyond the estimate: config, tokenizer, RNG and trainer state files
@@ -152,22 +154,14 @@ def clear_run(folder: Path) -> None:
         logger.warning("overwrite=true: removed the previous run's %s from %s", ", ".join(gone), folder)
 
 
-def start_run(folder: Path, config_yaml: str, overwrite: bool) -> None:
-    """The run's folder as training starts: the previous run cleared (``overwrite``), ``config.yaml`` written."""
-    if overwrite:
+def start_run(folder: Path, config, config_yaml: str) -> None:
+    """The run's folder as training starts: checked again for a run another trainer of this process may have
+    finished in it since this one was built, the previous run cleared (``overwrite``), ``config.yaml`` written."""
+    check_new_run(folder, config)
+    if config.overwrite:
         clear_run(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "config.yaml", config_yaml)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path``, fsync it and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(folder / "config.yaml", config_yaml)
 
 
 def check_writable(folder: Path) -> None:
@@ -180,14 +174,31 @@ def check_writable(folder: Path) -> None:
         raise RunDirError(f"output_dir {folder} is not writable ({e.strerror or e}); pick another output_dir") from e
 
 
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file; a file that is not one (a Git LFS pointer left by a clone without
+    git-lfs, a truncated download) is one `ModelError` line naming it."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        try:
+            header = json.loads(fh.read(n)) if 0 < n <= size - 8 else None
+        except ValueError:
+            header = None
+    if isinstance(header, dict):
+        return header
+    if head.startswith(b"version "):
+        raise ModelError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in {path.parent} (or "
+                         "download the model again)")
+    raise ModelError(f"{path} is not a safetensors file ({size} bytes, no valid header): download it again")
+
+
 def safetensors_params(model_dir: Path) -> int | None:
     """Number of parameters in a local model folder, from its safetensors headers (no weight is read); weight
     files in other formats count at 4 bytes a parameter. None when the folder has no weight files."""
     total, found = 0, False
     for f in sorted(model_dir.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
+        header = safetensors_header(f)
         total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
         found = True
     for f in (*model_dir.glob("*.bin"), *model_dir.glob("*.pt"), *model_dir.glob("*.pth")):
@@ -241,15 +252,13 @@ def check_position_limit(config, model_dir: Path) -> None:
         model_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
     except Exception:  # not a model we can read the config of: loading it will say why
         return
-    model_config = getattr(model_config, "text_config", None) or model_config
-    for attr in ("max_position_embeddings", "n_positions"):
-        limit = getattr(model_config, attr, None)
-        if isinstance(limit, int) and config.max_length > limit:
-            logger.warning("max_length %d is beyond the position limit of model %s (%s=%d): sequences are cut at %d "
-                           "(set max_length <= %d to silence this)", config.max_length, config.model, attr, limit,
-                           limit, limit)
-            config.max_length = limit
-            return
+    found = position_limit(model_config)
+    if found is not None and config.max_length > found[1]:
+        attr, limit = found
+        logger.warning("max_length %d is beyond the position limit of model %s (%s=%d): sequences are cut at %d "
+                       "(set max_length <= %d to silence this)", config.max_length, config.model, attr, limit,
+                       limit, limit)
+        config.max_length = limit
 
 
 class Hold:

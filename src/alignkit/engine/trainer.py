@@ -365,7 +365,8 @@ class Trainer:
                 if self._resume_path is not None:
                     self.resume(c.resume_from)
                 if main:
-                    rundir.start_run(self.output_dir, self._config_yaml(), c.overwrite)
+                    rundir.start_run(self.output_dir, c, self._config_yaml())
+                    self._start_files()
         except RunInterrupted:
             self.guard.report(self.step_idx, self.output_dir, None, started=False)
             return TrainResult(self.output_dir, None, [], True, self.skipped_total)
@@ -412,6 +413,10 @@ class Trainer:
         if self.skipped_total:
             logger.warning("%d step(s) were skipped for non-finite loss, gradient or update", self.skipped_total)
         return TrainResult(self.output_dir, final_dir, history, stopped, self.skipped_total, self.layout)
+
+    def _start_files(self) -> None:
+        """What a run writes into its folder as it starts, after an old run there is cleared (the online trainer
+        adds the code its reward functions came from)."""
 
     def _keep_last_finite_update(self) -> str:
         """When a run diverges: a checkpoint of its weights, which are those of the last finite update (skipped

@@ -38,3 +38,14 @@ def check_tokenizer_fits(tokenizer, model_config, source: str, data=None) -> Non
     if top >= rows:
         raise ModelError(f"model {source}: the data holds token id {top} but the model's embedding has {rows} rows "
                          f"(ids 0-{rows - 1}); {fix}")
+
+
+def position_limit(model_config) -> tuple[str, int] | None:
+    """``(config key, positions)`` the model can attend over (a multimodal config's text part), None if the config
+    does not say."""
+    text = getattr(model_config, "text_config", None) or model_config
+    for key in ("max_position_embeddings", "n_positions"):
+        limit = getattr(text, key, None)
+        if isinstance(limit, int):
+            return key, limit
+    return None

@@ -87,3 +87,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _alignkit_logs_reach_caplog(request):
+    """alignkit's logger does not propagate to the root logger (its console handler prints once); a test that
+    asks for ``caplog`` gets its records anyway, whichever tests ran before it."""
+    if "caplog" not in request.fixturenames:
+        yield
+        return
+    import logging
+
+    handler = request.getfixturevalue("caplog").handler
+    logger = logging.getLogger("alignkit")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)

@@ -78,13 +78,19 @@ def data_digest(data: TokenizedDataset) -> str:
     return h.hexdigest()
 
 
+# /2: log-probs of sliding-window models (Mistral, Gemma-2/3, Phi-3, Mixtral) on sequences longer than the window
+# were wrong in shared-prompt rows before the windows went into the block mask; a /1 cache is never reused
+FORMAT = "alignkit-ref-logps/2"
+
+
 def cache_meta(weights: str, data: TokenizedDataset, precision: str) -> dict[str, str]:
     return {"weights": weights, "data": data_digest(data), "precision": precision,
-            "records": str(len(data)), "slots": str(data.slots), "format": "alignkit-ref-logps/1"}
+            "records": str(len(data)), "slots": str(data.slots), "format": FORMAT}
 
 
 def cache_path(cache_dir: str | Path, name: str, meta: dict[str, str]) -> Path:
-    key = hashlib.sha256((meta["weights"] + meta["data"] + f"autocast={meta['precision']}").encode()).hexdigest()
+    key = hashlib.sha256((meta["format"] + meta["weights"] + meta["data"] + f"autocast={meta['precision']}")
+                         .encode()).hexdigest()
     return Path(cache_dir) / f"{name}-{key[:24]}.safetensors"
 
 
@@ -95,7 +101,7 @@ _WHY = {
     "precision": "the autocast precision differs",
     "records": "the number of records differs",
     "slots": "the number of response slots differs",
-    "format": "the file is not an alignkit reference cache",
+    "format": "the file is not a reference cache of this alignkit (an older format, or another file)",
 }
 
 

@@ -581,6 +581,9 @@ def test_a_wrong_shape_tensor_is_refused_before_any_weight_changes(tiny_path, pa
     full = tensors[name]
     save_file({**tensors, name: full[:1].clone()}, path / "model.safetensors")
     (path / "manifest.json").unlink(missing_ok=True)
+    state = json.loads((path / "trainer_state.json").read_text())
+    state.pop("fingerprints")  # an older alignkit wrote neither (a manifest without its fingerprints is damage)
+    (path / "trainer_state.json").write_text(json.dumps(state))
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, resume_from="latest"))
     before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
     with pytest.raises(CheckpointError) as e:
@@ -589,6 +592,16 @@ def test_a_wrong_shape_tensor_is_refused_before_any_weight_changes(tiny_path, pa
                             f"the model's is {list(full.shape)} torch.float32 (was it saved with the same model, dtype "
                             "and LoRA settings?)")
     assert all(torch.equal(before[n], p) for n, p in t.policy.named_parameters())
+    t._release()
+
+
+def test_a_checkpoint_of_this_version_without_its_manifest_is_damaged(tiny_path, pairs_path, tmp_path, straight):
+    """The newest checkpoint lost its manifest.json (its trainer_state.json has fingerprints: written by this
+    version) -> passed over as damaged, with a warning naming it; the resume takes step-000004."""
+    copy_checkpoints(straight, tmp_path, steps=(4, 6))
+    (step_dir(tmp_path, 6) / "manifest.json").unlink()
+    t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, resume_from="latest"))
+    assert t._resume_path == step_dir(tmp_path, 4)
     t._release()
 
 
@@ -860,3 +873,18 @@ def test_the_update_check_computes_as_adamw_does_in_float16():
     assert not adamw_step_is_finite(opt)
     opt.step()
     assert not torch.isfinite(q).all()
+
+
+def test_a_kill_between_publishs_two_renames_is_undone_at_the_next_start(tiny_path, pairs_path, tmp_path, straight):
+    """final/ was moved aside as .old-final and the kill came before the new one was renamed in -> the next run on
+    the folder puts the old final/ back (with a warning) and sees a finished run; a stale .old-* beside its
+    folder is removed."""
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    os.replace(out / "final", out / ".old-final")
+    shutil.copytree(step_dir(out, 6), out / "checkpoints" / ".old-step-000006")
+    with pytest.raises(RunDirError, match="holds a finished run"):
+        Trainer(tiny_config(tiny_path, pairs_path, out, max_steps=2))
+    assert (out / "final" / "model.safetensors").is_file() and not (out / ".old-final").exists()
+    assert not (out / "checkpoints" / ".old-step-000006").exists()
+    assert same_tensors(weights(out / "final"), weights(straight / "final"))

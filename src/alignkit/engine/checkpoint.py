@@ -211,6 +211,21 @@ def publish(tmp: Path, folder: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def recover_published(parent: Path) -> list[str]:
+    """Finish what a kill inside `publish` left in ``parent``: an ``.old-<name>`` whose ``<name>`` is missing (the
+    kill fell between the two renames) is put back; one whose ``<name>`` is there is removed. Returns what was
+    put back."""
+    restored = []
+    for aside in parent.glob(".old-*") if parent.is_dir() else ():
+        folder = aside.with_name(aside.name[len(".old-"):])
+        if folder.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, folder)
+            restored.append(folder.name)
+    return restored
+
+
 def rotate(checkpoints: list[Path], keep: int) -> list[Path]:
     """The checkpoints to delete (oldest first): all but the newest ``keep``, except that the newest healthy one
     (finite weights, saved outside a run of skipped non-finite steps) is always kept: a run that diverged and
@@ -253,12 +268,19 @@ def write_manifest(folder: Path) -> None:
 
 def verify_checkpoint(path: str | Path) -> str | None:
     """None when the folder is a complete checkpoint whose files match its manifest, else the reason (naming
-    the file). A checkpoint from before manifests were written is checked for its state file only."""
+    the file). A checkpoint from before manifests (and fingerprints) were written is checked for its state file
+    only."""
     path = Path(path)
     if not path.is_dir():
         return "no such folder"
     if not (path / MANIFEST).is_file():
-        return None if (path / "trainer_state.json").is_file() else "incomplete: no manifest.json, no trainer_state.json"
+        if not (path / "trainer_state.json").is_file():
+            return "incomplete: no manifest.json, no trainer_state.json"
+        try:  # this version writes fingerprints and a manifest together: one without the other is damage
+            state = json.loads((path / "trainer_state.json").read_text())
+        except ValueError:
+            return "trainer_state.json is unreadable"
+        return "manifest.json is missing" if "fingerprints" in state else None
     try:
         files = json.loads((path / MANIFEST).read_text())["files"]
     except (ValueError, KeyError, TypeError):

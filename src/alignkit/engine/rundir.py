@@ -34,7 +34,7 @@ import struct
 import weakref
 from pathlib import Path
 
-from alignkit.engine.checkpoint import latest_checkpoint
+from alignkit.engine.checkpoint import latest_checkpoint, recover_published
 from alignkit.engine.logging import logger
 from alignkit.errors import AlignkitError, ConfigError, ModelError, RunDirError
 from alignkit.io_atomic import atomic_write_text
@@ -227,6 +227,9 @@ def check_space(folder: Path, config, model_dir: Path) -> None:
     if need is None:
         return
     free = shutil.disk_usage(folder).free
+    if config.overwrite:  # what overwrite=true removes as training starts is room for this run
+        free += sum(f.stat().st_size for n in (*RUN_DIRS, *RUN_FILES) if (folder / n).exists()
+                    for f in ([folder / n] if (folder / n).is_file() else (folder / n).rglob("*")) if f.is_file())
     if free < need:
         raise RunDirError(f"output_dir {folder}: {free / 2**30:.2f} GiB free on its disk, this run needs about "
                           f"{need / 2**30:.2f} GiB (a checkpoint of the trainable parameters with their optimizer "
@@ -285,6 +288,9 @@ def preflight(config, main: bool) -> Hold | None:
     check_writable(folder)
     hold = Hold(folder)
     try:
+        for parent in (folder, folder / "checkpoints"):  # a kill between publish's two renames
+            for name in recover_published(parent):
+                logger.warning("%s: put back %s, which a stopped save had moved aside", parent, name)
         check_new_run(folder, config)
         model_dir = model_folder(config)
         check_space(folder, config, model_dir)

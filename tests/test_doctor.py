@@ -116,7 +116,7 @@ def test_doctor_load_weights_checks_the_executor(tiny_path, capsys):
     code, lines = screen([tiny_path, "--load-weights"], capsys)
     assert code == 0
     executor = next(line for line in lines if "executor" in line)
-    assert executor.startswith("✓ executor    matches the model's own forward on 1 record(s): shared_prompt: |diff| ")
+    assert executor.startswith("✓ executor    matches the model's own forward on the longest of 1 record(s): shared_prompt: |diff| ")
     assert "; padded: |diff| " in executor
 
 

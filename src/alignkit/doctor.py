@@ -187,13 +187,13 @@ def check_positions(d: Diagnosis, config, max_length: int) -> None:
 
 def check_data(d: Diagnosis, data: str, tok, rows: int, max_length: int, split: str, subset: str | None):
     """The layout and the prompt/completion boundary of the first ``rows`` records (None if unreadable)."""
-    from alignkit.data.io import BadRowError, SourceError, read_records
-    from alignkit.data.layouts import LayoutError
+    from alignkit.data.io import read_records
     from alignkit.data.tokenize import TokenizeConfig, tokenize_record
+    from alignkit.errors import DataError
 
-    try:  # as training reads it (on_bad_row=error): a bad row would stop the run
+    try:  # as training reads it (on_bad_row=error): a bad row, a missing file or Hub dataset would stop the run
         result = read_records(data, split=split, subset=subset)
-    except (BadRowError, SourceError, LayoutError) as e:
+    except DataError as e:
         d.add("data", str(e), "fail")
         return None
     d.add("data", f"{result.source}: {len(result)} records; {result.layout_reason or 'layout ' + result.layout}")
@@ -253,14 +253,21 @@ def check_memory(d: Diagnosis, config, n_params: int, n_lora: int, batch_size: i
 
 def check_executor(d: Diagnosis, folder: str, tok, records, dtype: str, max_length: int,
                    trust_remote_code: bool) -> None:
-    """The executor against the model's own forward (`verify_against_forward`) on the first records, in the
-    shared-prompt layout and in padded rows. This is the seam to engine/startup.py's start-up check: a family
-    whose block-mask path disagrees while padded rows agree is trained on padded rows (the start-up check,
-    `alignkit.engine.score.checked_layout`, falls back by itself and says so)."""
-    from alignkit.data.collate import collate
+    """The start-up check of a training run (`alignkit.engine.score.layout_checks`: every response of the longest
+    record through the executor and through the model's own forward) in shared-prompt and in padded rows, on
+    ``records`` (or a sample pair). Shared-prompt rows that disagree while padded rows agree: training falls
+    back to padded rows by itself (a warning here); padded rows that disagree: a failure."""
     from alignkit.data.layouts import parse_row
-    from alignkit.data.tokenize import TokenizeConfig, tokenize_record
-    from alignkit.engine.logprobs import ExecutorMismatch, supports_packing, verify_against_forward
+    from alignkit.data.tokenize import TokenizeConfig
+    from alignkit.engine.dataset import TokenizedDataset
+    from alignkit.engine.logprobs import (
+        ExecutorMismatch,
+        LogProbModel,
+        attention_cost_weight,
+        supports_packing,
+        verify_against_forward,
+    )
+    from alignkit.engine.score import layout_checks
     from alignkit.models.load import load_model
 
     model = load_model(folder, dtype=dtype, trust_remote_code=trust_remote_code).eval()
@@ -268,27 +275,25 @@ def check_executor(d: Diagnosis, folder: str, tok, records, dtype: str, max_leng
         tok.pad_token = tok.eos_token
     records = records or [parse_row(SAMPLE if getattr(tok, "chat_template", None) else PLAIN, "paired")]
     try:
-        items = [tokenize_record(r, tok, TokenizeConfig(max_length=max_length), index=i) for i, r in enumerate(records)]
+        data = TokenizedDataset.build(records, tok, TokenizeConfig(max_length=max_length), "doctor data")
     except ValueError as e:
         d.add("executor", f"cannot tokenize the records: {e}", "fail")
         return
     rtol = 1e-4 if dtype in ("float32", "fp32") else 3e-2
-    layouts = ["shared_prompt", "padded"] if supports_packing(model) else ["padded"]
-    results = {}
+    scorer = LogProbModel(model)
+    layouts = ("shared_prompt", "padded") if supports_packing(model) else ("padded",)
     with torch.no_grad():
-        for layout in layouts:
-            try:
-                results[layout] = f"|diff| {verify_against_forward(model, collate(items, records, tok.pad_token_id, layout), rtol):.1e}"
-            except ExecutorMismatch as e:
-                results[layout] = f"DIFFERS ({str(e).split(';')[0]})"
-    ok = [k for k, v in results.items() if not v.startswith("DIFFERS")]
-    text = "; ".join(f"{k}: {v}" for k, v in results.items())
-    if not ok:
+        results = layout_checks(lambda b: verify_against_forward(model, b, rtol, scorer), data, tok.pad_token_id,
+                                layouts, 256, attention_cost_weight(model), next(model.parameters()).device)
+    shown = {k: f"DIFFERS ({str(v).split(';')[0]})" if isinstance(v, ExecutorMismatch) else f"|diff| {v:.1e}"
+             for k, v in results.items()}
+    text = "; ".join(f"{k}: {v}" for k, v in shown.items())
+    if isinstance(results["padded"], ExecutorMismatch):
         d.add("executor", f"{text}: the log-probs would be wrong in every layout; report the model type", "fail")
-    elif len(ok) < len(results):
+    elif any(isinstance(v, ExecutorMismatch) for v in results.values()):
         d.add("executor", f"{text}: training falls back to padded rows for this model (automatic)", "warn")
     else:
-        d.add("executor", f"matches the model's own forward on {len(records)} record(s): {text}", "ok")
+        d.add("executor", f"matches the model's own forward on the longest of {len(records)} record(s): {text}", "ok")
 
 
 # ----------------------------------------------------------------------------------------------- printing

@@ -91,7 +91,7 @@ class StopGuard:
     def report(self, step: int, output_dir, final_dir, stopped: bool = True, started: bool = True) -> None:
         """The run's last word on a signal: where it stopped and the command that resumes it."""
         if not started:
-            logger.warning("%s received before training started: nothing changed; run the same command again",
+            logger.warning("%s received before training started: nothing was trained; run the same command again",
                            self.name)
         elif stopped:
             saved = f"checkpoint of step {step} in {output_dir / 'checkpoints'}" if step else "nothing trained yet"

@@ -66,21 +66,35 @@ def checked_layout(verify: Callable[[Batch], float], data: TokenizedDataset, pad
     `ExecutorMismatch`). Shared-prompt rows that disagree (a family whose attention the block mask does not
     express) fall back to padded rows, said once; padded rows that disagree, or shared-prompt rows asked for
     explicitly (``layout="shared_prompt"``), raise."""
-    index, worst = longest_record(data), 0.0
-    for candidate in ("padded",) if layout == "padded" else ("shared_prompt", "padded"):
+    candidates = ("padded",) if layout == "padded" else ("shared_prompt", "padded")
+    results = layout_checks(verify, data, pad_id, candidates, max_row_tokens, attn_weight, device)
+    for candidate, result in results.items():
+        if not isinstance(result, ExecutorMismatch):
+            continue
+        if candidate == "padded" or layout == "shared_prompt":
+            raise result
+        logger.warning("shared-prompt packing does not reproduce %s's own forward (%s): using padded rows",
+                       model_name, str(result).split(";")[0])
+        layout = "padded"
+    item = data.items[longest_record(data)]
+    logger.info("executor matches the model's forward on the longest record (%d responses, up to %d tokens; "
+                "|diff| %.2e)", item.k, max(len(item.full_ids(k)) for k in range(item.k)),
+                max(r for r in results.values() if not isinstance(r, ExecutorMismatch)))
+    return layout
+
+
+def layout_checks(verify: Callable[[Batch], float], data: TokenizedDataset, pad_id: int, layouts: tuple[str, ...],
+                  max_row_tokens: int, attn_weight: float, device) -> dict[str, float | ExecutorMismatch]:
+    """``{layout: largest difference, or the ExecutorMismatch}`` of every response of the longest record of
+    ``data`` in each of ``layouts`` (all of them run: under FSDP every process must make the same calls)."""
+    index, out = longest_record(data), {}
+    for candidate in layouts:
         batch = data.collate([index], pad_id, candidate, max_row_tokens, attn_weight).to(device)
         try:
-            worst = max(worst, verify(batch))
+            out[candidate] = verify(batch)
         except ExecutorMismatch as e:
-            if candidate == "padded" or layout == "shared_prompt":
-                raise
-            logger.warning("shared-prompt packing does not reproduce %s's own forward (%s): using padded rows",
-                           model_name, str(e).split(";")[0])
-            layout = "padded"
-    item = data.items[index]
-    logger.info("executor matches the model's forward on the longest record (%d responses, up to %d tokens; "
-                "|diff| %.2e)", item.k, max(len(item.full_ids(k)) for k in range(item.k)), worst)
-    return layout
+            out[candidate] = e
+    return out
 
 
 def model_layout(model, data: TokenizedDataset, pad_id: int, layout: str, max_row_tokens: int = 256,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alignkit.data.io import BAD_ROW_HELP
 from alignkit.errors import ConfigError, DataError
 from alignkit.models.hub import OFFLINE_HELP
 
@@ -38,7 +39,7 @@ def _reading(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("data", help="input records (.jsonl, .json, .parquet, .csv or a save_to_disk folder)")
     p.add_argument("--out", required=out_required, help="output file (.jsonl, .parquet or .csv)")
     p.add_argument("--layout", default=None, help="force a layout (paired, unpaired, ranked, scored, ...)")
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=BAD_ROW_HELP)
 
 
 def _read(args: argparse.Namespace, rejects_near: Path):
@@ -60,17 +61,20 @@ def _write(records, path: str) -> Path:
 
 # --------------------------------------------------------------------------------------- convert
 def _convert_parser(dsub) -> None:
-    from alignkit.data.tools.converters import FORMATS
+    from alignkit.data.tools.converters import FORMATS, ON_EMPTY
 
     p = dsub.add_parser("convert", help="public layouts (HH-RLHF, UltraFeedback, TRL, OpenAI, CSV) -> alignkit",
                         description="alignkit data convert IN --out OUT.jsonl [--from FORMAT]")  # fmt: skip
-    p.add_argument("data")
+    p.add_argument("data", help="input rows (.jsonl, .json, .parquet, .csv, a save_to_disk folder or a Hub dataset)")
     p.add_argument("--out", required=True, help=".jsonl (alignkit native), .parquet or .csv")
     p.add_argument("--from", dest="fmt", default="auto", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--columns", default=None, help="rename columns first: prompt=question,chosen=good,...")
     p.add_argument("--score-key", default=None, help="ultrafeedback: the score field of each completion")
     p.add_argument("--split", default="train", help="the split of a save_to_disk DatasetDict")
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=BAD_ROW_HELP)
+    p.add_argument("--on-empty", default="keep", choices=ON_EMPTY,
+                   help="records with an empty reply: keep them (counted in the summary) or skip them "
+                        "(to the rejects file as empty_reply, counted)")  # fmt: skip
     p.set_defaults(fn=convert_command)
 
 
@@ -87,7 +91,8 @@ def convert_command(args: argparse.Namespace) -> int:
     from alignkit.data.tools.converters import convert
 
     result = convert(args.data, args.out, args.fmt, columns=_columns(args.columns), score_key=args.score_key,
-                     on_bad_row=args.on_bad_row, split=args.split, show_progress=True)  # fmt: skip
+                     on_bad_row=args.on_bad_row, on_empty=args.on_empty, split=args.split,
+                     show_progress=True)  # fmt: skip
     print(result.summary())
     return 0
 
@@ -242,7 +247,7 @@ def _split_parser(dsub) -> None:
     p.add_argument("--train-out", default=None, help="default: <stem>.train.jsonl next to the input")
     p.add_argument("--eval-out", default=None, help="default: <stem>.eval.jsonl next to the input")
     p.add_argument("--layout", default=None)
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=BAD_ROW_HELP)
     p.set_defaults(fn=split_command)
 
 

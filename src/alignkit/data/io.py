@@ -36,8 +36,6 @@ from alignkit.io_atomic import atomic_write
 
 log = logging.getLogger("alignkit")
 ON_BAD_ROW = ("error", "skip")
-BAD_ROW_HELP = ("a row that does not parse: stop with its file, row and field (error), or write it to "
-                "<out stem>.rejects.jsonl with the reason and count it (skip)")  # fmt: skip
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -82,15 +82,24 @@ def _tokenize_config(args: argparse.Namespace, max_length: int | None = None):
 
 def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     """A reference cache that `alignkit train ... ref_cache_file=OUT` accepts (see engine/refcache.py)."""
-    from alignkit.config import TrainConfig
+    from alignkit.config import TrainConfig, parse_mapping
     from alignkit.engine import refcache as rc
     from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.reference import ModelReference
+    from alignkit.engine.rundir import check_position_limit
     from alignkit.engine.score import model_layout, model_scorer
     from alignkit.objectives import build_objective
 
     extras = build_objective(args.objective).extras
-    max_length = args.max_length if args.max_length is not None else TrainConfig.max_length  # train's default
+    # the settings `alignkit train` would use for these records: train's default max_length, lowered to the
+    # model's position limit as train lowers it (the cache stores them, so a refusal can name what differs)
+    settings = TrainConfig(model=args.model, data=args.data, layout=args.layout, on_bad_row=args.on_bad_row,
+                           max_length=args.max_length if args.max_length is not None else TrainConfig.max_length,
+                           max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
+                           chat_template_kwargs=parse_mapping(args.chat_template_kwargs, "--chat-template-kwargs") or {},
+                           seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
+    check_position_limit(settings)
+    max_length = settings.max_length
     data = TokenizedDataset.build(records, tokenizer, _tokenize_config(args, max_length), "data", extras, args.seed)
     weights = rc.files_digest(args.model)
     weights = (weights or rc.weights_digest(model)) + rc.load_key(model, args.dtype)
@@ -99,10 +108,10 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     layout = model_layout(model, data, tokenizer.pad_token_id, layout)
     table = rc.compute_table(ModelReference(model, "path", 0), data, tokenizer.pad_token_id, layout, 256,
                              args.batch_size, next(model.parameters()).device)
-    rc.store_table(Path(args.out), table, rc.cache_meta(weights, data, "no"))
+    rc.store_table(Path(args.out), table, rc.cache_meta(weights, data, "no", rc.record_settings(settings, extras)))
     print(f"wrote reference log-probs of {len(records)} records to {args.out}; train with ref_cache_file={args.out} "
           f"(same data, max_length={max_length}, max_prompt_length={args.max_prompt_length}, "
-          f"chat_template={args.chat_template}, seed={args.seed})")
+          f"chat_template={args.chat_template}, seed={args.seed}, eval_split=0)")
     return 0
 
 

@@ -8,7 +8,7 @@ import pytest
 from alignkit.data.schema import PreferenceRecord
 from alignkit.demo import QUICK, best_vs_worst, format_table, run_demo
 from alignkit.worlds import reviews
-from alignkit.worlds.reviews import reward
+from alignkit.worlds.reviews import brevity, reward
 
 
 def test_best_vs_worst_drops_and_counts_ties():
@@ -57,6 +57,20 @@ def test_quick_demo_raises_the_reward(quick_demo):
         rec = PreferenceRecord(**json.loads(line))
         assert rec.ranks == [0.0, 1.0]
         assert reward(rec.responses[0]) > reward(rec.responses[1])
+
+    # the same samples in every shape the README trains on, in the layouts users write; held-out pairs
+    def rows(name):
+        return [json.loads(x) for x in (out / name).read_text().splitlines()]
+
+    lists, multi, feedback = rows("lists.jsonl"), rows("multi.jsonl"), rows("feedback.jsonl")
+    assert len(lists) == len(multi) == QUICK.n_train_prompts  # every prompt, ties included (scores, not ranks)
+    assert all(r["scores"] == [reward(c) for c in r["completions"]] for r in lists)
+    assert all(r["scores"] == [[reward(c), brevity(c)] for c in r["completions"]] for r in multi)
+    assert all(set(r) == {"prompt", "completion", "label"} and r["label"] == (reward(r["completion"]) > 0)
+               for r in feedback)  # fmt: skip
+    assert rows("negatives.jsonl") == [r for r in feedback if not r["label"]]
+    held = rows("eval/heldout_pairs.jsonl")
+    assert 100 < len(held) <= 128 and all(reward(r["responses"][0]) > reward(r["responses"][1]) for r in held)
 
     ref = results["reference_row"]
     smallest = min(results["rows"], key=lambda r: r["beta"])

@@ -157,3 +157,20 @@ def test_ref_cache_off_from_an_override_or_a_yaml_file_is_off(tiny_path, pairs_p
     assert load_config(TrainConfig, str(tmp_path / "c.yaml")).ref_cache is False
     t = Trainer(c)
     assert not isinstance(t.reference, CachedReference) and t.config.ref_cache == "off"
+
+
+def test_cache_refusal_names_the_setting_that_changed_the_records(tiny_path, pairs_path, tmp_path):
+    """configs/dpo.yaml holds out eval_split=0.05: a cache of the whole file then covers more records than the
+    run trains on; the refusal says that eval_split did it (the cache stores the settings that shape records)."""
+    from alignkit import cli
+    from alignkit.errors import ConfigError
+
+    out = tmp_path / "ref.safetensors"
+    assert cli.main(["logprobs", "--model", tiny_path, "--data", pairs_path, "--out", str(out), "--cache"]) == 0
+    with pytest.raises(ConfigError) as e:
+        Trainer(cfg(tiny_path, pairs_path, tmp_path / "a", ref_cache_file=str(out), eval_split=0.25))
+    assert "the number of records differs (cache: 32, this run: 23)" in str(e.value)
+    assert ("settings that shape the records and differ: eval_split (cache: 0.0, this run: 0.25) -- eval_split=0.25 "
+            "holds part of `data` out for evaluation") in str(e.value)
+    assert "max_length" not in str(e.value).split("settings that shape")[1]  # both lowered to the position limit
+    Trainer(cfg(tiny_path, pairs_path, tmp_path / "b", ref_cache_file=str(out)))  # eval_split=0: accepted

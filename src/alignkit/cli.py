@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from alignkit import help_text as H
+
 
 def _train(args: argparse.Namespace) -> int:
     from alignkit.config import TrainConfig, load_config
@@ -80,15 +82,24 @@ def _tokenize_config(args: argparse.Namespace, max_length: int | None = None):
 
 def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     """A reference cache that `alignkit train ... ref_cache_file=OUT` accepts (see engine/refcache.py)."""
-    from alignkit.config import TrainConfig
+    from alignkit.config import TrainConfig, parse_mapping
     from alignkit.engine import refcache as rc
     from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.reference import ModelReference
+    from alignkit.engine.rundir import check_position_limit
     from alignkit.engine.score import model_layout, model_scorer
     from alignkit.objectives import build_objective
 
     extras = build_objective(args.objective).extras
-    max_length = args.max_length if args.max_length is not None else TrainConfig.max_length  # train's default
+    # the settings `alignkit train` would use for these records: train's default max_length, lowered to the
+    # model's position limit as train lowers it (the cache stores them, so a refusal can name what differs)
+    settings = TrainConfig(model=args.model, data=args.data, layout=args.layout, on_bad_row=args.on_bad_row,
+                           max_length=args.max_length if args.max_length is not None else TrainConfig.max_length,
+                           max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
+                           chat_template_kwargs=parse_mapping(args.chat_template_kwargs, "--chat-template-kwargs") or {},
+                           seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
+    check_position_limit(settings)
+    max_length = settings.max_length
     data = TokenizedDataset.build(records, tokenizer, _tokenize_config(args, max_length), "data", extras, args.seed)
     weights = rc.files_digest(args.model)
     weights = (weights or rc.weights_digest(model)) + rc.load_key(model, args.dtype)
@@ -97,10 +108,10 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     layout = model_layout(model, data, tokenizer.pad_token_id, layout)
     table = rc.compute_table(ModelReference(model, "path", 0), data, tokenizer.pad_token_id, layout, 256,
                              args.batch_size, next(model.parameters()).device)
-    rc.store_table(Path(args.out), table, rc.cache_meta(weights, data, "no"))
+    rc.store_table(Path(args.out), table, rc.cache_meta(weights, data, "no", rc.record_settings(settings, extras)))
     print(f"wrote reference log-probs of {len(records)} records to {args.out}; train with ref_cache_file={args.out} "
           f"(same data, max_length={max_length}, max_prompt_length={args.max_prompt_length}, "
-          f"chat_template={args.chat_template}, seed={args.seed})")
+          f"chat_template={args.chat_template}, seed={args.seed}, eval_split=0)")
     return 0
 
 
@@ -127,41 +138,54 @@ def _objectives(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alignkit", description="Align language models with preference feedback.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from alignkit import __version__
+    from alignkit.config_help import format_keys
 
-    t = sub.add_parser("train", help="train with any offline objective",
-                       description="alignkit train [CONFIG.yaml] [key=value ...]")
-    t.add_argument("items", nargs="*", help="an optional YAML config, then key=value overrides")
+    p = argparse.ArgumentParser(prog="alignkit", description="Align language models with preference feedback.")
+    p.add_argument("--version", action="version", version=f"alignkit {__version__}",
+                   help="print alignkit's version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train with any objective: offline (data=), online (prompts= reward=), "
+                                     "reward models",
+                       description="alignkit train [CONFIG.yaml] [key=value ...]", epilog=format_keys(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                   help="an optional YAML config, then key=value settings that override it (keys below)")
     t.set_defaults(fn=_train)
 
     from alignkit.models.hub import OFFLINE_HELP
 
     lp = sub.add_parser("logprobs", help="log-prob of every response of every record")
-    lp.add_argument("--model", required=True)
-    lp.add_argument("--data", required=True)
-    lp.add_argument("--out", required=True)
-    lp.add_argument("--max-length", type=int, default=None)
-    lp.add_argument("--batch-size", type=int, default=8)
-    lp.add_argument("--dtype", default="float32")
-    lp.add_argument("--layout", default=None, help="force a data layout (paired, unpaired, ranked, ...)")
-    lp.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
-    lp.add_argument("--trust-remote-code", action="store_true")
+    lp.add_argument("--model", required=True, help="the model whose log-probs to compute: a folder or a Hub id")
+    lp.add_argument("--data", required=True, help="records to score (any layout `alignkit train` reads)")
+    lp.add_argument("--out", required=True,
+                    help="JSONL, one row per response: id (the record's, or its position), response_index, logp "
+                         "(summed log-prob of its tokens), n_tokens; with --cache a .safetensors reference cache")
+    lp.add_argument("--max-length", type=int, default=None,
+                    help=H.max_length("default: no limit (with --cache: train's default, 512)"))
+    lp.add_argument("--batch-size", type=int, default=8, help=H.batch("records"))
+    lp.add_argument("--dtype", default="float32", help=H.DTYPE)
+    lp.add_argument("--layout", default=None, help=H.LAYOUT)
+    lp.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=H.BAD_ROW)
+    lp.add_argument("--trust-remote-code", action="store_true", help=H.TRUST_REMOTE_CODE)
     lp.add_argument("--cache", action="store_true",
                     help="write a reference cache (safetensors) for `train ref_cache_file=OUT` instead of JSONL")
     lp.add_argument("--objective", default="dpo", help="with --cache: the objective to train (KTO adds completions)")
-    lp.add_argument("--max-prompt-length", type=int, default=None)
-    lp.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
-    lp.add_argument("--chat-template-kwargs", default=None, metavar="MAPPING",
-                    help="passed to the chat template, as train's chat_template_kwargs (e.g. '{enable_thinking: false}')")
+    lp.add_argument("--max-prompt-length", type=int, default=None,
+                    help="prompt tokens kept when a sequence is too long, as train's max_prompt_length "
+                         "(default: half of --max-length)")
+    lp.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"], help=H.CHAT_TEMPLATE)
+    lp.add_argument("--chat-template-kwargs", default=None, metavar="MAPPING", help=H.CHAT_TEMPLATE_KWARGS)
     lp.add_argument("--seed", type=int, default=0, help="with --cache: the training seed (KTO's pairing)")
     lp.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     lp.set_defaults(fn=_logprobs)
 
     d = sub.add_parser("demo", help="the built-in demo world: pretrain, label, DPO at several betas")
-    d.add_argument("--out", default="demo_out")
+    d.add_argument("--out", default="demo_out",
+                   help="folder for the world, pairs, runs and results (default demo_out); reused by later commands")
     d.add_argument("--quick", action="store_true", help="a much smaller run (< 1 minute)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help=H.seed("the world, sampling and training"))
     d.add_argument("--evaluate", nargs="+", metavar="MODEL",
                    help="instead of the demo: the gold reward and KL of these policies on the demo's held-out "
                         "prompts (the demo's world in --out must exist)")

@@ -26,13 +26,13 @@ from alignkit.io_atomic import atomic_write_text
 @dataclass
 class TrainConfig:
     # what to train
-    model: str = ""
+    model: str = ""  # the policy to train: a transformers folder, or a Hub id (downloaded into the HF cache)
     objective: Union[str, list] = "dpo"  # a name, or a list of {name, weight, **hparams}
     beta: float | None = None  # shared hyper-parameter, applied to every objective that takes `beta`
     hparams: dict = field(default_factory=dict)  # extra hyper-parameters for a single objective
     # data
     data: str = ""  # a file, a save_to_disk folder, or a Hub dataset owner/name (downloaded and cached by datasets)
-    eval_data: str | None = None
+    eval_data: str | None = None  # held-out records (a file, folder or Hub dataset, like data), evaluated every eval_every steps
     data_split: str = "train"  # the split of a Hub / save_to_disk dataset in `data` (slices too: train[:2000])
     eval_data_split: str = "test"  # ... and of `eval_data` (e.g. eval_data=trl-lib/ultrafeedback_binarized)
     data_subset: str | None = None  # a Hub dataset's subset (configuration), for data and eval_data
@@ -40,8 +40,8 @@ class TrainConfig:
     layout: str | None = None  # force a data layout instead of auto-detection
     columns: dict | None = None  # explicit column mapping {field: column}
     on_bad_row: str = "error"  # error | skip
-    max_length: int | None = 512
-    max_prompt_length: int | None = None
+    max_length: int | None = 512  # tokens of prompt + one response; longer is cut (prompt start, then completion tail), counted
+    max_prompt_length: int | None = None  # prompt tokens kept when a sequence is too long (default: max_length // 2)
     chat_template: str = "auto"  # auto | always | never
     chat_template_kwargs: dict = field(default_factory=dict)  # to every apply_chat_template: enable_thinking, date_string
     transforms: list = field(default_factory=list)  # data transforms [{name, **options}] (docs/data_transforms.md)
@@ -50,9 +50,9 @@ class TrainConfig:
     prompts: str | None = None  # a prompt file (.txt lines, or rows with `prompt` and fields such as `answer`)
     reward: Any = None  # rule:exact_answer | rule:regex:P | rm:PATH | module:function | [{reward, weight}]
     num_samples: int = 4  # K completions per prompt
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 64  # the most tokens sampled per completion
+    temperature: float = 1.0  # sampling temperature of the rollouts (0: greedy)
+    top_p: float = 1.0  # nucleus sampling of the rollouts (1: the whole distribution)
     stop: list = field(default_factory=list)  # stop strings, e.g. ["\n\n", "Question:"] (alignkit.generation.generate)
     updates_per_batch: int = 1  # optimizer steps on each rollout batch (GRPO's mu)
     unfinished_penalty: float | None = None  # reward of samples cut at max_new_tokens (None: keep their reward)
@@ -81,32 +81,32 @@ class TrainConfig:
     ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache (share it across runs of a sweep)
     ref_cache_file: str | None = None  # use exactly this cache (from `alignkit logprobs --cache`); refuse if stale
     # optimisation
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = 8  # records per step and process; the global batch is batch_size x processes x grad_accum
+    grad_accum: int = 1  # batches whose gradients are summed into one optimizer step
     max_steps: int = -1  # -1: run `epochs` epochs
-    epochs: float = 1.0
-    lr: float = 5e-6
-    weight_decay: float = 0.0
+    epochs: float = 1.0  # passes over the data when max_steps is -1 (fractions allowed)
+    lr: float = 5e-6  # peak learning rate of AdamW
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
     warmup: float = 0.0  # a fraction of the steps (< 1) or a number of steps (>= 1)
     scheduler: str = "linear"  # linear | cosine | constant
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    max_grad_norm: float = 1.0  # clip the gradient norm to this (0: no clipping)
+    seed: int = 0  # everything random: data order, eval_split, transforms, sampling, new heads
     ensemble: int = 1  # > 1: train this many members (reward models), see engine/ensemble.py
     ensemble_by: str = "seed"  # seed | fold (each member also leaves out one fold of the prompts)
     # model and precision
-    dtype: str = "float32"
+    dtype: str = "float32"  # weights are loaded in float32 | bfloat16 | float16
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else no) | no | bf16 | fp16
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     disable_dropout: bool = True  # dropout off in the trained model (else the policy differs from the reference at step 0)
     compile: bool = False  # torch.compile the decoder (dynamic shapes); pays a compile pause at start-up
     cudnn_attention: bool = False  # let SDPA use cuDNN's kernel on CUDA (off: costly per call with block masks)
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: Union[str, list] = "all-linear"
+    lora: bool = False  # train LoRA adapters, not all weights (final/ holds the merged model and adapter/)
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: int = 16  # LoRA scale: the adapters' update is multiplied by lora_alpha / lora_r
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_target_modules: Union[str, list] = "all-linear"  # modules that get adapters: all-linear or a list of names
     attn_implementation: str = "auto"  # auto (SDPA where the model class supports it, else eager) | sdpa | eager | ...
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run Python code from the model's repository (only for ones you trust)
     offline: bool = False  # Hub models and datasets from the local cache only (as HF_HUB_OFFLINE=1)
     # executor
     packing: str = "auto"  # auto | shared_prompt | padded
@@ -114,20 +114,20 @@ class TrainConfig:
     verify_logprobs: bool = True  # check the executor against the model's own forward on one response
     chunk_size: int = 0  # completion tokens per vocabulary-projection chunk; 0: auto (2^23 logits a chunk)
     # output, logging, checkpoints
-    output_dir: str = "runs/alignkit"
-    log_every: int = 1
+    output_dir: str = "runs/alignkit"  # the run folder: config.yaml, metrics.jsonl, checkpoints/, final/ (one run each)
+    log_every: int = 1  # write a metrics line every N steps
     eval_every: int = 0  # 0: only at the end (when there is eval data)
     eval_prompts: str | None = None  # with eval_judge: sample on these prompts at every evaluation ...
     eval_judge: str | None = None  # ... and log reward, win rate over the reference and KL (rule:mod:fn | reward_model:PATH)
     eval_samples: int = 2  # samples per eval prompt
     save_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest checkpoints kept (and the newest with finite weights); 0: keep all
     resume_from: str | None = None  # latest | PATH
     resume_override: Union[str, list] = field(default_factory=list)  # keys whose new values a resume applies: "lr,max_steps"
     overwrite: bool = False  # start a new run in an output_dir that holds one (its checkpoints, final/ and metrics go)
     trackers: list = field(default_factory=list)  # tensorboard, wandb
     max_bad_steps: int = 5  # stop after this many NaN/inf steps in a row
-    progress: bool = True
+    progress: bool = True  # a progress bar on the console
 
 
 # (key, test, what the key must be): checked after types, so a bad value names the key and the rule.

@@ -7,7 +7,11 @@
    positive, negative and mixed reviews.
 2. **Preference data** — sample K = 4 reviews per training prompt from π_ref, score each with the
    known reward, and keep the best-vs-worst pair (prompts whose K rewards all tie are dropped and
-   counted) in ``pairs.jsonl``.
+   counted) in ``pairs.jsonl``. The same samples in the other shapes the README trains on (`write_shapes`):
+   ``lists.jsonl`` (K scored responses), ``multi.jsonl`` (score vectors [reward, brevity]),
+   ``feedback.jsonl`` (thumbs up/down rows) and ``negatives.jsonl`` (the thumbs-down rows alone); and
+   held-out pairs (new samples, prompts drawn with another seed), ``eval/heldout_pairs.jsonl`` (for ``alignkit eval --preferences``
+   and ``eval-rm``).
 3. **DPO** — train one policy per β with the alignkit trainer, starting from π_ref.
 4. **Evaluation** on held-out prompts (another seed): sample from every policy and from π_ref; report
    the mean reward with a 95% CI, the sampled sequence-level KL(π ‖ π_ref) (k3 and k1 with 95% CIs,
@@ -107,6 +111,44 @@ def evaluate_policy(policy, reference, tokenizer, prompts: list[str], samples: i
     return row
 
 
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def write_shapes(out: Path, prompts: list[str], texts: list[list[str]]) -> None:
+    """The demo's samples as data of every shape (README "Data of every shape"), in the layouts users write:
+    ``lists.jsonl`` {prompt, completions, scores}, ``multi.jsonl`` the same with [reward, brevity] vectors,
+    ``feedback.jsonl`` {prompt, completion, label} (label = reward > 0; reward-0 samples left out) and
+    ``negatives.jsonl`` its rows with label false."""
+    for name, shape in (("lists", "scored"), ("multi", "vector")):
+        rows, _ = reviews.labelled_records(prompts, texts, shape=shape)
+        _write_jsonl(out / f"{name}.jsonl", [{"prompt": r["prompt"], "completions": r["responses"],
+                                              "scores": r["scores"]} for r in rows])  # fmt: skip
+    unpaired, _ = reviews.labelled_records(prompts, texts, shape="unpaired")
+    feedback = [{"prompt": r["prompt"], "completion": r["responses"][0], "label": r["labels"][0]} for r in unpaired]
+    _write_jsonl(out / "feedback.jsonl", feedback)
+    _write_jsonl(out / "negatives.jsonl", [r for r in feedback if not r["label"]])
+    log.info("wrote the samples as lists.jsonl, multi.jsonl, feedback.jsonl (%d rows) and negatives.jsonl (%d)",
+             len(feedback), sum(not r["label"] for r in feedback))
+
+
+def write_heldout_pairs(path: Path, reference, tokenizer, seed: int = 3, n_prompts: int = 128) -> int:
+    """Best-vs-worst pairs of K = 4 new reference samples on prompts drawn with another seed than the training
+    prompts and the evaluation's (the prompt space is small: many texts recur, the samples do not): docs/evaluation.md
+    "Held-out pairs for the demo". Returns their number."""
+    from alignkit.generation import sample
+
+    prompts = reviews.prompts(n_prompts, seed=seed)
+    texts = sample(reference, tokenizer, prompts, k=4, max_new_tokens=48, seed=seed)
+    records, _ = reviews.labelled_records(prompts, texts, shape="pairs")
+    _write_jsonl(path, records)
+    log.info("wrote %d held-out pairs to %s", len(records), path)
+    return len(records)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The printed table: one line per policy (the reference first); gain in reward units and in ref stds."""
     head = (f"{'beta':>6} | {'mean reward ± 95% CI':>20} | {'KL k1 ± 95% CI':>16} | {'KL k3 ± 95% CI':>16} | "
@@ -198,9 +240,9 @@ def run_demo(
         print(f"pairs: {len(records)} best-vs-worst pairs, {ties} prompts dropped (all {s.k} rewards tied)")
         atomic_write_text(out / "train_prompts.txt", "".join(p + "\n" for p in train_prompts))
         pairs_path = out / "pairs.jsonl"
-        with atomic_write(pairs_path) as f:
-            for r in records:
-                f.write(json.dumps(r.to_dict()) + "\n")
+        _write_jsonl(pairs_path, [r.to_dict() for r in records])
+        write_shapes(out, train_prompts, gen.texts)
+        write_heldout_pairs(out / "eval" / "heldout_pairs.jsonl", reference, tokenizer, seed=seed + 3)
         timings["pairs"] = time.perf_counter() - t0 - sum(timings.values())
 
         policies: dict[float, Path] = {}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit import help_text as H
 from alignkit.models.checks import position_limit
 from alignkit.models.hub import OFFLINE_HELP, resolve_model
 
@@ -324,11 +325,13 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="train", help="the split of a Hub dataset (default train)")
     p.add_argument("--subset", default=None, help="the subset (configuration) of a Hub dataset")
     p.add_argument("--rows", type=int, default=3, help="records to show (default 3)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step for the memory estimate (default 8)")
+    p.add_argument("--max-length", type=int, default=512,
+                   help="tokens per sequence: checked against the position limit, used by the memory estimate")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weight dtype for the memory estimate (and --load-weights)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank for the trainable-parameter count and memory")
     p.add_argument("--load-weights", action="store_true", help="also load the weights and check the executor")
-    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true", help=H.TRUST_REMOTE_CODE)
     p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     p.set_defaults(fn=doctor_command)

@@ -83,9 +83,44 @@ def data_digest(data: TokenizedDataset) -> str:
 FORMAT = "alignkit-ref-logps/2"
 
 
-def cache_meta(weights: str, data: TokenizedDataset, precision: str) -> dict[str, str]:
-    return {"weights": weights, "data": data_digest(data), "precision": precision,
+def cache_meta(weights: str, data: TokenizedDataset, precision: str,
+               settings: dict | None = None) -> dict[str, str]:  # fmt: skip
+    """What a cache's numbers depend on; ``settings`` (`record_settings`) only explain a refusal."""
+    meta = {"weights": weights, "data": data_digest(data), "precision": precision,
             "records": str(len(data)), "slots": str(data.slots), "format": FORMAT}
+    if settings is not None:
+        meta["settings"] = json.dumps(settings, sort_keys=True, default=str)
+    return meta
+
+
+# config keys that decide which records a run has and their token ids (with the objective's extras)
+RECORD_KEYS = ("data", "data_split", "data_subset", "layout", "columns", "on_bad_row", "eval_split", "transforms",
+               "max_length", "max_prompt_length", "chat_template", "chat_template_kwargs", "seed")
+
+
+def record_settings(config, extras=()) -> dict:
+    """The settings that shape a run's training records (`RECORD_KEYS`, the data path made absolute)."""
+    out = {k: getattr(config, k) for k in RECORD_KEYS}
+    if out["data"] and Path(out["data"]).exists():
+        out["data"] = str(Path(out["data"]).resolve())
+    return {**out, "objective extras": sorted(extras)}
+
+
+def _settings_diff(cached: str | None, now: str | None) -> str:
+    """``"; settings that shape the records and differ: eval_split (cache: 0.0, this run: 0.05)"``, or ""."""
+    if not cached or not now:
+        return ""
+    old, new = json.loads(cached), json.loads(now)
+    keys = [k for k in new if k in old and old[k] != new[k]]
+    if not keys:
+        return ""
+    text = "; settings that shape the records and differ: " + ", ".join(
+        f"{k} (cache: {json.dumps(old[k])}, this run: {json.dumps(new[k])})" for k in keys)
+    if "eval_split" in keys and new["eval_split"]:
+        text += (f" -- eval_split={new['eval_split']} holds part of `data` out for evaluation, so this run trains "
+                 "on fewer records than the cache covers: set eval_split=0 (evaluate with eval_data=), or compute "
+                 "the cache on the training part")
+    return text
 
 
 def cache_path(cache_dir: str | Path, name: str, meta: dict[str, str]) -> Path:
@@ -117,6 +152,7 @@ def load_table(path: str | Path, expect: dict[str, str]) -> Tensor:
         if stale:
             details = "; ".join(f"{_WHY[k]} (cache: {str(meta.get(k))[:20]}, this run: {str(expect[k])[:20]})"
                                 for k in stale)
+            details += _settings_diff(meta.get("settings"), expect.get("settings"))
             raise ConfigError(f"reference cache {path} does not match this run and is refused: {details}. "
                              "Recompute it (delete it, or drop ref_cache_file to use an automatic cache).")
         return f.get_tensor("ref_logps")
@@ -226,7 +262,8 @@ def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
     cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else t.output_dir / "ref_cache"
     splits = {"train": t.train_data, **({"eval": t.eval_data} if t.eval_data else {})}
     if c.ref_cache_file:  # every process checks it first: a refusal must not leave others waiting at a barrier
-        load_table(c.ref_cache_file, cache_meta(weights, t.train_data, acc.mixed_precision))
+        settings = record_settings(c, t.objective.extras)
+        load_table(c.ref_cache_file, cache_meta(weights, t.train_data, acc.mixed_precision, settings))
     # the main process computes and writes, the others read; same precision as the training forward. Under
     # FSDP the policy's forward is collective: every process computes (the same values), the main one writes
     order = contextlib.nullcontext() if sharding(acc) == "fsdp" else acc.main_process_first()

@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from alignkit import help_text as H
 from alignkit.errors import ConfigError
 
 EVAL_USAGE = ("alignkit eval --models A_DIR|A.jsonl [B ...] [--reference REF] --prompts FILE|module:function "
@@ -46,11 +47,13 @@ def add_parsers(sub) -> None:
     e.add_argument("--judge-template", default=None,
                    help="file with the LLM judge's pairwise template ({prompt}, {answer_a}, {answer_b})")
     e.add_argument("--samples", type=int, default=2, help="answers per prompt from each model (default 2)")
-    e.add_argument("--max-new-tokens", type=int, default=64)
-    e.add_argument("--temperature", type=float, default=1.0)
-    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--max-new-tokens", type=int, default=64, help=H.MAX_NEW_TOKENS)
+    e.add_argument("--temperature", type=float, default=1.0, help=H.TEMPERATURE)
+    e.add_argument("--top-p", type=float, default=1.0, help=H.TOP_P)
     e.add_argument("--baseline", default=None, help="system the win rates are against (default: reference)")
-    e.add_argument("--tournament", default="round-robin", choices=["round-robin", "single-elimination", "none"])
+    e.add_argument("--tournament", default="round-robin", choices=["round-robin", "single-elimination", "none"],
+                   help="with more than two systems: every pair (round-robin), a bracket of S - 1 matches "
+                        "(single-elimination) or none; ratings and leaderboard from its comparisons")
     e.add_argument("--preferences", default=None,
                    help="held-out preference pairs: implicit-reward and likelihood ranking accuracy per model")
     e.add_argument("--subset-by", default=None, help="module:function mapping a prompt to its subset name")
@@ -59,8 +62,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for win-rate intervals")
     e.add_argument("--rating-bootstrap", type=int, default=200, help="bootstrap resamples for ratings")
     e.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--dtype", default="float32")
+    e.add_argument("--batch-size", type=int, default=32, help=H.batch("prompts (sampling and judging)"))
+    e.add_argument("--dtype", default="float32", help=H.DTYPE)
     e.add_argument("--out", required=True, help="folder for results.json, report.html, figures, outputs/")
     e.set_defaults(fn=eval_command)
 

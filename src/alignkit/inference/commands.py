@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from alignkit import help_text as H
 from alignkit.config import parse_mapping
 from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_write
@@ -27,33 +28,63 @@ from alignkit.models.hub import OFFLINE_HELP
 
 
 def add_parsers(sub) -> None:
+    from alignkit.inference.base import builtin_methods
+
+    methods = builtin_methods()
     g = sub.add_parser("generate", help="sample completions, plainly (K per prompt) or with an inference method",
                        description="alignkit generate --model PATH --prompts FILE --k 4 --out samples.jsonl\n"
                                    "alignkit generate --model PATH --prompts FILE --method bon --n 16 "
-                                   "--reward rm:PATH --out best.jsonl")
-    g.add_argument("--model", required=True)
+                                   "--reward rm:PATH --out best.jsonl",
+                       epilog=methods_epilog(methods), formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--model", required=True, help="the model to sample from: a folder or a Hub id")
     g.add_argument("--prompts", required=True, help="a .txt file (one prompt per line) or rows with `prompt`")
-    g.add_argument("--out", required=True)
+    g.add_argument("--out", required=True,
+                   help="JSONL: without --method one record per prompt with K completions (tied ranks, "
+                        "meta.finished); with --method one row per prompt (completion, reward, calls, tokens, kl)")
     g.add_argument("--k", type=int, default=None, help="samples per prompt without --method (default 4)")
-    g.add_argument("--method", default=None, help="an inference-time method: bon, soft_bon, calibrated_bon, ...")
+    g.add_argument("--method", default=None, metavar="METHOD",
+                   help=f"an inference-time alignment method: {', '.join(sorted(methods))} (each described below; "
+                        "its options with --set)")
     g.add_argument("--reward", default=None, help="reward spec for --method: rm:PATH, module:function, rule:...")
     g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, cd)")
     g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="options of --method, e.g. --set n=16 tau=0.5")
     g.add_argument("--n", type=int, default=None, help="shortcut for --set n=N")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=64, help=H.MAX_NEW_TOKENS)
+    g.add_argument("--temperature", type=float, default=1.0, help=H.TEMPERATURE)
+    g.add_argument("--top-p", type=float, default=1.0, help=H.TOP_P)
     g.add_argument("--stop", action="append", default=[], type=lambda s: s.replace("\\n", "\n").replace("\\t", "\t"),
                    help="without --method: end a sample at this string (repeatable; \\n, \\t unescaped): --stop '\\n\\n'")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
-    g.add_argument("--chat-template-kwargs", default=None, metavar="MAPPING",
-                   help="passed to the chat template, as train's chat_template_kwargs (e.g. '{enable_thinking: false}')")
-    g.add_argument("--dtype", default="float32")
+    g.add_argument("--seed", type=int, default=0, help=H.seed("sampling"))
+    g.add_argument("--batch-size", type=int, default=32, help=H.batch("prompts"))
+    g.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"], help=H.CHAT_TEMPLATE)
+    g.add_argument("--chat-template-kwargs", default=None, metavar="MAPPING", help=H.CHAT_TEMPLATE_KWARGS)
+    g.add_argument("--dtype", default="float32", help=H.DTYPE)
     g.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     g.set_defaults(fn=generate_command)
+
+
+def methods_epilog(methods: dict) -> str:
+    """``generate --help``'s list of every registered method: name, what it needs, summary, --set options."""
+    import dataclasses
+
+    lines = [f"methods (--method NAME; {len(methods)} registered in alignkit.inference.METHODS; docs/inference.md):"]
+    for name, spec in sorted(methods.items()):
+        needs = [flag for flag, on in (("--reward", spec.needs_reward), ("--helper", spec.needs_helper)) if on]
+        lines.append(f"  {name:15s} {spec.summary}" + (f" [needs {', '.join(needs)}]" if needs else ""))
+        opts = [f"{f.name}={_shown(f.default)}" for f in dataclasses.fields(spec.options)]
+        if opts:
+            lines.append(f"  {'':15s} --set {' '.join(opts)}")
+    return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    """A default as it is written after ``--set key=`` (YAML): null, true/false, '' for an empty string."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return ".inf" if value > 0 else "-.inf"
+    return value if isinstance(value, str) and value else repr(value)
 
 
 def read_prompts(path: str) -> list:

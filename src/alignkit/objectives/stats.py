@@ -21,9 +21,10 @@ class SequenceStats:
     lengths:      [B, K] number of completion tokens n(y) (>= 1 for valid slots).
     valid:        [B, K] bool, False for padded slots (K varies per prompt).
     token_logps:  [B, K, T] per-token log-probs (0 on padding), with ``token_mask``; optional.
-    ranks:        [B, K] 0 = best, ties allowed (float).
-    scores:       [B, K] or [B, K, m] scores.
-    labels:       [B, K] 1.0 desirable / 0.0 undesirable.
+    ranks:        [B, K] 0 = best, ties allowed; integer (or bool) ranks are converted to float here,
+                  once for every objective (listwise losses fill padded slots with +inf).
+    scores:       [B, K] or [B, K, m] scores (integers converted to float, as ranks).
+    labels:       [B, K] 1.0 desirable / 0.0 undesirable (bools or integers converted to float).
     weights:      [B] per-record loss weights.
     extra:        named extra tensors (e.g. ``ref_token_logps``) for methods that need them.
     """
@@ -52,6 +53,10 @@ class SequenceStats:
         shape = ref.shape[:2]
         if self.rewards is not None and self.rewards.shape[:2] != shape:
             raise ValueError(f"rewards must start with shape {tuple(shape)}, got {tuple(self.rewards.shape)}")
+        for name in ("ranks", "scores", "labels"):  # the one place labels enter: every objective sees floats
+            t = getattr(self, name)
+            if t is not None and not t.is_floating_point():
+                setattr(self, name, t.to(ref.dtype if ref.is_floating_point() else torch.get_default_dtype()))
         if self.lengths is None:
             self.lengths = torch.ones(shape, dtype=ref.dtype, device=ref.device)
         if self.valid is None:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from alignkit import help_text as H
 from alignkit.errors import ConfigError, DataError, ModelError
 from alignkit.io_atomic import atomic_write
 from alignkit.models.hub import OFFLINE_HELP
@@ -37,13 +38,15 @@ def add_parsers(sub) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-model", required=True, nargs="+", help="one reward model, or several (an ensemble)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--layout", default=None)
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--data", required=True,
+                   help="records whose responses get a reward (any layout `alignkit train` reads; eval-rm: pairs "
+                        "or ranked lists, the best response counts as chosen)")
+    p.add_argument("--batch-size", type=int, default=32, help=H.batch("records"))
+    p.add_argument("--max-length", type=int, default=None, help=H.max_length("default: no limit"))
+    p.add_argument("--layout", default=None, help=H.LAYOUT)
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=H.BAD_ROW)
+    p.add_argument("--dtype", default="float32", help=H.DTYPE)
+    p.add_argument("--trust-remote-code", action="store_true", help=H.TRUST_REMOTE_CODE)
     p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
 
 

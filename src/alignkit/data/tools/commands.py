@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alignkit import help_text as H
 from alignkit.errors import ConfigError, DataError
 from alignkit.models.hub import OFFLINE_HELP
 
@@ -34,11 +35,11 @@ def add_parsers(sub) -> None:
     _synthesize_parser(dsub)
 
 
-def _reading(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+def _reading(p: argparse.ArgumentParser, out_help: str = "output file (.jsonl, .parquet or .csv)") -> None:
     p.add_argument("data", help="input records (.jsonl, .json, .parquet, .csv or a save_to_disk folder)")
-    p.add_argument("--out", required=out_required, help="output file (.jsonl, .parquet or .csv)")
-    p.add_argument("--layout", default=None, help="force a layout (paired, unpaired, ranked, scored, ...)")
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--out", required=out_help.startswith("output file"), help=out_help)
+    p.add_argument("--layout", default=None, help=H.LAYOUT)
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=H.BAD_ROW)
 
 
 def _read(args: argparse.Namespace, rejects_near: Path):
@@ -60,17 +61,20 @@ def _write(records, path: str) -> Path:
 
 # --------------------------------------------------------------------------------------- convert
 def _convert_parser(dsub) -> None:
-    from alignkit.data.tools.converters import FORMATS
+    from alignkit.data.tools.converters import FORMATS, ON_EMPTY
 
     p = dsub.add_parser("convert", help="public layouts (HH-RLHF, UltraFeedback, TRL, OpenAI, CSV) -> alignkit",
                         description="alignkit data convert IN --out OUT.jsonl [--from FORMAT]")  # fmt: skip
-    p.add_argument("data")
+    p.add_argument("data", help="input rows (.jsonl, .json, .parquet, .csv, a save_to_disk folder or a Hub dataset)")
     p.add_argument("--out", required=True, help=".jsonl (alignkit native), .parquet or .csv")
     p.add_argument("--from", dest="fmt", default="auto", choices=FORMATS, help="input format (default: detected)")
     p.add_argument("--columns", default=None, help="rename columns first: prompt=question,chosen=good,...")
     p.add_argument("--score-key", default=None, help="ultrafeedback: the score field of each completion")
     p.add_argument("--split", default="train", help="the split of a save_to_disk DatasetDict")
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=H.BAD_ROW)
+    p.add_argument("--on-empty", default="keep", choices=ON_EMPTY,
+                   help="records with an empty reply: keep them (counted in the summary) or skip them "
+                        "(to the rejects file as empty_reply, counted)")  # fmt: skip
     p.set_defaults(fn=convert_command)
 
 
@@ -87,7 +91,8 @@ def convert_command(args: argparse.Namespace) -> int:
     from alignkit.data.tools.converters import convert
 
     result = convert(args.data, args.out, args.fmt, columns=_columns(args.columns), score_key=args.score_key,
-                     on_bad_row=args.on_bad_row, split=args.split, show_progress=True)  # fmt: skip
+                     on_bad_row=args.on_bad_row, on_empty=args.on_empty, split=args.split,
+                     show_progress=True)  # fmt: skip
     print(result.summary())
     return 0
 
@@ -96,11 +101,13 @@ def convert_command(args: argparse.Namespace) -> int:
 def _inspect_parser(dsub) -> None:
     p = dsub.add_parser("inspect", help="counts, lengths, labels, length bias, duplicates, truncation",
                         description="alignkit data inspect IN [--tokenizer PATH --max-length N] [--out DIR]")  # fmt: skip
-    _reading(p, out_required=False)
+    _reading(p, out_help="folder for inspection.json (every figure of the table) and the histograms "
+                          "prompt_lengths.png, response_lengths.png and scores.png (default: <stem>.inspect/ next "
+                          "to the input); with --on-bad-row skip also data.rejects.jsonl")
     p.add_argument("--tokenizer", default=None, help="count tokens with this tokenizer (default: whitespace words)")
     p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     p.add_argument("--max-length", type=int, default=None, help="report the truncation this limit causes")
-    p.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"])
+    p.add_argument("--chat-template", default="auto", choices=["auto", "always", "never"], help=H.CHAT_TEMPLATE)
     p.set_defaults(fn=inspect_command)
 
 
@@ -129,7 +136,9 @@ def _pairs_parser(dsub) -> None:
     p = dsub.add_parser("pairs", help="pairs from ranked or scored lists (the `pairs` transform)",
                         description="alignkit data pairs IN --out OUT [--strategy S] [--min-margin M]")  # fmt: skip
     _reading(p)
-    p.add_argument("--strategy", default="best_vs_worst", choices=PAIR_STRATEGIES)
+    p.add_argument("--strategy", default="best_vs_worst", choices=PAIR_STRATEGIES,
+                   help="which pairs each list gives: the best vs the worst response, the best vs a seeded pick "
+                        "among the worse ones, or every strictly ordered pair (all_pairs)")
     p.add_argument("--min-margin", type=float, default=0.0, help="drop pairs whose score (or rank) gap is smaller")
     p.add_argument("--seed", type=int, default=0, help="best_vs_random's draw")
     p.set_defaults(fn=pairs_command)
@@ -153,14 +162,15 @@ def _dedup_parser(dsub) -> None:
                         description="alignkit data dedup IN --out OUT [--threshold 0.8] [--report R.jsonl]")  # fmt: skip
     _reading(p)
     p.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of shingle sets")
-    p.add_argument("--shingle", default="char", choices=["char", "word"])
+    p.add_argument("--shingle", default="char", choices=["char", "word"],
+                   help="compare prompts by character n-grams (default) or word n-grams")
     p.add_argument("--ngram", type=int, default=None, help="shingle length (default: 5 chars or 3 words)")
     p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
     p.add_argument("--exact-only", action="store_true", help="only exact duplicates (after normalising)")
     p.add_argument("--keep-same-prompt", action="store_true",
                    help="keep records whose prompt is identical to a kept one (several pairs per prompt)")
     p.add_argument("--report", default=None, help="JSONL of removed records (default: <out stem>.removed.jsonl)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=H.seed("the MinHash permutations"))
     p.set_defaults(fn=dedup_command)
 
 
@@ -185,7 +195,9 @@ def _select_parser(dsub) -> None:
     p = dsub.add_parser("select", help="ZIP-FIT (gzip NCD to a target set), random or length selection",
                         description="alignkit data select IN --out OUT --target T --fraction 0.1")  # fmt: skip
     _reading(p)
-    p.add_argument("--method", default="zipfit", choices=["zipfit", "random", "length"])
+    p.add_argument("--method", default="zipfit", choices=["zipfit", "random", "length"],
+                   help="zipfit: closest to --target by gzip compression distance; random: a seeded sample; "
+                        "length: the longest")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--fraction", type=float, help="keep this fraction of the records")
     size.add_argument("--n", type=int, help="keep this many records")
@@ -193,7 +205,7 @@ def _select_parser(dsub) -> None:
     p.add_argument("--text", default="all", choices=["all", "prompt", "responses"], help="what to compare")
     p.add_argument("--max-targets", type=int, default=200, help="zipfit: use a seeded sample of this many targets")
     p.add_argument("--scores", default=None, help="JSONL of every record's score (default: <out stem>.scores.jsonl)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=H.seed("random selection and of the --max-targets sample"))
     p.set_defaults(fn=select_command)
 
 
@@ -236,13 +248,14 @@ def select_command(args: argparse.Namespace) -> int:
 def _split_parser(dsub) -> None:
     p = dsub.add_parser("split", help="train/eval split by prompt (no prompt in both), seeded",
                         description="alignkit data split IN [--eval-fraction 0.1] [--seed 0]")  # fmt: skip
-    p.add_argument("data")
-    p.add_argument("--eval-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("data", help="input records (.jsonl, .json, .parquet, .csv or a save_to_disk folder)")
+    p.add_argument("--eval-fraction", type=float, default=0.1,
+                   help="share of the prompts (with all their records) that go to the eval file (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help=H.seed("the split"))
     p.add_argument("--train-out", default=None, help="default: <stem>.train.jsonl next to the input")
     p.add_argument("--eval-out", default=None, help="default: <stem>.eval.jsonl next to the input")
-    p.add_argument("--layout", default=None)
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--layout", default=None, help=H.LAYOUT)
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help=H.BAD_ROW)
     p.set_defaults(fn=split_command)
 
 
@@ -267,19 +280,22 @@ def _synthesize_parser(dsub) -> None:
     p.add_argument("--model", required=True, help="a chat model (folder or Hub id) whose tokenizer has a chat template")
     p.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
     p.add_argument("--n", type=int, required=True, help="instructions to sample (before filtering)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="records (.jsonl, .parquet or .csv): each kept instruction with its --k responses")
     p.add_argument("--k", type=int, default=1, help="responses per instruction")
     p.add_argument("--system", default=None, help="a system prompt to condition both steps on")
-    p.add_argument("--max-instruction-tokens", type=int, default=128)
-    p.add_argument("--max-response-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=1.0, help="for instructions")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-instruction-tokens", type=int, default=128,
+                   help="the most tokens of an instruction (longer ones are cut and dropped, counted)")
+    p.add_argument("--max-response-tokens", type=int, default=512,
+                   help="the most tokens of a response (longer ones are cut and dropped, counted)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the instructions")
+    p.add_argument("--top-p", type=float, default=1.0, help=H.TOP_P)
     p.add_argument("--response-temperature", type=float, default=None, help="default: 0 (greedy) if k=1, else 1")
     p.add_argument("--keep-unfinished", action="store_true", help="keep texts cut at the token limit")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help=H.seed("sampling"))
+    p.add_argument("--batch-size", type=int, default=16, help=H.batch("prompts"))
+    p.add_argument("--dtype", default="float32", help=H.DTYPE)
+    p.add_argument("--trust-remote-code", action="store_true", help=H.TRUST_REMOTE_CODE)
     p.set_defaults(fn=synthesize_command)
 
 

@@ -4,8 +4,11 @@ Formats (``fmt``; ``"auto"`` detects it from the first readable row, see `detect
 
 * ``hh`` — HH-RLHF: ``chosen`` / ``rejected`` are whole transcripts ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``
   sharing every turn but the last (a ``prompt`` column beside them is then ignored); or a ``prompt``
-  transcript ending in ``"\\n\\nAssistant:"`` and the two continuations. The output is chat data: prompt = the shared turns as ``{"role", "content"}`` messages
-  (``Human`` -> ``user``, ``Assistant`` -> ``assistant``), each response one assistant message.
+  transcript ending in ``"\\n\\nAssistant:"`` and the two continuations. The output is chat data: prompt =
+  the shared turns as ``{"role", "content"}`` messages (``Human`` -> ``user``, ``Assistant`` ->
+  ``assistant``), each response exactly one assistant message. Transcripts that differ before their last
+  assistant turn (an earlier reply differs, or one side has two replies in a row) have no shared prompt
+  for one reply: they are bad rows (``no_split``), never records with several-message responses.
 * ``ultrafeedback`` — ``prompt`` (or ``instruction``) and ``completions``: a list of objects with the text in
   ``response`` (or ``text`` / ``completion`` / ``content``) and a score in ``overall_score`` (or ``score`` /
   ``rating``), or per-aspect ``ratings`` (``{"helpfulness": 4, ...}``) / UltraFeedback ``annotations``
@@ -21,6 +24,9 @@ Formats (``fmt``; ``"auto"`` detects it from the first readable row, see `detect
 
 Rows are read by `alignkit.data.io` (JSONL, JSON, Parquet, CSV, ``save_to_disk`` folders); bad rows raise
 `BadRowError` naming file, row and field, or with ``on_bad_row="skip"`` go to a rejects file, counted.
+Records with an empty reply (a response whose text is blank, e.g. HH-RLHF's ``"\\n\\nAssistant: "`` at the
+end of a transcript) are counted; ``on_empty="keep"`` (the default) keeps them, ``"skip"`` writes them to
+the rejects file as ``empty_reply`` and counts them with the skipped rows.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from alignkit.data.tools.common import counts, progress
 from alignkit.errors import ConfigError, DataError
 
 FORMATS = ("auto", "hh", "ultrafeedback", "trl", "openai", "csv", "native")
+ON_EMPTY = ("keep", "skip")
 _LAYOUTS_OF = {"trl": ("paired", "conversation", "unpaired"), "native": ("native", "ranked", "scored"),
                "csv": ("paired", "conversation", "unpaired", "native", "ranked", "scored")}  # fmt: skip
 _TEXT_KEYS = ("response", "text", "completion", "content")
@@ -54,9 +61,13 @@ class ConvertResult:
     reason: str
     read: ReadResult
     out: Path | None = None
+    empty_kept: int = 0  # records kept with an empty reply (on_empty="keep"); skipped ones are in read.skipped
 
     def summary(self) -> str:
         line = f"converted {len(self.records)} records from {self.read.source} (format '{self.format}': {self.reason})"
+        if self.empty_kept:
+            n = self.empty_kept
+            line += f"; {n} record{'s' if n != 1 else ''} with an empty reply kept (--on-empty skip drops them)"
         if skipped := self.read.skipped:
             total = sum(skipped.values())
             line += f"; skipped {total} row{'s' if total != 1 else ''}: {counts(skipped)}"
@@ -134,7 +145,27 @@ def _hh(row: dict[str, Any], text: bool) -> PreferenceRecord:
         prompt = prompt.rstrip()
         row = {**{k: v for k, v in row.items() if k != "prompt"},
                "chosen": prompt + " " + row["chosen"].lstrip(), "rejected": prompt + " " + row["rejected"].lstrip()}
-    return parse_row(row, "conversation", text_cells=text)
+    record = parse_row(row, "conversation", text_cells=text)
+    for name, reply in zip(("chosen", "rejected"), record.responses):
+        if len(reply) != 1:  # the transcripts part before the last assistant turn: no prompt shared by both
+            raise _err(name, f"chosen and rejected differ before the last assistant turn: after "
+                       f"{_roles(record.prompt, False)} in common, chosen continues with {_roles(record.responses[0])} and rejected with "
+                       f"{_roles(record.responses[1])}; HH conversion keeps only "
+                       "pairs whose transcripts differ in the final assistant reply", "no_split")  # fmt: skip
+    return record
+
+
+def _roles(messages: list[dict[str, Any]], roles: bool = True) -> str:
+    n = f"{len(messages)} message{'s' if len(messages) != 1 else ''}"
+    return n + (f" ({', '.join(m['role'] for m in messages)})" if roles else "")
+
+
+def _empty_reply(record: PreferenceRecord, fmt: str) -> str | None:
+    """The field of the first response whose text is blank (chat: every message's content), or None."""
+    for i, r in enumerate(record.responses):
+        if (r.strip() if isinstance(r, str) else "".join(m["content"] for m in r).strip()) == "":
+            return ("chosen", "rejected")[i] if fmt == "hh" else f"responses[{i}]"
+    return None
 
 
 def _completion_text(c: dict[str, Any], where: str) -> str:
@@ -254,19 +285,25 @@ def converter(fmt: str, columns: Mapping[str, str] | None = None,
 
 # ---------------------------------------------------------------------------------------- read
 def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Mapping[str, str] | None = None,
-                   score_key: str | None = None, on_bad_row: str = "error",
+                   score_key: str | None = None, on_bad_row: str = "error", on_empty: str = "keep",
                    rejects_path: str | os.PathLike | None = None, split: str = "train",
                    show_progress: bool = False) -> ConvertResult:  # fmt: skip
-    """Read ``source`` in format ``fmt`` into records; bad rows as in `alignkit.data.read_records`."""
+    """Read ``source`` in format ``fmt`` into records; bad rows as in `alignkit.data.read_records`.
+
+    ``on_empty``: ``"keep"`` records with an empty reply (counted in ``empty_kept``) or ``"skip"`` them
+    (to the rejects file as ``empty_reply``, counted in ``read.skipped``, whatever ``on_bad_row`` says).
+    """
     if on_bad_row not in io.ON_BAD_ROW:
         raise ConfigError(f"on_bad_row must be one of {', '.join(io.ON_BAD_ROW)}; got {on_bad_row!r}")
+    if on_empty not in ON_EMPTY:
+        raise ConfigError(f"on_empty must be one of {', '.join(ON_EMPTY)}; got {on_empty!r}")
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     src = io._open(source, split)
     rejects = Path(rejects_path) if rejects_path is not None else src.rejects
     reason = "given explicitly" if fmt != "auto" else ""
     fn = None if fmt == "auto" else converter(fmt, columns, score_key)
-    records, skipped, bad_rows, n = [], Counter(), [], 0
+    records, skipped, bad_rows, n, empty_kept = [], Counter(), [], 0, 0
     for n, raw in enumerate(progress(src.rows, show_progress, "convert", unit="row"), 1):  # noqa: B007
         err = raw.error
         if err is None and raw.data is not None:
@@ -277,18 +314,24 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
                     raise SourceError(f"{src.name}: {e}") from None
                 fn = converter(fmt, columns, score_key)
             try:
-                records.append(fn(raw.data, src.text_cells))
-                records[-1].origin = io._where(src, raw)
-                continue
+                record = fn(raw.data, src.text_cells)
             except LayoutError as e:
                 raise SourceError(f"{src.name} {src.unit} {raw.row}: {e}") from None
             except RecordError as e:
                 err = e
+            else:
+                empty = _empty_reply(record, fmt)
+                if empty is None or on_empty == "keep":
+                    empty_kept += empty is not None
+                    record.origin = io._where(src, raw)
+                    records.append(record)
+                    continue
+                err = _err(empty, "an empty reply (--on-empty keep keeps it)", "empty_reply")
         if err.reason == "blank_line":
             skipped["blank_line"] += 1
             continue
         bad = io._bad(src, raw, err)
-        if on_bad_row == "error":
+        if on_bad_row == "error" and err.reason != "empty_reply":
             raise bad
         skipped[bad.reason] += 1
         bad_rows.append(bad.to_json())
@@ -297,7 +340,7 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
     read = ReadResult(records, fmt, skipped, n, rejects if bad_rows else None, src.name, reason)
     if not records:
         raise SourceError(f"{src.name}: no valid records in {n} rows" + (f" ({read.summary()})" if skipped else ""))
-    return ConvertResult(records, fmt, reason, read)
+    return ConvertResult(records, fmt, reason, read, empty_kept=empty_kept)
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", **kwargs: Any) -> ConvertResult:

@@ -212,7 +212,8 @@ def test_mixture_reward_is_a_deterministic_probability(tiny):
 
     model, tok = tiny
     fn = build_reward("mixture:bt:alignkit.worlds.reviews:reward")
-    cfg = SimpleNamespace(mixture_alpha=0.5, max_new_tokens=5, temperature=1.0, top_p=1.0, chat_template="auto")
+    cfg = SimpleNamespace(mixture_alpha=0.5, max_new_tokens=5, temperature=1.0, top_p=1.0, chat_template="auto",
+                          chat_template_kwargs={})
     fn.bind(model, ModelReference(frozen_copy(model), "copy", 0), tok, cfg)
     prompts, comps = ["The movie was"] * 3, [" great.", " dull.", " ok."]
     p = fn(prompts, comps, [{}] * 3)
@@ -238,7 +239,8 @@ def test_mixture_opponents_end_at_the_runs_stop_strings(tiny):
         return [0.5] * len(firsts)
 
     fn = MixtureOpponentReward(FunctionPreference(pref, "record"))
-    cfg = SimpleNamespace(mixture_alpha=0.5, max_new_tokens=10, temperature=1.0, top_p=1.0, chat_template="auto")
+    cfg = SimpleNamespace(mixture_alpha=0.5, max_new_tokens=10, temperature=1.0, top_p=1.0, chat_template="auto",
+                          chat_template_kwargs={})
     fn.bind(model, ModelReference(frozen_copy(model), "copy", 0), tok, cfg)
     prompts, comps = ["The movie was", "The plot was", "I think"], [" a", " b", " c"]
     fn(prompts, comps, [{}] * 3)

@@ -134,7 +134,7 @@ def test_config_key_reaches_the_rollout(monkeypatch):
     trainer = online.OnlineTrainer.__new__(online.OnlineTrainer)
     trainer.config, trainer.policy, trainer.tokenizer, trainer.reward_fn = c, None, None, None
     trainer._rollout([{"prompt": "p"}], 0, 2, 1.0)
-    assert calls == [{"stop": ["\n\n", "Question:"]}]
+    assert calls == [{"stop": ["\n\n", "Question:"], "chat_template_kwargs": {}}]
 
 
 def test_generate_cli_stop_flag(tiny_path, tmp_path):

@@ -27,9 +27,9 @@ import torch
 from alignkit.config import TrainConfig
 from alignkit.demo import FULL, QUICK, evaluate_policy
 from alignkit.engine.logging import setup_console_logging
-from alignkit.engine.trainer import train
 from alignkit.generation import generate
 from alignkit.models.load import load_model, load_tokenizer
+from alignkit.training import train
 from alignkit.worlds import reviews
 
 PAIRS = [{"name": "pairs", "strategy": "best_vs_worst"}]

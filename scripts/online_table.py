@@ -32,8 +32,8 @@ import torch
 from alignkit.config import TrainConfig
 from alignkit.demo import FULL, QUICK, evaluate_policy
 from alignkit.engine.logging import setup_console_logging
-from alignkit.engine.trainer import train
 from alignkit.models.load import load_model, load_tokenizer
+from alignkit.training import train
 from alignkit.worlds import reviews
 
 REWARD = "alignkit.worlds.reviews:reward"

@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 
 
 def train(config):
-    """Train with a `TrainConfig` or a dict of its fields (see `alignkit.engine.trainer.train`)."""
-    from alignkit.engine.trainer import train as _train
+    """Train with a `TrainConfig` or a dict of its fields (see `alignkit.training.train`)."""
+    from alignkit.training import train as _train
 
     return _train(config)
 

@@ -26,7 +26,7 @@ from alignkit import help_text as H
 
 def _train(args: argparse.Namespace) -> int:
     from alignkit.config import TrainConfig, load_config
-    from alignkit.engine.trainer import train
+    from alignkit.training import train
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None

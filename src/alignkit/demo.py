@@ -209,8 +209,8 @@ def run_demo(
     """
     from alignkit.config import TrainConfig
     from alignkit.engine.logging import setup_console_logging
-    from alignkit.engine.trainer import train
     from alignkit.models.load import load_model, load_tokenizer
+    from alignkit.training import train
 
     setup_console_logging()
     s = settings or (QUICK if quick else FULL)

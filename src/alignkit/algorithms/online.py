@@ -1,31 +1,30 @@
-"""Online training: each step samples K completions per prompt from the current policy, scores them with
-a reward function, and learns from them — the same trainer, checkpoints and logging as offline training.
+"""The online loop: each step samples K completions per prompt from the current policy, scores them with
+the run's reward, and learns from them — the same trainer, checkpoints and logging as offline training.
 
     alignkit train objective=grpo model=PATH prompts=problems.jsonl reward=rule:exact_answer num_samples=8
 
-* **Policy-gradient objectives** (``grpo``, ``rloo``, ``remax``, ``reinforce_pp``; registered with
-  ``inputs="rollout"``): advantages come from the group of K samples of each prompt
-  (`objectives.rl.ADVANTAGES`; ReMax also samples one greedy completion per prompt as its baseline); the
-  behaviour log-probs are computed once per rollout (no grad), then ``updates_per_batch`` optimizer steps
-  are taken on the batch (GRPO's μ; the clipped ratio matters from the second one on). With one update
-  per rollout they are the update's own log-probs, detached (ratio exactly 1), so no extra forward runs.
-* **PPO** (``objective=ppo``): per-token advantages from a value model instead of the group —
-  the KL to the reference in the reward (``kl_coef``), GAE(``gamma``, ``gae_lambda``), whitening
-  (``whiten_advantages``), clipped policy and value losses; the value model, its checkpointing and
-  ``final/value/`` are described in `alignkit.engine.value`.
-* **Any offline objective on fresh samples**: the samples carry their rewards as ``scores``, so
-  ``objective=dpo num_samples=2`` is online DPO (ties masked), ``objective=sft`` is RAFT (best-of-K SFT:
-  SFT trains on the highest-scored sample), ``objective=plackett_luce`` ranks all K.
+`OnlineTrainer.step` is the same five stages for every method; the objective's `Recipe`
+(`alignkit.algorithms.recipe`) fills in what differs:
 
-A step's generation is seeded by (seed, step, process): a resumed run samples exactly what an
-uninterrupted one would. Logged per step: reward mean/std, response length, share of unfinished
-samples, the objective's metrics (clip fraction, KL to the reference...), tokens/s; with
-``log_samples_every=N`` the prompts, completions and rewards go to ``samples.jsonl``.
+1. **rollout** — the step's prompts, K samples each, seeded by (seed, step, process) so a resumed run samples
+   exactly what an uninterrupted one would (in-process, or on ``rollout_workers`` Ray actors);
+2. **reward** — the run's reward (`alignkit.rewards`): rewards [B, K] and the reward's own metrics;
+3. **targets** — without gradient: the sampling policy's token log-probs (when the recipe's loss reads a
+   ratio), the reference's, and the recipe's targets (group advantages, GAE, nothing);
+4. **policy loss** — the registered objective on the `SequenceStats` of each micro-batch (``grad_accum``
+   splits the prompts), plus the recipe's tensors with gradient (a value model's estimates);
+5. **update** — ``updates_per_batch`` optimizer steps on the rollout (GRPO's μ).
+
+The families: `policy_gradient` (grpo, dr_grpo, rloo, remax, reinforce_pp), `ppo`, `preference` (any offline
+objective on fresh samples: online DPO, RAFT, CoPG ...), `selfplay` (sppo, nash_md); `iterative` runs rounds.
+Logged per step: reward mean/std, response length, share of unfinished samples, the recipe's and the
+objective's metrics, tokens/s; with ``log_samples_every=N`` the samples go to ``samples.jsonl``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -35,85 +34,51 @@ from typing import Any
 
 import torch
 
-from alignkit.engine import startup
+from alignkit.algorithms import policy_gradient, ppo, preference, selfplay  # noqa: F401  (register the recipes)
+from alignkit.algorithms.recipe import Rollout, RunContext, recipe_for
+from alignkit.data.prompts import PromptRows, read_prompt_rows
+from alignkit.data.schema import PreferenceRecord
 from alignkit.engine.dataset import prompt_key
+from alignkit.engine.distributed import mean_over_processes
 from alignkit.engine.logging import keep_lines_up_to, peak_memory_mb
 from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.engine.trainer import Trainer, TrainingStopped
-from alignkit.errors import ConfigError, DataError
-from alignkit.rollout import build_reward, sample_experience
+from alignkit.errors import ConfigError
+from alignkit.rewards import LiveModels, build_group_reward
+from alignkit.rollout import sample_experience
 from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
 
 
-class PromptRows:
-    """Prompt rows (dicts with ``prompt`` and any fields a reward reads, e.g. ``answer``)."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-        self.records: list = []
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def read_prompt_rows(path: str) -> list[dict]:
-    from alignkit.data.io import iter_rows, read_text_lines
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"prompts file {path} does not exist")
-    if p.suffix == ".txt":
-        return [{"prompt": line} for line in read_text_lines(p) if line.strip()]
-    rows = []
-    for n, row in iter_rows(path):
-        if not row.get("prompt"):
-            raise DataError(f"{path} row {n}: field 'prompt' is missing or empty")
-        rows.append(row)
-    return rows
-
-
 class OnlineTrainer(Trainer):
     def __init__(self, config):
         super().__init__(config)
-        self.value = None  # PPO's value model (engine/value.py), registered on the policy
-        if "values" in self.objective.extras:
-            from alignkit.engine.value import setup_value_model
+        for name, (module, lr) in self.recipe.setup(self.context()).items():
+            self.train_beside(name, module, lr)
 
-            self.value = setup_value_model(self)
+    def context(self) -> RunContext:
+        return RunContext(self.config, self.accelerator, unwrap(self.policy), self.reference, self.tokenizer,
+                          self.load_kwargs)
 
-    def _apply_update(self, *args):
-        if self.value is not None:  # outside the DDP wrapper (attached after prepare): averaged here
-            from alignkit.engine.distributed import average_gradients
-
-            average_gradients(self.value.parameters(), self.accelerator)
-        return super()._apply_update(*args)
-
-    def _process_mean(self, metrics: dict[str, float]) -> dict[str, float]:
-        """The rollout's metrics over processes (each sampled as many samples, from its own prompts): means
-        averaged; an ``X/std`` next to its ``X/mean`` from the averaged second moment."""
-        from alignkit.engine.distributed import mean_over_processes
-
-        if self.accelerator.num_processes == 1:
-            return metrics
-        pairs = {k: k[:-4] + "/mean" for k in metrics if k.endswith("/std") and k[:-4] + "/mean" in metrics}
-        keys = sorted(metrics)
-        raw = [metrics[k] ** 2 + metrics[pairs[k]] ** 2 if k in pairs else metrics[k] for k in keys]
-        out = dict(zip(keys, mean_over_processes(self.accelerator, raw)))
-        for k, m in pairs.items():
-            out[k] = max(out[k] - out[m] ** 2, 0.0) ** 0.5
-        return out
-
+    # ----------------------------------------------------------------- wiring (hooks of Trainer.__init__)
     def _check_inputs(self, c) -> None:
         if not c.model or not c.prompts or c.reward is None:
             raise ConfigError("online training needs model=PATH, prompts=FILE and reward=SPEC "
                              "(e.g. reward=rule:exact_answer, reward=rm:PATH, reward=module:function)")
 
+    @functools.cached_property
+    def recipe(self):
+        """The objective's recipe (a fresh one per run), its settings checked."""
+        recipe = recipe_for(self.objective, preference.FRESH_SAMPLES)
+        recipe.check(self.config, self.objective)
+        return recipe
+
+    def _needs_reference(self) -> bool:
+        return self.recipe.needs_reference(self.config, self.objective)
+
     def _prepare_data(self, strategy: str):
         c = self.config
-        if self.objective.inputs == "rewards":
-            raise ConfigError(f"objective {self.objective.name} trains a reward model; online training needs a policy")
         if self.objective.inputs == "logps":  # an offline objective on K freshly scored samples
             self.objective.check_data("scores", c.num_samples, c.num_samples, strategy != "none")
         rows = read_prompt_rows(c.prompts)
@@ -125,10 +90,10 @@ class OnlineTrainer(Trainer):
             evals = [r for r in rows if prompt_key_of(r) in held]
             rows = [r for r in rows if prompt_key_of(r) not in held]
         with collect() as code:
-            self.reward_fn = build_reward(c.reward, self.tokenizer, self.accelerator.device)
+            self.reward = build_group_reward(c.reward, self.tokenizer, self.accelerator.device)
         self._code = code  # written to <output_dir>/code.json as the run starts (_start_files)
-        logger.info("online: %d training prompts, %d held out; %d samples per prompt; reward %s", len(rows),
-                    len(evals), c.num_samples, c.reward)
+        logger.info("online (%s recipe): %d training prompts, %d held out; %d samples per prompt; reward %s",
+                    self.recipe.family, len(rows), len(evals), c.num_samples, c.reward)
         return PromptRows(rows), (PromptRows(evals) if evals else None)
 
     def _steps_per_epoch(self) -> float:
@@ -143,69 +108,53 @@ class OnlineTrainer(Trainer):
     def _verify_logprobs(self) -> None:
         self._verify_pending = True  # checked on the first rollout
 
-    def _rollout(self, rows: list[dict], seed: int, k: int, temperature: float):
+    # ----------------------------------------------------------------- one step
+    def rollout(self, rows: list[dict], seed: int, k: int, temperature: float):
+        """K samples of each row's prompt from the current policy, scored by the run's reward (an `Experience`)."""
         c = self.config
-        if getattr(self.reward_fn, "needs_models", False):  # Nash-MD's mixture opponents (rollout/opponents.py)
-            self.reward_fn.bind(unwrap(self.policy), self.reference, self.tokenizer, c)
+        models = (LiveModels(unwrap(self.policy), self.reference, self.tokenizer, c)
+                  if self.reward.needs_models else None)  # e.g. Nash-MD's mixture opponents decode with them
         if c.rollout_workers > 0:  # W seeded chunks on Ray actors (rollout_backend=local: the same, in-process)
             if getattr(self, "_workers", None) is None:
                 from alignkit.rollout.ray_backend import rollout_pool
 
-                self._workers = rollout_pool(c, unwrap(self.policy), self.tokenizer, self.reward_fn)
+                self._workers = rollout_pool(c, unwrap(self.policy), self.tokenizer, self.reward)
             return self._workers.rollout(rows, seed, k=k, max_new_tokens=c.max_new_tokens, temperature=temperature,
                                          top_p=c.top_p, unfinished_penalty=c.unfinished_penalty,
                                          chat_template=c.chat_template, stop=c.stop,
-                                         chat_template_kwargs=c.chat_template_kwargs)
+                                         chat_template_kwargs=c.chat_template_kwargs,
+                                         **({"models": models} if models else {}))  # Ray refuses such rewards
         return sample_experience(unwrap(self.policy), self.tokenizer, [r["prompt"] for r in rows], rows,
-                                 self.reward_fn, k, seed, c.max_new_tokens, temperature, c.top_p,
+                                 self.reward, k, seed, c.max_new_tokens, temperature, c.top_p,
                                  c.unfinished_penalty, c.chat_template, stop=c.stop,
-                                 chat_template_kwargs=c.chat_template_kwargs)
+                                 chat_template_kwargs=c.chat_template_kwargs, models=models)
 
     def step(self) -> dict[str, Any]:
-        from alignkit.objectives.rl import ADVANTAGES, remax_advantages
-
-        c, acc = self.config, self.accelerator
+        c, acc, recipe = self.config, self.accelerator, self.recipe
         t0 = time.perf_counter()
+        # 1-2. rollout and reward
         rows = [self.train_data.rows[i] for i in self.order.indices(self.step_idx)]
         seed = (c.seed * 1_000_003 + self.step_idx) * acc.num_processes + acc.process_index
-        exp = self._rollout(rows, seed, c.num_samples, c.temperature)
-        reward_metrics = dict(getattr(self.reward_fn, "last_metrics", None) or {})  # e.g. Nash-MD's opponents
+        exp = self.rollout(rows, seed, c.num_samples, c.temperature)
         t_gen = time.perf_counter() - t0
-        chunks = [list(range(len(rows)))[i::c.grad_accum] for i in range(c.grad_accum)]
-        chunks = [ch for ch in chunks if ch]
-        dev = acc.device
+        chunks = [ch for ch in (list(range(len(rows)))[i::c.grad_accum] for i in range(c.grad_accum)) if ch]
         if getattr(self, "_verify_pending", False):  # on the first rollout's longest sample
-            self.layout = startup.check_executor(self, exp.data)
+            self.layout = self._checked_layout(exp.data)
             self._verify_pending = False
         batches = [exp.data.collate(ch, self.tokenizer.pad_token_id, self.layout, c.max_row_tokens,
-                                    self.attn_weight).to(dev) for ch in chunks]
-        rollout_rl = self.objective.inputs == "rollout"
-        name = self.objective.terms[0].spec.name
-        adv, adv_metrics = None, {}
-        if rollout_rl and self.value is None:
-            valid = torch.ones_like(exp.rewards, dtype=torch.bool)
-            if name == "remax":
-                greedy = self._rollout(rows, seed, 1, 0.0).rewards[:, 0]
-                adv = remax_advantages(exp.rewards, greedy)
-                adv_metrics["reward/greedy"] = float(greedy.mean())
-            else:
-                adv = ADVANTAGES[name](exp.rewards, valid)
-            adv_metrics.update({"advantage/mean": float(adv.mean()), "advantage/abs_mean": float(adv.abs().mean())})
-        # With one update per rollout the behaviour log-probs are the update's own, detached (ratio = 1):
-        # no separate no-grad forward (PPO still needs them first, for the KL in its reward)
-        reuse_old = rollout_rl and c.updates_per_batch == 1 and self.value is None
+                                    self.attn_weight).to(acc.device) for ch in chunks]
+        # 3. targets, without gradient. With one update per rollout the behaviour log-probs are the update's
+        # own, detached (ratio = 1): no separate forward, unless the recipe's targets read them
+        reuse_old = recipe.behaviour_logps and c.updates_per_batch == 1 and not recipe.targets_read_old
+        needs_tokens = self.objective.needs_token_logps
         self.scorer.eval()
         with torch.no_grad(), acc.autocast():
-            old = [self.scorer(b) for b in batches] if rollout_rl and not reuse_old else [None] * len(batches)
-            needs_tokens = self.objective.needs_token_logps
+            old = [self.scorer(b) if recipe.behaviour_logps and not reuse_old else None for b in batches]
             refs = [(self.reference.token_logps(b) if needs_tokens else self.reference.sequence_logps(b))
                     if self.objective.needs_reference else None for b in batches]
-            ppo_extra, ppo_metrics = [{}] * len(batches), {}
-            if self.value is not None:  # PPO: old values, KL in the reward, GAE advantages and returns
-                from alignkit.engine.value import rollout_targets
-
-                ppo_extra, ppo_metrics = rollout_targets(self, batches, old, [exp.rewards[ch].to(dev) for ch in chunks])
+            targets = recipe.targets(self.context(), Rollout(rows, seed, exp, chunks, batches, old, self.rollout))
         self.scorer.train()
+        # 4-5. policy loss and update
         loss_sum, metrics, grad_norm, lr = 0.0, {}, 0.0, 0.0
         for _ in range(c.updates_per_batch):
             update_loss, update_metrics = 0.0, {}
@@ -216,14 +165,11 @@ class OnlineTrainer(Trainer):
                         token_logps = self.scorer(batch)
                         stats = build_stats(batch, token_logps, ref if needs_tokens else None,
                                             with_token_logps=needs_tokens, ref_logps=None if needs_tokens else ref)
-                        if rollout_rl:
+                        if recipe.behaviour_logps:
                             old_t = token_logps.detach() if reuse_old else old_t
                             stats.extra["old_token_logps"] = pad_per_slot(old_t, batch)[0]
-                            if self.value is not None:
-                                stats.extra.update(ppo_extra[j], values=pad_per_slot(self.value(batch), batch)[0])
-                            else:
-                                stats.extra["advantages"] = adv[ch].to(dev)
-                        stats.rewards = exp.rewards[ch].to(dev)
+                        stats.extra.update(targets.extra[j], **recipe.live(batch))
+                        stats.rewards = exp.rewards[ch].to(acc.device)
                         out = self.objective(stats)
                     acc.backward(out.loss / len(batches))
                 update_loss += float(out.loss.detach()) / len(batches)
@@ -236,15 +182,29 @@ class OnlineTrainer(Trainer):
         self.step_idx += 1
         self._log_samples(exp)
         dt = time.perf_counter() - t0
-        rollout_metrics = self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics})
+        rollout_metrics = self._process_mean({**exp.metrics(), **exp.reward_metrics, **targets.metrics})
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
                   **rollout_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,
-                  "peak_memory_mb": peak_memory_mb(dev), "skipped_steps": self.skipped_total}
+                  "peak_memory_mb": peak_memory_mb(acc.device), "skipped_steps": self.skipped_total}
         if self.skipped_in_row >= c.max_bad_steps:
             raise TrainingStopped(f"{self.skipped_in_row} steps in a row had a non-finite loss or gradient")
         return record
 
+    def _process_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The rollout's metrics over processes (each sampled as many samples, from its own prompts): means
+        averaged; an ``X/std`` next to its ``X/mean`` from the averaged second moment."""
+        if self.accelerator.num_processes == 1:
+            return metrics
+        pairs = {k: k[:-4] + "/mean" for k in metrics if k.endswith("/std") and k[:-4] + "/mean" in metrics}
+        keys = sorted(metrics)
+        raw = [metrics[k] ** 2 + metrics[pairs[k]] ** 2 if k in pairs else metrics[k] for k in keys]
+        out = dict(zip(keys, mean_over_processes(self.accelerator, raw)))
+        for k, m in pairs.items():
+            out[k] = max(out[k] - out[m] ** 2, 0.0) ** 0.5
+        return out
+
+    # ----------------------------------------------------------------- files and evaluation
     def _start_files(self) -> None:
         """``code.json`` (which file each reward function came from); a resumed run's ``samples.jsonl`` without
         the lines of steps it will redo."""
@@ -272,30 +232,14 @@ class OnlineTrainer(Trainer):
         for start in range(0, len(self.eval_data), c.batch_size):
             rows = self.eval_data.rows[start:start + c.batch_size]
             temperature = 0.0 if c.eval_greedy else c.temperature
-            rewards.append(self._rollout(rows, c.seed + 7 + start, 1, temperature).rewards[:, 0])
+            rewards.append(self.rollout(rows, c.seed + 7 + start, 1, temperature).rewards[:, 0])
         return {"eval/reward": float(torch.cat(rewards).mean()), **self.generation_eval()}
-
-    def save_final(self):
-        """``final/`` (the policy); with PPO also ``final/value/``, the value model (see engine/value.py)."""
-        if self.value is None:
-            return super().save_final()
-        from alignkit.engine.value import VALUE
-
-        self.policy._modules.pop(VALUE)  # the policy's save_pretrained must not hold it
-        try:
-            return super().save_final()
-        finally:
-            setattr(self.policy, VALUE, self.value)
 
     def _final_extras(self, folder: Path) -> None:
         super()._final_extras(folder)
-        if self.value is not None:  # inside final/ before it is renamed into place
-            from alignkit.engine.value import save_value_model
-
-            save_value_model(self.value, folder, self.tokenizer)
+        self.recipe.save(folder, self.tokenizer)  # e.g. final/value/, inside final/ before it is renamed into place
 
 
 def prompt_key_of(row: dict) -> str:
-    from alignkit.data.schema import PreferenceRecord
-
+    """The prompt key of a prompt row (the key offline splits hold prompts out by)."""
     return prompt_key(PreferenceRecord(prompt=row["prompt"], responses=["x"], ranks=[0]))

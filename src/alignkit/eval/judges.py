@@ -3,7 +3,7 @@
 * `RuleJudge` — a Python function returning a score (e.g. the demo world's known reward
   ``alignkit.worlds.reviews:reward``); higher wins.
 * `RewardModelJudge` — a trained reward model (`alignkit.engine.reward_model.load_reward_model`, scored by
-  `alignkit.rewards.score.model_scores`); higher wins.
+  `alignkit.rewards.rm_scores.model_scores`); higher wins.
 * `LLMJudge` — a local causal LM asked a pairwise question (`DEFAULT_TEMPLATE`). The verdict is read from
   the next-token distribution: ``P(first better) = P("A") / (P("A") + P("B"))``, each label's probability
   summed over its spellings (``"A"`` and ``" A"``). Deterministic: nothing is sampled.
@@ -199,7 +199,7 @@ class RewardModelJudge(Judge):
 
     def score(self, prompts, completions):
         from alignkit.generation import _record
-        from alignkit.rewards.score import model_scores
+        from alignkit.rewards.rm_scores import model_scores
 
         records = [_record(p, [c]) for p, c in zip(prompts, completions)]
         rows = model_scores(self.model, self.tokenizer, records, self.batch_size, progress=False)

@@ -93,7 +93,7 @@ class TrainingEvaluator:
     with the judge and the reference (``ref_model``, else the starting ``model``) loaded once, on first use."""
 
     def __init__(self, config, tokenizer):
-        from alignkit.engine.online import read_prompt_rows
+        from alignkit.data.prompts import read_prompt_rows
 
         self.config, self.tokenizer = config, tokenizer
         self.prompts = [r["prompt"] for r in read_prompt_rows(config.eval_prompts)]

@@ -93,7 +93,7 @@ def read_prompts(path: str) -> list:
 
 
 def _read_rows(path: str) -> list[dict]:
-    from alignkit.engine.online import read_prompt_rows
+    from alignkit.data.prompts import read_prompt_rows
 
     rows = read_prompt_rows(path)
     if not rows:
@@ -186,7 +186,7 @@ def method_command(args: argparse.Namespace) -> int:
     from alignkit.engine.logging import setup_console_logging
     from alignkit.inference.base import InferenceSettings, run_method
     from alignkit.models.load import load_model, load_tokenizer
-    from alignkit.rollout.rewards import build_reward
+    from alignkit.rewards.functions import build_reward
 
     setup_console_logging()
     spec, options = method_options_from_args(args)

@@ -41,8 +41,8 @@ def pretrained_world(out_dir: str | Path, settings: dict[str, Any], corpus: list
     world). ``out_dir/world.json`` records the settings and the checkpoint relative to ``out_dir``.
     """
     from alignkit.config import TrainConfig
-    from alignkit.engine.trainer import train
     from alignkit.models.tiny import build_tiny
+    from alignkit.training import train
 
     out_dir = Path(out_dir)
     manifest = out_dir / "world.json"

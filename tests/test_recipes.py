@@ -37,7 +37,7 @@ def test_rollout_rewards_and_engine_do_not_import_the_recipes():
         for path in (SRC / package).glob("*.py"):
             assert not upward.search(path.read_text()), path
     rollout = "\n".join(p.read_text() for p in (SRC / "rollout").glob("*.py"))
-    assert not re.search(r"^\s*from alignkit\.engine\.(online|value|iterative|reward_model)\b", rollout, re.MULTILINE)
+    assert not re.search(r"^\s*from alignkit\.engine\.(online|value|iterative|trainer)\b", rollout, re.MULTILINE)
 
 
 def test_every_rollout_objective_has_a_recipe_and_a_missing_one_is_a_config_error():

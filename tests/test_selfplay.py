@@ -262,8 +262,8 @@ def test_winrate_rollout_groups_are_each_prompts_k_samples_even_with_shared_rows
     fn = build_group_reward("winrate:bt:rule:length:100")
     prompts, k = ["The movie was"] * 2, 3
     exp = sample_experience(model, tok, prompts, [{}] * 2, fn, k=k, seed=5, max_new_tokens=8)
-    own = [fn(prompts[:1], [g], [{}]).rewards[0] for g in exp.texts]  # each group alone
-    assert exp.rewards.tolist() == pytest.approx(own)
+    own = [x for g in exp.texts for x in fn(prompts[:1], [g], [{}]).rewards[0]]  # each group alone
+    assert exp.rewards.flatten().tolist() == pytest.approx(own)
     assert exp.rewards.sum(1).tolist() == pytest.approx([k / 2, k / 2])  # each group's win rates average ½
 
 

@@ -161,7 +161,7 @@ def token_advantages(stats: SequenceStats, tok: Tokens, name: str) -> Tensor:
     if adv is None or tuple(adv.shape) not in (shape[:2], shape):
         raise ValueError(
             f"objective '{name}' needs extra['advantages'] of shape {shape[:2]} or {shape}, computed by "
-            f"the rollout recipe (alignkit.objectives.rl.ADVANTAGES)"
+            f"the recipe with the estimator its method registers (alignkit.algorithms.policy_gradient)"
             + ("" if adv is None else f"; got {tuple(adv.shape)}")
         )
     adv = adv.detach().to(tok.logp.dtype)

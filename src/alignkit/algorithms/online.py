@@ -52,12 +52,16 @@ logger = logging.getLogger("alignkit")
 
 
 class OnlineTrainer(Trainer):
+    """The trainer's wiring with prompts for data and the objective's recipe (module docstring); ``step`` is the
+    online step. What the recipe trains beside the policy (PPO's value model) is handed to the trainer here."""
+
     def __init__(self, config):
         super().__init__(config)
         for name, (module, lr) in self.recipe.setup(self.context()).items():
             self.train_beside(name, module, lr)
 
     def context(self) -> RunContext:
+        """What a recipe is given: the run's settings and models, not the trainer."""
         return RunContext(self.config, self.accelerator, unwrap(self.policy), self.reference, self.tokenizer,
                           self.load_kwargs)
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from alignkit.config import TrainConfig
+from alignkit.data.dataset import TokenizedDataset, mismatched_partners, prompt_key
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.dataset import TokenizedDataset, mismatched_partners, prompt_key
 from alignkit.engine.logprobs import LogProbModel, build_stats
+from alignkit.engine.score import score_logps
 from alignkit.engine.trainer import Trainer
-from alignkit.generation import score_logps
 
 
 def unpaired(n=6):

@@ -25,8 +25,8 @@ from alignkit import help_text as H
 
 
 def _train(args: argparse.Namespace) -> int:
+    from alignkit import train
     from alignkit.config import TrainConfig, load_config
-    from alignkit.engine.trainer import train
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -45,8 +45,8 @@ def _train(args: argparse.Namespace) -> int:
 def _logprobs(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from alignkit.console import setup_console_logging
     from alignkit.data.io import read_records
-    from alignkit.engine.logging import setup_console_logging
     from alignkit.engine.score import iter_logprobs
     from alignkit.io_atomic import atomic_write
     from alignkit.models.load import load_model, load_tokenizer
@@ -83,8 +83,8 @@ def _tokenize_config(args: argparse.Namespace, max_length: int | None = None):
 def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     """A reference cache that `alignkit train ... ref_cache_file=OUT` accepts (see engine/refcache.py)."""
     from alignkit.config import TrainConfig, parse_mapping
+    from alignkit.data.dataset import TokenizedDataset
     from alignkit.engine import refcache as rc
-    from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.reference import ModelReference
     from alignkit.engine.rundir import check_position_limit
     from alignkit.engine.score import model_layout, model_scorer

@@ -38,9 +38,10 @@ from typing import Any
 import torch
 
 from alignkit.data.schema import pair
+from alignkit.engine.score import score_logps
 from alignkit.errors import RunDirError
 from alignkit.eval.kl import kl_estimates, mean_ci
-from alignkit.generation import generate, score_logps
+from alignkit.generation import generate
 from alignkit.io_atomic import atomic_path, atomic_write, atomic_write_text
 from alignkit.worlds import reviews
 
@@ -207,9 +208,9 @@ def run_demo(
     built in ``out_dir/world`` with the same settings is reused. ``settings`` replaces the preset
     sizes (`FULL`, or `QUICK` when ``quick``).
     """
+    from alignkit import train
     from alignkit.config import TrainConfig
-    from alignkit.engine.logging import setup_console_logging
-    from alignkit.engine.trainer import train
+    from alignkit.console import setup_console_logging
     from alignkit.models.load import load_model, load_tokenizer
 
     setup_console_logging()

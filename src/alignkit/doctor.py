@@ -258,9 +258,9 @@ def check_executor(d: Diagnosis, folder: str, tok, records, dtype: str, max_leng
     record through the executor and through the model's own forward) in shared-prompt and in padded rows, on
     ``records`` (or a sample pair). Shared-prompt rows that disagree while padded rows agree: training falls
     back to padded rows by itself (a warning here); padded rows that disagree: a failure."""
+    from alignkit.data.dataset import TokenizedDataset
     from alignkit.data.layouts import parse_row
     from alignkit.data.tokenize import TokenizeConfig
-    from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.logprobs import (
         ExecutorMismatch,
         LogProbModel,

@@ -162,7 +162,7 @@ def write_data(folder: Path) -> tuple[Path, Path]:
 
 def train_once(path: Path, data: Path, prompts: Path, out: Path, objective: str, **extra) -> dict:
     """One optimizer step of ``objective`` through `alignkit.train`: (first loss, layout the run used)."""
-    from alignkit.engine.trainer import train
+    from alignkit import train
 
     settings = {"model": str(path), "objective": objective, "batch_size": 2, "max_steps": 1, "lr": 1e-4,
                 "output_dir": str(out), "progress": False, "max_length": 96, **extra}

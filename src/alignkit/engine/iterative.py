@@ -158,7 +158,7 @@ def round_config(c, r: int, policy: str, data: str, pairs: bool):
 
 def train_rounds(config, train_fn: Callable) -> TrainResult:
     """Run ``config.rounds`` rounds (module docstring); ``train_fn(TrainConfig) -> TrainResult`` trains one."""
-    from alignkit.engine.online import read_prompt_rows
+    from alignkit.data.prompts import read_prompt_rows
 
     c = config
     check_rounds_config(c)

@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 from alignkit.data.checks import pair_problems
+from alignkit.data.dataset import TokenizedDataset, data_shape, split_by_prompt
 from alignkit.data.io import read_records
-from alignkit.data.samples import apply_with_samples
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.data.transforms import format_report
-from alignkit.engine.dataset import TokenizedDataset, data_shape, split_by_prompt
+from alignkit.engine.samples import apply_with_samples
 from alignkit.errors import ConfigError, DataError
 
 logger = logging.getLogger("alignkit")

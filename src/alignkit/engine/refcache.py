@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.dataset import TokenizedDataset
+from alignkit.data.dataset import TokenizedDataset
 from alignkit.engine.distributed import sharding, share_sharded_scorer
 from alignkit.engine.logprobs import unwrap
 from alignkit.engine.reference import Reference

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.data.dataset import data_shape
 from alignkit.engine import distributed as dist
 from alignkit.engine import reward_model as rm
-from alignkit.engine.dataset import data_shape
 from alignkit.engine.logging import logger
 from alignkit.engine.logprobs import unwrap, verify_against_forward
 from alignkit.engine.score import checked_layout

@@ -79,7 +79,7 @@ def _command_line() -> str:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from alignkit.engine.logging import setup_console_logging
+    from alignkit.console import setup_console_logging
     from alignkit.eval.eval_report import summary_table
     from alignkit.eval.evaluate import evaluate
 

@@ -3,7 +3,7 @@
 1. **Systems**: each model folder samples K answers per prompt (one seed for all); each outputs file is
    read as is (`alignkit.eval.systems`). The reference, when given, samples too and is a system itself.
 2. **KL to the reference** of every model from its own samples: k1 and k3 with 95% CIs
-   (`alignkit.eval.kl.kl_estimates` on `alignkit.generation.score_logps` log-ratios).
+   (`alignkit.eval.kl.kl_estimates` on `alignkit.engine.score.score_logps` log-ratios).
 3. **Judge**: a pointwise judge (rule, reward model) scores every answer once — mean score with a 95% CI
    and the score histograms; a pairwise LLM judge is asked each comparison in both orders
    (`alignkit.eval.judges`).
@@ -200,7 +200,7 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
         for name, s in systems.items():
             log.info("eval: scoring %d answers of %s with %s", s.num_answers, name, judge_obj.name)
             scores[name] = s.unflatten(judge_obj.score(*s.flat()))
-    results["systems"] = [_system_row(s, lens[s.name], scores.get(s.name), kl.get(s.name), accuracy.get(s.name))
+    results["systems"] = [system_row(s, lens[s.name], scores.get(s.name), kl.get(s.name), accuracy.get(s.name))
                           for s in systems.values()]
     if judge_obj is not None:
         _judge_all(results, systems, judge_obj, scores, lens, baseline, tournament, seed, n_boot, rating_boot,
@@ -216,7 +216,7 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
 
 
 def _kl(system: System, model, tok, ref_model, ref_tok, batch_size: int) -> dict[str, float]:
-    from alignkit.generation import score_logps
+    from alignkit.engine.score import score_logps
 
     lp = score_logps(model, tok, system.prompts, system.completions, system.finished, batch_size=batch_size)
     lr = score_logps(ref_model, ref_tok, system.prompts, system.completions, system.finished, batch_size=batch_size)
@@ -229,7 +229,7 @@ def _accuracy(model, tok, records, ref_model, ref_tok, batch_size: int) -> dict[
     return preference_accuracy(model, tok, records, ref_model, ref_tok, batch_size=batch_size)
 
 
-def _system_row(s: System, lens, scores, kl, accuracy) -> dict[str, Any]:
+def system_row(s: System, lens, scores, kl, accuracy) -> dict[str, Any]:
     flat_len = [v for row in lens for v in row]
     row: dict[str, Any] = {"name": s.name, "source": s.source, "is_reference": s.is_reference,
                            "prompts": len(s.prompts), "answers": s.num_answers}

@@ -198,10 +198,10 @@ class RewardModelJudge(Judge):
         self.batch_size = batch_size
 
     def score(self, prompts, completions):
-        from alignkit.generation import _record
+        from alignkit.generation import completion_record
         from alignkit.rewards.score import model_scores
 
-        records = [_record(p, [c]) for p, c in zip(prompts, completions)]
+        records = [completion_record(p, [c]) for p, c in zip(prompts, completions)]
         rows = model_scores(self.model, self.tokenizer, records, self.batch_size, progress=False)
         if rows and isinstance(rows[0][0], list):
             raise ModelError(f"{self.name} has {len(rows[0][0])} outputs; a judge needs a one-output reward model")

@@ -203,7 +203,7 @@ def evaluate_judgments(path: str | Path, *, baseline: str | None = None, tournam
     ``"none"`` skips them). Returns the dict written to ``results.json``."""
     import time
 
-    from alignkit.eval.evaluate import _system_row, compare_systems
+    from alignkit.eval.evaluate import compare_systems, system_row
     from alignkit.eval.systems import lengths
 
     if tournament not in ("round-robin", "none"):
@@ -231,7 +231,7 @@ def evaluate_judgments(path: str | Path, *, baseline: str | None = None, tournam
                                                "calls": 0, "portia": False},
         "baseline": None, "win_rates": [], "position_bias": None, "tournament": None, "frontier": None,
         "length_control": None,
-        "systems": [_system_row(s, lengths(s), None, None, None) for s in systems.values()]}
+        "systems": [system_row(s, lengths(s), None, None, None) for s in systems.values()]}
     compare_systems(results, matches.systems, matches, baseline, "none" if tournament == "none" else "given", seed,
                     n_boot, rating_boot, lc_anchors, default_baseline=default)
     results["seconds"] = round(time.perf_counter() - t0, 1)

@@ -37,7 +37,8 @@ def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Text], ju
         ``mean_tokens``, ``unfinished`` (share cut at ``max_new_tokens``). Keys that do not apply are absent.
         Policy and reference train/eval modes are restored.
     """
-    from alignkit.generation import generate, score_logps
+    from alignkit.engine.score import score_logps
+    from alignkit.generation import generate
 
     prompts = list(prompts)
     j = make_judge(judge) if judge is not None else None
@@ -93,7 +94,7 @@ class TrainingEvaluator:
     with the judge and the reference (``ref_model``, else the starting ``model``) loaded once, on first use."""
 
     def __init__(self, config, tokenizer):
-        from alignkit.engine.online import read_prompt_rows
+        from alignkit.data.prompts import read_prompt_rows
 
         self.config, self.tokenizer = config, tokenizer
         self.prompts = [r["prompt"] for r in read_prompt_rows(config.eval_prompts)]

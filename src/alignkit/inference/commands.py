@@ -93,7 +93,7 @@ def read_prompts(path: str) -> list:
 
 
 def _read_rows(path: str) -> list[dict]:
-    from alignkit.engine.online import read_prompt_rows
+    from alignkit.data.prompts import read_prompt_rows
 
     rows = read_prompt_rows(path)
     if not rows:
@@ -112,7 +112,7 @@ def generate_command(args: argparse.Namespace) -> int:
 def plain_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from alignkit.engine.logging import setup_console_logging
+    from alignkit.console import setup_console_logging
     from alignkit.generation import generate
     from alignkit.models.load import load_model, load_tokenizer
 
@@ -183,7 +183,7 @@ def summary_line(outputs: list) -> str:
 def method_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from alignkit.engine.logging import setup_console_logging
+    from alignkit.console import setup_console_logging
     from alignkit.inference.base import InferenceSettings, run_method
     from alignkit.models.load import load_model, load_tokenizer
     from alignkit.rollout.rewards import build_reward

@@ -40,8 +40,8 @@ def pretrained_world(out_dir: str | Path, settings: dict[str, Any], corpus: list
     num_kv_heads, pretrain_epochs, pretrain_batch_size, pretrain_lr`` (other keys only identify the
     world). ``out_dir/world.json`` records the settings and the checkpoint relative to ``out_dir``.
     """
+    from alignkit import train
     from alignkit.config import TrainConfig
-    from alignkit.engine.trainer import train
     from alignkit.models.tiny import build_tiny
 
     out_dir = Path(out_dir)

@@ -43,8 +43,8 @@ def _reading(p: argparse.ArgumentParser, out_help: str = "output file (.jsonl, .
 
 
 def _read(args: argparse.Namespace, rejects_near: Path):
+    from alignkit.console import setup_console_logging
     from alignkit.data.io import read_records
-    from alignkit.engine.logging import setup_console_logging
 
     setup_console_logging()
     rejects = rejects_near.with_name(rejects_near.stem + ".rejects.jsonl")

@@ -86,7 +86,7 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     from alignkit.data.dataset import TokenizedDataset
     from alignkit.engine import refcache as rc
     from alignkit.engine.reference import ModelReference
-    from alignkit.engine.rundir import check_position_limit
+    from alignkit.engine.rundir import model_folder, within_position_limit
     from alignkit.engine.score import model_layout, model_scorer
     from alignkit.objectives import build_objective
 
@@ -98,7 +98,7 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
                            max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
                            chat_template_kwargs=parse_mapping(args.chat_template_kwargs, "--chat-template-kwargs") or {},
                            seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
-    check_position_limit(settings)
+    settings = within_position_limit(settings, model_folder(settings))
     max_length = settings.max_length
     data = TokenizedDataset.build(records, tokenizer, _tokenize_config(args, max_length), "data", extras, args.seed)
     weights = rc.files_digest(args.model)

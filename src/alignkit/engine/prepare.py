@@ -18,7 +18,7 @@ from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.data.transforms import format_report
 from alignkit.engine.samples import apply_with_samples
-from alignkit.errors import ConfigError, DataError
+from alignkit.errors import DataError
 
 logger = logging.getLogger("alignkit")
 
@@ -52,9 +52,7 @@ def resolve_shuffle(config) -> bool:
     value = config.shuffle
     if value == "auto":
         return not any(t.get("name") == "curriculum" for t in config.transforms)
-    if not isinstance(value, bool):
-        raise ConfigError(f"shuffle must be auto, true or false, got {value!r}")
-    return value
+    return value  # resolved (alignkit.config.resolve): a bool
 
 
 @contextlib.contextmanager

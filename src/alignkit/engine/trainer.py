@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, check_bounds
+from alignkit.config import TrainConfig, resolve, run_mode
 from alignkit.console import setup_console_logging
 from alignkit.data.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine import checkpoint as ckpt
@@ -82,8 +82,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         setup_console_logging()
-        check_bounds(config, "TrainConfig")
-        self.config = c = config
+        self.config = c = resolve(config, "TrainConfig")  # frozen from here on; config.yaml records it
         self.sampled_eval = evaluation.check_sampled_eval(c, sampled_eval)
         self._check_inputs(c)
         self.accelerator = Accelerator(mixed_precision=startup.mixed_precision(c.mixed_precision),
@@ -93,7 +92,9 @@ class Trainer:
         if not self.accelerator.is_main_process:
             logger.setLevel("WARNING")  # one process speaks for the run
         self.output_dir = Path(c.output_dir)
-        self._hold = rundir.preflight_all(c, self.accelerator)  # locked, no earlier run clobbered, room to save
+        # locked, no earlier run clobbered, room to save; max_length lowered to the model's position limit
+        self._hold, self.config = rundir.preflight_all(c, self.accelerator)
+        c = self.config
         self.guard = StopGuard(self.accelerator.num_processes == 1)
         self._saved_step: int | None = None
         with self.guard.starting(self._release):  # a signal until training starts stops at once: nothing to save
@@ -492,11 +493,12 @@ def train(config: TrainConfig | dict[str, Any], *, sampled_eval: SampledEval | N
 
 
 def _train(config: TrainConfig, sampled_eval: SampledEval | None) -> TrainResult:
-    if config.rounds > 0:  # iterative DPO / self-rewarding: rounds of sample, label, train (engine/iterative.py)
+    mode = run_mode(config)
+    if mode == "iterative":  # iterative DPO / self-rewarding: rounds of sample, label, train (engine/iterative.py)
         from alignkit.engine.iterative import train_rounds
 
         return train_rounds(config, lambda round_config: train(round_config, sampled_eval=sampled_eval))
-    if config.prompts:  # online: sample, score, learn (engine/online.py)
+    if mode == "online":  # sample, score, learn (engine/online.py)
         from alignkit.engine.online import OnlineTrainer
 
         return OnlineTrainer(config, sampled_eval=sampled_eval).train()

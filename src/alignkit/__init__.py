@@ -17,7 +17,7 @@ def train(config):
     return train_with(config, sampled_eval=TrainingEvaluator)
 
 
-def __getattr__(name):
+def __getattr__(name):  # the same: TrainConfig and Trainer load on first use
     if name == "TrainConfig":
         from alignkit.config import TrainConfig
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 from alignkit import help_text as H
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 
 def _train(args: argparse.Namespace) -> int:
     from alignkit import train

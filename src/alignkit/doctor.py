@@ -23,6 +23,9 @@ from alignkit import help_text as H
 from alignkit.models.checks import position_limit
 from alignkit.models.hub import OFFLINE_HELP, resolve_model
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 MARK = {"ok": "✓", "fail": "✗", "warn": "!", "info": " "}
 SAMPLE = {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
           "chosen": [{"role": "assistant", "content": "Paris is the capital of France."}],

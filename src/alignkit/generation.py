@@ -34,6 +34,7 @@ from alignkit.data.tokenize import (
     encode,
     render,
 )
+from alignkit.data.transforms_condition import WEIGHTS_TEMPLATE, conditioned_prompt
 from alignkit.errors import ConfigError, DataError
 
 
@@ -268,7 +269,5 @@ def generate_conditioned(
     ``weights`` (a point of the simplex, one entry per objective): each prompt is conditioned exactly as
     in training (`alignkit.data.conditioned_prompt`, same ``template`` and ``digits``). ``kwargs`` go to
     `generate`; the returned ``prompts`` are the conditioned ones."""
-    from alignkit.data.transforms_condition import WEIGHTS_TEMPLATE, conditioned_prompt
-
     conditioned = [conditioned_prompt(p, list(weights), template or WEIGHTS_TEMPLATE, digits) for p in prompts]
     return generate(model, tokenizer, conditioned, **kwargs)

@@ -32,7 +32,7 @@ from alignkit.data.collate import Batch
 from alignkit.data.dataset import TokenizedDataset
 from alignkit.engine.distributed import sharding, share_sharded_scorer
 from alignkit.engine.logprobs import unwrap
-from alignkit.engine.reference import Reference
+from alignkit.engine.reference import Reference, build_reference
 from alignkit.engine.score import iter_batch_logps
 from alignkit.errors import ConfigError
 from alignkit.io_atomic import atomic_path
@@ -237,8 +237,6 @@ def load_key(model, dtype: str) -> str:
 def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
     """(train, eval) cached references for a `Trainer` ``t``: the reference is built (from ``t.strategy``)
     only when some table is missing, and released when this returns."""
-    from alignkit.engine.reference import build_reference
-
     c, acc = t.config, t.accelerator
     built: list = []
 

@@ -36,10 +36,12 @@ import weakref
 from pathlib import Path
 
 from alignkit.engine.checkpoint import latest_checkpoint, recover_published
+from alignkit.engine.distributed import any_process
 from alignkit.engine.logging import logger
 from alignkit.errors import AlignkitError, ConfigError, ModelError, RunDirError
 from alignkit.io_atomic import atomic_write_text
 from alignkit.models.checks import position_limit
+from alignkit.models.hub import resolve_model
 
 LOCK = "run.lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "code.json", "samples.jsonl")
@@ -240,8 +242,6 @@ def check_space(folder: Path, config, model_dir: Path) -> None:
 def model_folder(config) -> Path:
     """The model's local folder, or its Hub snapshot in the cache (configs and tokenizer only: the weights come
     when the model loads); a name that is found nowhere is one `ModelError` line, here, before anything else."""
-    from alignkit.models.hub import resolve_model
-
     return Path(resolve_model(config.model, weights=False, trust_remote_code=config.trust_remote_code))
 
 
@@ -305,8 +305,6 @@ def preflight(config, main: bool):
 def preflight_all(config, accelerator):
     """`preflight` on every process (the lock on the main one): ``(Hold or None, config)``; when the main process
     refuses, the others stop too."""
-    from alignkit.engine.distributed import any_process
-
     error, hold = None, None
     try:
         hold, config = preflight(config, accelerator.is_main_process)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, resolve, run_mode
+from alignkit.config import TrainConfig, from_dict, resolve, run_mode
 from alignkit.console import setup_console_logging
 from alignkit.data.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine import checkpoint as ckpt
@@ -485,8 +485,6 @@ def train(config: TrainConfig | dict[str, Any], *, sampled_eval: SampledEval | N
     """Train with a `TrainConfig` (or a dict of its fields); returns the run folder, final model and history.
     ``sampled_eval``: see `Trainer` (`alignkit.train` wires it)."""
     if isinstance(config, dict):
-        from alignkit.config import from_dict
-
         config = from_dict(TrainConfig, dict(config), source="train()")
     with offline_mode(config.offline):  # offline=true: Hub models and datasets from the local cache only
         return _train(config, sampled_eval)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from alignkit.data.schema import PreferenceRecord, chosen_rejected
+from alignkit.data.tokenize import TokenizeConfig
+from alignkit.engine.score import iter_logprobs
 from alignkit.errors import DataError
 from alignkit.eval.rm_report import pairwise_accuracy, wilson_interval
 
@@ -71,9 +73,6 @@ def preference_pairs(records: Sequence[PreferenceRecord]) -> tuple[list[Preferen
 
 
 def _logps(model, tokenizer, records, batch_size: int) -> tuple[list[float], list[int]]:
-    from alignkit.data.tokenize import TokenizeConfig
-    from alignkit.engine.score import iter_logprobs
-
     rows = list(iter_logprobs(model, tokenizer, list(records), batch_size, TokenizeConfig(max_length=None),
                               progress=False))
     return [r["logp"] for r in rows], [r["n_tokens"] for r in rows]

@@ -26,6 +26,9 @@ from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_write
 from alignkit.models.hub import OFFLINE_HELP
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 
 def add_parsers(sub) -> None:
     from alignkit.inference.base import builtin_methods

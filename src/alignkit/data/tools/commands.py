@@ -21,6 +21,9 @@ from alignkit import help_text as H
 from alignkit.errors import ConfigError, DataError
 from alignkit.models.hub import OFFLINE_HELP
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 
 def add_parsers(sub) -> None:
     d = sub.add_parser("data", help="convert, inspect, pair, dedup, select, split or synthesize data",

@@ -8,9 +8,9 @@ import logging
 import pytest
 
 from alignkit.data import read_records
+from alignkit.data.dataset import TokenizedDataset, unencodable
 from alignkit.data.schema import pair
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.dataset import TokenizedDataset, unencodable
 from alignkit.engine.prepare import check_pairs
 from alignkit.errors import DataError
 from alignkit.objectives import build_objective

@@ -142,7 +142,7 @@ def round_config(c, r: int, policy: str, data: str, pairs: bool):
     """The offline `TrainConfig` of round r: from ``policy``, on ``data``, reference = ``policy``."""
     transforms = ([{"name": "pairs", "strategy": "best_vs_worst"}] if pairs else []) + list(c.transforms)
     return dataclasses.replace(
-        c, model=policy, data=data, prompts=None, reward=None, rounds=0, eval_data=None, transforms=transforms,
+        c, mode="offline", model=policy, data=data, prompts=None, reward=None, rounds=0, eval_data=None, transforms=transforms,
         output_dir=str(Path(c.output_dir) / f"round_{r}"), ref_model=None,
         resume_from="latest" if c.resume_from == "latest" else None,  # an interrupted round continues
         ref_strategy="auto" if c.ref_strategy == "path" else c.ref_strategy)

@@ -36,9 +36,9 @@ import torch
 
 from alignkit.algorithms import policy_gradient, ppo, preference, selfplay  # noqa: F401  (register the recipes)
 from alignkit.algorithms.recipe import Rollout, RunContext, recipe_for
+from alignkit.data.dataset import prompt_key
 from alignkit.data.prompts import PromptRows, read_prompt_rows
 from alignkit.data.schema import PreferenceRecord
-from alignkit.engine.dataset import prompt_key
 from alignkit.engine.distributed import mean_over_processes
 from alignkit.engine.logging import keep_lines_up_to, peak_memory_mb
 from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
@@ -55,8 +55,8 @@ class OnlineTrainer(Trainer):
     """The trainer's wiring with prompts for data and the objective's recipe (module docstring); ``step`` is the
     online step. What the recipe trains beside the policy (PPO's value model) is handed to the trainer here."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, **wiring):
+        super().__init__(config, **wiring)
         for name, (module, lr) in self.recipe.setup(self.context()).items():
             self.train_beside(name, module, lr)
 

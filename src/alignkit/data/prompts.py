@@ -1,5 +1,4 @@
-"""Prompt files for online training and generation: a ``.txt`` file (one prompt a line) or rows (JSONL, JSON,
-CSV, Parquet ...) with a ``prompt`` and any fields a reward reads (e.g. ``answer``)."""
+"""Prompt files for sampling (online training, generation, evaluation during training)."""
 
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ class PromptRows:
 
 
 def read_prompt_rows(path: str) -> list[dict]:
-    """The rows of a prompt file; a row without a non-empty ``prompt`` is refused, naming its number."""
+    """The rows of a prompts file: ``{"prompt": line}`` per non-empty line of a .txt, else the rows of a data
+    file (JSONL, Parquet, CSV), each with a non-empty ``prompt``."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"prompts file {path} does not exist")

@@ -24,21 +24,22 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, check_bounds
+from alignkit.config import TrainConfig, from_dict, resolve, run_mode
+from alignkit.console import setup_console_logging
+from alignkit.data.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import distributed as dist
 from alignkit.engine import evaluation, rundir, startup
 from alignkit.engine import refcache as rc
 from alignkit.engine import resume as rs
 from alignkit.engine import reward_model as rm
-from alignkit.engine.dataset import BatchOrder, TokenizedDataset
+from alignkit.engine.evaluation import SampledEval
 from alignkit.engine.interrupts import RunInterrupted, StopGuard
 from alignkit.engine.logging import (
     MetricsLogger,
     logger,
     peak_memory_mb,
     progress_fields,
-    setup_console_logging,
 )
 from alignkit.engine.logprobs import (
     LogProbModel,
@@ -72,13 +73,16 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, *, sampled_eval: SampledEval | None = None):
+        """``sampled_eval(config, tokenizer) -> evaluate(policy) -> metrics``: the sampled metrics of
+        ``eval_prompts`` / ``eval_judge``, built on first use (`alignkit.train` passes
+        `alignkit.eval.training_metrics.TrainingEvaluator`; the engine does not import eval)."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         setup_console_logging()
-        check_bounds(config, "TrainConfig")
-        self.config = c = config
+        self.config = c = resolve(config, "TrainConfig")  # frozen from here on; config.yaml records it
+        self.sampled_eval = evaluation.check_sampled_eval(c, sampled_eval)
         self._check_inputs(c)
         self.accelerator = Accelerator(mixed_precision=startup.mixed_precision(c.mixed_precision),
                                        cpu=not torch.cuda.is_available())
@@ -87,7 +91,9 @@ class Trainer:
         if not self.accelerator.is_main_process:
             logger.setLevel("WARNING")  # one process speaks for the run
         self.output_dir = Path(c.output_dir)
-        self._hold = rundir.preflight_all(c, self.accelerator)  # locked, no earlier run clobbered, room to save
+        # locked, no earlier run clobbered, room to save; max_length lowered to the model's position limit
+        self._hold, self.config = rundir.preflight_all(c, self.accelerator)
+        c = self.config
         self.guard = StopGuard(self.accelerator.num_processes == 1)
         self._saved_step: int | None = None
         with self.guard.starting(self._release):  # a signal until training starts stops at once: nothing to save

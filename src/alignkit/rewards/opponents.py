@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 
 from alignkit.errors import ConfigError
-from alignkit.generation import _first_stop
+from alignkit.generation import first_stop
 from alignkit.inference.decoding import sample_product
 from alignkit.rewards.preference import Preference
 from alignkit.rewards.protocol import GroupReward, LiveModels, RewardOutput, flatten, regroup
@@ -68,7 +68,7 @@ class MixtureOpponentReward(GroupReward):
                              max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=seed,
                              chat_template=c.chat_template, chat_template_kwargs=c.chat_template_kwargs)
         stop = list(getattr(c, "stop", None) or [])  # the policy's samples end at a stop string: so do opponents
-        return [row[0][:_first_stop(row[0], stop)[0]] for row in gen.texts]
+        return [row[0][:first_stop(row[0], stop)[0]] for row in gen.texts]
 
     def __call__(self, prompts, groups, rows, models: LiveModels | None = None) -> RewardOutput:
         if models is None:

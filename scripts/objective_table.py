@@ -30,7 +30,6 @@ from alignkit.console import setup_console_logging
 from alignkit.demo import FULL, QUICK, evaluate_policy
 from alignkit.generation import generate
 from alignkit.models.load import load_model, load_tokenizer
-from alignkit.training import train
 from alignkit.worlds import reviews
 
 PAIRS = [{"name": "pairs", "strategy": "best_vs_worst"}]

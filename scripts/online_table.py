@@ -34,7 +34,6 @@ from alignkit.config import TrainConfig
 from alignkit.console import setup_console_logging
 from alignkit.demo import FULL, QUICK, evaluate_policy
 from alignkit.models.load import load_model, load_tokenizer
-from alignkit.training import train
 from alignkit.worlds import reviews
 
 REWARD = "alignkit.worlds.reviews:reward"

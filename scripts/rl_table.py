@@ -22,7 +22,6 @@ from alignkit.config import TrainConfig
 from alignkit.console import setup_console_logging
 from alignkit.generation import generate
 from alignkit.models.load import load_model, load_tokenizer
-from alignkit.training import train
 from alignkit.worlds import arithmetic
 
 

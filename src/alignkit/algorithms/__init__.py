@@ -10,3 +10,5 @@
 
 `alignkit.training.train` picks the kind of run; the engine below knows none of these names.
 """
+
+from alignkit.algorithms import policy_gradient, ppo, preference, selfplay  # noqa: F401, E402  (register the recipes)

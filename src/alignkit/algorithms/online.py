@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from alignkit.algorithms import policy_gradient, ppo, preference, selfplay  # noqa: F401  (register the recipes)
+from alignkit.algorithms import preference
 from alignkit.algorithms.recipe import Rollout, RunContext, recipe_for
 from alignkit.data.dataset import prompt_key
 from alignkit.data.prompts import PromptRows, read_prompt_rows

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, from_dict, resolve, run_mode
+from alignkit.config import TrainConfig, resolve
 from alignkit.console import setup_console_logging
 from alignkit.data.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine import checkpoint as ckpt

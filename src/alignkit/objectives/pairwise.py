@@ -67,6 +67,11 @@ def _finish(
     return LossOutput(weighted_mean(per, stats, mask), per, metrics)
 
 
+def _log_ratios(p: _Pair, length_normalize: bool) -> tuple[Tensor, Tensor]:
+    """``(ρ(w), ρ(l))``, or the per-token ``(ρ(w)/n(w), ρ(l)/n(l))`` when ``length_normalize``."""
+    return (p.rho_w / p.n_w, p.rho_l / p.n_l) if length_normalize else (p.rho_w, p.rho_l)
+
+
 def _positive(**kw: float) -> None:
     for k, v in kw.items():
         if not v > 0:
@@ -79,23 +84,31 @@ def _rate(name: str, eps: float, high: float, closed: bool) -> None:
 
 
 @register("dpo", needs_reference=True, **PAIR)
-def dpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
+def dpo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False) -> LossOutput:
     """Direct Preference Optimization (sigmoid loss), https://arxiv.org/abs/2305.18290.
 
     ``−logσ(βΔ)``: the Bradley–Terry likelihood of the preference under the implicit reward
     ``h = β·ρ``; β sets how far the policy may move from the reference.
 
+    ``length_normalize=True`` is LN-DPO (Ahrabian et al. 2024, "A Practical Analysis of Human
+    Alignment with *PO", https://arxiv.org/abs/2407.15229): ``−logσ(β[ρ(w)/n(w) − ρ(l)/n(l)])``,
+    per-token log-ratios, so a longer response earns no larger implicit reward for its length alone.
+    With both responses of length L it is dpo at β/L.
+
     Args:
-        stats: ``logps``, ``ref_logps`` [B, 2] summed log-probs; ranks or scalar scores [B, 2].
+        stats: ``logps``, ``ref_logps`` [B, 2] summed log-probs; ranks or scalar scores [B, 2];
+            ``lengths`` [B, 2] completion tokens (used with ``length_normalize``).
         beta: inverse temperature β > 0.
+        length_normalize: divide each log-ratio by its response's token count (LN-DPO).
 
     Returns:
-        LossOutput, ``per_example`` [B]; rewards are ``β·ρ``.
+        LossOutput, ``per_example`` [B]; rewards are ``β·`` the log-ratios used (``β·ρ`` or ``β·ρ/n``).
     """
     _positive(beta=beta)
     p = _pair(stats, reference=True)
-    per = -F.logsigmoid(beta * p.delta)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    rho_w, rho_l = _log_ratios(p, length_normalize)
+    per = -F.logsigmoid(beta * (rho_w - rho_l))
+    return _finish(stats, p, per, beta * rho_w, beta * rho_l)
 
 
 @register("cdpo", needs_reference=True, **PAIR)
@@ -141,7 +154,7 @@ def ipo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False)
     """
     _positive(beta=beta)
     p = _pair(stats, reference=True)
-    rho_w, rho_l = (p.rho_w / p.n_w, p.rho_l / p.n_l) if length_normalize else (p.rho_w, p.rho_l)
+    rho_w, rho_l = _log_ratios(p, length_normalize)
     per = (rho_w - rho_l - 1 / (2 * beta)) ** 2
     return _finish(stats, p, per, beta * rho_w, beta * rho_l)
 

@@ -38,8 +38,8 @@ def soft_targets(stats: SequenceStats, view: PairView, target: str, temperature:
     else:
         gap = pair_gap(stats, view, dtype)
         p = torch.sigmoid(gap / temperature)
-        hint = ("give every pair a 'margin' (or score_chosen/score_rejected via the pairs transform) or scalar "
-                "scores, or use target=p")
+        hint = ("give every pair a 'margin' column or scalar scores (the pairs transform writes the score gap of "
+                "scored lists as margin), or use target=p")
     missing = int((mask & torch.isnan(p)).sum())
     if missing:
         raise DataError(f"soft_dpo (target={target}): {missing} of the {int(mask.sum())} pairs in this batch "

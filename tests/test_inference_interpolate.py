@@ -10,25 +10,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_inference_guided import GREEDY, PROMPTS, SAMPLE, first, ids_of
 
 from alignkit.generation import generate, prompt_ids
-from alignkit.inference import InferenceSettings, run_method
+from alignkit.inference import run_method
 from alignkit.inference.decoding import sample_product
-from alignkit.worlds import reviews
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-PROMPTS = reviews.prompts(6, seed=3) + ["Review:"]
-GREEDY = InferenceSettings(max_new_tokens=20, temperature=0.0)
-SAMPLE = InferenceSettings(max_new_tokens=20, temperature=1.0, seed=4)
-
-
-def ids_of(outputs):
-    return [o.token_ids for o in outputs]
-
-
-def first(gen):
-    return [row[0] for row in gen.token_ids]
 
 
 def test_weight_0_is_the_base_model_and_1_the_tuned_model(review_model_pair):

@@ -29,6 +29,7 @@ test-all: setup
 
 lint: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports  # the layers contract in .importlinter
 
 bench: setup
 	$(BIN)/python bench/logprobs_memory.py --sweep

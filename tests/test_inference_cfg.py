@@ -25,7 +25,7 @@ import torch
 from test_inference_grammar import tv
 
 from alignkit.errors import ConfigError
-from alignkit.generation import _eos_ids, prompt_ids
+from alignkit.generation import eos_ids, prompt_ids
 from alignkit.inference import InferenceSettings, run_method
 from alignkit.inference.grammar import grammar_samples
 
@@ -114,7 +114,7 @@ def limited_tokenisations(s: str, pieces: dict[int, str], limit: int) -> list[li
 def exact_nested_conditional(model, tok) -> dict[str, float]:
     """``P(s | x, s ∈ L)`` with every string of L and every tokenisation of at most MAX_NEW tokens, by one plain
     forward pass per token path (the stop token's probability after it included)."""
-    eos = _eos_ids(model, tok)
+    eos = eos_ids(model, tok)
     special = set(tok.all_special_ids) | set(eos)
     pieces = {i: tok.decode([i]) for i in range(len(tok)) if i not in special}
     pieces = {i: p for i, p in pieces.items() if p}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from closed_forms import T, lsig, sig
 
+from alignkit.data.dataset import TokenizedDataset
 from alignkit.data.io import BadRowError, read_records
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.dataset import TokenizedDataset
 from alignkit.errors import DataError
 from alignkit.objectives import SequenceStats, get_objective
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.objectives.common import PairView, pair_metrics, pair_view, reward_metrics
+from alignkit.objectives.common import PairView, check_positive, pair_metrics, pair_view, reward_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.sft import sft_targets
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
@@ -27,7 +27,7 @@ from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 PAIR = {"label_kinds": ("ranks", "scores"), "min_responses": 2, "max_responses": 2}
 
 
-class _Pair(NamedTuple):
+class PairStats(NamedTuple):
     view: PairView
     s_w: Tensor  # [B] summed log-probs (0 on masked rows, so padding never reaches the loss)
     s_l: Tensor
@@ -41,7 +41,9 @@ class _Pair(NamedTuple):
         return self.rho_w - self.rho_l
 
 
-def _pair(stats: SequenceStats, reference: bool) -> _Pair:
+def pair_stats(stats: SequenceStats, reference: bool) -> PairStats:
+    """The chosen / rejected statistics of every K = 2 row (masked rows: s = 0, n = 1, ρ = 0); ρ only with
+    ``reference``. Shared by the pair objectives here and in ``soft.py``."""
     view = pair_view(stats)
 
     def take(x: Tensor, fill: float) -> tuple[Tensor, Tensor]:
@@ -54,12 +56,14 @@ def _pair(stats: SequenceStats, reference: bool) -> _Pair:
     if reference:
         r_w, r_l = take(stats.logratios, 0.0)
         rho_w, rho_l = r_w, r_l
-    return _Pair(view, s_w, s_l, n_w, n_l, rho_w, rho_l)
+    return PairStats(view, s_w, s_l, n_w, n_l, rho_w, rho_l)
 
 
-def _finish(
-    stats: SequenceStats, p: _Pair, per: Tensor, r_w: Tensor, r_l: Tensor, **extra: Tensor
+def finish_pair(
+    stats: SequenceStats, p: PairStats, per: Tensor, r_w: Tensor, r_l: Tensor, **extra: Tensor
 ) -> LossOutput:
+    """`LossOutput` of a pair objective: ``per`` zeroed on masked rows, the record-weighted mean, the implicit
+    rewards ``r_w``/``r_l`` and log-prob metrics every pair objective logs, plus ``extra`` metrics."""
     mask = p.view.mask
     per = torch.where(mask, per, torch.zeros_like(per))
     metrics = reward_metrics(r_w, r_l, mask)
@@ -67,15 +71,9 @@ def _finish(
     return LossOutput(weighted_mean(per, stats, mask), per, metrics)
 
 
-def _log_ratios(p: _Pair, length_normalize: bool) -> tuple[Tensor, Tensor]:
+def _log_ratios(p: PairStats, length_normalize: bool) -> tuple[Tensor, Tensor]:
     """``(ρ(w), ρ(l))``, or the per-token ``(ρ(w)/n(w), ρ(l)/n(l))`` when ``length_normalize``."""
     return (p.rho_w / p.n_w, p.rho_l / p.n_l) if length_normalize else (p.rho_w, p.rho_l)
-
-
-def _positive(**kw: float) -> None:
-    for k, v in kw.items():
-        if not v > 0:
-            raise ConfigError(f"hyper-parameter {k} must be > 0, got {v}")
 
 
 def _rate(name: str, eps: float, high: float, closed: bool) -> None:
@@ -104,11 +102,11 @@ def dpo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False)
     Returns:
         LossOutput, ``per_example`` [B]; rewards are ``β·`` the log-ratios used (``β·ρ`` or ``β·ρ/n``).
     """
-    _positive(beta=beta)
-    p = _pair(stats, reference=True)
+    check_positive(beta=beta)
+    p = pair_stats(stats, reference=True)
     rho_w, rho_l = _log_ratios(p, length_normalize)
     per = -F.logsigmoid(beta * (rho_w - rho_l))
-    return _finish(stats, p, per, beta * rho_w, beta * rho_l)
+    return finish_pair(stats, p, per, beta * rho_w, beta * rho_l)
 
 
 @register("cdpo", needs_reference=True, **PAIR)
@@ -119,12 +117,12 @@ def cdpo(stats: SequenceStats, beta: float = 0.1, label_smoothing: float = 0.1) 
     the loss is minimised at the finite margin ``βΔ = log((1−ε)/ε)`` instead of pushing Δ → ∞.
     ``label_smoothing`` ε ∈ [0, 0.5]; ε = 0 is dpo. Shapes and rewards as :func:`dpo`.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     _rate("label_smoothing", label_smoothing, 0.5, closed=True)
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     z = beta * p.delta
     per = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 @register("rdpo", needs_reference=True, **PAIR)
@@ -135,12 +133,12 @@ def rdpo(stats: SequenceStats, beta: float = 0.1, flip_rate: float = 0.1) -> Los
     estimate of the clean dpo loss when each label was flipped with probability ε (the expectation
     over flips equals dpo). Can be negative per pair. Shapes and rewards as :func:`dpo`.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     _rate("flip_rate", flip_rate, 0.5, closed=False)
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     z = beta * p.delta
     per = (-(1 - flip_rate) * F.logsigmoid(z) + flip_rate * F.logsigmoid(-z)) / (1 - 2 * flip_rate)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 @register("ipo", needs_reference=True, **PAIR)
@@ -152,11 +150,11 @@ def ipo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False)
     as in the paper; ``True`` uses per-token means ``(s − s_ref)/n`` (as TRL does). Rewards are
     ``β·`` the log-ratios used. Shapes as :func:`dpo`.
     """
-    _positive(beta=beta)
-    p = _pair(stats, reference=True)
+    check_positive(beta=beta)
+    p = pair_stats(stats, reference=True)
     rho_w, rho_l = _log_ratios(p, length_normalize)
     per = (rho_w - rho_l - 1 / (2 * beta)) ** 2
-    return _finish(stats, p, per, beta * rho_w, beta * rho_l)
+    return finish_pair(stats, p, per, beta * rho_w, beta * rho_l)
 
 
 @register("hinge", needs_reference=True, **PAIR)
@@ -166,10 +164,10 @@ def hinge(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     ``max(0, 1 − βΔ)`` on the reference log-ratio margin: zero loss and zero gradient once the
     margin βΔ reaches 1. Shapes and rewards as :func:`dpo`.
     """
-    _positive(beta=beta)
-    p = _pair(stats, reference=True)
+    check_positive(beta=beta)
+    p = pair_stats(stats, reference=True)
     per = F.relu(1 - beta * p.delta)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 def _expm1_capped(x: Tensor) -> Tensor:
@@ -202,20 +200,20 @@ def fdpo(
     The exponentials continue linearly beyond ``exp(½·log(max float))`` so that huge negative
     log-ratios give finite (huge) losses and gradients rather than inf. Rewards are ``β·ρ``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     if divergence not in FDIVERGENCES:
         raise ConfigError(f"fdpo divergence must be one of {FDIVERGENCES}, got '{divergence}'")
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     if divergence == "reverse_kl":
         margin = p.delta
     elif divergence == "js":
         margin = F.logsigmoid(p.rho_w) - F.logsigmoid(p.rho_l)
     else:
         a = 1.0 if divergence == "forward_kl" else alpha
-        _positive(alpha=a)
+        check_positive(alpha=a)
         margin = (_expm1_capped(-a * p.rho_l) - _expm1_capped(-a * p.rho_w)) / a
     per = -F.logsigmoid(beta * margin)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 @register("simpo", **PAIR)
@@ -226,11 +224,11 @@ def simpo(stats: SequenceStats, beta: float = 2.0, gamma: float = 1.0) -> LossOu
     outside β, as in METHODS.md; the paper's ``γ/β`` form is the same loss with γ rescaled).
     Length-normalisation makes it invariant to repeating a response's tokens. Rewards are ``β·m``.
     """
-    _positive(beta=beta)
-    p = _pair(stats, reference=False)
+    check_positive(beta=beta)
+    p = pair_stats(stats, reference=False)
     m_w, m_l = p.s_w / p.n_w, p.s_l / p.n_l
     per = -F.logsigmoid(beta * (m_w - m_l) - gamma)
-    return _finish(stats, p, per, beta * m_w, beta * m_l)
+    return finish_pair(stats, p, per, beta * m_w, beta * m_l)
 
 
 def _log_odds(m: Tensor) -> Tensor:
@@ -252,12 +250,12 @@ def orpo(stats: SequenceStats, lam: float = 0.1) -> LossOutput:
     computed stably (see ``_log_odds``). Rewards are ``λ·m`` (TRL's convention, β = λ); also logs
     ``nll`` and ``log_odds_ratio``.
     """
-    _positive(lam=lam)
-    p = _pair(stats, reference=False)
+    check_positive(lam=lam)
+    p = pair_stats(stats, reference=False)
     m_w, m_l = p.s_w / p.n_w, p.s_l / p.n_l
     ratio = _log_odds(m_w) - _log_odds(m_l)
     per = -m_w - lam * F.logsigmoid(ratio)
-    return _finish(stats, p, per, lam * m_w, lam * m_l, nll=-m_w, log_odds_ratio=ratio)
+    return finish_pair(stats, p, per, lam * m_w, lam * m_l, nll=-m_w, log_odds_ratio=ratio)
 
 
 @register("cpo", **PAIR)
@@ -269,10 +267,10 @@ def cpo(stats: SequenceStats, beta: float = 0.1, sft_weight: float = 1.0) -> Los
     The NLL term is the **mean per token** ``−s(w)/n(w)``, as in the CPO reference implementation
     (METHODS.md writes ``NLL(w)``). Rewards are ``β·s``.
     """
-    _positive(beta=beta)
-    p = _pair(stats, reference=False)
+    check_positive(beta=beta)
+    p = pair_stats(stats, reference=False)
     per = -F.logsigmoid(beta * (p.s_w - p.s_l)) - sft_weight * p.s_w / p.n_w
-    return _finish(stats, p, per, beta * p.s_w, beta * p.s_l, nll=-p.s_w / p.n_w)
+    return finish_pair(stats, p, per, beta * p.s_w, beta * p.s_l, nll=-p.s_w / p.n_w)
 
 
 @register("rpo", needs_reference=True, **PAIR)
@@ -281,10 +279,10 @@ def rpo(stats: SequenceStats, beta: float = 0.1, alpha: float = 1.0) -> LossOutp
 
     ``−logσ(βΔ) + α·(−s(w)/n(w))`` (mean token NLL); α = 0 is :func:`dpo`. Rewards are ``β·ρ``.
     """
-    _positive(beta=beta)
-    p = _pair(stats, reference=True)
+    check_positive(beta=beta)
+    p = pair_stats(stats, reference=True)
     per = -F.logsigmoid(beta * p.delta) - alpha * p.s_w / p.n_w
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l, nll=-p.s_w / p.n_w)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l, nll=-p.s_w / p.n_w)
 
 
 @register("asft", **PAIR)
@@ -294,10 +292,10 @@ def asft(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     ``−logσ(β·s(w)) − logσ(−β·s(l))``: each response is scored on its own (no Bradley–Terry
     coupling), so the gradient raises s(w) and lowers s(l) independently. Rewards are ``β·s``.
     """
-    _positive(beta=beta)
-    p = _pair(stats, reference=False)
+    check_positive(beta=beta)
+    p = pair_stats(stats, reference=False)
     per = -F.logsigmoid(beta * p.s_w) - F.logsigmoid(-beta * p.s_l)
-    return _finish(stats, p, per, beta * p.s_w, beta * p.s_l)
+    return finish_pair(stats, p, per, beta * p.s_w, beta * p.s_l)
 
 
 @register("jpo", needs_reference=True, label_kinds=("ranks", "scores"), min_responses=2)
@@ -314,7 +312,7 @@ def jpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     whose winner is in row b (0 where none). Metrics average over pairs: rewards ``β·ρ`` of winners
     and losers, accuracy = fraction of pairs with ``ρ_u > ρ_v``, and ``pairs`` (their number).
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     B, K = stats.logps.shape
     valid = stats.valid.reshape(-1)
     zero = torch.zeros_like(stats.logps)
@@ -364,7 +362,7 @@ def poft(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     Metrics: ``rewards/chosen`` (``β·(s − s_aligned)``), ``rewards/accuracy`` (fraction with
     s > s_aligned), ``logps/chosen``, ``logps/aligned``; there is no rejected response.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     target = sft_targets(stats)
     mask = target.any(dim=1)
     tf = target.to(stats.logps.dtype)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.objectives.common import PairView, pair_gap
-from alignkit.objectives.pairwise import PAIR, _finish, _pair, _positive
+from alignkit.objectives.common import PairView, check_positive, pair_gap
+from alignkit.objectives.pairwise import PAIR, finish_pair, pair_stats
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats
 
@@ -70,11 +70,11 @@ def soft_dpo(stats: SequenceStats, beta: float = 0.1, target: str = "p", tempera
     Returns:
         LossOutput, ``per_example`` [B]; rewards are ``β·ρ``; also logs ``target_p`` (mean p).
     """
-    _positive(beta=beta, temperature=temperature)
+    check_positive(beta=beta, temperature=temperature)
     if target not in TARGETS:
         raise ConfigError(f"soft_dpo target must be one of {TARGETS}, got {target!r}")
-    pr = _pair(stats, reference=True)
+    pr = pair_stats(stats, reference=True)
     p = soft_targets(stats, pr.view, target, temperature, pr.delta.dtype)
     z = beta * pr.delta
     per = -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)
-    return _finish(stats, pr, per, beta * pr.rho_w, beta * pr.rho_l, target_p=p)
+    return finish_pair(stats, pr, per, beta * pr.rho_w, beta * pr.rho_l, target_p=p)

@@ -49,7 +49,7 @@ def add_parsers(sub) -> None:
                    help=f"an inference-time alignment method: {', '.join(sorted(methods))} (each described below; "
                         "its options with --set)")
     g.add_argument("--reward", default=None, help="reward spec for --method: rm:PATH, module:function, rule:...")
-    g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, cd)")
+    g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, interpolate, cd)")
     g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="options of --method, e.g. --set n=16 tau=0.5")
     g.add_argument("--n", type=int, default=None, help="shortcut for --set n=N")

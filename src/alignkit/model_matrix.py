@@ -7,6 +7,9 @@ on the machine), `check_family` measures:
 * ``shared_prompt`` / ``padded`` — the largest |executor − naive| over the token log-probs of 5 responses
   (2 records, K = 2 and 3, prompts of 24 tokens: three times the test models' sliding window), where naive is
   the model's own full forward on each prompt + response alone, fp32;
+* ``flex`` — the same errors with the model loaded with FlexAttention (`flex_errors`: alignkit's block-sparse
+  `BlockMask` for shared-prompt rows, unfused on CPU) against the naive forward under SDPA / eager, or why the
+  family is skipped;
 * ``grad`` — the largest |∂| difference of a weighted sum of those log-probs with respect to every parameter,
   executor (shared-prompt rows) vs naive, relative to the largest gradient;
 * ``generate`` — the largest |log-prob the sampler reported − executor log-prob| of the same sampled tokens
@@ -50,6 +53,7 @@ class FamilyResult:
     attention: str
     windows: dict
     errors: dict = field(default_factory=dict)  # shared_prompt, padded, grad, generate
+    flex: dict | str = field(default_factory=dict)  # flex_errors: per layout, or why skipped
     runs: dict = field(default_factory=dict)  # dpo, lora, bt, grpo: first loss; layout
     lora_modules: list = field(default_factory=list)
     lora_parameters: list = field(default_factory=list)
@@ -78,6 +82,25 @@ def naive_token_logps(model, items: list[TokenizedRecord]) -> torch.Tensor:
             start = len(tr.prompt_ids) + tr.score_start[k]
             out.append(logps[start - 1 : -1].gather(-1, ids[0, start:, None]).squeeze(-1))
     return torch.cat(out)
+
+
+def flex_errors(name: str, vocab: int = 1000) -> dict[str, float] | str:
+    """The executor under FlexAttention (shared-prompt rows through alignkit's `BlockMask`, padded rows through
+    transformers' own flex mask) vs the naive forward of the same weights under SDPA / eager, one response at a
+    time: the largest token log-prob error per layout, or why the family is skipped."""
+    from alignkit.errors import ConfigError
+    from alignkit.models.families import build_family_model
+
+    try:
+        model = build_family_model(name, vocab_size=vocab, attn_implementation="flex_attention")
+    except ConfigError as e:
+        return str(e).split(":", 1)[1].split(";")[0].strip()
+    items = random_records(vocab)
+    with torch.no_grad():
+        naive = naive_token_logps(build_family_model(name, vocab_size=vocab), items)
+        return {layout: float((LogProbModel(model)(b)[_slot_order(b)] - naive).abs().max())
+                for layout, b in (("shared_prompt", collate_shared_prompt(items, 0, 256)),
+                                  ("padded", collate_padded(items, 0)))}
 
 
 def _slot_order(batch) -> torch.Tensor:
@@ -190,6 +213,7 @@ def check_family(name: str, root: Path, trainer_runs: bool = True, lora_run: boo
     model.eval()
     result.errors = logprob_errors(model)
     result.errors["generate"] = generation_error(model, tokenizer)
+    result.flex = flex_errors(name)
     result.bon = best_of_n_picks_the_best(model, tokenizer)
     result.lora_modules, result.lora_parameters, _ = lora_targets(model)
     if trainer_runs:
@@ -205,6 +229,10 @@ def _fmt(x: float) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
+def _flex(flex: dict | str) -> str:
+    return f"skipped: {flex}" if isinstance(flex, str) else f"{_fmt(flex['shared_prompt'])}, {_fmt(flex['padded'])}"
+
+
 def _windows(windows: dict) -> str:
     if not windows:
         return "a layer type no mask expresses"
@@ -216,15 +244,17 @@ def _windows(windows: dict) -> str:
 
 def to_markdown(results: list[FamilyResult], header: str) -> str:
     lines = [header, "",
-             "| family | tokenizer | attention | sliding windows | shared-prompt | padded | grad (rel.) | generate "
-             "| DPO step (loss, layout) | LoRA step | BT step | GRPO step | best-of-4 | LoRA targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| family | tokenizer | attention | sliding windows | shared-prompt | padded | flex (shared-prompt, "
+             "padded) | grad (rel.) | generate | DPO step (loss, layout) | LoRA step | BT step | GRPO step | best-of-4 "
+             "| LoRA targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         runs = {k: (f"{v['loss'] + 0.0:.4f}" + (f", {v['layout']}" if k == "dpo" else "")) if math.isfinite(v["loss"])
                 else "non-finite" for k, v in r.runs.items()}
         targets = ", ".join(r.lora_modules) + (f"; experts: {', '.join(r.lora_parameters)}" if r.lora_parameters else "")
         lines.append(f"| {FAMILIES[r.name].config_class.removesuffix('Config')} | {r.tokenizer} | {r.attention} | "
                      f"{_windows(r.windows)} | {_fmt(r.errors['shared_prompt'])} | {_fmt(r.errors['padded'])} | "
+                     f"{_flex(r.flex)} | "
                      f"{_fmt(r.errors['grad'])} | {_fmt(r.errors['generate'])} | {runs.get('dpo', '-')} | "
                      f"{runs.get('lora', '-')} | {runs.get('bt', '-')} | {runs.get('grpo', '-')} | "
                      f"{'picks the best' if r.bon else 'WRONG'} | {targets} |")

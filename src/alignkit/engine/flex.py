@@ -44,13 +44,16 @@ CPU_BACKWARD = ("attn_implementation=flex_attention cannot train on CPU (torch's
                 "there): train with attn_implementation=auto; flex attention on CPU scores only (no gradients)")
 
 
-def flex_available() -> bool:
-    """Whether this torch has `torch.nn.attention.flex_attention`."""
+def flex_available(gpu: bool = False) -> bool:
+    """Whether this torch has `torch.nn.attention.flex_attention` (``gpu``: and triton, which compiles its GPU
+    kernel)."""
+    import importlib.util
+
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
     except ImportError:
         return False
-    return True
+    return not gpu or importlib.util.find_spec("triton") is not None
 
 
 def is_flex(config) -> bool:

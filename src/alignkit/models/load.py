@@ -82,12 +82,10 @@ def flex_pays(config, cls) -> bool:
     """Whether ``auto`` picks FlexAttention on CUDA for a model: torch has it with its GPU compiler (triton), the
     model class supports it, and a block mask expresses every layer (else batches are padded rows, where flex
     attention only adds its compile time)."""
-    import importlib.util
-
-    from alignkit.engine.flex import flex_available
+    from alignkit.engine import flex
     from alignkit.engine.logprobs import attention_windows
 
-    return (flex_available() and importlib.util.find_spec("triton") is not None and cls is not None
+    return (flex.flex_available(gpu=True) and cls is not None
             and getattr(cls, "_supports_flex_attn", False) and attention_windows(config) is not None)
 
 

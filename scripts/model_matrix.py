@@ -31,9 +31,10 @@ is paired with (`../shared/tokenizers`). Errors are the largest absolute differe
 
 - **shared-prompt / padded**: token log-probs of 5 responses (2 records, K = 2 and 3, 24-token prompts: three
   times the window) from alignkit's executor vs the model's own full forward on each prompt + response alone;
-- **flex**: the same two errors with the model loaded with `attn_implementation=flex_attention` (shared-prompt
-  rows as a block-sparse `BlockMask`, padded rows through transformers' own flex mask; unfused on CPU) against
-  the naive forward of the same weights under SDPA / eager;
+- **flex**: the shared-prompt, padded and grad errors with the model loaded with
+  `attn_implementation=flex_attention` (shared-prompt rows as a block-sparse `BlockMask`, padded rows through
+  transformers' own flex mask; unfused on CPU, `alignkit.engine.flex`) against the naive forward of the same
+  weights under SDPA / eager;
 - **grad**: gradient of a weighted sum of those log-probs with respect to every parameter, executor
   (shared-prompt rows) vs naive, relative to the largest gradient entry;
 - **generate**: the log-prob the sampler reports for what it sampled (KV cache, left padding) vs the executor;

@@ -99,11 +99,27 @@ def test_layer_types_get_a_block_mask_each(name):
         assert isinstance(mask, BlockMask)
 
 
-def test_training_with_flex_on_cpu_is_a_config_error():
-    model = build_family_model("qwen2", vocab_size=100, attn_implementation="flex_attention")
-    batch = collate_shared_prompt(random_records(100), 0)
-    with pytest.raises(ConfigError, match="cannot train on CPU"):
-        LogProbModel(model)(batch).sum().backward()
+def test_flex_gradients_on_cpu_equal_the_naive_ones():
+    """`flex_attention` refuses a CPU backward; alignkit differentiates torch's unfused computation instead:
+    the gradient of every query/key/value equals a plain softmax attention's with the same mask and soft-cap."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 40, 8, generator=g, requires_grad=True) for h in (4, 2, 2))
+    batch = collate_shared_prompt([TokenizedRecord(list(range(3, 13)), [list(range(20, 35)), list(range(40, 55))],
+                                                   [0, 0], index=0)] * 2, 0, 40)
+    bm = flex.block_mask(batch)
+    mask = batch.attention_mask
+
+    def softcap(score, b, h, qi, kv):
+        return 20 * torch.tanh(score / 20)
+
+    ours = flex.unfused_with_grad(q, k, v, score_mod=softcap, block_mask=bm)
+    kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    scores = 20 * torch.tanh(q @ kk.transpose(-1, -2) / 8**0.5 / 20)
+    theirs = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ vv
+    w = torch.randn(theirs.shape, generator=g)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    for a, b in zip(torch.autograd.grad((ours * w).sum(), (q, k, v)), torch.autograd.grad((theirs * w).sum(), (q, k, v))):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_bf16_flex_is_close_to_fp32_naive():

@@ -45,7 +45,7 @@ def check(name, r):
     if name == "gpt2":
         assert r.flex == "GPT2LMHeadModel does not support FlexAttention in this transformers"
     else:
-        assert r.flex["shared_prompt"] < 1e-5 and r.flex["padded"] < 1e-5, r.flex
+        assert r.flex["shared_prompt"] < 1e-5 and r.flex["padded"] < 1e-5 and r.flex["grad"] < 1e-5, r.flex
     # the sampler's own log-probs (KV cache, left padding, sliding windows) are the executor's
     assert r.errors["generate"] < 1e-4, r.errors
     # step 1: policy = reference, so DPO's loss is ln 2; GRPO's equal-length samples have advantages summing to

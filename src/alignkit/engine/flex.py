@@ -21,9 +21,9 @@ On CPU, alignkit runs flex attention unfused (`use_unfused_on_cpu`): torch's com
 compile per new shape, its template targets inference, and with torch 2.13 it returned wrong outputs for head
 dims 8 and 16 (compared with SDPA: errors of 1.5 and 1.9; 4, 24, 32 and 64 matched). The unfused implementation
 is the same computation (same `BlockMask`, same score modification) with the scores materialised, so it checks
-the masks exactly, which is what CPU runs are for; CUDA keeps transformers' compiled kernel. Torch has no flex
-attention backward on CPU, so there it scores without gradients (log-probs, the reference cache, evaluation);
-training asks for a gradient and gets a `ConfigError`.
+the masks exactly, which is what CPU runs are for; CUDA keeps transformers' compiled kernel. `flex_attention`
+refuses a backward on CPU, so where a gradient is needed `unfused_with_grad` runs the same unfused computation
+through autograd: CPU training and gradient checks work too (slowly: scores are materialised).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ logger = logging.getLogger("alignkit")
 
 FLEX = "flex_attention"  # transformers' name for the backend
 BLOCK = 128  # flex attention's default tile; the vectors are padded to a multiple of it
-CPU_BACKWARD = ("attn_implementation=flex_attention cannot train on CPU (torch's FlexAttention has no backward "
-                "there): train with attn_implementation=auto; flex attention on CPU scores only (no gradients)")
+CPU_BACKWARD = ("attn_implementation=flex_attention cannot train on CPU with this torch (FlexAttention has no "
+                "backward there): train with attn_implementation=auto")
 
 
 def flex_available(gpu: bool = False) -> bool:
@@ -134,6 +134,25 @@ def flex_masks(batch: Batch, windows: dict[str, int | None], dtype: torch.dtype)
     return out
 
 
+def unfused_with_grad(query: Tensor, key: Tensor, value: Tensor, score_mod=None, block_mask=None, scale=None,
+                      kernel_options=None, **_) -> Tensor:
+    """Flex attention on CPU with gradients: torch's own unfused computation (``math_attention``, what
+    `flex_attention` runs on CPU without them) called directly, so autograd differentiates its plain tensor
+    ops — `flex_attention` itself refuses a CPU backward. Same forward numerics; GQA by repeating key/value
+    heads; a `ConfigError` where this torch has no such function."""
+    try:
+        from torch._higher_order_ops.flex_attention import math_attention
+        from torch.nn.attention.flex_attention import create_block_mask, noop_mask
+    except ImportError:
+        raise ConfigError(CPU_BACKWARD) from None
+    if block_mask is None:
+        block_mask = create_block_mask(noop_mask, None, None, query.shape[-2], key.shape[-2], device=query.device)
+    out, _, _ = math_attention(query, key, value, score_mod or (lambda score, b, h, q, kv: score),
+                               block_mask.as_tuple(), scale if scale is not None else query.shape[-1] ** -0.5,
+                               kernel_options or {})
+    return out
+
+
 _PATCHED = "_alignkit_unfused_on_cpu"
 
 
@@ -164,7 +183,7 @@ def use_unfused_on_cpu() -> bool:
     def attention(query, key, value, training=False, **kwargs):
         if query.device.type == "cpu" and not torch.compiler.is_compiling():
             if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-                raise ConfigError(CPU_BACKWARD)
+                return unfused_with_grad(query, key, value, **kwargs)
             return flex_attention(query, key, value, **kwargs)
         return compiled(query, key, value, training=training, **kwargs)
 

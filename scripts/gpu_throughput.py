@@ -23,6 +23,10 @@ timed after ``--warmup`` steps, which take the compile of flex attention's kerne
 * ``trl_best``: TRL's `DPOTrainer` with its best options (precomputed reference log-probs, no gradient
   checkpointing), when ``trl`` is importable.
 
+First, bench/lm_head_vs_liger.py (seconds): LM-head log-probs forward + backward at the 0.5B head, alignkit's
+chunked path vs Liger's fused linear cross-entropy (when ``liger_kernel`` imports) vs full logits, with the
+errors of each against fp32.
+
 Every alignkit variant caches the reference log-probs before training (its default), as TRL's best options
 precompute them. Reported per run: s/step, tokens/s (real tokens, each once), peak GPU memory, model TFLOP/s
 and MFU (bench/dpo_vs_trl.py's FLOP count and datasheet peaks). Results go to ``--out`` (default
@@ -37,6 +41,7 @@ import importlib.util
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import dpo_vs_trl as bench  # noqa: E402  (bench/ is not a package)
+import lm_head_vs_liger  # noqa: E402
 
 VARIANTS = {  # name -> (label, worker, extra worker args)
     "sdpa": ("alignkit shared-prompt, SDPA", "_alignkit_worker.py",
@@ -142,6 +148,22 @@ def markdown(results: list[dict], info: dict, args, device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def lm_head_rows(work: Path, tiny: bool) -> list[dict]:
+    """bench/lm_head_vs_liger.py in a fresh process (at most 3 minutes): its rows, or one row with the error."""
+    out, log = work / "lm_head.json", work / "logs" / "lm_head.log"
+    out.unlink(missing_ok=True)
+    print(f"[gpu_throughput] LM-head log-probs vs Liger (log {log}) ...", flush=True)
+    cmd = [sys.executable, str(REPO / "bench" / "lm_head_vs_liger.py"), "--json", str(out)] + (["--tiny"] if tiny else [])
+    try:
+        with open(log, "w") as fh:
+            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=180)
+    except subprocess.TimeoutExpired:
+        pass
+    if out.exists():
+        return json.loads(out.read_text())
+    return [{"kind": "all", "tokens": "-", "error": " | ".join(log.read_text().strip().splitlines()[-3:])}]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: the 7M model, batches 2 and 4, 1 + 1 steps")
@@ -154,6 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s for MFU (default: datasheet table)")
     p.add_argument("--budget", type=float, default=540, help="start no run after this many seconds minus the "
                    "longest run so far")
+    p.add_argument("--skip", default="", help="lm_head: leave out the LM-head comparison")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "gpu_throughput")
     p.add_argument("--seed", type=int, default=0)
@@ -185,6 +208,7 @@ def main(argv=None) -> None:
           flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / ("gpu_throughput_tiny" if args.tiny else "gpu_throughput")
+    head = lm_head_rows(work, args.tiny) if "lm_head" not in args.skip else []
     results, longest = [], 0.0
     for batch in args.batches:
         common = ["--model", info["model"], "--data", info["data"], "--batch", str(batch), "--max-length",
@@ -204,8 +228,10 @@ def main(argv=None) -> None:
             results.append(r)
             summary = {k: v for k, v in info.items() if k != "row_tokens"}
             stem.with_suffix(".json").write_text(json.dumps({"device": device, "info": summary, "args": {
-                k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
-            stem.with_suffix(".md").write_text(markdown(results, info, args, device))
+                k: str(v) for k, v in vars(args).items()}, "results": results, "lm_head": head}, indent=1))
+            stem.with_suffix(".md").write_text(markdown(results, info, args, device) + (
+                "\n## LM-head log-probs, forward + backward (bench/lm_head_vs_liger.py)\n\n"
+                + lm_head_vs_liger.markdown(head) if head else ""))
     print(stem.with_suffix(".md").read_text())
     print(f"[gpu_throughput] {time.perf_counter() - start:.0f} s; results in {stem}.json / .md")
 

@@ -73,21 +73,13 @@ def build_world(work: Path, size: str, rows: int, seed: int) -> dict:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from alignkit.models.tiny import build_model
-
     cfg = bench.SIZES[size]
     words = [f"w{i}" for i in range(cfg["tok_vocab"] - len(SPECIALS))]
     vocab = {t: i for i, t in enumerate(SPECIALS + words)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    model = build_model(cfg["vocab"], "llama", hidden_size=cfg["hidden"], num_layers=cfg["layers"], num_heads=cfg["heads"],
-                        num_kv_heads=cfg["kv_heads"], intermediate_size=cfg["mlp"], max_positions=4096,
-                        tie_embeddings=cfg["tie"], seed=seed, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
-    model_dir = work / "model"
-    tok.save_pretrained(model_dir)
-    model.save_pretrained(model_dir, safe_serialization=True)
+    model, model_dir = bench.save_model(work / "model", size, tok, seed, arch="llama", max_positions=4096)
     rng = random.Random(seed)
 
     def text(lo: int, hi: int) -> tuple[str, int]:

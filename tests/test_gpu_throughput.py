@@ -35,7 +35,7 @@ def test_tiny_run_writes_the_tables(tmp_path):
     result = json.loads((out / "gpu_throughput_tiny.json").read_text())
     runs = {r["variant"]: r for r in result["results"]}
     assert set(runs) == {"sdpa", "flex", "padded"}
-    for name, r in runs.items():
+    for r in runs.values():
         assert "error" not in r, r.get("error")
         assert r["tokens_per_second"] > 0 and r["achieved_tflops"] > 0
     assert runs["flex"]["attn_implementation"] == "flex_attention" and runs["padded"]["layout"] == "padded"

@@ -156,6 +156,18 @@ def lm_head_rows(work: Path, tiny: bool) -> list[dict]:
     return [{"kind": "all", "tokens": "-", "error": " | ".join(log.read_text().strip().splitlines()[-3:])}]
 
 
+def write(stem: Path, results: list[dict], head: list[dict], info: dict, args, device: str) -> None:
+    """``stem``.json and ``stem``.md with every run so far (rewritten after each run)."""
+    summary = {k: v for k, v in info.items() if k != "row_tokens"}
+    stem.with_suffix(".json").write_text(json.dumps({"device": device, "info": summary, "args": {
+        k: str(v) for k, v in vars(args).items()}, "results": results, "lm_head": head}, indent=1))
+    table = markdown(results, info, args, device)
+    if head:
+        table += ("\n## LM-head log-probs, forward + backward (bench/lm_head_vs_liger.py)\n\n"
+                  + lm_head_vs_liger.markdown(head))
+    stem.with_suffix(".md").write_text(table)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: the 7M model, batches 2 and 4, 1 + 1 steps")
@@ -208,22 +220,17 @@ def main(argv=None) -> None:
                   str(args.seed), "--precision", args.precision]
         for name in names:
             if time.perf_counter() - start + longest > args.budget:
-                results.append({"batch": batch, "variant": name, "error": "not run: --budget reached"})
-                continue
-            label, worker, extra = VARIANTS[name]
-            t0 = time.perf_counter()
-            r = bench.run_worker([sys.executable, str(REPO / "bench" / worker), *common, *extra], work,
-                                 f"{name}-b{batch}", f"{label}, batch {batch}", 0)
-            longest = max(longest, time.perf_counter() - t0)
+                r = {"error": "not run: --budget reached"}
+            else:
+                label, worker, extra = VARIANTS[name]
+                t0 = time.perf_counter()
+                r = bench.run_worker([sys.executable, str(REPO / "bench" / worker), *common, *extra], work,
+                                     f"{name}-b{batch}", f"{label}, batch {batch}", 0)
+                longest = max(longest, time.perf_counter() - t0)
             r.update(batch=batch, variant=name)
             add_throughput(r, info, args)
             results.append(r)
-            summary = {k: v for k, v in info.items() if k != "row_tokens"}
-            stem.with_suffix(".json").write_text(json.dumps({"device": device, "info": summary, "args": {
-                k: str(v) for k, v in vars(args).items()}, "results": results, "lm_head": head}, indent=1))
-            stem.with_suffix(".md").write_text(markdown(results, info, args, device) + (
-                "\n## LM-head log-probs, forward + backward (bench/lm_head_vs_liger.py)\n\n"
-                + lm_head_vs_liger.markdown(head) if head else ""))
+            write(stem, results, head, info, args, device)
     print(stem.with_suffix(".md").read_text())
     print(f"[gpu_throughput] {time.perf_counter() - start:.0f} s; results in {stem}.json / .md")
 

@@ -56,6 +56,12 @@ the final-logit soft-cap is applied by the executor. A family whose attention th
 (chunked or linear attention layers) gets padded rows; one that the mask misreads in a way alignkit does not
 know is caught by the start-up check, which compares every response of the longest training record with the
 model's own forward and falls back to padded rows, saying so once.
+
+Attention paths: the table's `attention` column is what `attn_implementation=auto` loads on CPU. On CUDA `auto`
+loads FlexAttention for every family here that transformers gives it (all but GPT-2; Gemma-2's soft-capping
+becomes a score modification), and shared-prompt rows then get a block-sparse `BlockMask` instead of the dense
+mask (`alignkit.engine.flex`; bench/README.md has the paths and how `auto` chooses). The `flex` column checks
+that path here, unfused on CPU, against the same naive forward under SDPA / eager.
 """
 
 

@@ -129,7 +129,8 @@ def markdown(results: list[dict], info: dict, args, device: str) -> str:
     for r in results:
         label = VARIANTS[r["variant"]][0]
         if "error" in r:
-            lines.append(f"| {r['batch']} | {label} | | | failed: {r['error'][:160]} | | | | | | |")
+            what = r["error"] if r["error"].startswith("not run") else f"failed: {r['error'][:160]}"
+            lines.append(f"| {r['batch']} | {label} | | | {what} | | | | | | |")
             continue
         ratio = r["tokens_per_second"] / trl[r["batch"]]["tokens_per_second"] if r["batch"] in trl else None
         mfu = r["mfu"] * 100 if r.get("mfu") is not None else None

@@ -30,7 +30,7 @@ def test_tiny_run_writes_the_tables(tmp_path):
 
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_throughput.py"), "--tiny", "--batches", "2",
-                    "--only", "sdpa,flex,padded", "--out", str(out), "--work", str(tmp_path / "work")], check=True,
+                    "--only", "sdpa,flex,padded", "--budget", "3600", "--out", str(out), "--work", str(tmp_path / "work")], check=True,
                    env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     result = json.loads((out / "gpu_throughput_tiny.json").read_text())
     runs = {r["variant"]: r for r in result["results"]}

@@ -112,7 +112,7 @@ class TrainConfig:
     lora_alpha: int = 16  # LoRA scale: the adapters' update is multiplied by lora_alpha / lora_r
     lora_dropout: float = 0.0  # dropout on the adapters' input
     lora_target_modules: Union[str, list] = "all-linear"  # modules that get adapters: all-linear or a list of names
-    attn_implementation: str = "auto"  # auto (SDPA where the model class supports it, else eager) | sdpa | eager | ...
+    attn_implementation: str = "auto"  # auto (CUDA: flex attention where the model supports it; else SDPA, else eager) | flex | sdpa | eager | ...
     trust_remote_code: bool = False  # run Python code from the model's repository (only for ones you trust)
     offline: bool = False  # Hub models and datasets from the local cache only (as HF_HUB_OFFLINE=1)
     # executor

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.data.collate import Batch
-from alignkit.errors import ModelError
+from alignkit.engine.flex import flex_masks, is_flex, use_unfused_on_cpu
+from alignkit.errors import ConfigError, ModelError
 from alignkit.objectives.stats import SequenceStats
 
 PACKING_BACKENDS = ("sdpa", "eager", "flex_attention")
@@ -74,13 +75,20 @@ def attention_windows(config) -> dict[str, int | None] | None:
 
 def decoder_mask(batch: Batch, config, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:
     """The attention mask a decoder gets for ``batch``: the 2D padding mask of padded rows as it is; for
-    shared-prompt rows the additive block mask with each layer type's sliding window applied — one tensor
+    shared-prompt rows the additive block mask with each layer type's sliding window applied (a block-sparse
+    `BlockMask` of the same pattern under FlexAttention, `alignkit.engine.flex`) — one mask
     when every layer sees the same, else ``{layer type: mask}``, which transformers' mixed-attention models
     (Gemma-2/3, Cohere-2, Qwen2 with windowed layers...) take in place of the mask they would build."""
+    flex = is_flex(config)
+    if flex:
+        use_unfused_on_cpu()
     if batch.attention_mask.dim() != 4:
         return batch.attention_mask
     windows = attention_windows(config) or {"full_attention": None}
-    masks = {t: batch.additive_mask(dtype, w) for t, w in windows.items()}
+    if flex:  # block-sparse masks for FlexAttention
+        masks = flex_masks(batch, windows, dtype)
+    else:
+        masks = {t: batch.additive_mask(dtype, w) for t, w in windows.items()}
     if len({w for w in windows.values()}) == 1:
         return next(iter(masks.values()))
     return masks

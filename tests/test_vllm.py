@@ -161,3 +161,26 @@ def test_lora_is_pushed_merged(world):
         engine.model = model
         engine.push_weights(force=True)
     assert float((ours - exp.extra[ROLLOUT_LOGPS][..., : ours.shape[-1]])[mask].abs().max()) < TOL
+
+
+def test_grpo_trains_on_vllm_rollouts_with_tis(world, tmp_path):
+    """The trainer's seam: rollout_backend=vllm samples through the engine, logs rollout/logp_diff every step
+    (≈ 0: the engine holds the trainer's weights after every update) and applies rollout_is=tis."""
+    import json
+
+    from alignkit.engine.trainer import train
+
+    model, tok, engine = world
+    path = model.config._name_or_path
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": 3}) + "\n" for p in PROMPTS * 4))
+    result = train(TrainConfig(model=path, objective="grpo", prompts=str(data), reward="rule:exact_answer",
+                               num_samples=4, max_new_tokens=6, batch_size=4, max_steps=3, lr=1e-2, seed=0,
+                               rollout_backend="vllm", rollout_is="tis", rollout_is_cap=2.0,
+                               output_dir=str(tmp_path / "run"), progress=False))
+    assert result.final_dir is not None
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "rollout/logp_diff" in s]
+    assert len(steps) == 3
+    for s in steps:  # weights pushed after every update: the engine samples from the policy being trained
+        assert s["rollout/logp_diff"] < TOL and abs(s["rollout/is_weight"] - 1) < 1e-4, s

@@ -29,6 +29,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+
+import numpy
+import torch
 
 from alignkit.errors import ConfigError
 from alignkit.generation import Generation, _check_stop, _first_stop, _split, eos_and_pad, prompt_ids
@@ -209,9 +213,19 @@ def build_engine(model, tokenizer, seed: int, gpu_memory_utilization: float = 0.
 
     tok_path = getattr(tokenizer, "name_or_path", None) or path
     kwargs = {} if cpu else {"gpu_memory_utilization": gpu_memory_utilization}  # on CPU: a share of RAM, refused
-    llm = LLM(model=str(path), tokenizer=str(tok_path if os.path.isdir(str(tok_path)) else path),
-              dtype=_dtype_name(model), seed=seed, enforce_eager=cpu, load_format="dummy",
-              generation_config="vllm", enable_prefix_caching=True, **kwargs)
+    # vLLM's CPU worker sets torch to 1 thread for serving and replaces torch.set_num_threads with a no-op; the
+    # trainer shares this process (and the engine runs between its steps), so both are put back afterwards
+    # and it seeds the global RNGs: the trainer's are kept as they were (every sample has its own seed)
+    threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+    py_state, np_state = random.getstate(), numpy.random.get_state()
+    with torch.random.fork_rng(devices=[] if cpu else [next(model.parameters()).device]):
+        llm = LLM(model=str(path), tokenizer=str(tok_path if os.path.isdir(str(tok_path)) else path),
+                  dtype=_dtype_name(model), seed=seed, enforce_eager=cpu, load_format="dummy",
+                  generation_config="vllm", enable_prefix_caching=True, **kwargs)
+    random.setstate(py_state)
+    numpy.random.set_state(np_state)
+    torch.set_num_threads = set_threads
+    torch.set_num_threads(threads)
     logger.info("vLLM engine built in-process (%s, %s)", "CPU" if cpu else "GPU", _dtype_name(model))
     return llm
 

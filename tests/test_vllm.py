@@ -163,9 +163,11 @@ def test_lora_is_pushed_merged(world):
     assert float((ours - exp.extra[ROLLOUT_LOGPS][..., : ours.shape[-1]])[mask].abs().max()) < TOL
 
 
-def test_grpo_trains_on_vllm_rollouts_with_tis(world, tmp_path):
+@pytest.mark.parametrize("objective", ["grpo", "ppo"])
+def test_training_on_vllm_rollouts_with_tis(world, tmp_path, objective):
     """The trainer's seam: rollout_backend=vllm samples through the engine, logs rollout/logp_diff every step
-    (≈ 0: the engine holds the trainer's weights after every update) and applies rollout_is=tis."""
+    (≈ 0: the engine holds the trainer's weights after every update) and applies rollout_is=tis (PPO: its
+    value model rides on the policy and is not pushed)."""
     import json
 
     from alignkit.engine.trainer import train
@@ -174,7 +176,7 @@ def test_grpo_trains_on_vllm_rollouts_with_tis(world, tmp_path):
     path = model.config._name_or_path
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "answer": 3}) + "\n" for p in PROMPTS * 4))
-    result = train(TrainConfig(model=path, objective="grpo", prompts=str(data), reward="rule:exact_answer",
+    result = train(TrainConfig(model=path, objective=objective, prompts=str(data), reward="rule:exact_answer",
                                num_samples=4, max_new_tokens=6, batch_size=4, max_steps=3, lr=1e-2, seed=0,
                                rollout_backend="vllm", rollout_is="tis", rollout_is_cap=2.0,
                                output_dir=str(tmp_path / "run"), progress=False))

@@ -55,9 +55,11 @@ def require_vllm():
 
 def hf_weights(model):
     """(Hugging Face name, tensor) of every policy weight; a peft LoRA layer as its merged ``W + ΔW``."""
+    from alignkit.engine.value import VALUE
+
     modules = dict(model.named_modules())
     for name, p in model.named_parameters():
-        if "lora_" in name or ".original_module." in name:
+        if "lora_" in name or ".original_module." in name or name.startswith(f"{VALUE}."):  # PPO's value model
             continue
         if ".modules_to_save." in name:  # peft's trainable copy of a whole module: ".modules_to_save.<adapter>."
             head, _, rest = name.partition(".modules_to_save.")

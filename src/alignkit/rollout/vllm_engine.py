@@ -202,7 +202,8 @@ def _repack_tied_head(model) -> None:
 def build_engine(model, tokenizer, seed: int, gpu_memory_utilization: float = 0.3):
     """A vLLM ``LLM`` in this process with the policy's architecture and dtype and dummy weights (the
     policy's own are pushed before sampling). On CPU: eager mode, a 1 GiB KV cache unless
-    VLLM_CPU_KVCACHE_SPACE says otherwise."""
+    VLLM_CPU_KVCACHE_SPACE says otherwise; vLLM logs warnings only unless VLLM_LOGGING_LEVEL says otherwise."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # read when vllm is first imported
     require_vllm()
     path = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     if not path:

@@ -43,6 +43,7 @@ test-vllm: $(VLLM_VENV)/.installed
 
 lint: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports  # the layers contract in .importlinter
 
 bench: setup
 	$(BIN)/python bench/logprobs_memory.py --sweep

@@ -7,7 +7,7 @@ sequential order, a log line per step).
 ``gradient_checkpointing=False`` (TRL turns it on by default: it saves memory and costs a recomputation)
 and ``padding_free=True`` when the installed DPOTrainer honours it (otherwise recorded as a note).
 
-The data is fed in alignkit's batch order (`alignkit.engine.dataset.BatchOrder`, same seed) with a
+The data is fed in alignkit's batch order (`alignkit.data.dataset.BatchOrder`, same seed) with a
 sequential sampler, so step k sees the same pairs in both frameworks. A step is timed from the end of the
 previous optimizer step to the end of this one (batch fetch, collate, forward/backward, optimizer, log).
 """

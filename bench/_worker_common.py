@@ -40,7 +40,7 @@ def device_name(device) -> str | None:
 
 def alignkit_order(rows: int, batch: int, seed: int) -> list[int]:
     """Row indices in alignkit's batch order (`BatchOrder`), to feed a TRL trainer sequentially."""
-    from alignkit.engine.dataset import BatchOrder
+    from alignkit.data.dataset import BatchOrder
 
     order = BatchOrder(rows, batch, seed)
     return [i for m in range(order.per_epoch) for i in order.indices(m)]

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
+from alignkit import train
 from alignkit.config import TrainConfig
+from alignkit.console import setup_console_logging
 from alignkit.demo import FULL, QUICK, evaluate_policy
-from alignkit.engine.logging import setup_console_logging
-from alignkit.engine.trainer import train
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.worlds import reviews
 

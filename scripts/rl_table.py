@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from alignkit import train
 from alignkit.config import TrainConfig
-from alignkit.engine.logging import setup_console_logging
-from alignkit.engine.trainer import train
+from alignkit.console import setup_console_logging
 from alignkit.generation import generate
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.worlds import arithmetic

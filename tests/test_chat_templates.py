@@ -231,7 +231,7 @@ def test_phi3_end_of_text_after_the_last_turn_is_not_trained(tok):
 def test_process_reward_steps_end_on_their_own_last_token_not_the_turn_end(tok, name):
     """A process reward model reads each step's label at the step's last token; the last step's is its final
     period, not the template's end of turn (which is not the tokenizer's EOS for Gemma-3 and Phi-3)."""
-    from alignkit.engine.dataset import TokenizedDataset
+    from alignkit.data.dataset import TokenizedDataset
 
     t = tok(name)
     steps = ["2 + 3 = 5.", "5 * 2 = 10."]
@@ -378,7 +378,8 @@ def test_sampling_stops_at_the_turn_end_and_ends_like_training(tok, name):
 
 
 def test_score_logps_scores_the_turn_end_only_for_finished_samples(tok):
-    from alignkit.generation import prompt_ids, score_logps
+    from alignkit.engine.score import score_logps
+    from alignkit.generation import prompt_ids
     from alignkit.models.families import build_family_model
 
     t = tok("phi-3")

@@ -6,8 +6,8 @@ import pytest
 
 from alignkit import cli
 from alignkit.data import BadRowError, PreferenceRecord, SourceError, pair, read_records
+from alignkit.data.dataset import prompt_key
 from alignkit.data.tools import convert, detect_format, format_table, inspect_data, read_converted, split
-from alignkit.engine.dataset import prompt_key
 
 
 def u(text):

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from alignkit.config import TrainConfig
+from alignkit.data.dataset import TokenizedDataset, mismatched_partners, prompt_key
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.dataset import TokenizedDataset, mismatched_partners, prompt_key
 from alignkit.engine.logprobs import LogProbModel, build_stats
+from alignkit.engine.score import score_logps
 from alignkit.engine.trainer import Trainer
-from alignkit.generation import score_logps
 
 
 def unpaired(n=6):
@@ -147,14 +147,15 @@ def test_config_transforms_and_curriculum_order(tiny_path, tmp_path):
 
 
 def test_ref_cache_off_from_an_override_or_a_yaml_file_is_off(tiny_path, pairs_path, tmp_path):
-    from alignkit.config import load_config
+    from alignkit.config import load_config, resolve
     from alignkit.engine.refcache import CachedReference
 
     c = load_config(TrainConfig, None, [f"model={tiny_path}", f"data={pairs_path}", "ref_cache=off",
                                         f"output_dir={tmp_path}", "progress=false"])
     assert c.ref_cache == "off"  # an override keeps the word
-    (tmp_path / "c.yaml").write_text("ref_cache: off\n")  # a YAML file reads it as false: also off
-    assert load_config(TrainConfig, str(tmp_path / "c.yaml")).ref_cache is False
+    (tmp_path / "c.yaml").write_text("ref_cache: off\n")  # a YAML file reads it as false: resolved to the word
+    assert load_config(TrainConfig, str(tmp_path / "c.yaml")).ref_cache == "off"
+    assert TrainConfig(ref_cache=True).ref_cache is True and resolve(TrainConfig(ref_cache=True)).ref_cache == "on"
     t = Trainer(c)
     assert not isinstance(t.reference, CachedReference) and t.config.ref_cache == "off"
 

@@ -42,7 +42,7 @@ def test_preference_pairs_orders_winner_first_and_skips_ties():
 
 def test_preference_accuracy_of_a_model_against_itself(tiny, pairs_path):
     from alignkit.data.io import read_records
-    from alignkit.generation import score_logps
+    from alignkit.engine.score import score_logps
 
     model, tok = tiny
     records = read_records(pairs_path).records[:12]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from alignkit.generation import generate, prompt_ids, sample, score_logps
+from alignkit.engine.score import score_logps
+from alignkit.generation import generate, prompt_ids, sample
 
 PROMPTS = ["Hello world", "The movie was really very", "I think the plot is"]
 

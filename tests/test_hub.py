@@ -326,7 +326,7 @@ def test_train_offline_key_holds_for_the_whole_run(online, monkeypatch):
     seen = []
 
     class Recorder:
-        def __init__(self, config):
+        def __init__(self, config, **wiring):  # sampled_eval
             seen.append(hub.offline_reason())
 
         def train(self):

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from alignkit.generation import _eos_ids, prompt_ids
+from alignkit.generation import eos_ids, prompt_ids
 from alignkit.inference import InferenceSettings, run_method
 from alignkit.inference.bon import bon_kl_bound
 from alignkit.inference.prefill import sample_shared
@@ -61,7 +61,7 @@ def test_cd_with_one_candidate_draws_first_tokens_from_the_softmax(world):
         x = torch.tensor([prompt_ids(tok, prompt)])
         p = model(input_ids=x).logits[0, -1].float().softmax(-1)
     top = p.topk(3).indices.tolist()
-    eos = _eos_ids(model, tok)
+    eos = eos_ids(model, tok)
     first = [o.token_ids[0] if o.token_ids else eos[0] for o in outs]
     observed = [sum(f == t for f in first) for t in top] + [sum(f not in top for f in first)]
     probs = [float(p[t]) for t in top] + [1 - float(p[top].sum())]
@@ -81,7 +81,7 @@ def test_cd_logratio_value_is_the_helpers_log_ratio(world):
 
     def logp(m):  # full forward over prompt + sampled ids (+ stop token), no cache
         ids = prompt_ids(tok, prompt)
-        seq = o.token_ids + ([_eos_ids(model, tok)[0]] if o.finished else [])
+        seq = o.token_ids + ([eos_ids(model, tok)[0]] if o.finished else [])
         with torch.no_grad():
             lp = m(input_ids=torch.tensor([ids + seq])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
         return float(lp.gather(-1, torch.tensor(seq)[:, None]).sum())

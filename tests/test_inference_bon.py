@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from alignkit.generation import generate, score_logps
+from alignkit.engine.score import score_logps
+from alignkit.generation import generate
 from alignkit.inference import InferenceSettings, run_method
 from alignkit.inference.bon import (
     bon_index,

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from alignkit.generation import _eos_ids, prompt_ids
+from alignkit.generation import eos_ids, prompt_ids
 from alignkit.inference import InferenceSettings, run_method
 from alignkit.inference.grammar import RegexGrammar, grammar_samples
 
@@ -32,7 +32,7 @@ def tokenisations(s: str, pieces: dict[int, str]) -> list[list[int]]:
 @torch.no_grad()
 def exact_conditional(model, tok, prompt: str, strings: list[str]) -> tuple[dict[str, float], float, dict]:
     """``(P(s | x, s ∈ L) per string, P(L | x), token paths per string)`` by enumeration."""
-    eos = _eos_ids(model, tok)
+    eos = eos_ids(model, tok)
     special = set(tok.all_special_ids) | set(eos)
     pieces = {i: tok.decode([i]) for i in range(len(tok)) if i not in special}
     pieces = {i: p for i, p in pieces.items() if p}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from alignkit.generation import _eos_ids, generate, prompt_ids
+from alignkit.generation import eos_ids, generate, prompt_ids
 from alignkit.inference import InferenceSettings, run_method
 from alignkit.worlds import reviews
 
@@ -30,7 +30,7 @@ def world(review_world):
 
 def hf_beam(model, tok, prompt, beams, length_penalty, max_new_tokens):
     ids = torch.tensor([prompt_ids(tok, prompt)])
-    eos = _eos_ids(model, tok)
+    eos = eos_ids(model, tok)
     cfg = GenerationConfig(num_beams=beams, do_sample=False, length_penalty=length_penalty, early_stopping=True,
                            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_token_id,
                            bos_token_id=None)
@@ -62,7 +62,7 @@ def test_search_logp_is_the_returned_paths_log_probability(world):
     (o,) = run_method("search", model, tok, PROMPTS[:1], settings=InferenceSettings(max_new_tokens=16),
                       options={"beams": 3})
     ids = prompt_ids(tok, PROMPTS[0])
-    seq = o.token_ids + ([_eos_ids(model, tok)[0]] if o.finished else [])
+    seq = o.token_ids + ([eos_ids(model, tok)[0]] if o.finished else [])
     with torch.no_grad():
         lp = model(input_ids=torch.tensor([ids + seq])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
     assert o.extra["logp"] == pytest.approx(float(lp.gather(-1, torch.tensor(seq)[:, None]).sum()), abs=1e-4)

@@ -5,6 +5,7 @@ as the formulas say, a PPO run logs its metrics, saves final/value/ and resumes 
 GAE itself (γ = λ = 1 is the Monte-Carlo return minus the value), the clipped value loss and the token
 rewards' placement are tested by hand in test_objectives_rl.py and test_objectives_rl_losses.py."""
 
+import dataclasses
 import json
 import math
 
@@ -197,7 +198,7 @@ def test_eval_greedy_samples_at_temperature_zero(tiny_path, tmp_path, tiny):
     model, tok = tiny
     texts = [t[0] for t in generate(model, tok, prompts, k=1, max_new_tokens=6, temperature=0.0).texts]
     assert got == pytest.approx(sum(build_reward("rule:length:100", tok)(prompts, texts, [{}] * 3)) / 3)
-    trainer.config.eval_greedy = False
+    trainer.config = dataclasses.replace(trainer.config, eval_greedy=False)  # configs are frozen
     trainer.evaluate()
     assert seen == [0.0, 1.5]
 

@@ -2,6 +2,7 @@
 2 CPU actors give exactly the in-process results for the same seeds. The chunking/seeding tests need no Ray;
 the rest skip cleanly without the ray extra."""
 
+import dataclasses
 import json
 import sys
 
@@ -87,7 +88,7 @@ def test_missing_ray_and_bad_settings_are_refused_clearly(monkeypatch, caplog):
     config = TrainConfig(rollout_workers=2, reward="mixture:x")
     with pytest.raises(ValueError, match="runs in-process only; use rollout_workers=0 or rollout_backend=local"):
         rollout_pool(config, None, None, BoundReward())
-    config.rollout_backend = "local"
+    config = dataclasses.replace(config, rollout_backend="local")  # configs are frozen
     assert isinstance(rollout_pool(config, None, None, BoundReward()), LocalRollout)
 
 

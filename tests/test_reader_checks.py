@@ -8,9 +8,9 @@ import logging
 import pytest
 
 from alignkit.data import read_records
+from alignkit.data.dataset import TokenizedDataset, unencodable
 from alignkit.data.schema import pair
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.dataset import TokenizedDataset, unencodable
 from alignkit.engine.prepare import check_pairs
 from alignkit.errors import DataError
 from alignkit.objectives import build_objective
@@ -106,7 +106,7 @@ def test_duplicate_ids_and_identical_pairs_warn_with_counts(tmp_path, caplog):
 
 def test_a_prompts_file_that_is_not_utf8_names_its_line(tmp_path):
     from alignkit.data.io import SourceError, read_text_lines
-    from alignkit.engine.online import read_prompt_rows
+    from alignkit.data.prompts import read_prompt_rows
 
     path = tmp_path / "prompts.txt"
     path.write_bytes(b"first\n\nthe caf\xe9 was\n")

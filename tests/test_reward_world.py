@@ -114,7 +114,7 @@ def step_records(seed: int, n: int) -> list[dict]:
 
 
 def test_process_reward_model_scores_each_step(base, tmp_path):
-    from alignkit.engine.dataset import TokenizedDataset
+    from alignkit.data.dataset import TokenizedDataset
     from alignkit.engine.reward_model import RewardScorer
     from alignkit.objectives.reward_structured import prm_outcome
 

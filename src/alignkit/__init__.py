@@ -8,13 +8,16 @@ __version__ = "0.1.0"
 
 
 def train(config):
-    """Train with a `TrainConfig` or a dict of its fields (see `alignkit.engine.trainer.train`)."""
-    from alignkit.engine.trainer import train as _train
+    """Train with a `TrainConfig` or a dict of its fields (see `alignkit.engine.trainer.train`), with evaluation
+    during training (``eval_prompts`` / ``eval_judge``) wired to `alignkit.eval.training_metrics.TrainingEvaluator`."""
+    # imported here: `import alignkit` (and `alignkit --help`) must not load torch and transformers
+    from alignkit.engine.trainer import train as train_with
+    from alignkit.eval.training_metrics import TrainingEvaluator
 
-    return _train(config)
+    return train_with(config, sampled_eval=TrainingEvaluator)
 
 
-def __getattr__(name):
+def __getattr__(name):  # the same: TrainConfig and Trainer load on first use
     if name == "TrainConfig":
         from alignkit.config import TrainConfig
 

@@ -23,10 +23,13 @@ from pathlib import Path
 
 from alignkit import help_text as H
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 
 def _train(args: argparse.Namespace) -> int:
+    from alignkit import train
     from alignkit.config import TrainConfig, load_config
-    from alignkit.engine.trainer import train
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -45,8 +48,8 @@ def _train(args: argparse.Namespace) -> int:
 def _logprobs(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from alignkit.console import setup_console_logging
     from alignkit.data.io import read_records
-    from alignkit.engine.logging import setup_console_logging
     from alignkit.engine.score import iter_logprobs
     from alignkit.io_atomic import atomic_write
     from alignkit.models.load import load_model, load_tokenizer
@@ -83,10 +86,10 @@ def _tokenize_config(args: argparse.Namespace, max_length: int | None = None):
 def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
     """A reference cache that `alignkit train ... ref_cache_file=OUT` accepts (see engine/refcache.py)."""
     from alignkit.config import TrainConfig, parse_mapping
+    from alignkit.data.dataset import TokenizedDataset
     from alignkit.engine import refcache as rc
-    from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.reference import ModelReference
-    from alignkit.engine.rundir import check_position_limit
+    from alignkit.engine.rundir import model_folder, within_position_limit
     from alignkit.engine.score import model_layout, model_scorer
     from alignkit.objectives import build_objective
 
@@ -98,7 +101,7 @@ def _write_cache(args: argparse.Namespace, records, tokenizer, model) -> int:
                            max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
                            chat_template_kwargs=parse_mapping(args.chat_template_kwargs, "--chat-template-kwargs") or {},
                            seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
-    check_position_limit(settings)
+    settings = within_position_limit(settings, model_folder(settings))
     max_length = settings.max_length
     data = TokenizedDataset.build(records, tokenizer, _tokenize_config(args, max_length), "data", extras, args.seed)
     weights = rc.files_digest(args.model)

@@ -3,6 +3,12 @@
 Unknown keys and wrong types raise `ConfigError` naming the key, what was expected, and the closest
 valid key. Values given on the command line are parsed as YAML scalars/lists (``beta=0.1``,
 ``lora=true``, ``objective=[{name: dpo}, {name: sft, weight: 0.1}]``) — never with ``eval``.
+
+Every check of a `TrainConfig` value and every normalisation lives here (`check_bounds`, `resolve`): a run
+holds the *resolved* config — frozen, its ``mode`` explicit (``offline``, ``online`` or ``iterative``, from
+the keys set when ``mode: auto``), ``ref_cache`` and ``shuffle`` as words or bools of one spelling — and
+writes exactly that to ``<output_dir>/config.yaml``. Nothing after `resolve` changes it; a different value
+is a new config (``dataclasses.replace``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -23,9 +29,10 @@ from alignkit.errors import ConfigError  # noqa: F401  (re-exported: alignkit.co
 from alignkit.io_atomic import atomic_write_text
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     # what to train
+    mode: str = "auto"  # auto (online with prompts, iterative with rounds > 0, else offline) | offline | online | iterative
     model: str = ""  # the policy to train: a transformers folder, or a Hub id (downloaded into the HF cache)
     objective: Union[str, list] = "dpo"  # a name, or a list of {name, weight, **hparams}
     beta: float | None = None  # shared hyper-parameter, applied to every objective that takes `beta`
@@ -150,15 +157,27 @@ BOUNDS = [
     ("stop", lambda v: all(isinstance(s, str) and s for s in v), "a list of non-empty strings"),
     ("rollout_workers", lambda v: v >= 0, ">= 0"), ("rollout_worker_cpus", lambda v: v >= 1, ">= 1"),
     ("rounds", lambda v: v >= 0, ">= 0"), ("mixture_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_backend", lambda v: v in ("ray", "local", "vllm"), "ray, local or vllm"),
-    ("rollout_is", lambda v: v in ("none", "tis"), "none or tis"), ("rollout_is_cap", lambda v: v >= 1, ">= 1"),
+    ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_is_cap", lambda v: v >= 1, ">= 1"),
     ("vllm_gpu_memory_utilization", lambda v: 0 < v <= 1, "in (0, 1]"),
-    # checked here too, so that a typo is blamed on its file:line before the run starts (the modules that use
-    # them check again: engine/startup.py, engine/logprobs.py, engine/logging.py)
-    ("mixed_precision", lambda v: v in ("auto", "no", "bf16", "fp16"), "auto, no, bf16 or fp16"),
-    ("packing", lambda v: v in ("auto", "shared_prompt", "padded"), "auto, shared_prompt or padded"),
     ("trackers", lambda v: all(t in ("tensorboard", "wandb") for t in v), "a list of tensorboard, wandb"),
 ]
+
+# The keys that take one of a few words, checked with the rest (a typo is blamed on its file:line before the run
+# starts); the modules that act on them take the value as given.
+CHOICES: dict[str, tuple] = {
+    "mode": ("auto", "offline", "online", "iterative"),
+    "on_bad_row": ("error", "skip"),
+    "chat_template": ("auto", "always", "never"),
+    "shuffle": ("auto", True, False),
+    "ref_strategy": ("auto", "copy", "path", "disable_adapters", "none"),
+    "ref_cache": ("auto", "on", "off"),
+    "scheduler": ("linear", "cosine", "constant"),
+    "ensemble_by": ("seed", "fold"),
+    "mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "packing": ("auto", "shared_prompt", "padded"),
+    "rollout_backend": ("ray", "local", "vllm"),
+    "rollout_is": ("none", "tis"),
+}
 
 
 def check_bounds(config: Any, source: str = "config", sources: Mapping[str, str] | None = None) -> None:
@@ -178,9 +197,72 @@ def check_bounds(config: Any, source: str = "config", sources: Mapping[str, str]
     for key, ok, rule in BOUNDS:
         if hasattr(config, key) and not ok(getattr(config, key)):
             raise ConfigError(f"{where(key)}: key '{key}' must be {rule}, got {getattr(config, key)!r}")
+    for key, words in CHOICES.items():
+        value = _normal(key, getattr(config, key))
+        if value not in words or isinstance(value, bool) != isinstance(words[words.index(value)], bool):
+            raise ConfigError(f"{where(key)}: key '{key}' must be {_or(words)}, got {getattr(config, key)!r}")
+    _check_mode(config, where)
+    _check_reference(config, where)
     hp = getattr(config, "hparams", None) or {}
     if getattr(config, "beta", None) is not None and "beta" in hp:
         raise ConfigError(f"{where('beta')}: 'beta' is set both at the top level and in hparams; keep one")
+
+
+def _or(words: tuple) -> str:
+    names = [str(w).lower() if isinstance(w, bool) else w for w in words]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _normal(key: str, value: Any) -> Any:
+    """One spelling per value: YAML's ``ref_cache: on`` arrives as True (-> "on"); ``shuffle=yes`` -> True."""
+    if key == "ref_cache" and isinstance(value, bool):
+        return "on" if value else "off"
+    if key == "shuffle" and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
+    return value
+
+
+def run_mode(config: TrainConfig) -> str:
+    """The explicit mode: ``mode`` itself, or for ``auto`` what the keys set say (rounds > 0: iterative rounds of
+    sample -> label -> train; prompts: online; else offline training on ``data``)."""
+    if config.mode != "auto":
+        return config.mode
+    return "iterative" if config.rounds > 0 else "online" if config.prompts else "offline"
+
+
+def _check_mode(config: TrainConfig, where: Callable[[str], str]) -> None:
+    """An explicit ``mode`` and the keys that select one agree."""
+    mode = config.mode
+    if mode == "offline" and (config.prompts or config.rounds > 0):
+        key = "prompts" if config.prompts else "rounds"
+        raise ConfigError(f"{where(key)}: '{key}' is set but mode is offline (trains on `data`); drop it or set "
+                          f"mode={'online' if key == 'prompts' else 'iterative'}")
+    if mode == "online" and (not config.prompts or config.rounds > 0):
+        key = "rounds" if config.rounds > 0 else "prompts"
+        raise ConfigError(f"{where(key)}: mode=online " + ("takes no rounds (mode=iterative runs rounds)"
+                                                            if key == "rounds" else "needs prompts=FILE"))
+    if mode == "iterative" and (config.rounds < 1 or not config.prompts):
+        key = "rounds" if config.rounds < 1 else "prompts"
+        raise ConfigError(f"{where(key)}: mode=iterative needs " + ("rounds >= 1" if key == "rounds" else "prompts=FILE"))
+
+
+def _check_reference(config: TrainConfig, where: Callable[[str], str]) -> None:
+    """The reference keys that need another key set (whether the objective reads a reference at all is the
+    objective's to say: engine/reference.py)."""
+    if config.ref_strategy == "path" and not config.ref_model:
+        raise ConfigError(f"{where('ref_strategy')}: ref_strategy=path needs ref_model=PATH")
+    if config.ref_strategy == "disable_adapters" and not config.lora:
+        raise ConfigError(f"{where('ref_strategy')}: ref_strategy=disable_adapters needs lora=true")
+    if config.ref_cache_file and _normal("ref_cache", config.ref_cache) == "off":
+        raise ConfigError(f"{where('ref_cache_file')}: ref_cache_file is set but ref_cache=off")
+
+
+def resolve(config: TrainConfig, source: str = "config", sources: Mapping[str, str] | None = None) -> TrainConfig:
+    """The config a run uses and records: checked (`check_bounds`), one spelling per value (`_normal`) and the
+    mode explicit (`run_mode`). Resolving a resolved config changes nothing."""
+    check_bounds(config, source, sources)
+    normal = {k: _normal(k, getattr(config, k)) for k in ("ref_cache", "shuffle")}
+    return dataclasses.replace(config, mode=run_mode(config), **normal)
 
 
 def _nan_inside(value: Any, path: str) -> str | None:
@@ -291,6 +373,8 @@ def from_dict(cls: type, values: dict[str, Any], source: str = "config",
                 f"{where(key)}: key '{key}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
             )
     config = cls(**values)
+    if isinstance(config, TrainConfig):
+        return resolve(config, source, sources)
     check_bounds(config, source, sources)
     return config
 

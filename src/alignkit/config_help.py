@@ -17,6 +17,8 @@ import tokenize
 from dataclasses import dataclass
 from typing import Any
 
+from alignkit.config import TrainConfig
+
 
 @dataclass(frozen=True)
 class KeyHelp:
@@ -29,8 +31,6 @@ class KeyHelp:
 def config_keys(cls: type | None = None) -> list[KeyHelp]:
     """Every field of ``cls`` (default `TrainConfig`) in source order, with its group and comment."""
     if cls is None:
-        from alignkit.config import TrainConfig
-
         cls = TrainConfig
     source = textwrap.dedent(inspect.getsource(cls))
     comments, standalone = {}, {}  # line -> comment text; lines holding nothing but a comment
@@ -70,7 +70,6 @@ def format_keys(cls: type | None = None) -> str:
     try:
         keys = config_keys(cls)
     except (OSError, TypeError):  # no source to read (a build without .py files): names and defaults only
-        from alignkit.config import TrainConfig
 
         keys = [KeyHelp("", f.name, _default(f), "") for f in dataclasses.fields(cls or TrainConfig)]
     width = max(len(k.name) for k in keys)

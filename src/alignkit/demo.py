@@ -37,11 +37,16 @@ from typing import Any
 
 import torch
 
+from alignkit import train
+from alignkit.config import TrainConfig
+from alignkit.console import setup_console_logging
 from alignkit.data.schema import pair
+from alignkit.engine.score import score_logps
 from alignkit.errors import RunDirError
 from alignkit.eval.kl import kl_estimates, mean_ci
-from alignkit.generation import generate, score_logps
+from alignkit.generation import generate, sample
 from alignkit.io_atomic import atomic_path, atomic_write, atomic_write_text
+from alignkit.models.load import load_model, load_tokenizer
 from alignkit.worlds import reviews
 
 log = logging.getLogger("alignkit")
@@ -139,8 +144,6 @@ def write_heldout_pairs(path: Path, reference, tokenizer, seed: int = 3, n_promp
     """Best-vs-worst pairs of K = 4 new reference samples on prompts drawn with another seed than the training
     prompts and the evaluation's (the prompt space is small: many texts recur, the samples do not): docs/evaluation.md
     "Held-out pairs for the demo". Returns their number."""
-    from alignkit.generation import sample
-
     prompts = reviews.prompts(n_prompts, seed=seed)
     texts = sample(reference, tokenizer, prompts, k=4, max_new_tokens=48, seed=seed)
     records, _ = reviews.labelled_records(prompts, texts, shape="pairs")
@@ -207,11 +210,6 @@ def run_demo(
     built in ``out_dir/world`` with the same settings is reused. ``settings`` replaces the preset
     sizes (`FULL`, or `QUICK` when ``quick``).
     """
-    from alignkit.config import TrainConfig
-    from alignkit.engine.logging import setup_console_logging
-    from alignkit.engine.trainer import train
-    from alignkit.models.load import load_model, load_tokenizer
-
     setup_console_logging()
     s = settings or (QUICK if quick else FULL)
     betas = tuple(betas) if betas is not None else s.betas
@@ -299,8 +297,6 @@ def evaluate_checkpoints(models: list[str], out_dir: str | Path = "demo_out", se
                          quick: bool = False) -> list[dict[str, Any]]:
     """Gold reward and KL to the demo's reference of any policies (e.g. trained by hand from the demo's
     data), on the demo's held-out prompts; prints the demo's table with one row per model."""
-    from alignkit.models.load import load_model, load_tokenizer
-
     s = QUICK if quick else FULL
     manifest = Path(out_dir) / "world" / "world.json"
     if not manifest.is_file():

@@ -23,6 +23,9 @@ from alignkit import help_text as H
 from alignkit.models.checks import position_limit
 from alignkit.models.hub import OFFLINE_HELP, resolve_model
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 MARK = {"ok": "✓", "fail": "✗", "warn": "!", "info": " "}
 SAMPLE = {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
           "chosen": [{"role": "assistant", "content": "Paris is the capital of France."}],
@@ -258,9 +261,9 @@ def check_executor(d: Diagnosis, folder: str, tok, records, dtype: str, max_leng
     record through the executor and through the model's own forward) in shared-prompt and in padded rows, on
     ``records`` (or a sample pair). Shared-prompt rows that disagree while padded rows agree: training falls
     back to padded rows by itself (a warning here); padded rows that disagree: a failure."""
+    from alignkit.data.dataset import TokenizedDataset
     from alignkit.data.layouts import parse_row
     from alignkit.data.tokenize import TokenizeConfig
-    from alignkit.engine.dataset import TokenizedDataset
     from alignkit.engine.logprobs import (
         ExecutorMismatch,
         LogProbModel,

@@ -1,13 +1,11 @@
-"""Sampling completions from a causal LM and scoring them under any model.
+"""Sampling completions from a causal LM.
 
 * `generate` — batched ``model.generate`` with left padding: K samples per prompt, stopping at EOS or
   at a stop string, reproducible for a given seed. It returns token ids, texts and how each sample ended.
 * `sample` — the same, texts only: ``list[list[str]]`` of B prompts x K completions.
 * `generate_conditioned` — `generate` at a chosen trade-off for a model trained with ``condition_weights``.
-* `score_logps` — ``[B, K]`` summed log-probs of given completions under a model, computed by the
-  alignkit executor (`alignkit.data.tokenize` exact boundaries, shared-prompt packing,
-  `alignkit.engine.logprobs`), i.e. exactly the ``s(y)`` the trainer uses. Scoring sampled completions
-  under the policy and the reference gives the log-ratios that KL estimates (`alignkit.eval.kl`) need.
+
+Scoring the samples under a model (``s(y)`` as the trainer computes it) is `alignkit.engine.score.score_logps`.
 
 Prompts are plain strings, or chats (lists of ``{"role", "content"}`` messages) rendered with the
 tokenizer's chat template — the same rendering `alignkit.data.tokenize` uses, so a sampled completion
@@ -33,14 +31,10 @@ from alignkit.data.chat_template import turn_end_ids
 from alignkit.data.schema import PreferenceRecord, Text
 from alignkit.data.tokenize import (
     TokenizeConfig,
-    completion_end,
     encode,
     render,
-    tokenize_records,
-    uses_template,
 )
-from alignkit.engine.dataset import TokenizedDataset
-from alignkit.engine.score import iter_batch_logps, model_scorer
+from alignkit.data.transforms_condition import WEIGHTS_TEMPLATE, conditioned_prompt
 from alignkit.errors import ConfigError, DataError
 
 
@@ -74,7 +68,8 @@ class Generation:
         return [[s is not None for s in row] for row in self.stop_ids]
 
 
-def _record(prompt: Text, completions: list[str]) -> PreferenceRecord:
+def completion_record(prompt: Text, completions: list[str]) -> PreferenceRecord:
+    """A ranks record of ``prompt`` and ``completions`` to tokenize and score (not a training record)."""
     # Built with placeholder responses, then given the real ones: a sampled completion may be empty
     # (EOS first), which a data record rejects but scoring must handle.
     record = PreferenceRecord(prompt=prompt, responses=["x"] * len(completions), ranks=[0.0] * len(completions))
@@ -86,7 +81,7 @@ def prompt_ids(tokenizer, prompt: Text, chat_template: str = "auto", chat_templa
                ) -> list[int]:
     """Token ids of a prompt as the trainer and `score_logps` see it (chat template for message lists)."""
     config = TokenizeConfig(chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
-    text, _, used_template = render(_record(prompt, ["x"]), tokenizer, config, responses=False)
+    text, _, used_template = render(completion_record(prompt, ["x"]), tokenizer, config, responses=False)
     return encode(tokenizer, text, used_template)
 
 
@@ -103,7 +98,8 @@ def left_pad(chunk: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     return input_ids, mask
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
+    """The ids that end a sample: the tokenizer's EOS, the chat template's end of turn, the model's EOS ids."""
     ids = {tokenizer.eos_token_id, *turn_end_ids(tokenizer)}
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(extra if isinstance(extra, list) else [extra])
@@ -113,7 +109,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
 def eos_and_pad(model, tokenizer) -> tuple[list[int], int]:
     """The ids that end a sample (the tokenizer's EOS, the chat template's end-of-turn token and the model's
     generation-config EOS ids) and the pad id (the tokenizer's, else the first of those)."""
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     return eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
 
 
@@ -145,26 +141,26 @@ class _StopStrings:
         return done
 
 
-def _first_stop(text: str, stop: list[str]) -> tuple[int, str | None]:
+def first_stop(text: str, stop: list[str]) -> tuple[int, str | None]:
     """Where the earliest stop string starts in ``text`` and which one (``len(text)``, None: none)."""
     hits = [(text.find(s), s) for s in stop if s in text]
     return min(hits, key=lambda h: (h[0], -len(h[1]))) if hits else (len(text), None)
 
 
-def _split(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: list[str]):
+def split_sample(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: list[str]):
     """One sampled row -> (token ids, text, stop token id, stop string). ``cut``: the number of tokens at
     which the stop criterion fired (the token that completed the stop string is kept)."""
     end = next((t for t, tok in enumerate(seq) if tok in eos), None)
     if cut is not None and (end is None or cut <= end):
         ids = seq[:cut]
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        start, hit = _first_stop(text, stop)
+        start, hit = first_stop(text, stop)
         return ids, text[:start], None, hit
     ids = seq if end is None else seq[:end]
     return ids, tokenizer.decode(ids, skip_special_tokens=True), None if end is None else seq[end], None
 
 
-def _check_stop(stop) -> list[str]:
+def check_stop(stop) -> list[str]:
     if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
         raise ConfigError(f"stop must be a list of non-empty strings, got {stop!r}")
     return list(stop)
@@ -204,7 +200,7 @@ def generate(
 
     if temperature < 0 or not 0 < top_p <= 1:
         raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
-    stop = _check_stop(stop)
+    stop = check_stop(stop)
     eos, pad = eos_and_pad(model, tokenizer)
     greedy = temperature == 0
     gen_config = GenerationConfig(
@@ -229,7 +225,7 @@ def generate(
                                      generation_config=gen_config,
                                      **({"stopping_criteria": [criterion]} if criterion else {}))
                 cuts = criterion.cut if criterion else {}
-                rows = [_split(seq, eos, cuts.get(r), tokenizer, stop) for r, seq in enumerate(out[:, width:].tolist())]
+                rows = [split_sample(seq, eos, cuts.get(r), tokenizer, stop) for r, seq in enumerate(out[:, width:].tolist())]
                 if greedy:
                     rows = [row for row in rows for _ in range(k)]
                 for b in range(len(chunk)):
@@ -273,54 +269,5 @@ def generate_conditioned(
     ``weights`` (a point of the simplex, one entry per objective): each prompt is conditioned exactly as
     in training (`alignkit.data.conditioned_prompt`, same ``template`` and ``digits``). ``kwargs`` go to
     `generate`; the returned ``prompts`` are the conditioned ones."""
-    from alignkit.data.transforms_condition import WEIGHTS_TEMPLATE, conditioned_prompt
-
     conditioned = [conditioned_prompt(p, list(weights), template or WEIGHTS_TEMPLATE, digits) for p in prompts]
     return generate(model, tokenizer, conditioned, **kwargs)
-
-
-def score_logps(
-    model,
-    tokenizer,
-    prompts: list[Text],
-    completions: list[list[str]],
-    finished: list[list[bool]] | None = None,
-    batch_size: int = 32,
-    chat_template: str = "auto",
-    chunk_size: int = 0,
-    chat_template_kwargs: dict | None = None,
-) -> Tensor:
-    """Summed log-probs ``s(y) = Σ_t log π(y_t | x, y_<t)`` of completions, ``[B, K]`` float32 on CPU.
-
-    ``completions[b]`` are the K_b completions of ``prompts[b]`` (ragged K is allowed: missing slots
-    are NaN). Each completion is scored with its end token appended (the template's end of turn for a chat
-    prompt, else EOS), as the trainer scores responses; where ``finished[b][k]`` is False (a sample cut at
-    ``max_new_tokens``) that token is not scored.
-    No gradients; the model is put in eval mode while scoring.
-    """
-    if len(prompts) != len(completions):
-        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} rows of completions")
-    records = [_record(p, c) for p, c in zip(prompts, completions)]
-    config = TokenizeConfig(max_length=None, chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
-    items, _ = tokenize_records(records, tokenizer, config)
-    for b, item in enumerate(items):
-        end = completion_end(tokenizer, uses_template(records[b], config), config)
-        for j in range(item.k):
-            if finished is not None and not finished[b][j] and item.segments[j][-1:] == [end]:
-                if len(item.segments[j]) - item.score_start[j] <= 1:
-                    raise ValueError(f"completion {j} of prompt {b} is empty and unfinished: nothing to score")
-                item.segments[j] = item.segments[j][:-1]
-    score, layout, attn_weight = model_scorer(model, chunk_size)
-    device = next(model.parameters()).device
-    k_max = max(len(c) for c in completions)
-    out = torch.full((len(prompts), k_max), float("nan"))
-    was_training = model.training
-    model.eval()
-    try:
-        data = TokenizedDataset(records, items)
-        for idx, batch, logps in iter_batch_logps(score, data, tokenizer.pad_token_id, layout, batch_size, device,
-                                                  attn_weight=attn_weight):
-            out[idx, : logps.shape[1]] = torch.where(batch.valid.cpu(), logps, float("nan"))
-    finally:
-        model.train(was_training)
-    return out

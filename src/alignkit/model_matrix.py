@@ -32,9 +32,13 @@ from pathlib import Path
 
 import torch
 
+from alignkit import train
 from alignkit.data.collate import collate_padded, collate_shared_prompt
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.engine.logprobs import LogProbModel, attention_windows, sum_per_slot
+from alignkit.generation import prompt_ids
+from alignkit.inference import InferenceSettings, run_method
+from alignkit.inference.prefill import sample_shared
 from alignkit.models.families import FAMILIES, save_family, tokenizer_dir
 from alignkit.models.load import load_model, load_tokenizer, lora_targets
 
@@ -114,9 +118,6 @@ def logprob_errors(model, seed: int = 0) -> dict[str, float]:
 
 def generation_error(model, tokenizer, n: int = 3, max_new_tokens: int = 12) -> float:
     """|sampler log-prob − executor log-prob| of the sampled tokens, largest over prompts x samples."""
-    from alignkit.generation import prompt_ids
-    from alignkit.inference.prefill import sample_shared
-
     got = sample_shared(model, tokenizer, PROMPTS, n, max_new_tokens=max_new_tokens, seed=0, chat_template="never")
     g = got.generation
     items = []
@@ -130,8 +131,6 @@ def generation_error(model, tokenizer, n: int = 3, max_new_tokens: int = 12) -> 
 
 
 def best_of_n_picks_the_best(model, tokenizer) -> bool:
-    from alignkit.inference import InferenceSettings, run_method
-
     def reward(prompts, completions, rows):
         return [float(len(c)) + 1e-3 * i for i, c in enumerate(completions)]
 
@@ -162,8 +161,6 @@ def write_data(folder: Path) -> tuple[Path, Path]:
 
 def train_once(path: Path, data: Path, prompts: Path, out: Path, objective: str, **extra) -> dict:
     """One optimizer step of ``objective`` through `alignkit.train`: (first loss, layout the run used)."""
-    from alignkit.engine.trainer import train
-
     settings = {"model": str(path), "objective": objective, "batch_size": 2, "max_steps": 1, "lr": 1e-4,
                 "output_dir": str(out), "progress": False, "max_length": 96, **extra}
     if objective == "grpo":

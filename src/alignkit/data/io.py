@@ -33,6 +33,7 @@ from alignkit.data.schema import PreferenceRecord, RecordError
 from alignkit.data.writers import CANONICAL, JSON_COLUMNS_KEY, SUFFIXES, write_records  # noqa: F401 (re-exported)
 from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_write
+from alignkit.models.hub import load_hub_dataset
 
 log = logging.getLogger("alignkit")
 ON_BAD_ROW = ("error", "skip")
@@ -228,8 +229,6 @@ def _dataset_source(ds: Any, name: str, path: str, split: str) -> _Source:
 
 
 def _open_hub(name: str, split: str, subset: str | None) -> _Source:
-    from alignkit.models.hub import load_hub_dataset
-
     ds = load_hub_dataset(name, split=split, subset=subset)  # downloaded and cached by datasets (offline: cache)
     src = _dataset_source(ds, f"{name}[{split}]", name, split)
     safe_split = re.sub(r"[^\w.-]+", "_", split)  # train[:1000] -> train_1000_

@@ -173,3 +173,13 @@ def _check_scores(values: Sequence[Any]) -> list[float] | list[list[float]]:
 def pair(prompt: Text, chosen: Text, rejected: Text, **kwargs: Any) -> PreferenceRecord:
     """A pairwise record: chosen first, rank 0."""
     return PreferenceRecord(prompt=prompt, responses=[chosen, rejected], ranks=[0, 1], **kwargs)
+
+
+def chosen_rejected(record: PreferenceRecord) -> tuple[int, int] | None:
+    """(chosen, rejected) response indices of a K = 2 record with a strict preference, else None."""
+    if record.k != 2 or record.label_kind == "labels":
+        return None
+    order = record.ranks if record.label_kind == "ranks" else [-s for s in record.scores]
+    if isinstance(order[0], list) or order[0] == order[1]:
+        return None
+    return (0, 1) if order[0] < order[1] else (1, 0)

@@ -30,6 +30,7 @@ from torch import nn
 
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine.logprobs import unwrap
+from alignkit.engine.reference import DisabledAdapterReference
 from alignkit.errors import CheckpointError, ConfigError
 
 COMPILE_BACKEND = "inductor"  # torch.compile backend of `compile=true` (tests on CPU swap in "aot_eager")
@@ -273,8 +274,6 @@ def share_sharded_scorer(reference, scorer: nn.Module, accelerator) -> None:
     """Under FSDP, a reference that *is* the policy (LoRA's disabled adapters, or the initial policy filling the
     reference cache) must run through the prepared root module, which gathers the sharded parameters: give it
     the prepared ``scorer`` (a `LogProbModel` of the same policy, so the values are the same)."""
-    from alignkit.engine.reference import DisabledAdapterReference
-
     if sharding(accelerator) == "fsdp" and isinstance(reference, DisabledAdapterReference):
         reference.scorer = scorer
 

@@ -5,9 +5,25 @@ averaged over records and merged across processes, plus sampled metrics on ``eva
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from alignkit.engine.logprobs import unwrap
+from alignkit.errors import ConfigError
+
+# (config, tokenizer) -> (policy -> {metric: value}); `alignkit.eval.training_metrics.TrainingEvaluator` is one
+SampledEval = Callable[[Any, Any], Callable[[Any], dict[str, float]]]
+
+
+def check_sampled_eval(config, sampled_eval: SampledEval | None) -> SampledEval | None:
+    """``sampled_eval`` itself; a run with ``eval_judge`` but no evaluator wired is refused, naming the key."""
+    if config.eval_judge and sampled_eval is None:
+        raise ConfigError("eval_judge: a Trainer built by hand needs the evaluator that samples and judges: "
+                          "Trainer(config, sampled_eval=alignkit.eval.training_metrics.TrainingEvaluator), "
+                          "or train with alignkit.train / `alignkit train`")
+    return sampled_eval
 
 
 @torch.no_grad()
@@ -42,7 +58,5 @@ def sampled(trainer) -> dict[str, float]:
     if not trainer.config.eval_judge or not trainer.accelerator.is_main_process:
         return {}
     if getattr(trainer, "_gen_eval", None) is None:
-        from alignkit.eval.training_metrics import TrainingEvaluator
-
-        trainer._gen_eval = TrainingEvaluator(trainer.config, trainer.tokenizer)
+        trainer._gen_eval = trainer.sampled_eval(trainer.config, trainer.tokenizer)
     return trainer._gen_eval(unwrap(trainer.policy))

@@ -150,7 +150,7 @@ def round_config(c, r: int, policy: str, data: str, pairs: bool):
     """The offline `TrainConfig` of round r: from ``policy``, on ``data``, reference = ``policy``."""
     transforms = ([{"name": "pairs", "strategy": "best_vs_worst"}] if pairs else []) + list(c.transforms)
     return dataclasses.replace(
-        c, model=policy, data=data, prompts=None, reward=None, rounds=0, eval_data=None, transforms=transforms,
+        c, mode="offline", model=policy, data=data, prompts=None, reward=None, rounds=0, eval_data=None, transforms=transforms,
         output_dir=str(Path(c.output_dir) / f"round_{r}"), ref_model=None,
         resume_from="latest" if c.resume_from == "latest" else None,  # an interrupted round continues
         ref_strategy="auto" if c.ref_strategy == "path" else c.ref_strategy)
@@ -158,7 +158,7 @@ def round_config(c, r: int, policy: str, data: str, pairs: bool):
 
 def train_rounds(config, train_fn: Callable) -> TrainResult:
     """Run ``config.rounds`` rounds (module docstring); ``train_fn(TrainConfig) -> TrainResult`` trains one."""
-    from alignkit.engine.online import read_prompt_rows
+    from alignkit.data.prompts import read_prompt_rows
 
     c = config
     check_rounds_config(c)

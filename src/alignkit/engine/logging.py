@@ -17,28 +17,6 @@ from alignkit.io_atomic import atomic_write_text
 logger = logging.getLogger("alignkit")
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at each record (a caller that redirects or replaces stderr after
-    logging was set up, as pytest's capture does, never leaves the handler on a closed stream)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-def setup_console_logging(level: int = logging.INFO) -> None:
-    if not logger.handlers:
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("[alignkit] %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated by torch, or the process's peak RSS on CPU."""
     if device.type == "cuda":

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.data.collate import Batch
-from alignkit.errors import ConfigError, ModelError
+from alignkit.errors import ModelError
 from alignkit.objectives.stats import SequenceStats
 
 PACKING_BACKENDS = ("sdpa", "eager", "flex_attention")
@@ -99,8 +99,6 @@ def packing_layout(packing: str, model: nn.Module) -> str:
     per batch) when the attention backend takes a 4D block mask, else ``padded``."""
     import logging
 
-    if packing not in ("auto", "shared_prompt", "padded"):
-        raise ConfigError(f"packing must be auto, shared_prompt or padded, got {packing!r}")
     if packing != "auto":
         return packing
     if supports_packing(model):

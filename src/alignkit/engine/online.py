@@ -35,12 +35,13 @@ from typing import Any
 
 import torch
 
+from alignkit.data.dataset import prompt_key
+from alignkit.data.prompts import read_prompt_rows
 from alignkit.engine import startup
-from alignkit.engine.dataset import prompt_key
 from alignkit.engine.logging import keep_lines_up_to, peak_memory_mb
 from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.engine.trainer import Trainer, TrainingStopped
-from alignkit.errors import ConfigError, DataError
+from alignkit.errors import ConfigError
 from alignkit.rollout import build_reward, sample_experience
 from alignkit.rollout.correction import RolloutCorrection
 from alignkit.user_code import collect, record
@@ -59,25 +60,9 @@ class PromptRows:
         return len(self.rows)
 
 
-def read_prompt_rows(path: str) -> list[dict]:
-    from alignkit.data.io import iter_rows, read_text_lines
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"prompts file {path} does not exist")
-    if p.suffix == ".txt":
-        return [{"prompt": line} for line in read_text_lines(p) if line.strip()]
-    rows = []
-    for n, row in iter_rows(path):
-        if not row.get("prompt"):
-            raise DataError(f"{path} row {n}: field 'prompt' is missing or empty")
-        rows.append(row)
-    return rows
-
-
 class OnlineTrainer(Trainer):
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, **wiring):
+        super().__init__(config, **wiring)
         self.value = None  # PPO's value model (engine/value.py), registered on the policy
         if "values" in self.objective.extras:
             from alignkit.engine.value import setup_value_model

@@ -12,13 +12,13 @@ from collections import Counter
 from pathlib import Path
 
 from alignkit.data.checks import pair_problems
+from alignkit.data.dataset import TokenizedDataset, data_shape, split_by_prompt
 from alignkit.data.io import read_records
-from alignkit.data.samples import apply_with_samples
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.data.transforms import format_report
-from alignkit.engine.dataset import TokenizedDataset, data_shape, split_by_prompt
-from alignkit.errors import ConfigError, DataError
+from alignkit.engine.samples import apply_with_samples
+from alignkit.errors import DataError
 
 logger = logging.getLogger("alignkit")
 
@@ -52,9 +52,7 @@ def resolve_shuffle(config) -> bool:
     value = config.shuffle
     if value == "auto":
         return not any(t.get("name") == "curriculum" for t in config.transforms)
-    if not isinstance(value, bool):
-        raise ConfigError(f"shuffle must be auto, true or false, got {value!r}")
-    return value
+    return value  # resolved (alignkit.config.resolve): a bool
 
 
 @contextlib.contextmanager

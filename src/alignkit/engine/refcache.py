@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.dataset import TokenizedDataset
+from alignkit.data.dataset import TokenizedDataset
 from alignkit.engine.distributed import sharding, share_sharded_scorer
 from alignkit.engine.logprobs import unwrap
-from alignkit.engine.reference import Reference
+from alignkit.engine.reference import Reference, build_reference
 from alignkit.engine.score import iter_batch_logps
 from alignkit.errors import ConfigError
 from alignkit.io_atomic import atomic_path
@@ -215,15 +215,10 @@ def cached_tables(splits: dict[str, TokenizedDataset], weights: str, precision: 
 
 
 def will_cache(config, objective, strategy: str) -> bool:
-    """Whether this run serves reference log-probs from a cache (``ref_cache`` auto/on/off)."""
-    c = config
-    if isinstance(c.ref_cache, bool):  # YAML reads `on` / `off` as true / false
-        c.ref_cache = "on" if c.ref_cache else "off"
-    if c.ref_cache not in ("auto", "on", "off"):
-        raise ConfigError(f"ref_cache must be auto, on or off, got {c.ref_cache!r}")
-    if c.ref_cache_file and (c.ref_cache == "off" or strategy == "none"):
-        raise ConfigError("ref_cache_file is set but " + ("ref_cache=off" if c.ref_cache == "off" else
-                         f"objective {objective.name} reads no reference"))
+    """Whether this run serves reference log-probs from a cache (``ref_cache`` auto/on/off); reads the config only."""
+    c = config  # resolved (alignkit.config.resolve): ref_cache is auto, on or off; ref_cache_file not with off
+    if c.ref_cache_file and strategy == "none":
+        raise ConfigError(f"ref_cache_file is set but objective {objective.name} reads no reference")
     if strategy == "none" or c.ref_cache == "off":
         return False
     if objective.needs_token_logps:
@@ -242,8 +237,6 @@ def load_key(model, dtype: str) -> str:
 def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
     """(train, eval) cached references for a `Trainer` ``t``: the reference is built (from ``t.strategy``)
     only when some table is missing, and released when this returns."""
-    from alignkit.engine.reference import build_reference
-
     c, acc = t.config, t.accelerator
     built: list = []
 

@@ -19,8 +19,6 @@ from alignkit.engine.logprobs import LogProbModel, sum_per_slot
 from alignkit.errors import ConfigError
 from alignkit.models.load import frozen_copy, load_model
 
-STRATEGIES = ("auto", "copy", "path", "disable_adapters", "none")
-
 
 class Reference:
     strategy = "none"
@@ -77,15 +75,9 @@ class InitialPolicyReference(DisabledAdapterReference):
 
 
 def resolve_strategy(strategy: str, needs_reference: bool, lora: bool, ref_model: str | None) -> str:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"ref_strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not needs_reference:
         return "none"
-    if strategy != "auto":
-        if strategy == "path" and not ref_model:
-            raise ConfigError("ref_strategy=path needs ref_model=PATH")
-        if strategy == "disable_adapters" and not lora:
-            raise ConfigError("ref_strategy=disable_adapters needs lora=true")
+    if strategy != "auto":  # one of alignkit.config.CHOICES["ref_strategy"], path / disable_adapters checked there
         if strategy == "none":
             raise ConfigError("the objective needs reference log-probs; ref_strategy=none is not possible")
         return strategy

@@ -34,6 +34,7 @@ from alignkit.engine import checkpoint as ckpt
 from alignkit.engine.logging import logger
 from alignkit.engine.refcache import data_digest
 from alignkit.errors import CheckpointError, ConfigError
+from alignkit.models.hub import resolve_model
 
 # keys that never change the trained weights: progress, logging, evaluation, where things are written, and how
 # the run was started; data / model / ref_model / prompts are compared by fingerprint instead of by path
@@ -66,8 +67,6 @@ def files_fingerprint(path: str | None) -> str | None:
         return None
     folder = Path(path)
     if not folder.is_dir():
-        from alignkit.models.hub import resolve_model
-
         return f"name:{path}@{Path(resolve_model(path, weights=False)).name}"
     h = hashlib.sha256()
     for f in sorted(folder.iterdir()):

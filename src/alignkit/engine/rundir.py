@@ -23,6 +23,7 @@ reference pass).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -35,10 +36,12 @@ import weakref
 from pathlib import Path
 
 from alignkit.engine.checkpoint import latest_checkpoint, recover_published
+from alignkit.engine.distributed import any_process
 from alignkit.engine.logging import logger
 from alignkit.errors import AlignkitError, ConfigError, ModelError, RunDirError
 from alignkit.io_atomic import atomic_write_text
 from alignkit.models.checks import position_limit
+from alignkit.models.hub import resolve_model
 
 LOCK = "run.lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "code.json", "samples.jsonl")
@@ -239,29 +242,28 @@ def check_space(folder: Path, config, model_dir: Path) -> None:
 def model_folder(config) -> Path:
     """The model's local folder, or its Hub snapshot in the cache (configs and tokenizer only: the weights come
     when the model loads); a name that is found nowhere is one `ModelError` line, here, before anything else."""
-    from alignkit.models.hub import resolve_model
-
     return Path(resolve_model(config.model, weights=False, trust_remote_code=config.trust_remote_code))
 
 
-def check_position_limit(config, model_dir: Path) -> None:
-    """``max_length`` beyond the model's position limit (read from its config.json, before any weight) is lowered
-    to the limit, with a warning naming both; the config then records the value the run uses."""
+def within_position_limit(config, model_dir: Path):
+    """``config``, with a ``max_length`` beyond the model's position limit (read from its config.json, before any
+    weight) lowered to the limit, with a warning naming both: the config the run uses and records."""
     if config.max_length is None:
-        return
+        return config
     try:
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
     except Exception:  # not a model we can read the config of: loading it will say why
-        return
+        return config
     found = position_limit(model_config)
     if found is not None and config.max_length > found[1]:
         attr, limit = found
         logger.warning("max_length %d is beyond the position limit of model %s (%s=%d): sequences are cut at %d "
                        "(set max_length <= %d to silence this)", config.max_length, config.model, attr, limit,
                        limit, limit)
-        config.max_length = limit
+        return dataclasses.replace(config, max_length=limit)
+    return config
 
 
 class Hold:
@@ -276,15 +278,14 @@ class Hold:
         self._done()
 
 
-def preflight(config, main: bool) -> Hold | None:
-    """Every check above, in order, before anything is read or loaded; the main process takes the lock (given
-    back if a later check fails) and gets its `Hold`."""
+def preflight(config, main: bool):
+    """Every check above, in order, before anything is read or loaded: ``(Hold or None, the config the run uses)``.
+    The main process takes the lock (given back if a later check fails) and gets its `Hold`."""
     if config.overwrite and config.resume_from:
         raise ConfigError("set either resume_from (continue the run) or overwrite=true (start over), not both")
     folder = Path(config.output_dir)
     if not main:
-        check_position_limit(config, model_folder(config))
-        return None
+        return None, within_position_limit(config, model_folder(config))
     check_writable(folder)
     hold = Hold(folder)
     try:
@@ -294,22 +295,21 @@ def preflight(config, main: bool) -> Hold | None:
         check_new_run(folder, config)
         model_dir = model_folder(config)
         check_space(folder, config, model_dir)
-        check_position_limit(config, model_dir)
+        config = within_position_limit(config, model_dir)
     except BaseException:
         hold.release()
         raise
-    return hold
+    return hold, config
 
 
-def preflight_all(config, accelerator) -> Hold | None:
-    """`preflight` on every process (the lock on the main one); when the main process refuses, the others stop too."""
-    from alignkit.engine.distributed import any_process
-
+def preflight_all(config, accelerator):
+    """`preflight` on every process (the lock on the main one): ``(Hold or None, config)``; when the main process
+    refuses, the others stop too."""
     error, hold = None, None
     try:
-        hold = preflight(config, accelerator.is_main_process)
+        hold, config = preflight(config, accelerator.is_main_process)
     except AlignkitError as e:
         error = e
     if any_process(accelerator, error is not None):
         raise error or RunDirError(f"output_dir {config.output_dir}: refused by the main process (see its message)")
-    return hold
+    return hold, config

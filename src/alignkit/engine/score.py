@@ -1,7 +1,7 @@
 """Log-probs of every response of every record, batch by batch, without gradients.
 
 `iter_batch_logps` is the one loop behind the reference cache (`engine/refcache.py`), scoring
-sampled completions (`alignkit.generation.score_logps`) and `alignkit logprobs` (`iter_logprobs`).
+sampled completions (`score_logps`) and `alignkit logprobs` (`iter_logprobs`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from alignkit.data.collate import Batch
-from alignkit.data.schema import PreferenceRecord
-from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.dataset import TokenizedDataset
+from alignkit.data.dataset import TokenizedDataset
+from alignkit.data.schema import PreferenceRecord, Text
+from alignkit.data.tokenize import TokenizeConfig, completion_end, tokenize_records, uses_template
 from alignkit.engine.logprobs import (
     ExecutorMismatch,
     LogProbModel,
@@ -25,6 +25,7 @@ from alignkit.engine.logprobs import (
     supports_packing,
     verify_against_forward,
 )
+from alignkit.generation import completion_record
 
 logger = logging.getLogger("alignkit")
 
@@ -147,3 +148,50 @@ def iter_logprobs(
                     "logp": float(logps[row, k]),
                     "n_tokens": int(batch.lengths[row, k]),
                 }
+
+
+def score_logps(
+    model,
+    tokenizer,
+    prompts: list[Text],
+    completions: list[list[str]],
+    finished: list[list[bool]] | None = None,
+    batch_size: int = 32,
+    chat_template: str = "auto",
+    chunk_size: int = 0,
+    chat_template_kwargs: dict | None = None,
+) -> Tensor:
+    """Summed log-probs ``s(y) = Σ_t log π(y_t | x, y_<t)`` of completions, ``[B, K]`` float32 on CPU.
+
+    ``completions[b]`` are the K_b completions of ``prompts[b]`` (ragged K is allowed: missing slots
+    are NaN). Each completion is scored with its end token appended (the template's end of turn for a chat
+    prompt, else EOS), as the trainer scores responses; where ``finished[b][k]`` is False (a sample cut at
+    ``max_new_tokens``) that token is not scored.
+    No gradients; the model is put in eval mode while scoring.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} rows of completions")
+    records = [completion_record(p, c) for p, c in zip(prompts, completions)]
+    config = TokenizeConfig(max_length=None, chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
+    items, _ = tokenize_records(records, tokenizer, config)
+    for b, item in enumerate(items):
+        end = completion_end(tokenizer, uses_template(records[b], config), config)
+        for j in range(item.k):
+            if finished is not None and not finished[b][j] and item.segments[j][-1:] == [end]:
+                if len(item.segments[j]) - item.score_start[j] <= 1:
+                    raise ValueError(f"completion {j} of prompt {b} is empty and unfinished: nothing to score")
+                item.segments[j] = item.segments[j][:-1]
+    score, layout, attn_weight = model_scorer(model, chunk_size)
+    device = next(model.parameters()).device
+    k_max = max(len(c) for c in completions)
+    out = torch.full((len(prompts), k_max), float("nan"))
+    was_training = model.training
+    model.eval()
+    try:
+        data = TokenizedDataset(records, items)
+        for idx, batch, logps in iter_batch_logps(score, data, tokenizer.pad_token_id, layout, batch_size, device,
+                                                  attn_weight=attn_weight):
+            out[idx, : logps.shape[1]] = torch.where(batch.valid.cpu(), logps, float("nan"))
+    finally:
+        model.train(was_training)
+    return out

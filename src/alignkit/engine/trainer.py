@@ -24,21 +24,22 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, check_bounds
+from alignkit.config import TrainConfig, from_dict, resolve, run_mode
+from alignkit.console import setup_console_logging
+from alignkit.data.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import distributed as dist
 from alignkit.engine import evaluation, rundir, startup
 from alignkit.engine import refcache as rc
 from alignkit.engine import resume as rs
 from alignkit.engine import reward_model as rm
-from alignkit.engine.dataset import BatchOrder, TokenizedDataset
+from alignkit.engine.evaluation import SampledEval
 from alignkit.engine.interrupts import RunInterrupted, StopGuard
 from alignkit.engine.logging import (
     MetricsLogger,
     logger,
     peak_memory_mb,
     progress_fields,
-    setup_console_logging,
 )
 from alignkit.engine.logprobs import (
     LogProbModel,
@@ -73,13 +74,16 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, *, sampled_eval: SampledEval | None = None):
+        """``sampled_eval(config, tokenizer) -> evaluate(policy) -> metrics``: the sampled metrics of
+        ``eval_prompts`` / ``eval_judge``, built on first use (`alignkit.train` passes
+        `alignkit.eval.training_metrics.TrainingEvaluator`; the engine does not import eval)."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         setup_console_logging()
-        check_bounds(config, "TrainConfig")
-        self.config = c = config
+        self.config = c = resolve(config, "TrainConfig")  # frozen from here on; config.yaml records it
+        self.sampled_eval = evaluation.check_sampled_eval(c, sampled_eval)
         self._check_inputs(c)
         self.accelerator = Accelerator(mixed_precision=startup.mixed_precision(c.mixed_precision),
                                        cpu=not torch.cuda.is_available())
@@ -88,7 +92,9 @@ class Trainer:
         if not self.accelerator.is_main_process:
             logger.setLevel("WARNING")  # one process speaks for the run
         self.output_dir = Path(c.output_dir)
-        self._hold = rundir.preflight_all(c, self.accelerator)  # locked, no earlier run clobbered, room to save
+        # locked, no earlier run clobbered, room to save; max_length lowered to the model's position limit
+        self._hold, self.config = rundir.preflight_all(c, self.accelerator)
+        c = self.config
         self.guard = StopGuard(self.accelerator.num_processes == 1)
         self._saved_step: int | None = None
         with self.guard.starting(self._release):  # a signal until training starts stops at once: nothing to save
@@ -475,27 +481,27 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
 
 
-def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
-    """Train with a `TrainConfig` (or a dict of its fields); returns the run folder, final model and history."""
+def train(config: TrainConfig | dict[str, Any], *, sampled_eval: SampledEval | None = None) -> TrainResult:
+    """Train with a `TrainConfig` (or a dict of its fields); returns the run folder, final model and history.
+    ``sampled_eval``: see `Trainer` (`alignkit.train` wires it)."""
     if isinstance(config, dict):
-        from alignkit.config import from_dict
-
         config = from_dict(TrainConfig, dict(config), source="train()")
     with offline_mode(config.offline):  # offline=true: Hub models and datasets from the local cache only
-        return _train(config)
+        return _train(config, sampled_eval)
 
 
-def _train(config: TrainConfig) -> TrainResult:
-    if config.rounds > 0:  # iterative DPO / self-rewarding: rounds of sample, label, train (engine/iterative.py)
+def _train(config: TrainConfig, sampled_eval: SampledEval | None) -> TrainResult:
+    mode = run_mode(config)
+    if mode == "iterative":  # iterative DPO / self-rewarding: rounds of sample, label, train (engine/iterative.py)
         from alignkit.engine.iterative import train_rounds
 
-        return train_rounds(config, train)
-    if config.prompts:  # online: sample, score, learn (engine/online.py)
+        return train_rounds(config, lambda round_config: train(round_config, sampled_eval=sampled_eval))
+    if mode == "online":  # sample, score, learn (engine/online.py)
         from alignkit.engine.online import OnlineTrainer
 
-        return OnlineTrainer(config).train()
+        return OnlineTrainer(config, sampled_eval=sampled_eval).train()
     if config.ensemble > 1:
         from alignkit.engine.ensemble import train_ensemble
 
-        return train_ensemble(config, lambda member: Trainer(member).train())
-    return Trainer(config).train()
+        return train_ensemble(config, lambda member: Trainer(member, sampled_eval=sampled_eval).train())
+    return Trainer(config, sampled_eval=sampled_eval).train()

@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alignkit.data.schema import PreferenceRecord
+from alignkit.data.schema import PreferenceRecord, chosen_rejected
+from alignkit.data.tokenize import TokenizeConfig
+from alignkit.engine.score import iter_logprobs
 from alignkit.errors import DataError
 from alignkit.eval.rm_report import pairwise_accuracy, wilson_interval
 
@@ -59,11 +61,9 @@ def ranking_accuracy(chosen: Sequence[float], rejected: Sequence[float], ref_cho
 def preference_pairs(records: Sequence[PreferenceRecord]) -> tuple[list[PreferenceRecord], int]:
     """(winner-first K = 2 records, number skipped): records with a strict preference between two responses
     (ranks or scores), reordered so the winner comes first; others (ties, K != 2, labels) are skipped."""
-    from alignkit.rewards.commands import _chosen_rejected
-
     out, skipped = [], 0
-    for i, r in enumerate(records):
-        idx = _chosen_rejected(r, i)
+    for r in records:
+        idx = chosen_rejected(r)
         if idx is None:
             skipped += 1
             continue
@@ -73,9 +73,6 @@ def preference_pairs(records: Sequence[PreferenceRecord]) -> tuple[list[Preferen
 
 
 def _logps(model, tokenizer, records, batch_size: int) -> tuple[list[float], list[int]]:
-    from alignkit.data.tokenize import TokenizeConfig
-    from alignkit.engine.score import iter_logprobs
-
     rows = list(iter_logprobs(model, tokenizer, list(records), batch_size, TokenizeConfig(max_length=None),
                               progress=False))
     return [r["logp"] for r in rows], [r["n_tokens"] for r in rows]

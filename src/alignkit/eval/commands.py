@@ -11,6 +11,9 @@ from pathlib import Path
 from alignkit import help_text as H
 from alignkit.errors import ConfigError
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 EVAL_USAGE = ("alignkit eval --models A_DIR|A.jsonl [B ...] [--reference REF] --prompts FILE|module:function "
               "--judge rule:module:function|reward_model:PATH|llm:PATH --samples N --out DIR | "
               "alignkit eval --judgments FILE [--baseline NAME] --out DIR")
@@ -79,7 +82,7 @@ def _command_line() -> str:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from alignkit.engine.logging import setup_console_logging
+    from alignkit.console import setup_console_logging
     from alignkit.eval.eval_report import summary_table
     from alignkit.eval.evaluate import evaluate
 

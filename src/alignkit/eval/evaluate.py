@@ -3,7 +3,7 @@
 1. **Systems**: each model folder samples K answers per prompt (one seed for all); each outputs file is
    read as is (`alignkit.eval.systems`). The reference, when given, samples too and is a system itself.
 2. **KL to the reference** of every model from its own samples: k1 and k3 with 95% CIs
-   (`alignkit.eval.kl.kl_estimates` on `alignkit.generation.score_logps` log-ratios).
+   (`alignkit.eval.kl.kl_estimates` on `alignkit.engine.score.score_logps` log-ratios).
 3. **Judge**: a pointwise judge (rule, reward model) scores every answer once — mean score with a 95% CI
    and the score histograms; a pairwise LLM judge is asked each comparison in both orders
    (`alignkit.eval.judges`).
@@ -28,9 +28,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.io import read_records
+from alignkit.engine.score import score_logps
 from alignkit.errors import ConfigError, DataError
-from alignkit.eval.judges import Comparison, Judge, make_judge, position_bias
+from alignkit.eval.accuracy import preference_accuracy
+from alignkit.eval.eval_report import write_eval_report
+from alignkit.eval.judges import Comparison, Judge, load_callable, make_judge, position_bias
 from alignkit.eval.kl import kl_estimates, mean_ci
+from alignkit.eval.lc_glm import length_controlled_glm
 from alignkit.eval.systems import (
     System,
     align,
@@ -43,7 +48,8 @@ from alignkit.eval.systems import (
     system_name,
 )
 from alignkit.eval.tournament import Match, Tournament, ratings, round_robin, single_elimination
-from alignkit.eval.winrate import win_rate
+from alignkit.eval.winrate import outcomes, win_rate
+from alignkit.models.load import load_model, load_tokenizer
 from alignkit.user_code import collect
 from alignkit.user_code import record as record_code
 
@@ -73,7 +79,6 @@ class Matches:
         if self.judge.pointwise:
             xa = [self.scores[a][i][k] for (i, k), _ in pairs]
             xb = [self.scores[b][i][k] for _, (i, k) in pairs]
-            from alignkit.eval.winrate import outcomes
 
             comp = Comparison(outcomes(xa, xb), xa, xb)
         else:
@@ -93,8 +98,6 @@ class Matches:
 
 
 def _load_model(path: str, dtype: str):
-    from alignkit.models.load import load_model, load_tokenizer
-
     return load_model(path, dtype=dtype), load_tokenizer(path)
 
 
@@ -125,8 +128,6 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
                 raise ConfigError("portia corrects a pairwise (LLM) judge's position bias; give --judge llm:PATH")
             judge_obj.portia = True
         if isinstance(subset_by, str):
-            from alignkit.eval.judges import load_callable
-
             subset_by = load_callable(subset_by, "subset")
         prompt_list, prompt_subsets = (None, None)
         if isinstance(prompts, (list, tuple)):
@@ -135,8 +136,6 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
             prompt_list, prompt_subsets = load_prompts(prompts, n_prompts, prompt_seed)
     records = None
     if preferences:
-        from alignkit.data.io import read_records
-
         records = read_records(preferences).records
     gen = dict(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                batch_size=batch_size)
@@ -200,7 +199,7 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
         for name, s in systems.items():
             log.info("eval: scoring %d answers of %s with %s", s.num_answers, name, judge_obj.name)
             scores[name] = s.unflatten(judge_obj.score(*s.flat()))
-    results["systems"] = [_system_row(s, lens[s.name], scores.get(s.name), kl.get(s.name), accuracy.get(s.name))
+    results["systems"] = [system_row(s, lens[s.name], scores.get(s.name), kl.get(s.name), accuracy.get(s.name))
                           for s in systems.values()]
     if judge_obj is not None:
         _judge_all(results, systems, judge_obj, scores, lens, baseline, tournament, seed, n_boot, rating_boot,
@@ -208,28 +207,22 @@ def evaluate(models: Sequence[str], *, names: Sequence[str] | None = None, refer
     results["frontier"] = frontier_rows(results)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
-        from alignkit.eval.eval_report import write_eval_report
-
         write_eval_report(results, systems, scores, lens, Path(out_dir))
         record_code(out_dir, code)
     return results
 
 
 def _kl(system: System, model, tok, ref_model, ref_tok, batch_size: int) -> dict[str, float]:
-    from alignkit.generation import score_logps
-
     lp = score_logps(model, tok, system.prompts, system.completions, system.finished, batch_size=batch_size)
     lr = score_logps(ref_model, ref_tok, system.prompts, system.completions, system.finished, batch_size=batch_size)
     return kl_estimates(lp, lr)
 
 
 def _accuracy(model, tok, records, ref_model, ref_tok, batch_size: int) -> dict[str, Any]:
-    from alignkit.eval.accuracy import preference_accuracy
-
     return preference_accuracy(model, tok, records, ref_model, ref_tok, batch_size=batch_size)
 
 
-def _system_row(s: System, lens, scores, kl, accuracy) -> dict[str, Any]:
+def system_row(s: System, lens, scores, kl, accuracy) -> dict[str, Any]:
     flat_len = [v for row in lens for v in row]
     row: dict[str, Any] = {"name": s.name, "source": s.source, "is_reference": s.is_reference,
                            "prompts": len(s.prompts), "answers": s.num_answers}
@@ -267,8 +260,6 @@ def compare_systems(results: dict[str, Any], names: list[str], matches, baseline
     """Fill ``results`` with win rates over the baseline (the LC GLM fitted over all systems at once), the
     judge's position bias (and PORTIA's, when it ran) and the tournament. ``matches.get(a, b)`` gives a's
     outcomes against b (`Matches`, or `alignkit.eval.judgments.JudgedMatches`)."""
-    from alignkit.eval.lc_glm import length_controlled_glm
-
     baseline = baseline or default_baseline or names[0]
     if baseline not in names:
         raise ConfigError(f"baseline {baseline!r} is not one of the systems {names}")

@@ -34,7 +34,13 @@ from typing import Any
 import torch
 
 from alignkit.data.schema import Text
+from alignkit.engine.reward_model import load_reward_model
 from alignkit.errors import ConfigError, ModelError
+from alignkit.eval.portia import correct, merge
+from alignkit.eval.winrate import outcomes
+from alignkit.generation import completion_record, prompt_ids
+from alignkit.models.load import load_model, load_tokenizer
+from alignkit.rewards.score import model_scores
 from alignkit.user_code import load_function
 
 DEFAULT_TEMPLATE = (
@@ -137,8 +143,6 @@ class Judge:
 
     def compare(self, prompts: Sequence[Text], a: Sequence[str], b: Sequence[str]) -> Comparison:
         """Compare answers ``a[i]`` and ``b[i]`` to ``prompts[i]`` (both orders for a pairwise judge)."""
-        from alignkit.eval.winrate import outcomes
-
         if not len(prompts) == len(a) == len(b):
             raise ValueError(f"compare needs one answer of each per prompt: {len(prompts)}, {len(a)}, {len(b)}")
         if self.pointwise:
@@ -148,7 +152,6 @@ class Judge:
         p_ba = self.prefer_first(prompts, b, a)
         if not self.portia:
             return Comparison(order_averaged(p_ab, p_ba), p_ab=p_ab, p_ba=p_ba)
-        from alignkit.eval.portia import correct
 
         fixed = correct(self, prompts, a, b, p_ab, p_ba, parts=self.portia_parts)
         return Comparison(order_averaged(fixed["p_ab"], fixed["p_ba"]), p_ab=p_ab, p_ba=p_ba, extra={"portia": fixed})
@@ -186,9 +189,6 @@ class RewardModelJudge(Judge):
     def __init__(self, model: str | tuple, batch_size: int = 32, dtype: str = "float32", name: str | None = None):
         super().__init__()
         if isinstance(model, str):
-            from alignkit.engine.reward_model import load_reward_model
-            from alignkit.models.load import load_tokenizer
-
             self.name = name or f"reward_model:{model}"
             self.tokenizer = load_tokenizer(model)
             self.model = load_reward_model(model, dtype=dtype)
@@ -198,10 +198,7 @@ class RewardModelJudge(Judge):
         self.batch_size = batch_size
 
     def score(self, prompts, completions):
-        from alignkit.generation import _record
-        from alignkit.rewards.score import model_scores
-
-        records = [_record(p, [c]) for p, c in zip(prompts, completions)]
+        records = [completion_record(p, [c]) for p, c in zip(prompts, completions)]
         rows = model_scores(self.model, self.tokenizer, records, self.batch_size, progress=False)
         if rows and isinstance(rows[0][0], list):
             raise ModelError(f"{self.name} has {len(rows[0][0])} outputs; a judge needs a one-output reward model")
@@ -228,8 +225,6 @@ class LLMJudge(Judge):
                 raise ValueError(f"the PORTIA template has no {key}; it needs {{prompt}} and {{answers}}")
         self.portia, self.portia_parts, self.portia_template = portia, portia_parts, portia_template
         if isinstance(model, str):
-            from alignkit.models.load import load_model, load_tokenizer
-
             self.name = name or f"llm:{model}"
             self.tokenizer, self.model = load_tokenizer(model), load_model(model, dtype=dtype)
         else:
@@ -263,16 +258,12 @@ class LLMJudge(Judge):
         return self._p_first([self.question(p, f, s) for p, f, s in zip(prompts, firsts, seconds)])
 
     def prefer_first_parts(self, prompts, parts_first, parts_second):
-        from alignkit.eval.portia import merge
-
         return self._p_first([self.portia_template.format(prompt=plain(p), answers=merge(f, s, self.labels))
                               for p, f, s in zip(prompts, parts_first, parts_second)])
 
     @torch.no_grad()
     def _p_first(self, questions: list[str]) -> list[float]:
         """``P(first label) / (P(first) + P(second))`` at the next token after each question."""
-        from alignkit.generation import prompt_ids
-
         ids = [prompt_ids(self.tokenizer, q, self.chat_template) for q in questions]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         too_long = [i for i, x in enumerate(ids) if limit and len(x) > limit]

@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.io import SourceError, open_source, read_rows, skipped_text
 from alignkit.data.schema import RecordError, Text
 from alignkit.errors import ConfigError
+from alignkit.eval.eval_report import write_eval_report
+from alignkit.eval.evaluate import compare_systems, system_row
 from alignkit.eval.judges import Comparison
-from alignkit.eval.systems import System, prompt_key
+from alignkit.eval.systems import System, lengths, prompt_key
 
 FIELDS = ("prompt", "system_a", "system_b", "output_a", "output_b")
 
@@ -52,8 +55,6 @@ class Judgments:
     rejects_path: Path | None = None
 
     def summary(self) -> str:
-        from alignkit.data.io import skipped_text
-
         return f"read {len(self.rows)} judgments from {self.source}" + skipped_text(self.skipped, self.rejects_path)
 
 
@@ -116,8 +117,6 @@ def parse_judgment(row: dict[str, Any], text_cells: bool = False) -> Judgment:
 def read_judgments(source: str | Path, *, on_bad_row: str = "error", rejects_path: str | Path | None = None,
                    split: str = "train") -> Judgments:
     """Every row of ``source`` as a `Judgment`, with the training data's bad-row rules (module docstring)."""
-    from alignkit.data.io import SourceError, open_source, read_rows
-
     src = open_source(source, split)
     got = read_rows(src, lambda raw: parse_judgment(raw.data, src.text_cells), on_bad_row, rejects_path)
     rows, skipped, n = got.items, got.skipped, got.n_rows
@@ -203,9 +202,6 @@ def evaluate_judgments(path: str | Path, *, baseline: str | None = None, tournam
     ``"none"`` skips them). Returns the dict written to ``results.json``."""
     import time
 
-    from alignkit.eval.evaluate import _system_row, compare_systems
-    from alignkit.eval.systems import lengths
-
     if tournament not in ("round-robin", "none"):
         raise ConfigError(f"judgments are rated as they were played: tournament must be round-robin (every pair that "
                          f"met) or none, got {tournament!r}")
@@ -231,12 +227,10 @@ def evaluate_judgments(path: str | Path, *, baseline: str | None = None, tournam
                                                "calls": 0, "portia": False},
         "baseline": None, "win_rates": [], "position_bias": None, "tournament": None, "frontier": None,
         "length_control": None,
-        "systems": [_system_row(s, lengths(s), None, None, None) for s in systems.values()]}
+        "systems": [system_row(s, lengths(s), None, None, None) for s in systems.values()]}
     compare_systems(results, matches.systems, matches, baseline, "none" if tournament == "none" else "given", seed,
                     n_boot, rating_boot, lc_anchors, default_baseline=default)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
-        from alignkit.eval.eval_report import write_eval_report
-
         write_eval_report(results, systems, {}, {n: lengths(s) for n, s in systems.items()}, Path(out_dir))
     return results

@@ -1,7 +1,7 @@
 """Sampled estimates of ``KL(π ‖ π_ref)`` from log-ratios of samples, with normal confidence intervals.
 
 For y ~ π with ``logr = log π(y) − log π_ref(y)`` (per sequence: summed log-probs from
-`alignkit.generation.score_logps`; per token works the same) and ``u = π_ref(y)/π(y) = exp(−logr)``:
+`alignkit.engine.score.score_logps`; per token works the same) and ``u = π_ref(y)/π(y) = exp(−logr)``:
 
 * ``k1 = logr`` — unbiased for KL, high variance, can be negative for a single sample;
 * ``k2 = ½ logr²`` — biased, low variance (exact to second order when π ≈ π_ref);

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import DataError
+from alignkit.eval.rm_sections import section_scores
 from alignkit.io_atomic import atomic_write_text
 
 Scores = Tensor | Sequence[float]
@@ -249,8 +250,6 @@ def rm_report(
     ``tie_rtol`` the relative tolerance for near-equal rewards. The CI is Wilson's with ties as half a
     success; ``extra`` (model name, dataset, step, ...) is carried through and must be JSON-serialisable.
     """
-    from alignkit.eval.rm_sections import section_scores
-
     c, r = _pair(chosen, rejected)
     ties = tie_mask(c, r, identical, tie_rtol)
     wins = _wins(c, r, ties)

@@ -22,8 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.io import iter_rows
 from alignkit.data.schema import Text
 from alignkit.errors import ConfigError, DataError
+from alignkit.eval.judges import load_callable
+from alignkit.generation import generate
+from alignkit.inference.commands import read_prompts
 from alignkit.io_atomic import atomic_write
 
 OUTPUT_FIELDS = ("completion", "completions", "response", "responses", "output")
@@ -104,8 +108,6 @@ def _subset(row: dict[str, Any]) -> str | None:
 
 def read_outputs(path: str, name: str | None = None) -> System:
     """A `System` from a file of pre-generated outputs (see the module docstring)."""
-    from alignkit.data.io import iter_rows
-
     if not Path(path).is_file():
         raise DataError(f"outputs file {path} does not exist")
     prompts, completions, subsets = [], [], []
@@ -145,18 +147,13 @@ def load_prompts(spec: str, n: int | None = None, seed: int = 0) -> tuple[list[T
     ``subset`` columns; the first ``n``) or a function ``module:function`` called as ``fn(n, seed=seed)``
     (e.g. ``alignkit.worlds.reviews:prompts``)."""
     if not Path(spec).exists() and ":" in spec:
-        from alignkit.eval.judges import load_callable
-
         if n is None:
             raise ConfigError(f"prompts from a function ({spec}) need a count: pass --n-prompts")
         prompts = list(load_callable(spec, "prompts")(n, seed=seed))
         return prompts, [None] * len(prompts)
     if Path(spec).suffix == ".txt":
-        from alignkit.inference.commands import read_prompts
-
         prompts = read_prompts(spec)[:n]
         return prompts, [None] * len(prompts)
-    from alignkit.data.io import iter_rows
 
     if not Path(spec).exists():
         raise DataError(f"prompts file {spec} does not exist (or give a function as module:function)")
@@ -177,8 +174,6 @@ def sample_system(name: str, source: str, model, tokenizer, prompts: list[Text],
                   samples: int, max_new_tokens: int, temperature: float, top_p: float, seed: int,
                   batch_size: int) -> System:
     """K = ``samples`` answers per prompt from a model (same seed for every system)."""
-    from alignkit.generation import generate
-
     gen = generate(model, tokenizer, prompts, k=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, seed=seed, batch_size=batch_size)
     return System(name, source, list(prompts), gen.texts, list(subsets), gen.finished)

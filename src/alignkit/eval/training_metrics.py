@@ -10,10 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from alignkit.data.prompts import read_prompt_rows
 from alignkit.data.schema import Text
+from alignkit.engine.score import score_logps
 from alignkit.eval.judges import Judge, make_judge
 from alignkit.eval.kl import kl_estimates, mean_ci
 from alignkit.eval.rm_report import wilson_interval
+from alignkit.eval.winrate import outcomes
+from alignkit.generation import generate
+from alignkit.models.load import load_model
 from alignkit.user_code import collect, record
 
 
@@ -37,8 +42,6 @@ def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Text], ju
         ``mean_tokens``, ``unfinished`` (share cut at ``max_new_tokens``). Keys that do not apply are absent.
         Policy and reference train/eval modes are restored.
     """
-    from alignkit.generation import generate, score_logps
-
     prompts = list(prompts)
     j = make_judge(judge) if judge is not None else None
     gen = dict(k=samples, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
@@ -59,7 +62,6 @@ def generation_metrics(policy, reference, tokenizer, prompts: Sequence[Text], ju
             if j.pointwise:
                 ref_scores = j.score(flat_p, flat_b)
                 out["ref_reward"] = mean_ci(ref_scores)[0]
-                from alignkit.eval.winrate import outcomes
 
                 ys = outcomes(scores, ref_scores)
             else:
@@ -93,8 +95,6 @@ class TrainingEvaluator:
     with the judge and the reference (``ref_model``, else the starting ``model``) loaded once, on first use."""
 
     def __init__(self, config, tokenizer):
-        from alignkit.engine.online import read_prompt_rows
-
         self.config, self.tokenizer = config, tokenizer
         self.prompts = [r["prompt"] for r in read_prompt_rows(config.eval_prompts)]
         with collect() as code:
@@ -103,8 +103,6 @@ class TrainingEvaluator:
         self.reference = None
 
     def __call__(self, policy) -> dict[str, float]:
-        from alignkit.models.load import load_model
-
         c = self.config
         if self.reference is None:
             self.reference = load_model(c.ref_model or c.model, dtype=c.dtype).to(next(policy.parameters()).device)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.config import from_dict
 from alignkit.data.schema import Text
 from alignkit.errors import ConfigError
 
@@ -101,8 +102,6 @@ def register(name: str, options: type, needs_reward: bool = False, needs_helper:
 
 def method_options(name: str, values: dict[str, Any] | None = None):
     """The options dataclass of method ``name`` from a dict, with keys and types checked."""
-    from alignkit.config import from_dict
-
     return from_dict(get_method(name).options, dict(values or {}), source=f"--method {name} options")
 
 

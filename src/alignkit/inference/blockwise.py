@@ -43,7 +43,7 @@ from alignkit.generation import eos_and_pad, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.bon import bon_kl
 from alignkit.inference.decoding import check_sampling
-from alignkit.inference.prefill import _cache_arg, _cache_of, _pick
+from alignkit.inference.prefill import cache_arg, cache_of, pick_token
 
 VALUES = ("reward", "logratio")
 
@@ -68,7 +68,7 @@ class PrefixLM:
         mask = torch.ones_like(x)
         out = model(input_ids=x, attention_mask=mask, position_ids=mask.cumsum(-1) - 1, use_cache=True,
                     logits_to_keep=1)
-        self.cache, self.logits = _cache_of(out), out.logits[:, -1].float()
+        self.cache, self.logits = cache_of(out), out.logits[:, -1].float()
 
     def expand(self, b: int) -> None:
         self.cache.batch_repeat_interleave(b)
@@ -81,8 +81,8 @@ class PrefixLM:
         mask = torch.ones((r, self.length + n), dtype=torch.long, device=self.device)
         pos = torch.arange(self.length, self.length + n, device=self.device).expand(r, n)
         out = self.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=pos, use_cache=True,
-                         **{_cache_arg(self.model): self.cache})
-        self.cache, self.length = _cache_of(out), self.length + n
+                         **{cache_arg(self.model): self.cache})
+        self.cache, self.length = cache_of(out), self.length + n
         self.calls, self.tokens = self.calls + 1, self.tokens + live
         self.logits = out.logits[:, -1].float()
         return out.logits.float()
@@ -105,7 +105,7 @@ def sample_block(lm: PrefixLM, steps: int, last_step: bool, settings: InferenceS
     logps = torch.zeros(rows, dtype=torch.float32, device=lm.device)
     drawn = []
     for step in range(steps):
-        tok = _pick(lm.logits, settings.temperature, settings.top_p, gen)
+        tok = pick_token(lm.logits, settings.temperature, settings.top_p, gen)
         live = ~done
         logps += torch.where(live, lm.logits.log_softmax(-1).gather(-1, tok[:, None])[:, 0], 0.0)
         tok = torch.where(live, tok, pad)

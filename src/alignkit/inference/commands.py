@@ -26,6 +26,9 @@ from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_write
 from alignkit.models.hub import OFFLINE_HELP
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 
 def add_parsers(sub) -> None:
     from alignkit.inference.base import builtin_methods
@@ -93,7 +96,7 @@ def read_prompts(path: str) -> list:
 
 
 def _read_rows(path: str) -> list[dict]:
-    from alignkit.engine.online import read_prompt_rows
+    from alignkit.data.prompts import read_prompt_rows
 
     rows = read_prompt_rows(path)
     if not rows:
@@ -112,7 +115,7 @@ def generate_command(args: argparse.Namespace) -> int:
 def plain_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from alignkit.engine.logging import setup_console_logging
+    from alignkit.console import setup_console_logging
     from alignkit.generation import generate
     from alignkit.models.load import load_model, load_tokenizer
 
@@ -183,7 +186,7 @@ def summary_line(outputs: list) -> str:
 def method_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from alignkit.engine.logging import setup_console_logging
+    from alignkit.console import setup_console_logging
     from alignkit.inference.base import InferenceSettings, run_method
     from alignkit.models.load import load_model, load_tokenizer
     from alignkit.rollout.rewards import build_reward

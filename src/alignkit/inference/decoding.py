@@ -16,7 +16,7 @@ Lower-level pieces, reused by the token-level methods of `alignkit.inference.gui
 * `CachedLM` — one model stepping N left-padded rows with its own KV cache (positions from the
   attention mask, exactly as ``model.generate`` computes them);
 * `decode_loop` — the shared loop: prefill every model, then per step ask a ``choose`` callback for
-  the N next tokens, stop rows at a stop token (`alignkit.generation._eos_ids`), feed the pad token to
+  the N next tokens, stop rows at a stop token (`alignkit.generation.eos_ids`), feed the pad token to
   finished rows, and count each row's forward passes and processed tokens;
 * pure step functions: `product_logits` (z_t), `sampling_logprobs` (log q_t), `draw` (greedy or one
   multinomial draw per row), `step_kl` (KL(q_t ‖ p_t) per row).
@@ -40,7 +40,7 @@ from torch import Tensor
 from alignkit.data.schema import Text
 from alignkit.errors import ConfigError, ModelError
 from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
-from alignkit.inference.prefill import _cache_of, top_p_filter
+from alignkit.inference.prefill import cache_of, top_p_filter
 
 
 def check_sampling(temperature: float, top_p: float, max_new_tokens: int = 1, k: int = 1) -> None:
@@ -115,7 +115,7 @@ class CachedLM:
     def _forward(self, ids: Tensor, positions: Tensor) -> Tensor:
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
                          **{self._cache_key: self.cache}, **self._keep)
-        self.cache = _cache_of(out)  # `out.past_key_values` is a deprecated alias in transformers >= 5.x
+        self.cache = cache_of(out)  # `out.past_key_values` is a deprecated alias in transformers >= 5.x
         return out.logits[:, -1, :].float()
 
     def prefill(self) -> Tensor:
@@ -215,7 +215,7 @@ class ProductChooser:
 @dataclass
 class ProductGeneration(Generation):
     """`Generation` plus, with ``return_logps=True``, per-sample sums over the sampled tokens (the stop
-    token included when the sample ended with one, as `alignkit.generation.score_logps` scores):
+    token included when the sample ended with one, as `alignkit.engine.score.score_logps` scores):
 
     * ``logps`` ``[B, K, M]`` — ``Σ_t log π_m(y_t | x, y_<t)`` under each model (temperature 1, no nucleus);
     * ``product_logps`` ``[B, K]`` — ``Σ_t log q_t(y_t)`` under the sampling distribution (tempered,
@@ -245,7 +245,7 @@ def sample_product(models: list, exponents: list[float], tokenizer, prompts: lis
     with top-p on that distribution (``T = 0``: greedy, ``k`` identical copies).
 
     All models share ``tokenizer``; every prompt is decoded in one batch, left-padded, each model with
-    its own KV cache. Stop tokens are `alignkit.generation._eos_ids` of the first model. The torch RNG
+    its own KV cache. Stop tokens are `alignkit.generation.eos_ids` of the first model. The torch RNG
     is seeded with ``seed`` inside a forked RNG state (the global RNG is untouched). Exponents are any
     finite reals, not all 0. Returns a `ProductGeneration` (its log-prob fields only with ``return_logps``).
     """

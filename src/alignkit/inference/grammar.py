@@ -12,7 +12,7 @@ tokens are
   cannot be matched: keep to grammars whose characters are whole tokens' text, e.g. ASCII; pieces concatenate
   to the decoded text for byte-level BPE tokenizers — GPT-2 / Qwen / Llama-3 style — but not for a
   SentencePiece tokenizer that drops a token's leading space when it is decoded alone);
-* the model's stop tokens (`alignkit.generation._eos_ids`) when u itself is in L.
+* the model's stop tokens (`alignkit.generation.eos_ids`) when u itself is in L.
 
 After ``max_new_tokens`` tokens only a stop token is allowed. The target is the LM conditioned on the
 language, over token sequences: ``P(y | x, y ∈ L) ∝ Π_t p_t(y_t)`` for stop-terminated y with text in L
@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import ConfigError
-from alignkit.generation import _eos_ids, prompt_ids
+from alignkit.generation import eos_ids, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.decoding import check_sampling, sampling_logprobs
 
@@ -125,7 +125,7 @@ class GrammarSampler:
     def __init__(self, model, tokenizer, prompt_tokens: list[int], grammar: RegexGrammar,
                  settings: InferenceSettings, asap: bool):
         self.model, self.tokenizer, self.prompt, self.s, self.asap = model, tokenizer, prompt_tokens, settings, asap
-        self.eos = _eos_ids(model, tokenizer)
+        self.eos = eos_ids(model, tokenizer)
         self.mask = TokenMask(tokenizer, grammar, self.eos)
         self.device = next(model.parameters()).device
         self.calls, self.tokens, self.restarts = 0, 0, 0

@@ -10,7 +10,7 @@ Sampling is exact ancestral sampling, as in `alignkit.generation.generate`: at e
 is drawn from ``softmax(logits / temperature)`` restricted to the top-p nucleus (the smallest set of most
 likely tokens whose probability exceeds ``top_p``, computed exactly as transformers' ``TopPLogitsWarper``;
 no top-k, no repetition penalty); ``temperature = 0`` is greedy. A sample stops at any of the model's stop
-tokens (`alignkit.generation._eos_ids`) or after ``max_new_tokens``. Draws come from a private
+tokens (`alignkit.generation.eos_ids`) or after ``max_new_tokens``. Draws come from a private
 ``torch.Generator`` seeded with ``seed``, so results depend only on the arguments and the global RNG is
 left untouched.
 
@@ -36,7 +36,7 @@ from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
 @dataclass
 class SharedSamples:
     """B prompts x N samples. ``logps[b, j]`` is ``Σ_t log π(y_t | x, y_<t)`` of sample j under the
-    *untempered* model, its stop token included (the ``s(y)`` `alignkit.generation.score_logps` returns);
+    *untempered* model, its stop token included (the ``s(y)`` `alignkit.engine.score.score_logps` returns);
     ``calls[b]`` / ``tokens[b]`` the forward passes and tokens prompt b took (module docstring)."""
 
     generation: Generation
@@ -62,18 +62,18 @@ def next_token_probs(logits: Tensor, temperature: float, top_p: float) -> Tensor
     return top_p_filter(logits.float() / temperature, top_p).softmax(-1)
 
 
-def _pick(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator) -> Tensor:
+def pick_token(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator) -> Tensor:
     if temperature == 0:
         return logits.argmax(-1)
     return torch.multinomial(next_token_probs(logits, temperature, top_p), 1, generator=gen)[:, 0]
 
 
-def _cache_of(out):
+def cache_of(out):
     cache = getattr(out, "cache", None)  # transformers >= 5.x names it `cache`, earlier `past_key_values`
     return cache if cache is not None else out.past_key_values
 
 
-def _cache_arg(model) -> str:
+def cache_arg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
@@ -85,7 +85,7 @@ def _sample_chunk(model, chunk: list[list[int]], n: int, max_new_tokens: int, te
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as transformers' generate sets them
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = _cache_of(out)
+    cache = cache_of(out)
     cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)
     mask = mask.repeat_interleave(n, 0)
@@ -98,7 +98,7 @@ def _sample_chunk(model, chunk: list[list[int]], n: int, max_new_tokens: int, te
     logps = torch.zeros(rows, dtype=torch.float32, device=device)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     for step in range(max_new_tokens):
-        tok = _pick(logits, temperature, top_p, gen)
+        tok = pick_token(logits, temperature, top_p, gen)
         drawn[live, step] = tok
         lengths[live] += 1
         logps[live] += logits.log_softmax(-1).gather(-1, tok[:, None])[:, 0]
@@ -112,7 +112,7 @@ def _sample_chunk(model, chunk: list[list[int]], n: int, max_new_tokens: int, te
             live, tok, mask, next_pos = live[keep], tok[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
-                    **{_cache_arg(model): cache})
+                    **{cache_arg(model): cache})
         next_pos = next_pos + 1
         logits = out.logits[:, -1].float()
     return drawn.cpu(), lengths.cpu(), stopped.cpu(), logps.cpu()

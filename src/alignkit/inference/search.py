@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.errors import ConfigError
-from alignkit.generation import _eos_ids, prompt_ids
+from alignkit.generation import eos_ids, prompt_ids
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.decoding import CachedLM
 
@@ -115,7 +115,7 @@ def _expand(model, ids: list[int], beams: list[tuple[list[int], float]], k: int,
 def beam_search(model, tokenizer, prompt, row, settings: InferenceSettings, o: SearchOptions, reward_fn,
                 cost: Counter) -> Hypothesis:
     """The search of the module docstring for one prompt; returns the best finished hypothesis."""
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     ids = prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs)
     kk, k = o.beams, o.topk or 2 * o.beams
     guided = reward_fn is not None and o.w != 0

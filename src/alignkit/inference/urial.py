@@ -21,7 +21,7 @@ whose only message is a user message (multi-turn chats are refused).
 Sampling is `alignkit.generation.generate` at ``settings`` (temperature 0: greedy). ``reward`` is
 ``reward_fn`` of the returned text when one is given. KL estimate (``kl``, only at temperature 1 and
 top_p 1, where the sample is an exact draw): ``log π(y | urial(x)) − log π(y | x)`` of the sampled
-completion y (the raw text up to and including the marker), both by `alignkit.generation.score_logps` —
+completion y (the raw text up to and including the marker), both by `alignkit.engine.score.score_logps` —
 a one-sample unbiased estimate of KL(π(· | urial(x)) ‖ π(· | x)), the price of the context.
 Cost: ``calls`` = the n forward passes of the n drawn tokens (+2 scoring passes with ``kl``);
 ``tokens`` = ``len(rendered) + n − 1`` (+ the scored sequences), each prompt counted as if decoded alone.
@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from alignkit.engine.score import score_logps
 from alignkit.errors import ConfigError, DataError
-from alignkit.generation import generate, prompt_ids, score_logps
+from alignkit.generation import generate, prompt_ids
 from alignkit.inference.base import InferenceOutput, register
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from alignkit.models.tiny import build_tokenizer
+
 # a sliding window shorter than the test sequences (prompts of 20+ tokens), so a mask that ignores it differs
 TEST_WINDOW = 8
 
@@ -131,8 +133,6 @@ def save_family(name: str, path: str | Path, seed: int = 0, tokenizer=None) -> P
     The tokenizer is the family's real one when the vendored tokenizers are here (the model's vocabulary
     is then the real checkpoint's), else the built-in tiny tokenizer (vocabulary 512)."""
     from transformers import AutoTokenizer
-
-    from alignkit.models.tiny import build_tokenizer
 
     family = FAMILIES[name]
     vocab, folder = None, None

@@ -4,7 +4,18 @@
     out = get_objective("dpo")(stats, beta=0.1)   # out.loss, out.per_example, out.metrics
 """
 
-from alignkit.objectives import selfplay  # noqa: F401  (registers sppo, nash_md)
+# Importing the objective modules runs their @register decorators: the registry itself imports none of them.
+from alignkit.objectives import (  # noqa: F401
+    listwise,
+    multiobjective,
+    pairwise,
+    reward,
+    reward_structured,
+    rl,
+    selfplay,
+    sft,
+    unpaired,
+)
 from alignkit.objectives.registry import (
     Objective,
     ObjectiveSpec,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
 from alignkit.objectives.stats import SequenceStats
 
 
@@ -58,3 +59,10 @@ def reward_metrics(r_w: Tensor, r_l: Tensor, mask: Tensor) -> dict[str, float]:
         },
         mask,
     )
+
+
+def check_positive(**kw: float) -> None:
+    """Raise a `ConfigError` naming the first hyper-parameter in ``kw`` that is not > 0."""
+    for k, v in kw.items():
+        if not v > 0:
+            raise ConfigError(f"hyper-parameter {k} must be > 0, got {v}")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.objectives.common import pair_metrics
+from alignkit.objectives.common import check_positive, pair_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 
@@ -32,7 +32,7 @@ MAX_TIE_GROUP = 10  # plackett_luce enumerates the 2^g subsets of a tie group of
 PAIR_BASES = ("dpo", "ipo", "hinge")
 
 
-class _List(NamedTuple):
+class ListView(NamedTuple):
     key: Tensor  # [B, K] order key, lower is better; +inf on padded slots
     valid: Tensor  # [B, K] bool
     better: Tensor  # [B, K, K] bool: i strictly better than j, both valid
@@ -44,7 +44,7 @@ class _List(NamedTuple):
         return self.valid & self.mask[:, None]
 
 
-def _list(stats: SequenceStats, name: str) -> _List:
+def list_view(stats: SequenceStats, name: str) -> ListView:
     if stats.ranks is not None:
         key = stats.ranks
     elif stats.scores is not None and stats.scores.dim() == 2:
@@ -57,13 +57,7 @@ def _list(stats: SequenceStats, name: str) -> _List:
     valid = stats.valid
     key = torch.where(valid, key, torch.full_like(key, math.inf))
     better = valid[:, :, None] & valid[:, None, :] & (key[:, :, None] < key[:, None, :])
-    return _List(key, valid, better, better.flatten(1).any(1))
-
-
-def _positive(**kw: float) -> None:
-    for k, v in kw.items():
-        if not v > 0:
-            raise ConfigError(f"hyper-parameter {k} must be > 0, got {v}")
+    return ListView(key, valid, better, better.flatten(1).any(1))
 
 
 def _logratios(stats: SequenceStats, valid: Tensor) -> Tensor:
@@ -71,7 +65,7 @@ def _logratios(stats: SequenceStats, valid: Tensor) -> Tensor:
     return torch.where(valid, stats.logratios, torch.zeros_like(stats.logps))
 
 
-def _finish(stats: SequenceStats, lst: _List, per: Tensor, h: Tensor, **extra: Tensor) -> LossOutput:
+def _finish(stats: SequenceStats, lst: ListView, per: Tensor, h: Tensor, **extra: Tensor) -> LossOutput:
     per = torch.where(lst.mask, per, torch.zeros_like(per))
     pf = lst.better.to(h.dtype)
     n = pf.sum((1, 2)).clamp(min=1)
@@ -96,7 +90,7 @@ def _finish(stats: SequenceStats, lst: _List, per: Tensor, h: Tensor, **extra: T
     return LossOutput(weighted_mean(per, stats, lst.mask), per, metrics)
 
 
-def _plackett_luce_nll(h: Tensor, lst: _List) -> Tensor:
+def plackett_luce_nll(h: Tensor, lst: ListView) -> Tensor:
     """Plackett–Luce NLL of each row's order, averaged over the orders of tied responses, [B].
 
     With the row sorted best first, ``Σ_k [logΣ_{j≥k} exp h_(j) − h_(k)]``. Inside a tie group G of
@@ -159,10 +153,10 @@ def plackett_luce(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
         stats: ``logps``, ``ref_logps`` [B, K]; ranks or scalar scores [B, K]; ``valid``.
         beta: β > 0.
     """
-    _positive(beta=beta)
-    lst = _list(stats, "plackett_luce")
+    check_positive(beta=beta)
+    lst = list_view(stats, "plackett_luce")
     h = beta * _logratios(stats, lst.valid)
-    return _finish(stats, lst, _plackett_luce_nll(h, lst), h)
+    return _finish(stats, lst, plackett_luce_nll(h, lst), h)
 
 
 @register("listnet", needs_reference=True, **LIST)
@@ -179,8 +173,8 @@ def listnet(stats: SequenceStats, beta: float = 0.1, temperature: float = 1.0) -
     Args:
         temperature: τ > 0 of the target distribution.
     """
-    _positive(beta=beta, temperature=temperature)
-    lst = _list(stats, "listnet")
+    check_positive(beta=beta, temperature=temperature)
+    lst = list_view(stats, "listnet")
     live = lst.live
     h = beta * _logratios(stats, lst.valid)
     inf = torch.full_like(h, -math.inf)
@@ -193,7 +187,7 @@ def listnet(stats: SequenceStats, beta: float = 0.1, temperature: float = 1.0) -
     return _finish(stats, lst, per, h)
 
 
-def _lipo_labels(stats: SequenceStats, lst: _List) -> Tensor:
+def _lipo_labels(stats: SequenceStats, lst: ListView) -> Tensor:
     """ψ [B, K]: the scalar scores, or for ranks the number of valid responses ranked strictly below."""
     if stats.ranks is None:
         psi = stats.scores
@@ -218,8 +212,8 @@ def lipo(stats: SequenceStats, beta: float = 0.1, normalize: bool = False) -> Lo
     scale (G is computed from ψ − max ψ, exact for the ratios), and K = 2 is dpo exactly.
     Also logs ``lambda_weight`` (the mean Δ over pairs).
     """
-    _positive(beta=beta)
-    lst = _list(stats, "lipo")
+    check_positive(beta=beta)
+    lst = list_view(stats, "lipo")
     rho = _logratios(stats, lst.valid)
     h = beta * rho
     psi = _lipo_labels(stats, lst)
@@ -260,10 +254,10 @@ def all_pairs(stats: SequenceStats, beta: float = 0.1, base: str = "dpo") -> Los
     ``dpo`` ``−logσ(βd)``, ``ipo`` ``(d − 1/(2β))²``, ``hinge`` ``max(0, 1 − βd)``. Every row
     counts once however many pairs it has. K = 2 is the base objective exactly. Rewards are ``β·ρ``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     if base not in PAIR_BASES:
         raise ConfigError(f"all_pairs base must be one of {PAIR_BASES}, got '{base}'")
-    lst = _list(stats, "all_pairs")
+    lst = list_view(stats, "all_pairs")
     rho = _logratios(stats, lst.valid)
     pair = _pair_loss(base, rho[:, :, None] - rho[:, None, :], beta)
     pf = lst.better.to(rho.dtype)
@@ -315,12 +309,12 @@ def tpo(stats: SequenceStats, beta: float = 0.1, shared_weight: float = 0.0) -> 
     Args:
         shared_weight: weight of shared prefix tokens, in [0, 1].
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     if not 0 <= shared_weight <= 1:
         raise ConfigError(f"hyper-parameter shared_weight must be in [0, 1], got {shared_weight}")
-    lst = _list(stats, "tpo")
+    lst = list_view(stats, "tpo")
     rho = _logratios(stats, lst.valid)
     if shared_weight != 1:
         rho = rho - (1 - shared_weight) * _shared_logratio(stats, lst.valid)
     h = beta * rho
-    return _finish(stats, lst, _plackett_luce_nll(h, lst), h)
+    return _finish(stats, lst, plackett_luce_nll(h, lst), h)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.objectives.common import PairView, pair_metrics, pair_view, reward_metrics
+from alignkit.objectives.common import PairView, check_positive, pair_metrics, pair_view, reward_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.sft import sft_targets
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
@@ -67,12 +67,6 @@ def _finish(
     return LossOutput(weighted_mean(per, stats, mask), per, metrics)
 
 
-def _positive(**kw: float) -> None:
-    for k, v in kw.items():
-        if not v > 0:
-            raise ConfigError(f"hyper-parameter {k} must be > 0, got {v}")
-
-
 def _rate(name: str, eps: float, high: float, closed: bool) -> None:
     if not (0 <= eps <= high if closed else 0 <= eps < high):
         raise ConfigError(f"hyper-parameter {name} must be in [0, {high}{']' if closed else ')'}, got {eps}")
@@ -92,7 +86,7 @@ def dpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     Returns:
         LossOutput, ``per_example`` [B]; rewards are ``β·ρ``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     p = _pair(stats, reference=True)
     per = -F.logsigmoid(beta * p.delta)
     return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
@@ -106,7 +100,7 @@ def cdpo(stats: SequenceStats, beta: float = 0.1, label_smoothing: float = 0.1) 
     the loss is minimised at the finite margin ``βΔ = log((1−ε)/ε)`` instead of pushing Δ → ∞.
     ``label_smoothing`` ε ∈ [0, 0.5]; ε = 0 is dpo. Shapes and rewards as :func:`dpo`.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     _rate("label_smoothing", label_smoothing, 0.5, closed=True)
     p = _pair(stats, reference=True)
     z = beta * p.delta
@@ -122,7 +116,7 @@ def rdpo(stats: SequenceStats, beta: float = 0.1, flip_rate: float = 0.1) -> Los
     estimate of the clean dpo loss when each label was flipped with probability ε (the expectation
     over flips equals dpo). Can be negative per pair. Shapes and rewards as :func:`dpo`.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     _rate("flip_rate", flip_rate, 0.5, closed=False)
     p = _pair(stats, reference=True)
     z = beta * p.delta
@@ -139,7 +133,7 @@ def ipo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False)
     as in the paper; ``True`` uses per-token means ``(s − s_ref)/n`` (as TRL does). Rewards are
     ``β·`` the log-ratios used. Shapes as :func:`dpo`.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     p = _pair(stats, reference=True)
     rho_w, rho_l = (p.rho_w / p.n_w, p.rho_l / p.n_l) if length_normalize else (p.rho_w, p.rho_l)
     per = (rho_w - rho_l - 1 / (2 * beta)) ** 2
@@ -153,7 +147,7 @@ def hinge(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     ``max(0, 1 − βΔ)`` on the reference log-ratio margin: zero loss and zero gradient once the
     margin βΔ reaches 1. Shapes and rewards as :func:`dpo`.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     p = _pair(stats, reference=True)
     per = F.relu(1 - beta * p.delta)
     return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
@@ -189,7 +183,7 @@ def fdpo(
     The exponentials continue linearly beyond ``exp(½·log(max float))`` so that huge negative
     log-ratios give finite (huge) losses and gradients rather than inf. Rewards are ``β·ρ``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     if divergence not in FDIVERGENCES:
         raise ConfigError(f"fdpo divergence must be one of {FDIVERGENCES}, got '{divergence}'")
     p = _pair(stats, reference=True)
@@ -199,7 +193,7 @@ def fdpo(
         margin = F.logsigmoid(p.rho_w) - F.logsigmoid(p.rho_l)
     else:
         a = 1.0 if divergence == "forward_kl" else alpha
-        _positive(alpha=a)
+        check_positive(alpha=a)
         margin = (_expm1_capped(-a * p.rho_l) - _expm1_capped(-a * p.rho_w)) / a
     per = -F.logsigmoid(beta * margin)
     return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
@@ -213,7 +207,7 @@ def simpo(stats: SequenceStats, beta: float = 2.0, gamma: float = 1.0) -> LossOu
     outside β, as in METHODS.md; the paper's ``γ/β`` form is the same loss with γ rescaled).
     Length-normalisation makes it invariant to repeating a response's tokens. Rewards are ``β·m``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     p = _pair(stats, reference=False)
     m_w, m_l = p.s_w / p.n_w, p.s_l / p.n_l
     per = -F.logsigmoid(beta * (m_w - m_l) - gamma)
@@ -239,7 +233,7 @@ def orpo(stats: SequenceStats, lam: float = 0.1) -> LossOutput:
     computed stably (see ``_log_odds``). Rewards are ``λ·m`` (TRL's convention, β = λ); also logs
     ``nll`` and ``log_odds_ratio``.
     """
-    _positive(lam=lam)
+    check_positive(lam=lam)
     p = _pair(stats, reference=False)
     m_w, m_l = p.s_w / p.n_w, p.s_l / p.n_l
     ratio = _log_odds(m_w) - _log_odds(m_l)
@@ -256,7 +250,7 @@ def cpo(stats: SequenceStats, beta: float = 0.1, sft_weight: float = 1.0) -> Los
     The NLL term is the **mean per token** ``−s(w)/n(w)``, as in the CPO reference implementation
     (METHODS.md writes ``NLL(w)``). Rewards are ``β·s``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     p = _pair(stats, reference=False)
     per = -F.logsigmoid(beta * (p.s_w - p.s_l)) - sft_weight * p.s_w / p.n_w
     return _finish(stats, p, per, beta * p.s_w, beta * p.s_l, nll=-p.s_w / p.n_w)
@@ -268,7 +262,7 @@ def rpo(stats: SequenceStats, beta: float = 0.1, alpha: float = 1.0) -> LossOutp
 
     ``−logσ(βΔ) + α·(−s(w)/n(w))`` (mean token NLL); α = 0 is :func:`dpo`. Rewards are ``β·ρ``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     p = _pair(stats, reference=True)
     per = -F.logsigmoid(beta * p.delta) - alpha * p.s_w / p.n_w
     return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l, nll=-p.s_w / p.n_w)
@@ -281,7 +275,7 @@ def asft(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     ``−logσ(β·s(w)) − logσ(−β·s(l))``: each response is scored on its own (no Bradley–Terry
     coupling), so the gradient raises s(w) and lowers s(l) independently. Rewards are ``β·s``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     p = _pair(stats, reference=False)
     per = -F.logsigmoid(beta * p.s_w) - F.logsigmoid(-beta * p.s_l)
     return _finish(stats, p, per, beta * p.s_w, beta * p.s_l)
@@ -301,7 +295,7 @@ def jpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     whose winner is in row b (0 where none). Metrics average over pairs: rewards ``β·ρ`` of winners
     and losers, accuracy = fraction of pairs with ``ρ_u > ρ_v``, and ``pairs`` (their number).
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     B, K = stats.logps.shape
     valid = stats.valid.reshape(-1)
     zero = torch.zeros_like(stats.logps)
@@ -351,7 +345,7 @@ def poft(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     Metrics: ``rewards/chosen`` (``β·(s − s_aligned)``), ``rewards/accuracy`` (fraction with
     s > s_aligned), ``logps/chosen``, ``logps/aligned``; there is no rejected response.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     target = sft_targets(stats)
     mask = target.any(dim=1)
     tf = target.to(stats.logps.dtype)

@@ -152,27 +152,11 @@ def register(
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the modules runs their @register decorators.
-    from alignkit.objectives import (  # noqa: F401
-        listwise,
-        multiobjective,
-        pairwise,
-        reward,
-        reward_structured,
-        rl,
-        sft,
-        unpaired,
-    )
-
-
 def available() -> list[str]:
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
 def get_objective(name: str) -> ObjectiveSpec:
-    _ensure_loaded()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

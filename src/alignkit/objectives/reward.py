@@ -23,7 +23,7 @@ from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.common import PairView, pair_metrics, pair_view, reward_metrics
-from alignkit.objectives.listwise import _List, _list, _plackett_luce_nll
+from alignkit.objectives.listwise import ListView, list_view, plackett_luce_nll
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 
@@ -38,13 +38,13 @@ def _finite(**kw: float) -> None:
             raise ConfigError(f"hyper-parameter {k} must be a finite number >= 0, got {v!r}")
 
 
-def _count(name: str, value: object, low: int) -> int:
+def check_count(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"hyper-parameter {name} must be an integer >= {low}, got {value!r}")
     return value
 
 
-def _rewards(stats: SequenceStats, name: str, m: int | None = None, hp: str = "dim") -> Tensor:
+def masked_rewards(stats: SequenceStats, name: str, m: int | None = None, hp: str = "dim") -> Tensor:
     """``stats.rewards`` with 0 in padded slots: [B, K] when ``m`` is None, else [B, K, m].
 
     ``m = 0`` accepts any number of outputs; ``m > 0`` must match the head (named by ``hp``).
@@ -71,7 +71,7 @@ def _rewards(stats: SequenceStats, name: str, m: int | None = None, hp: str = "d
     return torch.where(stats.valid[..., None], r, torch.zeros_like(r))
 
 
-def _gate(stats: SequenceStats, name: str, m: int, hp: str) -> Tensor:
+def gate_weights(stats: SequenceStats, name: str, m: int, hp: str) -> Tensor:
     """``stats.extra['gate']`` [B, m] in the rewards' dtype."""
     gate = stats.extra.get("gate")
     if gate is None:
@@ -83,7 +83,7 @@ def _gate(stats: SequenceStats, name: str, m: int, hp: str) -> Tensor:
     return gate.to(stats.rewards.dtype)
 
 
-def _pair(stats: SequenceStats, r: Tensor) -> tuple[PairView, Tensor, Tensor]:
+def reward_pair(stats: SequenceStats, r: Tensor) -> tuple[PairView, Tensor, Tensor]:
     """Chosen and rejected rows of ``r`` [B, 2] or [B, 2, m], 0 on masked rows."""
     view = pair_view(stats)
     rows = torch.arange(stats.batch_size, device=r.device)
@@ -92,7 +92,7 @@ def _pair(stats: SequenceStats, r: Tensor) -> tuple[PairView, Tensor, Tensor]:
     return view, torch.where(mask, r_w, torch.zeros_like(r_w)), torch.where(mask, r_l, torch.zeros_like(r_l))
 
 
-def _finish(
+def reward_output(
     stats: SequenceStats, view: PairView, per: Tensor, r_w: Tensor, r_l: Tensor, **extra: Tensor
 ) -> LossOutput:
     per = torch.where(view.mask, per, torch.zeros_like(per))
@@ -102,10 +102,10 @@ def _finish(
 
 
 def _bt_pair(stats: SequenceStats, name: str) -> tuple[PairView, Tensor, Tensor]:
-    return _pair(stats, _rewards(stats, name))
+    return reward_pair(stats, masked_rewards(stats, name))
 
 
-def list_metrics(lst: _List, h: Tensor) -> dict[str, float]:
+def list_metrics(lst: ListView, h: Tensor) -> dict[str, float]:
     """``rewards/*`` metrics over the ordered pairs i ≻ j of each row (ties skip), then over rows."""
     pf = lst.better.to(h.dtype)
     n = pf.sum((1, 2)).clamp(min=1)
@@ -145,7 +145,7 @@ def bt(stats: SequenceStats, center_coef: float = 0.0) -> LossOutput:
     per = -F.logsigmoid(r_w - r_l)
     if center_coef:
         per = per + center_coef * (r_w + r_l) ** 2
-    return _finish(stats, view, per, r_w, r_l)
+    return reward_output(stats, view, per, r_w, r_l)
 
 
 def pair_margin(stats: SequenceStats, view: PairView) -> Tensor:
@@ -179,7 +179,7 @@ def bt_margin(stats: SequenceStats, margin_scale: float = 1.0) -> LossOutput:
     view, r_w, r_l = _bt_pair(stats, "bt_margin")
     m = margin_scale * pair_margin(stats, view)
     per = -F.logsigmoid(r_w - r_l - m)
-    return _finish(stats, view, per, r_w, r_l, margin=m)
+    return reward_output(stats, view, per, r_w, r_l, margin=m)
 
 
 @register("bt_pl", **RM, label_kinds=("ranks", "scores"), min_responses=2)
@@ -192,9 +192,9 @@ def bt_pl(stats: SequenceStats) -> LossOutput:
     are averaged over every consistent order exactly as listwise ``plackett_luce`` (the same helper;
     at most 10 tied responses). K = 2 is :func:`bt`. Metrics are over the ordered pairs of a row.
     """
-    lst = _list(stats, "bt_pl")
-    h = _rewards(stats, "bt_pl")
-    per = _plackett_luce_nll(h, lst)
+    lst = list_view(stats, "bt_pl")
+    h = masked_rewards(stats, "bt_pl")
+    per = plackett_luce_nll(h, lst)
     per = torch.where(lst.mask, per, torch.zeros_like(per))
     return LossOutput(weighted_mean(per, stats, lst.mask), per, list_metrics(lst, h))
 
@@ -223,12 +223,12 @@ def regression(stats: SequenceStats, dim: int = 0) -> LossOutput:
     ``accuracy/attr{a}``: over pairs of responses of a record whose attribute-a scores differ, the
     fraction the head orders the same way (only when such pairs exist).
     """
-    _count("dim", dim, 0)
+    check_count("dim", dim, 0)
     scores = _score_vectors(stats, "regression")
     m = scores.shape[-1]
     if dim and dim != m:
         raise ConfigError(f"regression with dim={dim} got score vectors of length {m}; set dim: {m} (or 0)")
-    r = _rewards(stats, "regression", m, "dim")
+    r = masked_rewards(stats, "regression", m, "dim")
     obs = stats.valid[..., None] & torch.isfinite(scores)
     s = torch.where(obs, scores.to(r.dtype), torch.zeros_like(r))
     err = torch.where(obs, r - s, torch.zeros_like(r)) ** 2
@@ -268,14 +268,14 @@ def gated_bt(stats: SequenceStats, dim: int = 0, beta: float = 1.0) -> LossOutpu
 
     Rewards are R; also logs ``gate/attr{a}``, the mean gate weight of each attribute.
     """
-    _count("dim", dim, 0)
+    check_count("dim", dim, 0)
     if not beta > 0:
         raise ConfigError(f"hyper-parameter beta must be > 0, got {beta}")
-    r = _rewards(stats, "gated_bt", dim, "dim")
-    gate = _gate(stats, "gated_bt", r.shape[-1], "dim")
-    view, v_w, v_l = _pair(stats, r)
+    r = masked_rewards(stats, "gated_bt", dim, "dim")
+    gate = gate_weights(stats, "gated_bt", r.shape[-1], "dim")
+    view, v_w, v_l = reward_pair(stats, r)
     gate = torch.where(view.mask[:, None], gate, torch.zeros_like(gate))
     r_w, r_l = beta * (gate * v_w).sum(-1), beta * (gate * v_l).sum(-1)
     per = -F.logsigmoid(r_w - r_l)
     usage = {f"gate/attr{a}": gate[:, a] for a in range(gate.shape[1])}
-    return _finish(stats, view, per, r_w, r_l, **usage)
+    return reward_output(stats, view, per, r_w, r_l, **usage)

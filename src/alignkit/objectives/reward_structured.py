@@ -16,9 +16,18 @@ from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
 from alignkit.objectives.common import pair_metrics
-from alignkit.objectives.listwise import _list
+from alignkit.objectives.listwise import list_view
 from alignkit.objectives.registry import register
-from alignkit.objectives.reward import PAIR, RM, _count, _finish, _gate, _pair, _rewards, list_metrics
+from alignkit.objectives.reward import (
+    PAIR,
+    RM,
+    check_count,
+    gate_weights,
+    list_metrics,
+    masked_rewards,
+    reward_output,
+    reward_pair,
+)
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 
 PRM_AGGREGATES = ("min", "product")
@@ -38,17 +47,17 @@ def mixture(stats: SequenceStats, num_heads: int = 2) -> LossOutput:
     ``rewards/accuracy`` is the fraction of pairs with P(w ≻ l) > 1/2; ``prob`` the mean P;
     ``gate/head{h}`` the mean gate weight of each head (its usage).
     """
-    _count("num_heads", num_heads, 1)
-    r = _rewards(stats, "mixture", num_heads, "num_heads")
-    view, r_w, r_l = _pair(stats, r)  # [B, H]
-    gate = _gate(stats, "mixture", num_heads, "num_heads")
+    check_count("num_heads", num_heads, 1)
+    r = masked_rewards(stats, "mixture", num_heads, "num_heads")
+    view, r_w, r_l = reward_pair(stats, r)  # [B, H]
+    gate = gate_weights(stats, "mixture", num_heads, "num_heads")
     gate = torch.where(view.mask[:, None], gate, torch.ones_like(gate))
     used = gate > 0
     log_gate = torch.where(used, torch.log(torch.where(used, gate, torch.ones_like(gate))), -math.inf)
     log_p = torch.logsumexp(log_gate + F.logsigmoid(r_w - r_l), dim=-1)
     per = -log_p
     mix_w, mix_l = (gate * r_w).sum(-1), (gate * r_l).sum(-1)
-    out = _finish(stats, view, per, mix_w, mix_l, prob=log_p.exp())
+    out = reward_output(stats, view, per, mix_w, mix_l, prob=log_p.exp())
     out.metrics["rewards/accuracy"] = pair_metrics({"a": (log_p > -math.log(2)).to(r.dtype)}, view.mask)["a"]
     out.metrics.update(pair_metrics({f"gate/head{h}": gate[:, h] for h in range(num_heads)}, view.mask))
     return out
@@ -92,12 +101,12 @@ def gpm(stats: SequenceStats, dim: int = 4, beta: float = 10.0, normalize: bool 
     Metrics: ``rewards/margin`` is the mean score s(w, l), ``rewards/accuracy`` the fraction with
     s > 0, ``prob`` the mean σ(s); there is no scalar reward, so no chosen/rejected.
     """
-    _count("dim", dim, 2)
+    check_count("dim", dim, 2)
     if dim % 2:
         raise ConfigError(f"hyper-parameter dim must be even (GPM embeds in 2x2 blocks), got {dim}")
     if not beta > 0:
         raise ConfigError(f"hyper-parameter beta must be > 0, got {beta}")
-    view, v_w, v_l = _pair(stats, _rewards(stats, "gpm", dim, "dim"))
+    view, v_w, v_l = reward_pair(stats, masked_rewards(stats, "gpm", dim, "dim"))
     s = gpm_score(v_w, v_l, beta, normalize)  # 0 on masked rows, whose embeddings are 0
     per = torch.where(view.mask, -F.logsigmoid(s), torch.zeros_like(s))
     metrics = pair_metrics(
@@ -178,7 +187,7 @@ def prm(stats: SequenceStats, aggregate: str = "min") -> LossOutput:
     if has.any():
         metrics["outcome/mean"] = float(outcome.sum() / has.sum())
     if stats.ranks is not None or (stats.scores is not None and stats.scores.dim() == 2):
-        lst = _list(stats, "prm")
+        lst = list_view(stats, "prm")
         lst = lst._replace(better=lst.better & has[:, :, None] & has[:, None, :])
         lst = lst._replace(mask=lst.better.flatten(1).any(1))
         if lst.mask.any():

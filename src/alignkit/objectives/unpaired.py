@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.objectives.common import pair_view, reward_metrics
-from alignkit.objectives.pairwise import _positive
+from alignkit.objectives.common import check_positive, pair_view, reward_metrics
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 
@@ -118,7 +117,7 @@ def kto(
         undesirable slots), ``logps/chosen`` / ``logps/rejected``, ``kl`` (z0), ``count/chosen``,
         ``count/rejected``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     _nonnegative(desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
     s = _slots(stats, "kto")
     kl = stats.extra.get("kl_logratios")
@@ -181,7 +180,7 @@ def bco(
         LossOutput; metrics ``rewards/chosen``, ``rewards/rejected``, ``logps/chosen``,
         ``logps/rejected``, ``delta`` (the δ used), ``count/chosen``, ``count/rejected``.
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     if momentum is not None and not 0 <= momentum < 1:
         raise ConfigError(f"hyper-parameter momentum must be in [0, 1) or None, got {momentum}")
     state = {} if state is None else state
@@ -215,9 +214,9 @@ def d2o(stats: SequenceStats, beta: float = 0.1, alpha: float | None = None) -> 
         LossOutput; ``rewards/chosen`` = ``(β/K₊)Σρ(ŷ)``, ``rewards/rejected`` = ``(α/K₋)Σρ(y⁻)``,
         ``rewards/margin``, ``rewards/accuracy`` (means over unmasked rows).
     """
-    _positive(beta=beta)
+    check_positive(beta=beta)
     a = beta if alpha is None else alpha
-    _positive(alpha=a)
+    check_positive(alpha=a)
     s = _slots(stats, "d2o")
     rho = s.zero(stats.logratios)
     k_pos, k_neg = s.good.sum(dim=1), s.bad.sum(dim=1)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from alignkit import help_text as H
+from alignkit.data.schema import chosen_rejected
 from alignkit.errors import ConfigError, DataError, ModelError
 from alignkit.io_atomic import atomic_write
 from alignkit.models.hub import OFFLINE_HELP
@@ -51,9 +52,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args, rejects: Path, load_models: bool = True):
+    from alignkit.console import setup_console_logging
     from alignkit.data.io import read_records
     from alignkit.engine.ensemble import expand_members
-    from alignkit.engine.logging import setup_console_logging
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
     from alignkit.rewards.score import reward_info
@@ -102,7 +103,7 @@ def eval_rm_command(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.reward_model[0]) / f"eval-{Path(args.data).stem}"
     records, tokenizer, models, infos = _load(args, out / "rejects.jsonl")
-    chosen_idx = [_chosen_rejected(r, i) for i, r in enumerate(records)]
+    chosen_idx = [chosen_rejected(r) for r in records]
     keep = [i for i, c in enumerate(chosen_idx) if c is not None]
     if not keep:
         raise DataError(f"{args.data}: no record has a strict preference between two responses")
@@ -144,16 +145,6 @@ def _vector_pairs(chosen: list, rejected: list, info: dict) -> tuple[list[float]
     hp = info.get("hparams", {})
     s = gpm_score(torch.tensor(chosen), torch.tensor(rejected), hp.get("beta", 10.0), hp.get("normalize", True))
     return s.tolist(), [0.0] * len(s)
-
-
-def _chosen_rejected(record, i: int):
-    """(chosen, rejected) response indices of a K = 2 record with a strict preference, else None."""
-    if record.k != 2 or record.label_kind == "labels":
-        return None
-    order = record.ranks if record.label_kind == "ranks" else [-s for s in record.scores]
-    if isinstance(order[0], list) or order[0] == order[1]:
-        return None
-    return (0, 1) if order[0] < order[1] else (1, 0)
 
 
 def _subset(record, field: str) -> str:

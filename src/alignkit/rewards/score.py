@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from alignkit.data.dataset import TokenizedDataset
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.dataset import TokenizedDataset
 from alignkit.engine.logprobs import supports_packing
 from alignkit.errors import ModelError
 
@@ -73,7 +73,7 @@ def process_scores(model, tokenizer, records: list[PreferenceRecord], aggregate:
                    tokenize: TokenizeConfig | None = None, progress: bool = True) -> list[list[float]]:
     """Outcome scores of a process reward model: each response is split into steps at the step separator,
     scored at every step's last token, and aggregated (`prm_outcome`: the weakest step, or the product)."""
-    from alignkit.engine.dataset import STEP_SEPARATOR
+    from alignkit.data.dataset import STEP_SEPARATOR
     from alignkit.engine.reward_model import RewardScorer
     from alignkit.objectives.reward_structured import prm_outcome
 

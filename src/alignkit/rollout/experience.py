@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from alignkit.data.dataset import TokenizedDataset
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.engine.dataset import TokenizedDataset
 from alignkit.generation import generate, prompt_ids
 from alignkit.rollout.rewards import penalize_unfinished
 

@@ -66,7 +66,7 @@ class MixtureOpponentReward:
 
     def opponents(self, prompts: list, seed: int) -> list[str]:
         """One mixture sample per entry of ``prompts``."""
-        from alignkit.generation import _first_stop
+        from alignkit.generation import first_stop
         from alignkit.inference.decoding import sample_product
 
         c = self.config
@@ -74,7 +74,7 @@ class MixtureOpponentReward:
                              max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=seed,
                              chat_template=c.chat_template, chat_template_kwargs=c.chat_template_kwargs)
         stop = list(getattr(c, "stop", None) or [])  # the policy's samples end at a stop string: so do opponents
-        return [row[0][:_first_stop(row[0], stop)[0]] for row in gen.texts]
+        return [row[0][:first_stop(row[0], stop)[0]] for row in gen.texts]
 
     def __call__(self, prompts, completions, rows) -> list[float]:
         if self.models is None:

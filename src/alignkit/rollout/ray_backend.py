@@ -30,7 +30,7 @@ import os
 import torch
 from torch import Tensor
 
-from alignkit.engine.dataset import TokenizedDataset
+from alignkit.data.dataset import TokenizedDataset
 from alignkit.errors import ConfigError
 from alignkit.rollout.experience import Experience, sample_experience
 from alignkit.rollout.rewards import build_reward

@@ -35,12 +35,13 @@ import numpy
 import torch
 
 from alignkit.errors import ConfigError
-from alignkit.generation import Generation, _check_stop, _first_stop, _split, eos_and_pad, prompt_ids
+from alignkit.generation import Generation, check_stop, eos_and_pad, first_stop, prompt_ids, split_sample
 from alignkit.rollout.correction import ROLLOUT_LOGPS, dense_rollout_logps
 from alignkit.rollout.experience import Experience, experience_from
 from alignkit.rollout.ray_backend import chunk_seed
 
 logger = logging.getLogger("alignkit")
+ALIGNKIT_MODULES = "alignkit_"  # modules alignkit registers on a policy, not pushed (PPO's value model, engine/value.py)
 
 
 def require_vllm():
@@ -55,11 +56,9 @@ def require_vllm():
 
 def hf_weights(model):
     """(Hugging Face name, tensor) of every policy weight; a peft LoRA layer as its merged ``W + ΔW``."""
-    from alignkit.engine.value import VALUE
-
     modules = dict(model.named_modules())
     for name, p in model.named_parameters():
-        if "lora_" in name or ".original_module." in name or name.startswith(f"{VALUE}."):  # PPO's value model
+        if "lora_" in name or ".original_module." in name or name.startswith(ALIGNKIT_MODULES):
             continue
         if ".modules_to_save." in name:  # peft's trainable copy of a whole module: ".modules_to_save.<adapter>."
             head, _, rest = name.partition(".modules_to_save.")
@@ -132,7 +131,7 @@ class VLLMRollout:
 
         if temperature < 0 or not 0 < top_p <= 1:
             raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
-        stop = _check_stop(stop)
+        stop = check_stop(stop)
         greedy = temperature == 0
         copies = 1 if greedy else k
         ids = [prompt_ids(self.tokenizer, p, chat_template, chat_template_kwargs) for p in prompts]
@@ -163,7 +162,7 @@ class VLLMRollout:
         """One engine sample -> (token ids, text, stop id, stop string, log-probs of its scored tokens)."""
         seq = list(out.token_ids)
         cut = _stop_cut(seq, self.eos, self.tokenizer, stop) if stop else None
-        ids, text, stop_id, hit = _split(seq, self.eos, cut, self.tokenizer, stop)
+        ids, text, stop_id, hit = split_sample(seq, self.eos, cut, self.tokenizer, stop)
         n = len(ids) + (stop_id is not None)
         return ids, text, stop_id, hit, [_token_logprob(out.logprobs[t], seq[t]) for t in range(n)]
 
@@ -175,10 +174,10 @@ def _stop_cut(seq: list[int], eos: list[int], tokenizer, stop: list[str]) -> int
     """The number of tokens at which `generate`'s stop-string criterion fires on ``seq`` (the shortest
     prefix, before any stop id, whose decoded text holds a stop string), or None."""
     end = next((t for t, tok in enumerate(seq) if tok in eos), len(seq))
-    if _first_stop(tokenizer.decode(seq[:end], skip_special_tokens=True), stop)[1] is None:
+    if first_stop(tokenizer.decode(seq[:end], skip_special_tokens=True), stop)[1] is None:
         return None
     return next(n for n in range(1, end + 1)
-                if _first_stop(tokenizer.decode(seq[:n], skip_special_tokens=True), stop)[1] is not None)
+                if first_stop(tokenizer.decode(seq[:n], skip_special_tokens=True), stop)[1] is not None)
 
 
 def _token_logprob(entry, token: int) -> float:

@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from alignkit.worlds.common import PretrainSettings
+from alignkit.worlds.common import PretrainSettings, pretrained_world
 
 _NUMBER = re.compile(r"-?\d+")
 
@@ -75,8 +75,6 @@ class ArithmeticConfig(PretrainSettings):
 def build_world(out_dir: str | Path, config: ArithmeticConfig | None = None, reuse: bool = True,
                 **overrides) -> Path:
     """Tokenizer + tiny model pretrained on the noisy corpus; returns the checkpoint folder."""
-    from alignkit.worlds.common import pretrained_world
-
     config = replace(config or ArithmeticConfig(), **overrides)
     lines = corpus(config.n_corpus, seed=config.seed, p_correct=config.p_correct, max_operand=config.max_operand)
     records = [{"prompt": line[: line.index("A:") + 2], "responses": [line[line.index("A:") + 2:]], "ranks": [0]}

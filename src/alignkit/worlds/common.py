@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignkit import train
+from alignkit.config import TrainConfig
 from alignkit.io_atomic import atomic_write, atomic_write_text
+from alignkit.models.tiny import build_tiny
 
 log = logging.getLogger("alignkit")
 
@@ -40,10 +43,6 @@ def pretrained_world(out_dir: str | Path, settings: dict[str, Any], corpus: list
     num_kv_heads, pretrain_epochs, pretrain_batch_size, pretrain_lr`` (other keys only identify the
     world). ``out_dir/world.json`` records the settings and the checkpoint relative to ``out_dir``.
     """
-    from alignkit.config import TrainConfig
-    from alignkit.engine.trainer import train
-    from alignkit.models.tiny import build_tiny
-
     out_dir = Path(out_dir)
     manifest = out_dir / "world.json"
     if reuse and manifest.exists():

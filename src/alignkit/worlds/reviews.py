@@ -33,7 +33,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from alignkit.worlds.common import PretrainSettings
+from alignkit.worlds.common import PretrainSettings, pretrained_world
 
 log = logging.getLogger("alignkit")
 
@@ -205,8 +205,6 @@ def build_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None =
     ``reuse=True`` a world already built there with the same settings is returned without retraining.
     ``seed`` is used when no ``config`` is given; ``overrides`` replace `WorldConfig` fields.
     """
-    from alignkit.worlds.common import pretrained_world
-
     config = config or WorldConfig(seed=seed)
     unknown = sorted(set(overrides) - set(asdict(config)))
     if unknown:

@@ -21,6 +21,9 @@ from alignkit import help_text as H
 from alignkit.errors import ConfigError, DataError
 from alignkit.models.hub import OFFLINE_HELP
 
+# Each command imports what it runs inside its handler: building the parser (every `alignkit ...` call, `--help`
+# included) loads this module, and must not load the models, data readers and trainers of every other command.
+
 
 def add_parsers(sub) -> None:
     d = sub.add_parser("data", help="convert, inspect, pair, dedup, select, split or synthesize data",
@@ -43,8 +46,8 @@ def _reading(p: argparse.ArgumentParser, out_help: str = "output file (.jsonl, .
 
 
 def _read(args: argparse.Namespace, rejects_near: Path):
+    from alignkit.console import setup_console_logging
     from alignkit.data.io import read_records
-    from alignkit.engine.logging import setup_console_logging
 
     setup_console_logging()
     rejects = rejects_near.with_name(rejects_near.stem + ".rejects.jsonl")

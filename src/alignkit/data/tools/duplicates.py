@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from alignkit.data.dataset import prompt_key
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tools.common import normalize, progress, prompt_text, record_key
-from alignkit.engine.dataset import prompt_key
 from alignkit.errors import ConfigError
 
 SHINGLES = ("char", "word")

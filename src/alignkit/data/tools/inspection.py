@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from alignkit.data.dataset import prompt_key
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig, tokenize_record
 from alignkit.data.tools.common import plain, progress, record_key, write_json
 from alignkit.data.transforms_common import goodness, kind_of
-from alignkit.engine.dataset import prompt_key
 from alignkit.errors import ConfigError, DataError
 from alignkit.io_atomic import atomic_path
 

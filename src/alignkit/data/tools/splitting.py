@@ -1,6 +1,6 @@
 """Train/eval split by prompt (`alignkit data split`): no prompt lands in both parts.
 
-Wraps `alignkit.engine.dataset.split_by_prompt` (the split the trainer makes for ``eval_fraction``):
+Wraps `alignkit.data.dataset.split_by_prompt` (the split the trainer makes for ``eval_fraction``):
 the distinct (system, prompt) pairs are shuffled with ``seed`` and ``round(eval_fraction * prompts)``
 of them (at least one) are held out with all their records.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from alignkit.data.dataset import prompt_key, split_by_prompt
 from alignkit.data.schema import PreferenceRecord
-from alignkit.engine.dataset import prompt_key, split_by_prompt
 from alignkit.errors import ConfigError, DataError
 
 

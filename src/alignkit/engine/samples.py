@@ -20,9 +20,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from alignkit.data.schema import PreferenceRecord
+from alignkit.data.transforms import apply_transforms, resolve_transforms
+from alignkit.engine.refcache import files_digest
 from alignkit.errors import ConfigError, DataError
+from alignkit.generation import generate
 from alignkit.io_atomic import atomic_write_text
+from alignkit.models.load import load_model, load_tokenizer
 
 logger = logging.getLogger("alignkit")
 
@@ -31,10 +37,6 @@ SAMPLE_OPTIONS = {"k": 4, "max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0
 
 
 def _key(model_path: str, prompts: list, options: dict[str, Any], seed: int) -> str:
-    from pathlib import Path
-
-    from alignkit.engine.refcache import files_digest
-
     weights = files_digest(model_path) or f"name:{model_path}"
     folder = Path(model_path)
     tokenizer = sorted((f.name, f.read_bytes().hex()) for f in folder.glob("*token*") if f.is_file()) \
@@ -93,11 +95,6 @@ def add_self_samples(records: list[PreferenceRecord], model_path: str, default_c
 
 
 def _generate(model_path: str, prompts: list, opts: dict[str, Any], seed: int, progress: bool) -> list[list[str]]:
-    from tqdm.auto import tqdm
-
-    from alignkit.generation import generate
-    from alignkit.models.load import load_model, load_tokenizer
-
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path)
     bs = int(opts["batch_size"])
@@ -112,8 +109,6 @@ def _generate(model_path: str, prompts: list, opts: dict[str, Any], seed: int, p
 def apply_with_samples(records: list[PreferenceRecord], specs: list[dict], seed: int = 0, model: str = "",
                        cache_dir: str | Path = "samples", progress: bool = True):
     """Run ``specs`` in order; ``self_samples`` uses the model at ``model``, the rest are pure transforms."""
-    from alignkit.data.transforms import apply_transforms, resolve_transforms
-
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or "name" not in spec:
             raise ConfigError(f"transforms[{i}] needs a 'name', got {spec!r}")

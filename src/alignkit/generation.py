@@ -147,7 +147,7 @@ def first_stop(text: str, stop: list[str]) -> tuple[int, str | None]:
     return min(hits, key=lambda h: (h[0], -len(h[1]))) if hits else (len(text), None)
 
 
-def _split(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: list[str]):
+def split_sample(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: list[str]):
     """One sampled row -> (token ids, text, stop token id, stop string). ``cut``: the number of tokens at
     which the stop criterion fired (the token that completed the stop string is kept)."""
     end = next((t for t, tok in enumerate(seq) if tok in eos), None)
@@ -160,7 +160,7 @@ def _split(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: lis
     return ids, tokenizer.decode(ids, skip_special_tokens=True), None if end is None else seq[end], None
 
 
-def _check_stop(stop) -> list[str]:
+def check_stop(stop) -> list[str]:
     if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
         raise ConfigError(f"stop must be a list of non-empty strings, got {stop!r}")
     return list(stop)
@@ -200,7 +200,7 @@ def generate(
 
     if temperature < 0 or not 0 < top_p <= 1:
         raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
-    stop = _check_stop(stop)
+    stop = check_stop(stop)
     eos, pad = eos_and_pad(model, tokenizer)
     greedy = temperature == 0
     gen_config = GenerationConfig(
@@ -225,7 +225,7 @@ def generate(
                                      generation_config=gen_config,
                                      **({"stopping_criteria": [criterion]} if criterion else {}))
                 cuts = criterion.cut if criterion else {}
-                rows = [_split(seq, eos, cuts.get(r), tokenizer, stop) for r, seq in enumerate(out[:, width:].tolist())]
+                rows = [split_sample(seq, eos, cuts.get(r), tokenizer, stop) for r, seq in enumerate(out[:, width:].tolist())]
                 if greedy:
                     rows = [row for row in rows for _ in range(k)]
                 for b in range(len(chunk)):

@@ -46,6 +46,7 @@ from alignkit.engine.trainer import Trainer, TrainingStopped
 from alignkit.errors import ConfigError
 from alignkit.rewards import LiveModels, build_group_reward
 from alignkit.rollout import sample_experience
+from alignkit.rollout.correction import RolloutCorrection
 from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
@@ -118,7 +119,7 @@ class OnlineTrainer(Trainer):
         c = self.config
         models = (LiveModels(unwrap(self.policy), self.reference, self.tokenizer, c)
                   if self.reward.needs_models else None)  # e.g. Nash-MD's mixture opponents decode with them
-        if c.rollout_workers > 0:  # W seeded chunks on Ray actors (rollout_backend=local: the same, in-process)
+        if c.rollout_workers > 0 or c.rollout_backend == "vllm":  # Ray actors / local chunks / a vLLM engine
             if getattr(self, "_workers", None) is None:
                 from alignkit.rollout.ray_backend import rollout_pool
 
@@ -160,6 +161,7 @@ class OnlineTrainer(Trainer):
         self.scorer.train()
         # 4-5. policy loss and update
         loss_sum, metrics, grad_norm, lr = 0.0, {}, 0.0, 0.0
+        correction = RolloutCorrection(c.rollout_is, c.rollout_is_cap)  # engine vs trainer log-probs (rollout/correction.py)
         for _ in range(c.updates_per_batch):
             update_loss, update_metrics = 0.0, {}
             for j, (ch, batch, old_t, ref) in enumerate(zip(chunks, batches, old, refs)):
@@ -173,6 +175,8 @@ class OnlineTrainer(Trainer):
                             old_t = token_logps.detach() if reuse_old else old_t
                             stats.extra["old_token_logps"] = pad_per_slot(old_t, batch)[0]
                         stats.extra.update(targets.extra[j], **recipe.live(batch))
+                        if recipe.behaviour_logps:  # vLLM's own log-probs: rollout/logp_diff, rollout_is=tis
+                            correction.apply(stats, exp.extra, ch, j)
                         stats.rewards = exp.rewards[ch].to(acc.device)
                         out = self.objective(stats)
                     acc.backward(out.loss / len(batches))
@@ -186,7 +190,8 @@ class OnlineTrainer(Trainer):
         self.step_idx += 1
         self._log_samples(exp)
         dt = time.perf_counter() - t0
-        rollout_metrics = self._process_mean({**exp.metrics(), **exp.reward_metrics, **targets.metrics})
+        rollout_metrics = self._process_mean({**exp.metrics(), **exp.reward_metrics, **targets.metrics,
+                                               **correction.metrics()})
         record = {"step": self.step_idx, "epoch": self.order.epoch_of(self.step_idx - 1), "loss": loss_sum,
                   **rollout_metrics, **metrics, "lr": lr, "grad_norm": grad_norm, "seconds_per_step": dt,
                   "generation_seconds": t_gen, "tokens_per_second": exp.num_tokens / dt,

@@ -70,6 +70,16 @@ def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward,
     gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, seed=seed, chat_template=chat_template, stop=stop,
                    chat_template_kwargs=chat_template_kwargs)
+    return experience_from(gen, tokenizer, rows, reward, k, unfinished_penalty, chat_template, chat_template_kwargs,
+                           models)
+
+
+def experience_from(gen, tokenizer, rows: list[dict], reward, k: int, unfinished_penalty: float | None = None,
+                    chat_template: str = "auto", chat_template_kwargs: dict | None = None,
+                    models: LiveModels | None = None) -> Experience:
+    """The `Experience` of a `Generation` of ``k`` samples per prompt (from `generate`, or an engine such as
+    vLLM returning the same fields): rewards scored, samples as the exact token ids sampled."""
+    prompts = gen.prompts
     scored = build_group_reward(reward)(list(prompts), gen.texts, list(rows), models)
     rewards = [penalize_unfinished(r, done, unfinished_penalty) for r, done in zip(scored.rewards, gen.finished)]
     eos = tokenizer.eos_token_id

@@ -15,9 +15,8 @@ Install the extra (``pip install "alignkit[ray]"``) and set ``rollout_workers=W`
 * **Scoring** (`score_on_workers`): N actors each load the reward model(s) and score a contiguous chunk
   of the records; scores are per response, so they equal the in-process ones up to float round-off.
 
-GPU actors (``rollout_worker_gpus``) generate with the transformers model. A vLLM engine is not built:
-it would replace `RolloutWorker.sample`'s call to `sample_experience` (load the shipped weights into the
-engine, sample, return the same `Experience`), leaving the driver side unchanged.
+GPU actors (``rollout_worker_gpus``) generate with the transformers model. ``rollout_backend=vllm`` is
+one vLLM engine in the training process (`alignkit.rollout.vllm_engine`), not on Ray actors.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from alignkit.rewards.build import build_group_reward
 from alignkit.rollout.experience import Experience, sample_experience
 
 logger = logging.getLogger("alignkit")
-BACKENDS = ("ray", "local")
+BACKENDS = ("ray", "local", "vllm")
 
 
 def require_ray():
@@ -198,6 +197,10 @@ class RayRollout:
 def rollout_pool(config, model, tokenizer, reward_fn):
     """The chunked rollout a config asks for: `RayRollout` or, with ``rollout_backend=local``, `LocalRollout`."""
     workers, cpus = config.rollout_workers, config.rollout_worker_cpus
+    if config.rollout_backend == "vllm":  # one engine colocated in this process (rollout/vllm_engine.py)
+        from alignkit.rollout.vllm_engine import VLLMRollout
+
+        return VLLMRollout(config, model, tokenizer, reward_fn)
     if config.rollout_backend == "local":
         return LocalRollout(model, tokenizer, reward_fn, workers, cpus)
     if config.rollout_backend != "ray":

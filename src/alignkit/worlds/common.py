@@ -75,3 +75,17 @@ def pretrained_world(out_dir: str | Path, settings: dict[str, Any], corpus: list
     relative = os.path.relpath(checkpoint, out_dir)  # the folder can move
     atomic_write_text(manifest, json.dumps({"settings": settings, "checkpoint": relative}, indent=2))
     return checkpoint
+
+
+VLLM_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # head sizes vLLM's CPU attention accepts
+
+
+def vllm_shape(hidden_size: int) -> dict[str, int]:
+    """``num_heads`` / ``num_kv_heads`` overrides that give a world's model a head size vLLM's CPU attention
+    accepts (the default worlds use head_dim 16, which it refuses): the most heads with such a head size,
+    half as many KV heads (one for an odd count). ``build_world(out, **vllm_shape(64))`` builds the arithmetic
+    world with 2 heads of 32; the default worlds, and their figures, are unchanged."""
+    heads = [h for h in range(hidden_size, 0, -1) if hidden_size % h == 0 and hidden_size // h in VLLM_HEAD_DIMS]
+    if not heads:
+        raise ValueError(f"hidden_size {hidden_size} has no head size vLLM accepts ({VLLM_HEAD_DIMS})")
+    return {"num_heads": heads[0], "num_kv_heads": heads[0] // 2 if heads[0] % 2 == 0 else 1}

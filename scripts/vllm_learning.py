@@ -29,7 +29,7 @@ def one_run(out: Path, backend: str, seed: int, steps: int) -> dict:
     import torch
 
     from alignkit.config import TrainConfig
-    from alignkit.engine.trainer import train
+    from alignkit import train
     from alignkit.worlds import arithmetic
     from alignkit.worlds.common import vllm_shape
 

@@ -44,8 +44,8 @@ def run(args) -> dict:
     import torch
     import transformers
 
+    from alignkit.algorithms.online import OnlineTrainer
     from alignkit.config import TrainConfig
-    from alignkit.engine.online import OnlineTrainer
 
     total = args.warmup + args.steps
     config = TrainConfig(model=args.model, prompts=args.data, reward="rule:exact_answer", objective="grpo",

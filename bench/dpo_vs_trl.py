@@ -128,11 +128,26 @@ def wait_quiet(max_wait: float, threshold: float = 0.2) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- model + data
+def save_model(folder: Path, size: str, tok, seed: int, arch: str = "qwen2", max_positions: int = 2048):
+    """A random-weight model of ``size`` (`SIZES`) for tokenizer ``tok``, saved with it to ``folder``:
+    (model, folder)."""
+    from alignkit.models.tiny import build_model
+
+    cfg = SIZES[size]
+    model = build_model(cfg["vocab"], arch, hidden_size=cfg["hidden"], num_layers=cfg["layers"],
+                        num_heads=cfg["heads"], num_kv_heads=cfg["kv_heads"], intermediate_size=cfg["mlp"],
+                        max_positions=max_positions, tie_embeddings=cfg["tie"], seed=seed,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    tok.save_pretrained(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model, folder
+
+
 def prepare(work: Path, rows: int, seed: int, size: str = "tiny") -> dict:
     """Tokenizer + model (save_pretrained) and a JSONL preference set; runs inside the bench venv."""
     import random
 
-    from alignkit.models.tiny import build_model, build_tokenizer
+    from alignkit.models.tiny import build_tokenizer
 
     rng = random.Random(seed)
     cons = "b c d f g h j k l m n p r s t v w z ch sh th st tr pl".split()
@@ -156,13 +171,7 @@ def prepare(work: Path, rows: int, seed: int, size: str = "tiny") -> dict:
 
     cfg = SIZES[size]
     tok = build_tokenizer([sentence() for _ in range(40000)], vocab_size=cfg["tok_vocab"], chat_template=False)
-    model = build_model(cfg["vocab"], hidden_size=cfg["hidden"], num_layers=cfg["layers"], num_heads=cfg["heads"],
-                        num_kv_heads=cfg["kv_heads"], intermediate_size=cfg["mlp"], max_positions=2048,
-                        tie_embeddings=cfg["tie"], seed=seed, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
-    model_dir = work / "model"
-    tok.save_pretrained(model_dir)
-    model.save_pretrained(model_dir, safe_serialization=True)
+    model, model_dir = save_model(work / "model", size, tok, seed)
 
     def n_tok(text: str) -> int:
         return len(tok(text)["input_ids"])

@@ -1,12 +1,14 @@
 """Reward and KL after the same training budget for several objectives on the demo world.
 
-    .venv/bin/python scripts/objective_table.py [--out demo_out/objectives] [--steps 64] [--quick]
+    .venv/bin/python scripts/objective_table.py [--out demo_out/objectives] [--steps 64] [--quick] [--only LABEL ...]
 
 Builds (or reuses) the demo's review world and reference model, samples K = 4 reviews per training prompt
 from the reference and labels them with the known reward (``scored.jsonl``), then trains, from the same
 reference, with the same batch size, learning rate and number of steps:
 
 * ``dpo``, ``ipo``, ``simpo`` on best-vs-worst pairs (transform ``pairs``),
+* LN-DPO (``dpo`` with ``length_normalize``) and ``soft_dpo`` on the same pairs, soft_dpo's target
+  ``p = σ(score gap / 0.5)`` from the gap the ``pairs`` transform writes (``target: scores``),
 * ``kto`` on the same pairs split into desirable / undesirable labels (``pairs`` then ``to_unpaired``),
 * ``plackett_luce`` on the full K = 4 scored lists,
 
@@ -37,6 +39,8 @@ RUNS = [  # (label, objective, hyper-parameters, transforms)
     ("dpo", "dpo", {"beta": 0.1}, PAIRS),
     ("ipo", "ipo", {"beta": 0.1}, PAIRS),
     ("simpo", "simpo", {"beta": 2.0, "gamma": 1.0}, PAIRS),
+    ("ln_dpo", "dpo", {"beta": 1.0, "length_normalize": True}, PAIRS),
+    ("soft_dpo", "soft_dpo", {"beta": 0.1, "target": "scores", "temperature": 0.5}, PAIRS),
     ("kto", "kto", {"beta": 0.1}, PAIRS + [{"name": "to_unpaired"}]),
     ("plackett_luce K=4", "plackett_luce", {"beta": 0.1}, []),
 ]
@@ -50,7 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="+", default=None, metavar="LABEL",
+                   help="train only these rows (labels of RUNS, e.g. ln_dpo soft_dpo); the reference row always runs")
     args = p.parse_args(argv)
+    runs = [r for r in RUNS if args.only is None or r[0] in args.only]
+    if args.only and len(runs) != len(set(args.only)):
+        p.error(f"--only takes labels from {[r[0] for r in RUNS]}")
     setup_console_logging()
     torch.set_num_threads(1)  # tiny models: one thread is fastest (see the demo)
     s = QUICK if args.quick else FULL
@@ -68,10 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     eval_prompts = reviews.prompts(s.n_eval_prompts, seed=args.seed + 2)
     ev = dict(prompts=eval_prompts, samples=s.eval_samples, max_new_tokens=s.max_new_tokens, seed=args.seed + 2)
     rows = [{"objective": "reference", **evaluate_policy(reference, reference, tokenizer, **ev)}]
-    for label, objective, hp, transforms in RUNS:
+    for label, objective, hp, transforms in runs:
         result = train(TrainConfig(
             model=str(ref_path), objective=objective, hparams=hp, data=str(data), transforms=transforms,
-            output_dir=str(out / objective), batch_size=args.batch_size, max_steps=args.steps, lr=s.dpo_lr,
+            output_dir=str(out / label.split()[0]), batch_size=args.batch_size, max_steps=args.steps, lr=s.dpo_lr,
             warmup=0.1, scheduler="linear", seed=args.seed, max_length=128, progress=False, log_every=8,
         ))
         policy = load_model(str(result.final_dir))
@@ -92,7 +101,8 @@ def format_table(rows: list[dict], steps: int, batch_size: int) -> str:
     lines = ["| objective | hyper-parameters | mean reward ± 95% CI | KL k1 ± 95% CI | KL k3 | grammatical |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        hp = ", ".join(f"{k}={v:g}" for k, v in r.get("hparams", {}).items()) or "—"
+        hp = ", ".join(f"{k}={str(v).lower() if isinstance(v, (bool, str)) else format(v, 'g')}"
+                       for k, v in r.get("hparams", {}).items()) or "—"
         lines.append(f"| {r['objective']} | {hp} | {r['reward']:.3f} ± {r['reward_ci']:.3f} | "
                      f"{r['k1']:.2f} ± {r['k1_ci']:.2f} | {r['k3']:.2f} | {r['grammatical']:.0%} |")
     lines.append(f"\n{steps} steps of batch {batch_size} records each, same learning rate and reference for all.")

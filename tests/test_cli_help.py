@@ -65,7 +65,7 @@ def test_train_help_lists_the_keys_by_group_one_line_each(capsys):
         assert len(matching) == 1 and matching[0].endswith(k.help), k.name
     groups = [line[:-1] for line in lines if line and not line.startswith(" ") and line.endswith(":")]
     assert groups[:3] == ["what to train", "data",
-                          "online training (engine/online.py): sample from the policy each step, score, learn"]
+                          "online training (algorithms/online.py): sample from the policy each step, score, learn"]
     assert len(groups) == len(dict.fromkeys(k.group for k in config_keys())) == 11
 
 
@@ -84,7 +84,7 @@ def test_generate_help_lists_every_registered_method_including_a_new_one(capsys)
         del METHODS["zz_help_probe"]
     text = capsys.readouterr().out
     names = sorted(builtin_methods())
-    assert len(names) == 11
+    assert len(names) == 12
     for name in [*names, "zz_help_probe"]:
         assert re.search(rf"^  {name} +\S", text, re.M), name
     assert re.search(r"^  zz_help_probe +a probe registered by the test \[needs --reward\]\n +--set width=3$", text, re.M)

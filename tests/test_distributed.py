@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.config import TrainConfig
-from alignkit.engine.trainer import train
+from alignkit.training import train
 
 
 def test_two_processes_match_one_process_with_the_global_batch(tiny_path, pairs_path, tmp_path):

@@ -119,7 +119,7 @@ def test_reward_model_judge_scores_like_model_scores(tiny_path):
     from alignkit.data.schema import PreferenceRecord
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.score import model_scores
+    from alignkit.rewards.rm_scores import model_scores
 
     torch.manual_seed(0)
     model, tok = load_reward_model(tiny_path, num_outputs=1), load_tokenizer(tiny_path)

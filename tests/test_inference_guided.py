@@ -144,8 +144,8 @@ def test_genarm_with_a_trained_arm_raises_the_gold_reward(world, review_world, t
     """ARM = π trained ~20 steps with the ARM loss on 256 best-vs-worst pairs labelled by the gold reward.
     On 64 held-out prompts x 2 seeds (seed 0, measured): π 0.09, GenARM β=1 with the untrained ARM 0.08,
     with the trained ARM 0.63 (KL ≈ 2.3 nats)."""
-    from alignkit.engine.trainer import train
     from alignkit.models.load import load_model
+    from alignkit.training import train
 
     model, _, tok = world
     train_prompts = reviews.prompts(256, seed=1)

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from alignkit import cli
+from alignkit.algorithms.iterative import make_labeler, needs_pairs, round_config, scored_records
 from alignkit.config import TrainConfig
-from alignkit.engine.iterative import make_labeler, needs_pairs, round_config, scored_records
-from alignkit.engine.trainer import train
+from alignkit.training import train
 
 
 def test_scored_records_drop_empty_samples_and_lonely_prompts():
@@ -37,8 +37,8 @@ def test_round_config_starts_from_and_refers_to_the_previous_round():
 def test_self_judge_labels_are_win_rates_under_the_policy(tiny):
     model, tok = tiny
     label = make_labeler("judge:self", model, tok, None)
-    prompts, comps = ["The movie was"] * 3 + ["The plot was"] * 3, [" good.", " bad.", " ok.", " fine.", " x", " y."]
-    w = label(prompts, comps, [{}] * 6, group_size=3)
+    prompts, groups = ["The movie was", "The plot was"], [[" good.", " bad.", " ok."], [" fine.", " x", " y."]]
+    w = [x for row in label(prompts, groups, [{}] * 2).rewards for x in row]
     assert sum(w[:3]) / 3 == pytest.approx(0.5) and sum(w[3:]) / 3 == pytest.approx(0.5)
     judge = label.preference.judge
     p_ab = judge.prefer_first(["The movie was"], [" good."], [" bad."])[0]
@@ -75,7 +75,7 @@ def test_rounds_write_round_folders_and_chain_references(tiny_path, tmp_path):
 def test_an_interrupted_round_leaves_the_last_finished_policy(tiny_path, tmp_path):
     """A round stopped by a signal has no final/ (its TrainResult.final_dir is None): the rounds report the
     interruption with the last finished round's policy (here none), not a path named 'None'."""
-    from alignkit.engine.iterative import train_rounds
+    from alignkit.algorithms.iterative import train_rounds
     from alignkit.engine.trainer import TrainResult
 
     prompts = write_prompts(tmp_path / "p.jsonl", [f"The movie number {i} was" for i in range(4)])

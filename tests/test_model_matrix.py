@@ -1,7 +1,8 @@
 """The model-family matrix (`alignkit.model_matrix`, the same checks `scripts/model_matrix.py` writes to
 docs/models.md): every family's tiny random model, with its real tokenizer where the vendored tokenizers are
-here, through the executor (both layouts, prompts three times longer than the sliding window), gradients,
-the sampler, one DPO / Bradley-Terry / GRPO step, best-of-N and LoRA's target search."""
+here, through the executor (both layouts, prompts three times longer than the sliding window; under SDPA / eager
+and under FlexAttention), gradients, the sampler, one DPO / Bradley-Terry / GRPO step, best-of-N and LoRA's
+target search."""
 
 import logging
 import math
@@ -39,6 +40,12 @@ def check(name, r):
     # log-probs of every response equal the model's own forward on it alone (fp32), in both layouts
     assert r.errors["shared_prompt"] < 1e-5 and r.errors["padded"] < 1e-5, r.errors
     assert r.errors["grad"] < 1e-5, r.errors
+    # the same under FlexAttention (block-sparse shared-prompt mask) vs the naive forward under SDPA / eager;
+    # GPT-2 is the family transformers gives no flex attention
+    if name == "gpt2":
+        assert r.flex == "GPT2LMHeadModel does not support FlexAttention in this transformers"
+    else:
+        assert r.flex["shared_prompt"] < 1e-5 and r.flex["padded"] < 1e-5 and r.flex["grad"] < 1e-5, r.flex
     # the sampler's own log-probs (KV cache, left padding, sliding windows) are the executor's
     assert r.errors["generate"] < 1e-4, r.errors
     # step 1: policy = reference, so DPO's loss is ln 2; GRPO's equal-length samples have advantages summing to

@@ -53,6 +53,8 @@ def stats_for(spec, ranks_dtype: torch.dtype) -> SequenceStats:
     if spec.needs_token_logps:
         kw["token_logps"] = kw["logps"][..., None].expand(B, K, T) / T
         kw["token_mask"] = torch.ones(B, K, T, dtype=torch.bool)
+    if spec.name == "soft_dpo":
+        kw["extra"] = {"p": torch.tensor([0.9, 0.6], dtype=D)}
     if spec.name == "tpo":
         kw["extra"] = {"shared_tokens": torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0]], dtype=D),
                        "ref_token_logps": kw["ref_logps"][..., None].expand(B, K, T) / T}
@@ -64,7 +66,7 @@ def test_the_rank_objectives_are_the_ones_expected():
     assert RANK_OBJECTIVES == [
         "all_pairs", "asft", "bt", "bt_margin", "bt_pl", "cdpo", "cpo", "dpo", "fdpo", "gated_bt", "gpm",
         "hinge", "ipo", "jpo", "lipo", "listnet", "mixture", "orpo", "plackett_luce", "poft", "prm", "rdpo",
-        "rpo", "sft", "simpo", "tpo", "unlikelihood",
+        "rpo", "sft", "simpo", "soft_dpo", "tpo", "unlikelihood",
     ]  # fmt: skip
 
 

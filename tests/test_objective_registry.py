@@ -11,7 +11,8 @@ from alignkit.objectives import SequenceStats, available, build_objective, get_o
 D = torch.float64
 
 HPARAMS = {
-    "dpo": {"beta"},
+    "dpo": {"beta", "length_normalize"},
+    "soft_dpo": {"beta", "target", "temperature"},
     "cdpo": {"beta", "label_smoothing"},
     "rdpo": {"beta", "flip_rate"},
     "ipo": {"beta", "length_normalize"},
@@ -26,7 +27,7 @@ HPARAMS = {
     "poft": {"beta"},
     "sft": {"length_normalize"},
 }
-NEEDS_REFERENCE = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "fdpo", "rpo", "jpo", "poft"}
+NEEDS_REFERENCE = {"dpo", "soft_dpo", "cdpo", "rdpo", "ipo", "hinge", "fdpo", "rpo", "jpo", "poft"}
 
 
 def stats(ref=True):

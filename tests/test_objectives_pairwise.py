@@ -74,6 +74,30 @@ def test_dpo_value_gradient_and_metrics():
     assert out.metrics["logps/chosen"] == pytest.approx(-2.75) and out.metrics["logps/rejected"] == -4.5
 
 
+def test_ln_dpo_with_equal_lengths_is_dpo_at_beta_over_length():
+    """LN-DPO divides each log-ratio by its length: with n(w) = n(l) = L it is dpo at β/L, value and gradient."""
+    for L in (1.0, 4.0, 37.0):
+        ln, g_ln = run("dpo", mk(S, R, RK, lengths=[[L, L], [L, L]]), beta=0.5, length_normalize=True)
+        ref, g_ref = run("dpo", mk(S, R, RK, lengths=[[L, L], [L, L]]), beta=0.5 / L)
+        torch.testing.assert_close(ln.per_example, ref.per_example)
+        torch.testing.assert_close(g_ln, g_ref)
+        assert ln.metrics["rewards/margin"] == pytest.approx(ref.metrics["rewards/margin"])
+
+
+def test_ln_dpo_unequal_lengths_value_and_gradient():
+    """−logσ(β(ρw/nw − ρl/nl)); d/ds(w) = −(β/nw)·σ(−z), d/ds(l) = +(β/nl)·σ(−z), halved by the mean over B = 2."""
+    beta, lengths = 0.5, [[2.0, 5.0], [4.0, 3.0]]  # row 1's chosen response is column 1 (n = 3)
+    out, g = run("dpo", mk(S, R, RK, lengths=lengths), beta=beta, length_normalize=True)
+    rho = [[0.5, -1.0], [-0.5, 1.0]]  # s − s_ref per column
+    n_w, n_l = [2.0, 3.0], [5.0, 4.0]
+    rho_w, rho_l = [rho[0][0], rho[1][1]], [rho[0][1], rho[1][0]]
+    z = [beta * (rho_w[b] / n_w[b] - rho_l[b] / n_l[b]) for b in range(2)]
+    torch.testing.assert_close(out.per_example, T([-lsig(x) for x in z]))
+    torch.testing.assert_close(g, expect_grad([-beta / n_w[b] * sig(-z[b]) for b in range(2)],
+                                              [beta / n_l[b] * sig(-z[b]) for b in range(2)]))
+    assert out.metrics["rewards/chosen"] == pytest.approx(beta * (0.25 + 1.0 / 3) / 2)
+
+
 def test_cdpo_value_zero_smoothing_and_minimiser():
     eps = 0.2
     out, g = run("cdpo", mk(S, R, RK), beta=B_, label_smoothing=eps)

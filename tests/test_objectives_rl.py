@@ -8,8 +8,8 @@ import pytest
 import torch
 from closed_forms import D
 
+from alignkit.algorithms.recipe import RECIPES
 from alignkit.objectives.rl import (
-    ADVANTAGES,
     gae,
     grpo_advantages,
     kl_estimate,
@@ -164,7 +164,9 @@ def test_reinforce_pp_normalises_over_the_batch_not_the_group():
 
 
 def test_advantage_table_and_validation():
-    assert set(ADVANTAGES) == {"grpo", "rloo", "remax", "reinforce_pp"}
+    pg = {n for n, r in RECIPES.items() if r.family == "policy_gradient"}  # each declares its estimator
+    assert pg == {"grpo", "dr_grpo", "rloo", "remax", "reinforce_pp"}
+    assert [n for n in pg if RECIPES[n].greedy_baseline] == ["remax"]
     with pytest.raises(ValueError, match="scale"):
         grpo_advantages(T([[1.0, 2.0]]), scale="mean")
     with pytest.raises(ValueError, match=r"\[B, K\]"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from closed_forms import D
 
+from alignkit.algorithms.recipe import RECIPES
 from alignkit.objectives import SequenceStats, get_objective
-from alignkit.objectives.rl import ADVANTAGES
 
 NAN = math.nan
 POLICY = ["grpo", "rloo", "remax", "reinforce_pp"]
@@ -56,7 +56,7 @@ def test_registration_declares_rollout_inputs():
             0.2,
             0.2,
         )
-    assert set(ADVANTAGES) == set(POLICY)
+    assert {n for n, r in RECIPES.items() if r.family == "policy_gradient"} == {*POLICY, "dr_grpo"}
     agg = {n: get_objective(n).defaults["loss_agg"] for n in POLICY}
     assert agg == {"grpo": "token", "rloo": "sum", "remax": "sum", "reinforce_pp": "token"}
     ppo, raft = get_objective("ppo"), get_objective("raft")

@@ -88,8 +88,8 @@ def test_offline_objectives_train_on_fresh_samples(tiny_path, tmp_path):
 
 
 def test_online_resume_reproduces_the_uninterrupted_run(tiny_path, tmp_path):
+    from alignkit.algorithms.online import OnlineTrainer
     from alignkit.config import TrainConfig
-    from alignkit.engine.online import OnlineTrainer
 
     def cfg(out, **kw):
         return TrainConfig(model=tiny_path, prompts=prompts_file(tmp_path), objective="grpo", max_steps=4,

@@ -16,8 +16,8 @@ import json
 
 import pytest
 
+from alignkit.algorithms.online import OnlineTrainer
 from alignkit.config import TrainConfig
-from alignkit.engine.online import OnlineTrainer
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.rollout import build_reward, sample_experience
 from alignkit.worlds import reviews

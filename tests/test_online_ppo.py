@@ -1,4 +1,4 @@
-"""PPO in the online loop (engine/value.py): the value model reads the state before each completion token
+"""PPO in the online loop (algorithms/value.py): the value model reads the state before each completion token
 (packed = padded = the model's own forward), the rollout targets compose token rewards, GAE and whitening
 as the formulas say, a PPO run logs its metrics, saves final/value/ and resumes exactly; eval_greedy.
 
@@ -12,9 +12,15 @@ import math
 import pytest
 import torch
 
+from alignkit.algorithms.value import (
+    ValueModel,
+    explained_variance,
+    load_value_model,
+    ppo_targets,
+    whiten_all,
+)
 from alignkit.config import ConfigError, TrainConfig
 from alignkit.engine.logprobs import pad_per_slot
-from alignkit.engine.value import ValueModel, explained_variance, load_value_model, ppo_targets, whiten_all
 
 D = torch.float64
 
@@ -134,15 +140,15 @@ def test_ppo_runs_logs_and_saves_the_value_model(tiny_path, tmp_path, lora):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from alignkit.engine.online import OnlineTrainer
+    from alignkit.algorithms.online import OnlineTrainer
 
     trainer = OnlineTrainer(cfg(tiny_path, tmp_path, "r", lora=lora, max_steps=2, value_lr=3e-3))
-    start = {n: p.detach().clone() for n, p in trainer.value.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in trainer.recipe.value.named_parameters() if p.requires_grad}
     first = trainer.step()
     # trained jointly: its own parameter group at value_lr on the policy's schedule; head and body move
     policy_lr, value_lr = trainer.scheduler.get_last_lr()
     assert value_lr == pytest.approx(3 * policy_lr) and policy_lr > 0
-    moved = [n for n, p in trainer.value.named_parameters() if p.requires_grad and not torch.equal(start[n], p)]
+    moved = [n for n, p in trainer.recipe.value.named_parameters() if p.requires_grad and not torch.equal(start[n], p)]
     assert any("score" in n for n in moved) and any(("lora_B" if lora else "layers") in n for n in moved), moved
     assert first["kl"] == 0.0  # the first rollout comes from the reference itself
     result = trainer.train()  # step 2, the checkpoint, final/
@@ -155,17 +161,17 @@ def test_ppo_runs_logs_and_saves_the_value_model(tiny_path, tmp_path, lora):
     AutoModelForCausalLM.from_pretrained(final)
     v = AutoModelForSequenceClassification.from_pretrained(final / "value")
     assert v.config.num_labels == 1
-    batch = trainer._rollout(trainer.train_data.rows[:2], 5, 2, 1.0).data.collate([0, 1], trainer.tokenizer.pad_token_id,
+    batch = trainer.rollout(trainer.train_data.rows[:2], 5, 2, 1.0).data.collate([0, 1], trainer.tokenizer.pad_token_id,
                                                                                   "padded", 256)
     with torch.no_grad():  # final/value/ holds the trained value model (LoRA: merged)
-        torch.testing.assert_close(ValueModel(v).eval()(batch), trainer.value.eval()(batch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ValueModel(v).eval()(batch), trainer.recipe.value.eval()(batch), rtol=1e-5, atol=1e-5)
     ckpt = next((tmp_path / "r" / "checkpoints").iterdir())
     with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
         assert any(k.startswith("alignkit_value.") for k in f.keys())  # noqa: SIM118
 
 
 def test_ppo_resume_reproduces_the_uninterrupted_run(tiny_path, tmp_path):
-    from alignkit.engine.online import OnlineTrainer
+    from alignkit.algorithms.online import OnlineTrainer
 
     straight = OnlineTrainer(cfg(tiny_path, tmp_path, "a")).train().history
     # pinned figures of this seeded run (torchtune style): a change to the recipe's arithmetic shows here
@@ -183,7 +189,7 @@ PINNED_VF = [0.0161, 0.0185, 0.0089]  # measured on CPU, torch 2.13 (float32)
 
 
 def test_eval_greedy_samples_at_temperature_zero(tiny_path, tmp_path, tiny):
-    from alignkit.engine.online import OnlineTrainer
+    from alignkit.algorithms.online import OnlineTrainer
     from alignkit.generation import generate
     from alignkit.rollout import build_reward
 
@@ -192,8 +198,8 @@ def test_eval_greedy_samples_at_temperature_zero(tiny_path, tmp_path, tiny):
     held.write_text("\n".join(prompts) + "\n")
     trainer = OnlineTrainer(cfg(tiny_path, tmp_path, "g", objective="grpo", eval_data=str(held), eval_greedy=True,
                                 max_new_tokens=6, temperature=1.5, reward="rule:length:100"))
-    seen, rollout = [], trainer._rollout
-    trainer._rollout = lambda rows, seed, k, temperature: seen.append(temperature) or rollout(rows, seed, k, temperature)
+    seen, rollout = [], trainer.rollout
+    trainer.rollout = lambda rows, seed, k, temperature: seen.append(temperature) or rollout(rows, seed, k, temperature)
     got = trainer.evaluate()["eval/reward"]
     model, tok = tiny
     texts = [t[0] for t in generate(model, tok, prompts, k=1, max_new_tokens=6, temperature=0.0).texts]

@@ -140,8 +140,8 @@ def prompts_file(tmp_path):
 
 @needs_ray
 def test_grpo_with_ray_workers_matches_the_in_process_run(local_ray, tiny_path, tmp_path):
+    from alignkit.algorithms.online import OnlineTrainer
     from alignkit.config import TrainConfig
-    from alignkit.engine.online import OnlineTrainer
 
     def history(backend):
         config = TrainConfig(model=tiny_path, prompts=prompts_file(tmp_path), objective="grpo", max_steps=2,

@@ -22,7 +22,7 @@ def test_bt_reward_model_loads_with_plain_transformers_and_scores_like_alignkit(
 
     from alignkit.data import read_records
     from alignkit.engine.reward_model import load_reward_model
-    from alignkit.rewards.score import model_scores
+    from alignkit.rewards.rm_scores import model_scores
 
     out = train_rm(tiny_path, pairs_path, tmp_path / "rm")
     final = out / "final"

@@ -12,10 +12,10 @@ from alignkit.config import TrainConfig
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
 from alignkit.engine.reward_model import load_reward_model
-from alignkit.engine.trainer import train
 from alignkit.models.load import load_tokenizer
 from alignkit.objectives.reward_structured import gpm_score
-from alignkit.rewards.score import model_scores
+from alignkit.rewards.rm_scores import model_scores
+from alignkit.training import train
 from alignkit.worlds import reviews
 
 

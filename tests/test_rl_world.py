@@ -5,7 +5,7 @@ import json
 import pytest
 
 from alignkit.config import TrainConfig
-from alignkit.engine.trainer import train
+from alignkit.training import train
 from alignkit.worlds import arithmetic
 
 

@@ -91,7 +91,7 @@ def test_any_process_in_one_process():
 
 
 def test_average_gradients_keeps_dtypes_and_leaves_gradient_free_parameters_alone():
-    """PPO's value model under DDP (engine/online.py): LoRA adapters in fp32 beside a bf16 head, and a gate
+    """PPO's value model under DDP (algorithms/online.py): LoRA adapters in fp32 beside a bf16 head, and a gate
     no process used. A fake 2-process accelerator whose other process holds ``other`` for every tensor."""
     params = [torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16)), torch.nn.Parameter(torch.ones(2)),
               torch.nn.Parameter(torch.ones(2))]

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from alignkit.objectives import SequenceStats, get_objective
-from alignkit.rollout import build_reward
-from alignkit.rollout.opponents import MixtureOpponentReward, mixture_exponents, stable_seed
-from alignkit.rollout.preference import (
+from alignkit.rewards import LiveModels, build_group_reward, build_reward
+from alignkit.rewards.opponents import MixtureOpponentReward, mixture_exponents, stable_seed
+from alignkit.rewards.preference import (
     FunctionPreference,
     PointwisePreference,
     build_preference,
-    groups_of,
     reward_preference,
     skew_symmetrize,
     win_rates,
@@ -158,20 +157,19 @@ def test_rock_paper_scissors_cycle_only_a_general_preference_can_express():
         assert max(win_rates(bt.matrix(["x"], [["rock", "paper", "scissors"]]))[0].tolist()) > 0.6
 
 
-def test_winrate_reward_spec_finds_groups_in_flat_prompt_major_lists():
-    fn = build_reward("winrate:bt:alignkit.worlds.reviews:reward")
-    rows = [{"i": 0}, {"i": 1}]
-    flat_rows = [r for r in rows for _ in range(3)]
-    comps = [" great.", " dull.", " great and dull.", " fun.", " fun.", " boring."]
-    out = fn(["a"] * 3 + ["b"] * 3, comps, flat_rows)
+def test_winrate_reward_reads_the_groups_it_is_given():
+    fn = build_group_reward("winrate:bt:alignkit.worlds.reviews:reward")
+    groups = [[" great.", " dull.", " great and dull."], [" fun.", " fun.", " boring."]]
+    out = fn(["a", "a"], groups, [{}, {}])  # one prompt text twice, rows alike: still two groups of K = 3
     r = [1.0, -1.0, 0.0]
-    assert out[:3] == pytest.approx([(sig(r[0] - r[1]) + sig(r[0] - r[2])) / 2, (sig(-2) + sig(-1)) / 2,
-                                     (sig(1) + sig(-1)) / 2])
-    assert out[3:] == pytest.approx([(0.5 + sig(2)) / 2, (0.5 + sig(2)) / 2, sig(-2)])
-    assert fn(["a"] * 6, comps, [{}] * 6, group_size=3) == pytest.approx(out)  # told K explicitly
-    assert [len(g) for g in groups_of(["a"] * 4, [rows[0]] * 2 + [rows[1]] * 2)] == [2, 2]
-    with pytest.raises(ValueError, match="divide"):
-        groups_of(["a"] * 4, [{}] * 4, group_size=3)
+    assert out.rewards[0] == pytest.approx([(sig(r[0] - r[1]) + sig(r[0] - r[2])) / 2, (sig(-2) + sig(-1)) / 2,
+                                            (sig(1) + sig(-1)) / 2])
+    assert out.rewards[1] == pytest.approx([(0.5 + sig(2)) / 2, (0.5 + sig(2)) / 2, sig(-2)])
+    assert out.metrics == {}
+    ragged = fn(["a", "b"], [groups[0], groups[1][:2]], [{}, {}])  # groups of different sizes: one call per size
+    assert ragged.rewards[0] == pytest.approx(out.rewards[0]) and ragged.rewards[1] == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="group reward"):  # not a pointwise reward: no groups to guess
+        build_reward("winrate:bt:alignkit.worlds.reviews:reward")
 
 
 def test_preference_spec_errors_name_the_problem():
@@ -211,16 +209,17 @@ def test_mixture_reward_is_a_deterministic_probability(tiny):
     from alignkit.models.load import frozen_copy
 
     model, tok = tiny
-    fn = build_reward("mixture:bt:alignkit.worlds.reviews:reward")
+    fn = build_group_reward("mixture:bt:alignkit.worlds.reviews:reward")
     cfg = SimpleNamespace(mixture_alpha=0.5, max_new_tokens=5, temperature=1.0, top_p=1.0, chat_template="auto",
                           chat_template_kwargs={})
-    fn.bind(model, ModelReference(frozen_copy(model), "copy", 0), tok, cfg)
-    prompts, comps = ["The movie was"] * 3, [" great.", " dull.", " ok."]
-    p = fn(prompts, comps, [{}] * 3)
-    assert p == fn(prompts, comps, [{}] * 3) and all(0 < x < 1 for x in p)
+    models = LiveModels(model, ModelReference(frozen_copy(model), "copy", 0), tok, cfg)
+    prompts, groups = ["The movie was"], [[" great.", " dull.", " ok."]]
+    out = fn(prompts, groups, [{}], models)
+    assert fn.needs_models and out == fn(prompts, groups, [{}], models) and all(0 < x < 1 for x in out.rewards[0])
+    assert out.metrics["preference/mean"] == pytest.approx(sum(out.rewards[0]) / 3)
     assert stable_seed(["a"], ["b"]) == stable_seed(["a"], ["b"]) != stable_seed(["a"], ["c"])
-    with pytest.raises(RuntimeError, match="no models bound"):
-        MixtureOpponentReward(fn.preference)(prompts, comps, [{}] * 3)
+    with pytest.raises(ValueError, match="decodes with the run's policy"):
+        fn(prompts, groups, [{}])
 
 
 def test_mixture_opponents_end_at_the_runs_stop_strings(tiny):
@@ -241,30 +240,29 @@ def test_mixture_opponents_end_at_the_runs_stop_strings(tiny):
     fn = MixtureOpponentReward(FunctionPreference(pref, "record"))
     cfg = SimpleNamespace(mixture_alpha=0.5, max_new_tokens=10, temperature=1.0, top_p=1.0, chat_template="auto",
                           chat_template_kwargs={})
-    fn.bind(model, ModelReference(frozen_copy(model), "copy", 0), tok, cfg)
-    prompts, comps = ["The movie was", "The plot was", "I think"], [" a", " b", " c"]
-    fn(prompts, comps, [{}] * 3)
+    models = LiveModels(model, ModelReference(frozen_copy(model), "copy", 0), tok, cfg)
+    prompts, groups = ["The movie was", "The plot was", "I think"], [[" a"], [" b"], [" c"]]
+    fn(prompts, groups, [{}] * 3, models)
     plain = seen[0]  # first call of pair(): (completions, opponents)
     stop = [next(t for t in plain if len(t) > 4)[2:4]]  # a string one opponent contains
     cfg.stop = stop
     seen.clear()
-    fn(prompts, comps, [{}] * 3)
+    fn(prompts, groups, [{}] * 3, models)
     cut = seen[0]
     assert cut == [t[: t.find(stop[0])] if stop[0] in t else t for t in plain]
     assert cut != plain and not any(stop[0] in t for t in cut)
 
 
 def test_winrate_rollout_groups_are_each_prompts_k_samples_even_with_shared_rows(tiny):
-    """sample_experience tells a win-rate reward K: a repeated prompt text whose rows are one shared object
-    (rows=[{}] * B) is not merged with its neighbour into one group of 2K."""
+    """sample_experience hands a win-rate reward each prompt's K samples as one group: a repeated prompt text
+    whose rows are one shared object (rows=[{}] * B) is not merged with its neighbour into one group of 2K."""
     from alignkit.rollout import sample_experience
 
     model, tok = tiny
-    fn = build_reward("winrate:bt:rule:length:100")
+    fn = build_group_reward("winrate:bt:rule:length:100")
     prompts, k = ["The movie was"] * 2, 3
     exp = sample_experience(model, tok, prompts, [{}] * 2, fn, k=k, seed=5, max_new_tokens=8)
-    flat = [t for row in exp.texts for t in row]
-    own = fn(prompts[:1] * k + prompts[:1] * k, flat, [{"a": 1}] * k + [{"b": 2}] * k)  # two groups of K
+    own = [x for g in exp.texts for x in fn(prompts[:1], [g], [{}]).rewards[0]]  # each group alone
     assert exp.rewards.flatten().tolist() == pytest.approx(own)
     assert exp.rewards.sum(1).tolist() == pytest.approx([k / 2, k / 2])  # each group's win rates average ½
 
@@ -297,13 +295,13 @@ def test_sppo_and_nash_md_run_online(tiny_path, tmp_path):
     assert all(r["opponent/length_chars"] > 0 for r in steps)
 
 
-def test_a_weighted_list_keeps_the_mixture_opponents_hooks(tiny_path, tmp_path):
-    from alignkit.rollout.rewards import WeightedReward, build_reward
+def test_a_weighted_list_keeps_the_mixture_opponents_needs(tiny_path, tmp_path):
+    from alignkit.rewards import Weighted
 
     spec = [{"reward": "mixture:bt:alignkit.worlds.reviews:reward", "weight": 2.0},
             {"reward": "rule:length:4", "weight": 0.0}]
-    fn = build_reward(spec)
-    assert isinstance(fn, WeightedReward) and fn.needs_models  # bound by the trainer like the bare reward
+    fn = build_group_reward(spec)
+    assert isinstance(fn, Weighted) and fn.needs_models  # given the live models like the bare reward
     rows = run_online(tiny_path, tmp_path / "nash", "objective=nash_md", "num_samples=2", "mixture_alpha=0.5",
                       "reward=[{reward: 'mixture:bt:alignkit.worlds.reviews:reward', weight: 0.5}, "
                       "{reward: 'mixture:bt:alignkit.worlds.reviews:reward', weight: 0.5}]")

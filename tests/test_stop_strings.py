@@ -120,8 +120,9 @@ def test_experience_trains_on_the_sampled_ids_and_rewards_the_cut_text(tiny, bas
 
 
 def test_config_key_reaches_the_rollout(monkeypatch):
+    from alignkit.algorithms import online
     from alignkit.config import ConfigError, TrainConfig, load_config
-    from alignkit.engine import online
+    from alignkit.rewards import GroupReward
 
     assert TrainConfig().stop == []
     c = load_config(TrainConfig, overrides=['stop=["\\n\\n", "Question:"]'])
@@ -132,9 +133,9 @@ def test_config_key_reaches_the_rollout(monkeypatch):
     monkeypatch.setattr(online, "sample_experience", lambda *a, **kw: calls.append(kw))
     monkeypatch.setattr(online, "unwrap", lambda m: m)
     trainer = online.OnlineTrainer.__new__(online.OnlineTrainer)
-    trainer.config, trainer.policy, trainer.tokenizer, trainer.reward_fn = c, None, None, None
-    trainer._rollout([{"prompt": "p"}], 0, 2, 1.0)
-    assert calls == [{"stop": ["\n\n", "Question:"], "chat_template_kwargs": {}}]
+    trainer.config, trainer.policy, trainer.tokenizer, trainer.reward = c, None, None, GroupReward()
+    trainer.rollout([{"prompt": "p"}], 0, 2, 1.0)
+    assert calls == [{"stop": ["\n\n", "Question:"], "chat_template_kwargs": {}, "models": None}]
 
 
 def test_generate_cli_stop_flag(tiny_path, tmp_path):

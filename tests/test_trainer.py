@@ -10,9 +10,10 @@ import torch
 
 from alignkit.config import TrainConfig
 from alignkit.engine import checkpoint as ckpt
-from alignkit.engine.trainer import Trainer, TrainingStopped, train
+from alignkit.engine.trainer import Trainer, TrainingStopped
 from alignkit.objectives import register
 from alignkit.objectives.pairwise import dpo
+from alignkit.training import train
 
 
 def cfg(tiny_path, pairs_path, out, **kw):

@@ -11,7 +11,7 @@ import pytest
 
 from alignkit import cli
 from alignkit.config import ConfigError
-from alignkit.rollout.rewards import build_reward
+from alignkit.rewards.functions import build_reward
 from alignkit.user_code import collect, record
 
 SCORER = "def score(completion):\n    return float(len(completion))\n"

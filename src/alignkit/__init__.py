@@ -8,11 +8,11 @@ __version__ = "0.1.0"
 
 
 def train(config):
-    """Train with a `TrainConfig` or a dict of its fields (see `alignkit.engine.trainer.train`), with evaluation
+    """Train with a `TrainConfig` or a dict of its fields (see `alignkit.training.train`), with evaluation
     during training (``eval_prompts`` / ``eval_judge``) wired to `alignkit.eval.training_metrics.TrainingEvaluator`."""
     # imported here: `import alignkit` (and `alignkit --help`) must not load torch and transformers
-    from alignkit.engine.trainer import train as train_with
     from alignkit.eval.training_metrics import TrainingEvaluator
+    from alignkit.training import train as train_with
 
     return train_with(config, sampled_eval=TrainingEvaluator)
 

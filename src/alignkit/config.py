@@ -53,7 +53,7 @@ class TrainConfig:
     chat_template_kwargs: dict = field(default_factory=dict)  # to every apply_chat_template: enable_thinking, date_string
     transforms: list = field(default_factory=list)  # data transforms [{name, **options}] (docs/data_transforms.md)
     shuffle: Union[bool, str] = "auto"  # auto (true unless a curriculum transform orders the data) | true | false
-    # online training (engine/online.py): sample from the policy each step, score, learn
+    # online training (algorithms/online.py): sample from the policy each step, score, learn
     prompts: str | None = None  # a prompt file (.txt lines, or rows with `prompt` and fields such as `answer`)
     reward: Any = None  # rule:exact_answer | rule:regex:P | rm:PATH | module:function | [{reward, weight}]
     num_samples: int = 4  # K completions per prompt
@@ -64,7 +64,7 @@ class TrainConfig:
     updates_per_batch: int = 1  # optimizer steps on each rollout batch (GRPO's mu)
     unfinished_penalty: float | None = None  # reward of samples cut at max_new_tokens (None: keep their reward)
     log_samples_every: int = 0  # write sampled completions to samples.jsonl every N steps
-    # PPO (objective=ppo; engine/value.py) and online evaluation
+    # PPO (objective=ppo; algorithms/ppo.py) and online evaluation
     value_model: str | None = None  # value model's start: a reward model or causal LM (default: the policy's checkpoint)
     value_lr: float | None = None  # learning rate of the value model's parameter group (default: lr)
     kl_coef: float = 0.05  # PPO: weight of the per-token KL to the reference in the reward (0: no reference)
@@ -72,7 +72,7 @@ class TrainConfig:
     gae_lambda: float = 0.95  # PPO: GAE lambda
     whiten_advantages: bool = True  # PPO: normalise advantages over the tokens of each rollout
     eval_greedy: bool = False  # online evaluation samples greedily (temperature 0), not at `temperature`
-    # self-play and iterative rounds (objectives/selfplay.py, rollout/preference.py, engine/iterative.py)
+    # self-play and iterative rounds (objectives/selfplay.py, rewards/preference.py, algorithms/iterative.py)
     rounds: int = 0  # > 0 with prompts + reward: iterative DPO / self-rewarding, N rounds of sample -> label -> train
     judge_template: str | None = None  # LLM-judge question (text with {prompt} {answer_a} {answer_b}, or a file)
     mixture_alpha: float = 0.5  # Nash-MD (reward=mixture:...): opponent from policy^(1-alpha) * reference^alpha
@@ -115,7 +115,7 @@ class TrainConfig:
     lora_alpha: int = 16  # LoRA scale: the adapters' update is multiplied by lora_alpha / lora_r
     lora_dropout: float = 0.0  # dropout on the adapters' input
     lora_target_modules: Union[str, list] = "all-linear"  # modules that get adapters: all-linear or a list of names
-    attn_implementation: str = "auto"  # auto (SDPA where the model class supports it, else eager) | sdpa | eager | ...
+    attn_implementation: str = "auto"  # auto (CUDA: flex attention where the model supports it; else SDPA, else eager) | flex | sdpa | eager | ...
     trust_remote_code: bool = False  # run Python code from the model's repository (only for ones you trust)
     offline: bool = False  # Hub models and datasets from the local cache only (as HF_HUB_OFFLINE=1)
     # executor

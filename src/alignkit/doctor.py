@@ -132,7 +132,8 @@ def check_attention(d: Diagnosis, config, meta, attn: str) -> tuple[str, dict | 
     from alignkit.engine.logprobs import attention_windows, packing_layout
 
     cls = type(meta).__name__
-    why = "supports torch SDPA" if attn == "sdpa" else "does not support SDPA"
+    why = {"sdpa": "supports torch SDPA", "flex_attention": "supports FlexAttention (block-sparse masks on CUDA)"}.get(
+        attn, "does not support SDPA")
     d.add("attention", f"{attn}: {cls} {why}; SDPA and eager take the block mask, flash-attention cannot (padded rows)")
     windows = attention_windows(config)
     layers = getattr(config, "layer_types", None) or []

@@ -7,6 +7,9 @@ on the machine), `check_family` measures:
 * ``shared_prompt`` / ``padded`` — the largest |executor − naive| over the token log-probs of 5 responses
   (2 records, K = 2 and 3, prompts of 24 tokens: three times the test models' sliding window), where naive is
   the model's own full forward on each prompt + response alone, fp32;
+* ``flex`` — the same three errors with the model loaded with FlexAttention (`flex_errors`: alignkit's
+  block-sparse `BlockMask` for shared-prompt rows, unfused on CPU) against the naive forward of the same weights
+  under SDPA / eager, or why the family is skipped;
 * ``grad`` — the largest |∂| difference of a weighted sum of those log-probs with respect to every parameter,
   executor (shared-prompt rows) vs naive, relative to the largest gradient;
 * ``generate`` — the largest |log-prob the sampler reported − executor log-prob| of the same sampled tokens
@@ -54,6 +57,7 @@ class FamilyResult:
     attention: str
     windows: dict
     errors: dict = field(default_factory=dict)  # shared_prompt, padded, grad, generate
+    flex: dict | str = field(default_factory=dict)  # flex_errors: per layout, or why skipped
     runs: dict = field(default_factory=dict)  # dpo, lora, bt, grpo: first loss; layout
     lora_modules: list = field(default_factory=list)
     lora_parameters: list = field(default_factory=list)
@@ -84,16 +88,32 @@ def naive_token_logps(model, items: list[TokenizedRecord]) -> torch.Tensor:
     return torch.cat(out)
 
 
+def flex_errors(name: str, vocab: int = 1000) -> dict[str, float] | str:
+    """`logprob_errors` of the family's model loaded with FlexAttention (shared-prompt rows through alignkit's
+    `BlockMask`, padded rows through transformers' own flex mask; unfused on CPU) against the naive forward of
+    the same weights under SDPA / eager, or why the family is skipped."""
+    from alignkit.errors import ConfigError
+    from alignkit.models.families import build_family_model
+
+    try:
+        model = build_family_model(name, vocab_size=vocab, attn_implementation="flex_attention")
+    except ConfigError as e:
+        return str(e).split(":", 1)[1].split(";")[0].strip()
+    return logprob_errors(model, reference=build_family_model(name, vocab_size=vocab))
+
+
 def _slot_order(batch) -> torch.Tensor:
     return torch.argsort(batch.slot * 10_000 + batch.token_pos)
 
 
-def logprob_errors(model, seed: int = 0) -> dict[str, float]:
-    """Executor vs naive forward: token log-prob errors in both layouts, and the relative gradient error."""
+def logprob_errors(model, seed: int = 0, reference=None) -> dict[str, float]:
+    """Executor vs naive forward: token log-prob errors in both layouts, and the relative gradient error.
+    ``reference``: the same weights under another attention backend for the naive forward (default: ``model``)."""
+    reference = reference if reference is not None else model
     items = random_records(model.config.vocab_size, seed)
     K = max(tr.k for tr in items)
     with torch.no_grad():
-        naive = naive_token_logps(model, items)
+        naive = naive_token_logps(reference, items)
     errors = {}
     for layout in ("shared_prompt", "padded"):
         batch = collate_shared_prompt(items, 0, 256) if layout == "shared_prompt" else collate_padded(items, 0)
@@ -105,11 +125,12 @@ def logprob_errors(model, seed: int = 0) -> dict[str, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     ours = torch.autograd.grad((sum_per_slot(LogProbModel(model)(batch), batch) * weights).sum(), params,
                                allow_unused=True)
-    naive = naive_token_logps(model, items)
+    naive = naive_token_logps(reference, items)
     lengths = [len(tr.segments[k]) for tr in items for k in range(tr.k)]
     per_slot = torch.stack([t.sum() for t in naive.split(lengths)])
     slot_weights = torch.cat([weights[b, : tr.k] for b, tr in enumerate(items)])
-    theirs = torch.autograd.grad((per_slot * slot_weights).sum(), params, allow_unused=True)
+    theirs = torch.autograd.grad((per_slot * slot_weights).sum(), [p for p in reference.parameters() if p.requires_grad],
+                                 allow_unused=True)
     pairs = [(a, b) for a, b in zip(ours, theirs) if a is not None and b is not None]
     scale = max(float(b.abs().max()) for _, b in pairs)
     errors["grad"] = max(float((a - b).abs().max()) for a, b in pairs) / scale
@@ -187,6 +208,7 @@ def check_family(name: str, root: Path, trainer_runs: bool = True, lora_run: boo
     model.eval()
     result.errors = logprob_errors(model)
     result.errors["generate"] = generation_error(model, tokenizer)
+    result.flex = flex_errors(name)
     result.bon = best_of_n_picks_the_best(model, tokenizer)
     result.lora_modules, result.lora_parameters, _ = lora_targets(model)
     if trainer_runs:
@@ -202,6 +224,12 @@ def _fmt(x: float) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
+def _flex(flex: dict | str) -> str:
+    if isinstance(flex, str):
+        return f"skipped: {flex}"
+    return f"{_fmt(flex['shared_prompt'])}, {_fmt(flex['padded'])}; grad {_fmt(flex['grad'])}"
+
+
 def _windows(windows: dict) -> str:
     if not windows:
         return "a layer type no mask expresses"
@@ -213,15 +241,17 @@ def _windows(windows: dict) -> str:
 
 def to_markdown(results: list[FamilyResult], header: str) -> str:
     lines = [header, "",
-             "| family | tokenizer | attention | sliding windows | shared-prompt | padded | grad (rel.) | generate "
-             "| DPO step (loss, layout) | LoRA step | BT step | GRPO step | best-of-4 | LoRA targets |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| family | tokenizer | attention | sliding windows | shared-prompt | padded | flex (shared-prompt, "
+             "padded; grad) | grad (rel.) | generate | DPO step (loss, layout) | LoRA step | BT step | GRPO step | best-of-4 "
+             "| LoRA targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         runs = {k: (f"{v['loss'] + 0.0:.4f}" + (f", {v['layout']}" if k == "dpo" else "")) if math.isfinite(v["loss"])
                 else "non-finite" for k, v in r.runs.items()}
         targets = ", ".join(r.lora_modules) + (f"; experts: {', '.join(r.lora_parameters)}" if r.lora_parameters else "")
         lines.append(f"| {FAMILIES[r.name].config_class.removesuffix('Config')} | {r.tokenizer} | {r.attention} | "
                      f"{_windows(r.windows)} | {_fmt(r.errors['shared_prompt'])} | {_fmt(r.errors['padded'])} | "
+                     f"{_flex(r.flex)} | "
                      f"{_fmt(r.errors['grad'])} | {_fmt(r.errors['generate'])} | {runs.get('dpo', '-')} | "
                      f"{runs.get('lora', '-')} | {runs.get('bt', '-')} | {runs.get('grpo', '-')} | "
                      f"{'picks the best' if r.bon else 'WRONG'} | {targets} |")

@@ -263,10 +263,11 @@ def collate(
     K = batch.valid.shape[1]
     if any(tr.aux for tr in items):
         batch.aux_slot = torch.tensor([tr.k - 1 if tr.aux else -1 for tr in items], dtype=torch.long)
-    margins = [r.meta.get("margin") for r in records]
-    if any(isinstance(m, (int, float)) for m in margins):
-        batch.extra["margin"] = torch.tensor([float(m) if isinstance(m, (int, float)) else float("nan")
-                                              for m in margins])
+    for name in ("margin", "p"):  # per-record numbers from meta: a margin / soft label, NaN where absent
+        values = [r.meta.get(name) for r in records]
+        if any(isinstance(m, (int, float)) for m in values):
+            batch.extra[name] = torch.tensor([float(m) if isinstance(m, (int, float)) else float("nan")
+                                              for m in values])
     if items[0].steps is not None:  # process reward models: positions and labels of each step's last token
         S = max(1, max(len(tr.steps) for tr in items))
         pos, lab, mask = (torch.zeros(len(items), K, S, dtype=d) for d in (torch.long, torch.float32, torch.bool))

@@ -16,7 +16,8 @@ Layouts and how `detect_layout` recognises them from the column names (first mat
 
 Every layout carries ``system``, ``id``, ``weight``, ``group`` into the record, merges a ``meta``
 dict column into ``meta`` and puts every other non-null column into ``meta`` too (integer ``id`` and
-``group`` values become strings; null optional columns count as absent).
+``group`` values become strings; null optional columns count as absent). A ``p`` column (or ``meta.p``),
+the soft label P(chosen ≻ rejected) of ``soft_dpo``, must be a number in [0, 1].
 
 ``text_cells=True`` (CSV): cells are strings, so a cell where a list is needed (responses, ranks,
 scores, labels, conversations) is JSON-decoded when it parses as a JSON list; a prompt/response
@@ -224,6 +225,11 @@ def _extras(r: Mapping[str, Any], used: Iterable[str], text: bool) -> dict[str, 
     meta = dict(meta or {})
     skip = set(used) | set(COMMON)
     meta.update({k: v for k, v in r.items() if k not in skip and v is not None})
+    if meta.get("p") is not None:  # a soft label P(chosen ≻ rejected) (objective soft_dpo)
+        meta["p"] = _number(meta["p"], "p", text)
+        if not 0 <= meta["p"] <= 1:
+            raise _err("p", f"must be a probability in [0, 1] (P(chosen ≻ rejected)), got {meta['p']!r}",
+                       "wrong_value")
     if meta:
         kw["meta"] = meta
     return kw

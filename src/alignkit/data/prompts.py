@@ -8,6 +8,17 @@ from alignkit.data.io import iter_rows, read_text_lines
 from alignkit.errors import DataError
 
 
+class PromptRows:
+    """Prompt rows (dicts with ``prompt`` and any fields a reward reads, e.g. ``answer``)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+        self.records: list = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 def read_prompt_rows(path: str) -> list[dict]:
     """The rows of a prompts file: ``{"prompt": line}`` per non-empty line of a .txt, else the rows of a data
     file (JSONL, Parquet, CSV), each with a non-empty ``prompt``."""

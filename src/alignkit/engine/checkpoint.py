@@ -52,6 +52,19 @@ SHARDED_DIR = "sharded"  # accelerator.save_state output of an FSDP / DeepSpeed 
 MANIFEST = "manifest.json"
 
 
+class WithExtras:
+    """The parameters of a model and of modules trained beside it, as one checkpoint sees them: the model's
+    under their own names, each extra module's under ``<name>.`` (so they save and load with the model)."""
+
+    def __init__(self, model: torch.nn.Module, extras: dict[str, torch.nn.Module]):
+        self.model, self.extras = model, extras
+
+    def named_parameters(self):
+        yield from self.model.named_parameters()
+        for name, module in self.extras.items():
+            yield from module.named_parameters(prefix=name)
+
+
 def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 

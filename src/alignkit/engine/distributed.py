@@ -163,7 +163,7 @@ def save_final(
     ``load_base`` (LoRA runs): loads the base model. ``adapter/`` is written next to ``final/``, and
     ``final/`` holds the merged model. Under FSDP / DeepSpeed the weights are gathered first (collective)
     and loaded into a fresh copy of the base with the same adapters, on the main process. ``extras(folder)``
-    adds files (a reward model's description, PPO's value model) before the folder is renamed into place.
+    adds files (a reward model's description, a recipe's value model) before the folder is renamed into place.
 
     Both folders are written as ``.tmp-final`` / ``.tmp-adapter`` and renamed into place (`checkpoint.publish`): a kill
     during the save leaves the previous ``final/`` (or none), never a half-written one."""
@@ -222,7 +222,7 @@ def mean_over_processes(accelerator, values: list[float]) -> list[float]:
 
 def average_gradients(params, accelerator) -> None:
     """Average the gradients of ``params`` over the processes, for a module trained beside the DDP-wrapped
-    scorer but not inside it: PPO's value model (engine/value.py), attached to the policy after ``prepare``.
+    scorer but not inside it (`Trainer.extra_modules`, e.g. a recipe's value model).
     One all-reduce per dtype (LoRA adapters in fp32 beside a bf16 head) plus one of a has-gradient mask: a
     parameter with a gradient on some process counts as 0 where it has none (as DDP does); one with a
     gradient on no process keeps none (so the optimizer leaves it alone)."""

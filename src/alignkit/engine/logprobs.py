@@ -21,7 +21,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.data.collate import Batch
+from alignkit.engine.flex import flex_masks
 from alignkit.errors import ModelError
+from alignkit.models.attention import attention_windows, is_flex, use_unfused_on_cpu
 from alignkit.objectives.stats import SequenceStats
 
 PACKING_BACKENDS = ("sdpa", "eager", "flex_attention")
@@ -53,34 +55,24 @@ def configure_attention_kernels(device: torch.device, cudnn: bool) -> bool:
 
 # layer types a 4D block mask expresses (with the layer's sliding window, if any); others (chunked attention,
 # linear / state-space layers) make a model fall back to padded rows
-MASKABLE_LAYER_TYPES = ("full_attention", "sliding_attention")
-
-
-def attention_windows(config) -> dict[str, int | None] | None:
-    """The sliding window of each attention layer type of a model (None: full attention), as transformers
-    applies them: ``layer_types`` where the config has it (Gemma-2/3 alternate local and global layers),
-    else one ``sliding_window`` for every layer (Mistral, Mixtral, Phi-3). None when a layer type is not
-    one a block mask can express."""
-    window = getattr(config, "sliding_window", None) or None
-    if getattr(config, "use_sliding_window", True) is False and not getattr(config, "layer_types", None):
-        window = None  # Qwen2-style configs without layer_types (older transformers)
-    types = getattr(config, "layer_types", None)
-    if not types:
-        return {"full_attention": window}
-    if any(t not in MASKABLE_LAYER_TYPES for t in types):
-        return None
-    return {t: window if t == "sliding_attention" else None for t in dict.fromkeys(types)}
 
 
 def decoder_mask(batch: Batch, config, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:
     """The attention mask a decoder gets for ``batch``: the 2D padding mask of padded rows as it is; for
-    shared-prompt rows the additive block mask with each layer type's sliding window applied — one tensor
+    shared-prompt rows the additive block mask with each layer type's sliding window applied (a block-sparse
+    `BlockMask` of the same pattern under FlexAttention, `alignkit.engine.flex`) — one mask
     when every layer sees the same, else ``{layer type: mask}``, which transformers' mixed-attention models
     (Gemma-2/3, Cohere-2, Qwen2 with windowed layers...) take in place of the mask they would build."""
+    flex = is_flex(config)
+    if flex:
+        use_unfused_on_cpu()
     if batch.attention_mask.dim() != 4:
         return batch.attention_mask
     windows = attention_windows(config) or {"full_attention": None}
-    masks = {t: batch.additive_mask(dtype, w) for t, w in windows.items()}
+    if flex:  # block-sparse masks for FlexAttention
+        masks = flex_masks(batch, windows, dtype)
+    else:
+        masks = {t: batch.additive_mask(dtype, w) for t, w in windows.items()}
     if len({w for w in windows.values()}) == 1:
         return next(iter(masks.values()))
     return masks

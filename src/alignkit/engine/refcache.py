@@ -234,35 +234,38 @@ def load_key(model, dtype: str) -> str:
     return f"|dtype={dtype}|attn={unwrap(model).config._attn_implementation}"
 
 
-def cached_references(t) -> tuple[CachedReference, CachedReference | None]:
-    """(train, eval) cached references for a `Trainer` ``t``: the reference is built (from ``t.strategy``)
-    only when some table is missing, and released when this returns."""
-    c, acc = t.config, t.accelerator
+def cached_references(c, acc, strategy: str, policy, scorer, load_kwargs: dict, train_data, eval_data,
+                      extras, pad_token_id: int, layout: str,
+                      output_dir: Path) -> tuple[CachedReference, CachedReference | None]:
+    """(train, eval) cached references of a run (config ``c``, accelerator ``acc``; the reference of ``strategy``
+    built from the initial ``policy`` only when some table is missing, and released when this returns; ``scorer``
+    the prepared policy it shares sharded weights with; ``extras`` the objective's executor extras)."""
+
     built: list = []
 
     def reference():
         if not built:
-            built.append(build_reference(t.strategy, t.policy, c.ref_model, acc.device, c.chunk_size,
-                                         t.load_kwargs, for_cache=True))
-            share_sharded_scorer(built[0], t.scorer, acc)
+            built.append(build_reference(strategy, policy, c.ref_model, acc.device, c.chunk_size, load_kwargs,
+                                         for_cache=True))
+            share_sharded_scorer(built[0], scorer, acc)
         return built[0]
 
-    weights = files_digest(c.ref_model if t.strategy == "path" else c.model)
+    weights = files_digest(c.ref_model if strategy == "path" else c.model)
     if weights is None:  # not a local folder: digest the tensors of the loaded reference
-        scorer = getattr(reference(), "scorer", None)
-        weights = weights_digest(t.policy if scorer is None else scorer.model)
-    weights += load_key(t.policy, c.dtype)
-    cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else t.output_dir / "ref_cache"
-    splits = {"train": t.train_data, **({"eval": t.eval_data} if t.eval_data else {})}
+        ref_scorer = getattr(reference(), "scorer", None)
+        weights = weights_digest(policy if ref_scorer is None else ref_scorer.model)
+    weights += load_key(policy, c.dtype)
+    cache_dir = Path(c.ref_cache_dir) if c.ref_cache_dir else output_dir / "ref_cache"
+    splits = {"train": train_data, **({"eval": eval_data} if eval_data else {})}
     if c.ref_cache_file:  # every process checks it first: a refusal must not leave others waiting at a barrier
-        settings = record_settings(c, t.objective.extras)
-        load_table(c.ref_cache_file, cache_meta(weights, t.train_data, acc.mixed_precision, settings))
+        settings = record_settings(c, extras)
+        load_table(c.ref_cache_file, cache_meta(weights, train_data, acc.mixed_precision, settings))
     # the main process computes and writes, the others read; same precision as the training forward. Under
     # FSDP the policy's forward is collective: every process computes (the same values), the main one writes
     order = contextlib.nullcontext() if sharding(acc) == "fsdp" else acc.main_process_first()
     with order, acc.autocast():
         tables = cached_tables(splits, weights, acc.mixed_precision, cache_dir, c.ref_cache_file, reference,
-                               t.tokenizer.pad_token_id, t.layout, c.max_row_tokens, c.batch_size, acc.device,
+                               pad_token_id, layout, c.max_row_tokens, c.batch_size, acc.device,
                                progress=c.progress and acc.is_main_process, write=acc.is_main_process)
     if not built:
         logger.info("every reference log-prob came from the cache: no reference model was loaded")

@@ -23,7 +23,7 @@ def mixed_precision(setting: str) -> str:
 
 
 def lora_config(c) -> LoraConfig | None:
-    """The run's LoRA settings (None without ``lora=true``), for the policy and PPO's value model alike."""
+    """The run's LoRA settings (None without ``lora=true``), for the policy and a recipe's value model alike."""
     return LoraConfig(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) if c.lora else None
 
 
@@ -47,22 +47,22 @@ def load_policy(c, objective, tokenizer, train_data):
     return policy, head, load_kwargs
 
 
-def check_executor(trainer, data) -> str:
-    """The batch layout to train with, checked by `checked_layout` on ``data`` through the trainer's executor
-    (under FSDP through the prepared scorer, on every process) in the training precision."""
-    c, acc = trainer.config, trainer.accelerator
+def check_executor(c, acc, policy, scorer, tokenizer, data, layout: str, attn_weight, reward_model: bool) -> str:
+    """The batch layout to train with, checked by `checked_layout` on ``data`` through the executor of
+    ``policy`` (under FSDP through the prepared ``scorer``, on every process) in the training precision of the
+    run's config ``c`` and accelerator ``acc``; ``reward_model``: a reward head is checked instead of log-probs."""
     rtol = 1e-4 if c.dtype in ("float32", "fp32") and mixed_precision(c.mixed_precision) == "no" else 3e-2
-    check = rm.verify_against_forward if trainer.reward_model else verify_against_forward
-    sharded = {"scorer": trainer.scorer} if dist.sharding(acc) else {}
+    check = rm.verify_against_forward if reward_model else verify_against_forward
+    sharded = {"scorer": scorer} if dist.sharding(acc) else {}
 
     def verify(batch):
         with acc.autocast():
-            return check(trainer.policy, batch, rtol, **sharded)
+            return check(policy, batch, rtol, **sharded)
 
-    was_training = trainer.policy.training
-    trainer.policy.eval()
+    was_training = policy.training
+    policy.eval()
     try:
-        return checked_layout(verify, data, trainer.tokenizer.pad_token_id, trainer.layout, c.max_row_tokens,
-                              trainer.attn_weight, acc.device, type(unwrap(trainer.policy)).__name__)
+        return checked_layout(verify, data, tokenizer.pad_token_id, layout, c.max_row_tokens, attn_weight, acc.device,
+                              type(unwrap(policy)).__name__)
     finally:
-        trainer.policy.train(was_training)
+        policy.train(was_training)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from alignkit.config import TrainConfig, from_dict, resolve, run_mode
+from alignkit.config import TrainConfig, resolve
 from alignkit.console import setup_console_logging
 from alignkit.data.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine import checkpoint as ckpt
@@ -53,7 +53,6 @@ from alignkit.engine.prepare import main_process_first, prepare_data, resolve_sh
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
 from alignkit.errors import AlignkitError, ConfigError
-from alignkit.models.hub import offline_mode
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.objectives import build_objective
 
@@ -106,7 +105,7 @@ class Trainer:
 
         # data: read, check against the objective, tokenize
         self.tokenizer = load_tokenizer(c.model, trust_remote_code=c.trust_remote_code)
-        strategy = resolve_strategy(c.ref_strategy, self.objective.needs_reference, c.lora, c.ref_model)
+        strategy = resolve_strategy(c.ref_strategy, self._needs_reference(), c.lora, c.ref_model)
         with main_process_first(self.accelerator):  # transforms that generate (self_samples) run once, then cached
             self.train_data, self.eval_data = self._prepare_data(strategy)
         self.fingerprints = {"data": rs.data_fingerprint(self.train_data), "model": rs.files_fingerprint(c.model),
@@ -147,6 +146,10 @@ class Trainer:
         self.scorer, self.optimizer = self.accelerator.prepare(scorer, optimizer)
         self.scheduler = scheduler
         self.policy = policy
+        # modules trained beside the policy (a recipe's, e.g. a value model): in the optimizer (their own
+        # parameter groups), the gradient clip and the checkpoints under their name; outside the DDP wrapper,
+        # so their gradients are averaged over processes in `_apply_update`
+        self.extra_modules: dict[str, torch.nn.Module] = {}
         dist.share_sharded_scorer(self.reference, self.scorer, self.accelerator)
         if c.verify_logprobs:
             self._verify_logprobs()
@@ -166,8 +169,12 @@ class Trainer:
         if self._hold is not None:
             self._hold.release()
 
+    def _needs_reference(self) -> bool:
+        """Whether the run reads a reference model (the objective's registration says)."""
+        return self.objective.needs_reference
+
     def _prepare_data(self, strategy: str):
-        """(train, eval or None) datasets; `engine/online.py` overrides it with prompts."""
+        """(train, eval or None) datasets (online training reads prompts instead: `alignkit.algorithms.online`)."""
         return prepare_data(self.config, self.tokenizer, self.objective, strategy != "none")
 
     def _steps_per_epoch(self) -> float:
@@ -180,7 +187,12 @@ class Trainer:
     def _verify_logprobs(self) -> None:
         """The longest record through the executor and through the model's own forward must agree (a family
         whose attention the shared-prompt block mask cannot express falls back to padded rows)."""
-        self.layout = startup.check_executor(self, self.train_data)
+        self.layout = self._checked_layout(self.train_data)
+
+    def _checked_layout(self, data) -> str:
+        """`startup.check_executor` of this run on ``data``."""
+        return startup.check_executor(self.config, self.accelerator, self.policy, self.scorer, self.tokenizer, data,
+                                      self.layout, self.attn_weight, self.reward_model)
 
     def _will_cache(self, strategy: str) -> bool:
         return rc.will_cache(self.config, self.objective, strategy)
@@ -188,7 +200,9 @@ class Trainer:
     def _cache_reference(self) -> None:
         """Reference log-probs from the cache, or one pass that fills it (`engine/refcache.py`); on a hit
         for every split no reference model is built or loaded at all."""
-        self.reference, self.eval_reference = rc.cached_references(self)
+        self.reference, self.eval_reference = rc.cached_references(
+            self.config, self.accelerator, self.strategy, self.policy, self.scorer, self.load_kwargs, self.train_data,
+            self.eval_data, self.objective.extras, self.tokenizer.pad_token_id, self.layout, self.output_dir)
 
     # ----------------------------------------------------------------- one step
     def _micro_loss(self, indices: list[int], data: TokenizedDataset, train: bool):
@@ -250,7 +264,10 @@ class Trainer:
             loss_sum, *means = dist.mean_over_processes(acc, [loss_sum, *metrics.values()])
             metrics = dict(zip(metrics, means))
             tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
-        grad_norm = acc.clip_grad_norm_(self.scorer.parameters(), c.max_grad_norm if c.max_grad_norm > 0 else 1e30)
+        extra = [p for m in self.extra_modules.values() for p in m.parameters()]
+        dist.average_gradients(extra, acc)
+        params = [*self.scorer.parameters(), *extra]
+        grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm if c.max_grad_norm > 0 else 1e30)
         grad_norm = float(grad_norm)
         finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
         # a finite gradient can still make non-finite weights (an lr that overflows them): that update is skipped
@@ -302,11 +319,26 @@ class Trainer:
             if dist.sharding(acc):
                 path = dist.save_sharded(acc, self.scorer, root, self.step_idx, self.policy, self.scheduler, *rest)
             elif acc.is_main_process:  # one process or DDP: the main process holds all of it
-                path = ckpt.save_checkpoint(root, self.step_idx, self.policy, self.optimizer, self.scheduler, *rest)
+                path = ckpt.save_checkpoint(root, self.step_idx, self._checkpointed(), self.optimizer, self.scheduler,
+                                            *rest)
         self._saved_step = self.step_idx
         if path is not None:
             logger.info("saved checkpoint %s", path)
         return path
+
+    def train_beside(self, name: str, module: torch.nn.Module, lr: float) -> None:
+        """Train ``module`` with the policy (see `extra_modules`): its trainable parameters in their own parameter
+        group (learning rate ``lr``, the run's weight decay and schedule), checkpointed under ``name``."""
+        c = self.config
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds the groups
+        optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": c.weight_decay})
+        self.scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self._optimizer_steps())  # every group
+        self.extra_modules[name] = module
+
+    def _checkpointed(self):
+        """What a checkpoint's weights are: the policy, and any `extra_modules` under their names."""
+        return ckpt.WithExtras(self.policy, self.extra_modules) if self.extra_modules else self.policy
 
     def resume(self, where: str) -> None:
         """Continue from checkpoint ``where`` (``latest`` or a path), validated against this run (engine/resume.py)."""
@@ -321,7 +353,7 @@ class Trainer:
         if dist.sharding(self.accelerator):
             state, obj_state = dist.load_sharded(self.accelerator, path, self.optimizer, self.scheduler)
         else:
-            state, obj_state = ckpt.load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+            state, obj_state = ckpt.load_checkpoint(path, self._checkpointed(), self.optimizer, self.scheduler)
         rs.apply_overrides(overrides, fresh, self.optimizer, self.scheduler)
         self.step_idx = state["step"]
         self.skipped_total = state["skipped_total"]
@@ -421,8 +453,8 @@ class Trainer:
         return TrainResult(self.output_dir, final_dir, history, stopped, self.skipped_total, self.layout)
 
     def _start_files(self) -> None:
-        """What a run writes into its folder as it starts, after an old run there is cleared (the online trainer
-        adds the code its reward functions came from)."""
+        """What a run writes into its folder as it starts, after an old run there is cleared (a subclass may add
+        files, e.g. the code its reward functions came from)."""
 
     def _keep_last_finite_update(self) -> str:
         """When a run diverges: a checkpoint of its weights, which are those of the last finite update (skipped
@@ -479,29 +511,3 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
-
-
-def train(config: TrainConfig | dict[str, Any], *, sampled_eval: SampledEval | None = None) -> TrainResult:
-    """Train with a `TrainConfig` (or a dict of its fields); returns the run folder, final model and history.
-    ``sampled_eval``: see `Trainer` (`alignkit.train` wires it)."""
-    if isinstance(config, dict):
-        config = from_dict(TrainConfig, dict(config), source="train()")
-    with offline_mode(config.offline):  # offline=true: Hub models and datasets from the local cache only
-        return _train(config, sampled_eval)
-
-
-def _train(config: TrainConfig, sampled_eval: SampledEval | None) -> TrainResult:
-    mode = run_mode(config)
-    if mode == "iterative":  # iterative DPO / self-rewarding: rounds of sample, label, train (engine/iterative.py)
-        from alignkit.engine.iterative import train_rounds
-
-        return train_rounds(config, lambda round_config: train(round_config, sampled_eval=sampled_eval))
-    if mode == "online":  # sample, score, learn (engine/online.py)
-        from alignkit.engine.online import OnlineTrainer
-
-        return OnlineTrainer(config, sampled_eval=sampled_eval).train()
-    if config.ensemble > 1:
-        from alignkit.engine.ensemble import train_ensemble
-
-        return train_ensemble(config, lambda member: Trainer(member, sampled_eval=sampled_eval).train())
-    return Trainer(config, sampled_eval=sampled_eval).train()

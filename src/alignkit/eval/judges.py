@@ -3,7 +3,7 @@
 * `RuleJudge` — a Python function returning a score (e.g. the demo world's known reward
   ``alignkit.worlds.reviews:reward``); higher wins.
 * `RewardModelJudge` — a trained reward model (`alignkit.engine.reward_model.load_reward_model`, scored by
-  `alignkit.rewards.score.model_scores`); higher wins.
+  `alignkit.rewards.rm_scores.model_scores`); higher wins.
 * `LLMJudge` — a local causal LM asked a pairwise question (`DEFAULT_TEMPLATE`). The verdict is read from
   the next-token distribution: ``P(first better) = P("A") / (P("A") + P("B"))``, each label's probability
   summed over its spellings (``"A"`` and ``" A"``). Deterministic: nothing is sampled.
@@ -40,7 +40,7 @@ from alignkit.eval.portia import correct, merge
 from alignkit.eval.winrate import outcomes
 from alignkit.generation import completion_record, prompt_ids
 from alignkit.models.load import load_model, load_tokenizer
-from alignkit.rewards.score import model_scores
+from alignkit.rewards.rm_scores import model_scores
 from alignkit.user_code import load_function
 
 DEFAULT_TEMPLATE = (

@@ -9,7 +9,7 @@ name ``alignkit generate --method NAME`` uses:
 * ``settings`` — `InferenceSettings` shared by all methods (length, sampling temperature, seed, batch);
 * ``options`` — an instance of the method's own options dataclass (``n``, ``tau``, ``w``, ...), built from
   ``--set key=value`` on the command line or a dict in Python, checked like a training config;
-* ``reward_fn`` — a reward function from `alignkit.rollout.build_reward` (``fn(prompts, completions, rows)``);
+* ``reward_fn`` — a reward function from `alignkit.rewards.build_reward` (``fn(prompts, completions, rows)``);
 * ``helper`` — a second causal LM sharing the tokenizer: the small aligned model of ``nudging``, the
   autoregressive reward model of ``genarm``, the aligned model whose log-ratio is ``cd``'s value.
 

@@ -47,7 +47,7 @@ import numpy as np
 from alignkit.errors import ConfigError
 from alignkit.inference.base import InferenceOutput, register
 from alignkit.inference.prefill import sample_shared
-from alignkit.rollout.rewards import penalize_unfinished
+from alignkit.rewards.functions import penalize_unfinished
 
 
 def bon_kl_bound(n: int) -> float:

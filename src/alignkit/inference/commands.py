@@ -49,7 +49,7 @@ def add_parsers(sub) -> None:
                    help=f"an inference-time alignment method: {', '.join(sorted(methods))} (each described below; "
                         "its options with --set)")
     g.add_argument("--reward", default=None, help="reward spec for --method: rm:PATH, module:function, rule:...")
-    g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, cd)")
+    g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, interpolate, cd)")
     g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="options of --method, e.g. --set n=16 tau=0.5")
     g.add_argument("--n", type=int, default=None, help="shortcut for --set n=N")
@@ -189,7 +189,7 @@ def method_command(args: argparse.Namespace) -> int:
     from alignkit.console import setup_console_logging
     from alignkit.inference.base import InferenceSettings, run_method
     from alignkit.models.load import load_model, load_tokenizer
-    from alignkit.rollout.rewards import build_reward
+    from alignkit.rewards.functions import build_reward
 
     setup_console_logging()
     spec, options = method_options_from_args(args)

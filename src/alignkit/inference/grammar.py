@@ -1,11 +1,12 @@
 """``grammar``: grammar-constrained decoding (GCD) and grammar-aligned decoding with ASAp (Park et al. 2024,
 "Grammar-Aligned Decoding", https://arxiv.org/abs/2405.21047).
 
-The grammar is a regular expression (syntax of the ``regex`` package, a transformers dependency) over
-the completion text: the language L is the set of texts it *fully* matches. The prefix automaton is
+The grammar is a regular expression (``regex``, syntax of the ``regex`` package, a transformers dependency)
+over the completion text: the language L is the set of texts it *fully* matches. The prefix automaton is
 ``regex``'s partial matching: a text u is *viable* when ``fullmatch(pattern, u, partial=True)``
-succeeds, i.e. some extension of u is in L. After a generated prefix with text u the allowed next
-tokens are
+succeeds, i.e. some extension of u is in L. Or it is a context-free grammar (``lark``, Lark's EBNF; an
+incremental LALR parser decides viability and membership: `alignkit.inference.cfg`, needs the optional
+package ``lark``). After a generated prefix with text u the allowed next tokens are
 
 * every non-special token whose decoded piece s is non-empty and makes ``u + s`` viable (pieces are
   each token decoded on its own, so a grammar over text that tokens split inside a multi-byte character
@@ -65,6 +66,7 @@ MODES = ("asap", "gcd")
 @dataclass
 class GrammarOptions:
     regex: str = ""  # the language: texts this regular expression fully matches
+    lark: str = ""  # or a context-free language: a Lark grammar (text or a .lark file), rule `start`
     mode: str = "asap"  # asap (grammar-aligned) | gcd (plain constrained decoding)
     iterations: int = 1  # samples drawn per prompt; ASAp refines between them, the last is returned
 
@@ -74,7 +76,8 @@ class RegexGrammar:
 
     def __init__(self, pattern: str):
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigError("grammar needs a regular expression: --set regex='(yes|no)' (regex package syntax)")
+            raise ConfigError("grammar needs a regular expression: --set regex='(yes|no)' (regex package syntax), "
+                              "or a context-free grammar: --set lark='start: \"a\" start \"b\" | \"ab\"'")
         try:
             self.pattern = regex.compile(pattern)
         except regex.error as e:
@@ -85,6 +88,21 @@ class RegexGrammar:
 
     def complete(self, text: str) -> bool:
         return self.pattern.fullmatch(text) is not None
+
+    def extends(self, text: str, piece: str) -> bool:
+        return self.viable(text + piece)
+
+
+def make_grammar(options: GrammarOptions) -> RegexGrammar:
+    """The language of ``options``: exactly one of ``regex`` (`RegexGrammar`) or ``lark``
+    (`alignkit.inference.cfg.CfgGrammar`, which has the same ``extends`` / ``complete`` interface)."""
+    if options.regex and options.lark:
+        raise ConfigError("grammar takes one language: --set regex=... or --set lark=..., not both")
+    if options.lark:
+        from alignkit.inference.cfg import CfgGrammar
+
+        return CfgGrammar(options.lark)
+    return RegexGrammar(options.regex)
 
 
 class TokenMask:
@@ -99,7 +117,7 @@ class TokenMask:
     def allowed(self, text: str, room: bool) -> list[int]:
         key = (text, room)
         if key not in self.memo:
-            ids = [i for i, s in self.pieces if self.grammar.viable(text + s)] if room else []
+            ids = [i for i, s in self.pieces if self.grammar.extends(text, s)] if room else []
             self.memo[key] = ids + (list(self.eos) if self.grammar.complete(text) else [])
         return self.memo[key]
 
@@ -178,9 +196,10 @@ class GrammarSampler:
                                  "max_new_tokens tokens, or strings the tokenizer's pieces cannot spell)")
 
 
-def grammar_samples(model, tokenizer, prompt, pattern: str, n: int, settings: InferenceSettings | None = None,
+def grammar_samples(model, tokenizer, prompt, pattern, n: int, settings: InferenceSettings | None = None,
                     mode: str = "asap") -> tuple[list[list[int]], GrammarSampler]:
-    """``n`` consecutive GCD / ASAp samples (token ids, stop token excluded) of one prompt, and the sampler."""
+    """``n`` consecutive GCD / ASAp samples (token ids, stop token excluded) of one prompt, and the sampler.
+    ``pattern``: a regular expression, or a grammar object (`RegexGrammar`, `alignkit.inference.cfg.CfgGrammar`)."""
     settings = settings or InferenceSettings()
     _check(mode, n, settings)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(settings.seed)
@@ -188,7 +207,8 @@ def grammar_samples(model, tokenizer, prompt, pattern: str, n: int, settings: In
     model.eval()
     try:
         sampler = GrammarSampler(model, tokenizer, prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs),
-                                 RegexGrammar(pattern), settings, mode == "asap")
+                                 RegexGrammar(pattern) if isinstance(pattern, str) else pattern, settings,
+                                 mode == "asap")
         with torch.no_grad():
             return [sampler.draw(gen)[0] for _ in range(n)], sampler
     finally:
@@ -206,12 +226,12 @@ def _check(mode: str, iterations: int, settings: InferenceSettings) -> None:
 
 
 @register("grammar", GrammarOptions, summary="grammar-aligned sampling (ASAp) or constrained decoding (GCD) "
-          "from a regular expression over the output")
+          "from a regular expression or a context-free (Lark) grammar over the output")
 @torch.no_grad()
 def grammar(model, tokenizer, prompts, rows, settings, options: GrammarOptions, reward_fn=None, helper=None):
     """GCD / ASAp (module docstring): ``iterations`` samples per prompt from one seeded generator."""
     _check(options.mode, options.iterations, settings)
-    grammar_ = RegexGrammar(options.regex)
+    grammar_ = make_grammar(options)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(settings.seed)
     was_training = model.training
     model.eval()

@@ -1,4 +1,4 @@
-"""Token-level guided decoding: ARGS, GenARM and nudging (METHODS.md section 7), on `alignkit.inference.decoding`.
+"""Token-level guided decoding: ARGS, GenARM, model interpolation and nudging (METHODS.md section 7), on `alignkit.inference.decoding`.
 
 Notation: π the base model, ``l_t`` its next-token logits after ``x, y_<t``, T the sampling temperature
 (`InferenceSettings.temperature`; 0 = greedy), ``p_t = softmax(l_t / T)`` the base sampler's step
@@ -13,6 +13,14 @@ distribution (before any top-p cut) and ``q_t`` the method's.
   and top-p cut like plain sampling. β = inf is π itself (the helper is then not run).
   Train π_r with `arm_objective`: ``−logσ(β_r (log π_r(y_w|x) − log π_r(y_l|x)))`` on preference pairs.
   ``extra["arm_logp"]``: ``Σ_t log π_r`` of the returned tokens (the ARM's sequence reward over β_r).
+* ``interpolate`` — model-interpolation decoding, DeRa (Liu et al. 2024, "Decoding-time Realignment of
+  Language Models", https://arxiv.org/abs/2402.02992): ``q_t ∝ π_base(v)^{1−w} · π_tuned(v)^w``, the
+  geometric mixture of the base model (``--model``) and a model tuned from it (``--helper``, e.g. a DPO
+  policy), i.e. ``softmax((1−w)·l_base + w·l_tuned)``, then T and top-p as plain sampling — sampling
+  `sample_product([π_base, π_tuned], [1 − w, w])`. For a policy tuned with KL strength β it
+  approximates, token by token, the policy that strength β/w would have given: w = 0 is the base
+  model, w = 1 the tuned one, 0 < w < 1 a weaker alignment, w > 1 a stronger one (extrapolation).
+  w = 0 does not run the helper; w = 1 runs the base model for the KL estimate only.
 * ``nudging`` — (Fei et al. 2024, https://arxiv.org/abs/2410.09300) π decodes; at a step where π's
   top-1 probability (untempered, ``max softmax(l_t)``) is < γ, the helper (a small aligned model) supplies
   that one token — its greedy token when T = 0, else a draw from its own tempered, top-p distribution.
@@ -21,15 +29,15 @@ distribution (before any top-p cut) and ``q_t`` the method's.
 KL estimate (``kl``, sampling only, None when greedy): ``Σ_t KL(q_t ‖ p_t)`` along the returned path,
 summed over its tokens (stop token included). By the chain rule its expectation over the method's
 samples is the sequence-level KL(method ‖ base sampler at temperature T) — an unbiased, lower-variance
-estimate than the sample's log-ratio. It is 0 for the degenerate settings (γ = 0, β = inf) at
+estimate than the sample's log-ratio. It is 0 for the degenerate settings (γ = 0, β = inf, w = 0) at
 ``top_p = 1``; with ``top_p < 1`` even the base sampler has KL ``E Σ_t −log(nucleus mass)`` > 0.
 
 Cost (per prompt): every model runs a prefill and one cached step per later token (``calls`` = n per
 model for n sampled tokens, ``tokens`` = ``len(prompt) + n − 1`` per model, as `decoding.decode_loop`
-counts); ARGS adds one call per scored candidate text (k per step). genarm and nudging run both models
-at every step. ``reward`` is the guiding reward of the returned text (ARGS: the score it was chosen
-with); for genarm and nudging it is ``reward_fn`` of the final text when one is given — reporting only,
-not counted in the cost.
+counts); ARGS adds one call per scored candidate text (k per step). genarm, interpolate (w ≠ 0) and
+nudging run both models at every step. ``reward`` is the guiding reward of the returned text (ARGS: the
+score it was chosen with); for genarm, interpolate and nudging it is ``reward_fn`` of the final text when
+one is given — reporting only, not counted in the cost.
 """
 
 from __future__ import annotations
@@ -65,6 +73,11 @@ class ArgsOptions:
 @dataclass
 class GenarmOptions:
     beta: float = 1.0  # q ∝ π · π_r^(1/β); inf: π alone
+
+
+@dataclass
+class InterpolateOptions:
+    w: float = 0.5  # weight of the tuned model (--helper): 0 = base, 1 = tuned, > 1 extrapolates
 
 
 @dataclass
@@ -182,14 +195,10 @@ def args(model, tokenizer, prompts, rows, settings, options: ArgsOptions, reward
     return out
 
 
-@register("genarm", GenarmOptions, needs_helper=True,
-          summary="GenARM: sample from π·π_r^(1/β) with an autoregressive reward model π_r (--helper)")
-def genarm(model, tokenizer, prompts, rows, settings, options: GenarmOptions, reward_fn=None, helper=None):
-    """GenARM (module docstring): `sample_product` of the base model and the ARM with exponents (1, 1/β)."""
-    if not options.beta > 0:
-        raise ConfigError(f"genarm needs beta > 0 (inf: the base model alone), got {options.beta}")
-    inv = 1.0 / options.beta
-    models, exponents = ([model, helper], [1.0, inv]) if inv > 0 else ([model], [1.0])
+def _product_outputs(models, exponents, tokenizer, prompts, rows, settings, reward_fn, extra=None):
+    """`sample_product` of ``models`` with ``exponents``, one sample per prompt in chunks of
+    ``settings.batch_size`` (chunk seeded ``settings.seed + start``), as `InferenceOutput` s; ``extra(gen, i)``
+    gives a row's method extras."""
     out, b, s = [], settings.batch_size, settings
     for start in range(0, len(prompts), b):
         chunk = prompts[start:start + b]
@@ -203,8 +212,32 @@ def genarm(model, tokenizer, prompts, rows, settings, options: GenarmOptions, re
             out.append(InferenceOutput(prompt=prompt, text=texts[i], token_ids=gen.token_ids[i][0],
                                        finished=gen.finished[i][0], reward=rewards[i], calls=gen.calls[i][0],
                                        tokens=gen.tokens[i][0], kl=None if gen.kl is None else float(gen.kl[i, 0]),
-                                       extra={"arm_logp": float(gen.logps[i, 0, -1]) if inv > 0 else None}))
+                                       extra=extra(gen, i) if extra else {}))
     return out
+
+
+@register("genarm", GenarmOptions, needs_helper=True,
+          summary="GenARM: sample from π·π_r^(1/β) with an autoregressive reward model π_r (--helper)")
+def genarm(model, tokenizer, prompts, rows, settings, options: GenarmOptions, reward_fn=None, helper=None):
+    """GenARM (module docstring): `sample_product` of the base model and the ARM with exponents (1, 1/β)."""
+    if not options.beta > 0:
+        raise ConfigError(f"genarm needs beta > 0 (inf: the base model alone), got {options.beta}")
+    inv = 1.0 / options.beta
+    models, exponents = ([model, helper], [1.0, inv]) if inv > 0 else ([model], [1.0])
+    return _product_outputs(models, exponents, tokenizer, prompts, rows, settings, reward_fn,
+                            lambda gen, i: {"arm_logp": float(gen.logps[i, 0, -1]) if inv > 0 else None})
+
+
+@register("interpolate", InterpolateOptions, needs_helper=True,
+          summary="model interpolation (DeRa): sample from π_base^(1−w)·π_tuned^w, the tuned model as --helper")
+def interpolate(model, tokenizer, prompts, rows, settings, options: InterpolateOptions, reward_fn=None, helper=None):
+    """Model-interpolation decoding (module docstring): `sample_product` of the base model and the tuned
+    ``helper`` with exponents (1 − w, w); w = 0 runs the base model alone."""
+    w = options.w
+    if not (isinstance(w, (int, float)) and math.isfinite(w)):
+        raise ConfigError(f"interpolate needs a finite weight w (0: the base model, 1: the tuned --helper), got {w!r}")
+    models, exponents = ([model, helper], [1.0 - w, float(w)]) if w != 0 else ([model], [1.0])
+    return _product_outputs(models, exponents, tokenizer, prompts, rows, settings, reward_fn)
 
 
 class NudgeChooser:

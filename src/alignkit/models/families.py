@@ -105,7 +105,9 @@ def build_family_model(name: str, vocab_size: int | None = None, seed: int = 0, 
     torch.manual_seed(seed)
     kwargs = {"dtype": dtype}
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        from alignkit.models.load import attention_implementation
+
+        kwargs["attn_implementation"] = attention_implementation(config, attn_implementation)
     return AutoModelForCausalLM.from_config(config, **kwargs).eval()
 
 

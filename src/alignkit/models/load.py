@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.errors import ConfigError, ModelError
+from alignkit.models import attention
+from alignkit.models.attention import FLEX, use_unfused_on_cpu
 from alignkit.models.hub import resolve_model
 
 logger = logging.getLogger("alignkit")
@@ -53,16 +55,35 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def attention_implementation(config, requested: str | None = "auto", task: str = "causal-lm") -> str | None:
-    """The attention backend to load a model with. ``auto``: SDPA where the model class supports it, else
-    eager (Gemma-2 refuses SDPA: it soft-caps attention scores); both take alignkit's 4D block masks.
-    Anything else is the user's explicit choice and is passed on as it is."""
+    """The attention backend to load a model with; every one of them takes alignkit's shared-prompt masks.
+
+    ``auto``: FlexAttention on CUDA where the model class supports it and its layers are ones a block mask
+    expresses (`flex_pays`: block-sparse masks skip the tiles a response never sees); else SDPA where the model
+    class supports it, else eager (Gemma-2 refuses SDPA: it soft-caps attention scores). ``flex`` is short for
+    ``flex_attention``. Anything else is the user's explicit choice and is passed on as it is."""
+    if requested == "flex":
+        requested = FLEX
+    cls = model_class(config, task)
+    if requested == FLEX or (requested in (None, "auto") and torch.cuda.is_available() and flex_pays(config, cls)):
+        if cls is not None and not getattr(cls, "_supports_flex_attn", False):
+            raise ConfigError(f"attn_implementation=flex_attention: {cls.__name__} does not support FlexAttention "
+                              "in this transformers; use attn_implementation=auto")
+        use_unfused_on_cpu()  # CPU runs of it go unfused (alignkit.models.attention)
+        return FLEX
     if requested not in (None, "auto"):
         return requested
-    cls = model_class(config, task)
     if cls is not None and not getattr(cls, "_supports_sdpa", True):
         logger.info("%s does not support SDPA attention: loading it with eager attention", cls.__name__)
         return "eager"
     return "sdpa"
+
+
+def flex_pays(config, cls) -> bool:
+    """Whether ``auto`` picks FlexAttention on CUDA for a model: torch has it with its GPU compiler (triton), the
+    model class supports it, and a block mask expresses every layer (else batches are padded rows, where flex
+    attention only adds its compile time)."""
+    return (attention.flex_available(gpu=True) and cls is not None
+            and getattr(cls, "_supports_flex_attn", False) and attention.attention_windows(config) is not None)
 
 
 def model_class(config, task: str = "causal-lm"):

@@ -14,6 +14,7 @@ from alignkit.objectives import (  # noqa: F401
     rl,
     selfplay,
     sft,
+    soft,
     unpaired,
 )
 from alignkit.objectives.registry import (

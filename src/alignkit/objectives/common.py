@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,22 @@ def pair_view(stats: SequenceStats) -> PairView:
     l = 1 - w
     mask = (order[:, 0] != order[:, 1]) & stats.valid.all(dim=1)
     return PairView(w=w, l=l, mask=mask)
+
+
+def pair_gap(stats: SequenceStats, view: PairView, dtype: torch.dtype) -> Tensor:
+    """The score gap of each pair, [B]: the record's ``extra['margin']`` where it is given and not NaN (a
+    ``margin`` column, or the gap the ``pairs`` transform writes), else ``|s(w) − s(l)|`` from scalar
+    ``scores``, else NaN (the row has no gap)."""
+    B = stats.batch_size
+    device = stats.valid.device
+    given = stats.extra.get("margin")
+    given = torch.full((B,), math.nan, dtype=dtype, device=device) if given is None else given.to(dtype)
+    if given.shape != (B,):
+        raise ValueError(f"extra['margin'] must be [B] = ({B},), got {tuple(given.shape)}")
+    if stats.scores is not None and stats.scores.dim() == 2:
+        s_w, s_l = view.take(stats.scores.to(dtype))
+        return torch.where(torch.isnan(given), (s_w - s_l).abs(), given)
+    return given
 
 
 def pair_metrics(prefix_free: dict[str, Tensor], mask: Tensor) -> dict[str, float]:

@@ -27,7 +27,7 @@ from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 PAIR = {"label_kinds": ("ranks", "scores"), "min_responses": 2, "max_responses": 2}
 
 
-class _Pair(NamedTuple):
+class PairStats(NamedTuple):
     view: PairView
     s_w: Tensor  # [B] summed log-probs (0 on masked rows, so padding never reaches the loss)
     s_l: Tensor
@@ -41,7 +41,9 @@ class _Pair(NamedTuple):
         return self.rho_w - self.rho_l
 
 
-def _pair(stats: SequenceStats, reference: bool) -> _Pair:
+def pair_stats(stats: SequenceStats, reference: bool) -> PairStats:
+    """The chosen / rejected statistics of every K = 2 row (masked rows: s = 0, n = 1, ρ = 0); ρ only with
+    ``reference``. Shared by the pair objectives here and in ``soft.py``."""
     view = pair_view(stats)
 
     def take(x: Tensor, fill: float) -> tuple[Tensor, Tensor]:
@@ -54,17 +56,24 @@ def _pair(stats: SequenceStats, reference: bool) -> _Pair:
     if reference:
         r_w, r_l = take(stats.logratios, 0.0)
         rho_w, rho_l = r_w, r_l
-    return _Pair(view, s_w, s_l, n_w, n_l, rho_w, rho_l)
+    return PairStats(view, s_w, s_l, n_w, n_l, rho_w, rho_l)
 
 
-def _finish(
-    stats: SequenceStats, p: _Pair, per: Tensor, r_w: Tensor, r_l: Tensor, **extra: Tensor
+def finish_pair(
+    stats: SequenceStats, p: PairStats, per: Tensor, r_w: Tensor, r_l: Tensor, **extra: Tensor
 ) -> LossOutput:
+    """`LossOutput` of a pair objective: ``per`` zeroed on masked rows, the record-weighted mean, the implicit
+    rewards ``r_w``/``r_l`` and log-prob metrics every pair objective logs, plus ``extra`` metrics."""
     mask = p.view.mask
     per = torch.where(mask, per, torch.zeros_like(per))
     metrics = reward_metrics(r_w, r_l, mask)
     metrics.update(pair_metrics({"logps/chosen": p.s_w, "logps/rejected": p.s_l, **extra}, mask))
     return LossOutput(weighted_mean(per, stats, mask), per, metrics)
+
+
+def _log_ratios(p: PairStats, length_normalize: bool) -> tuple[Tensor, Tensor]:
+    """``(ρ(w), ρ(l))``, or the per-token ``(ρ(w)/n(w), ρ(l)/n(l))`` when ``length_normalize``."""
+    return (p.rho_w / p.n_w, p.rho_l / p.n_l) if length_normalize else (p.rho_w, p.rho_l)
 
 
 def _rate(name: str, eps: float, high: float, closed: bool) -> None:
@@ -73,23 +82,31 @@ def _rate(name: str, eps: float, high: float, closed: bool) -> None:
 
 
 @register("dpo", needs_reference=True, **PAIR)
-def dpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
+def dpo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False) -> LossOutput:
     """Direct Preference Optimization (sigmoid loss), https://arxiv.org/abs/2305.18290.
 
     ``−logσ(βΔ)``: the Bradley–Terry likelihood of the preference under the implicit reward
     ``h = β·ρ``; β sets how far the policy may move from the reference.
 
+    ``length_normalize=True`` is LN-DPO (Ahrabian et al. 2024, "A Practical Analysis of Human
+    Alignment with *PO", https://arxiv.org/abs/2407.15229): ``−logσ(β[ρ(w)/n(w) − ρ(l)/n(l)])``,
+    per-token log-ratios, so a longer response earns no larger implicit reward for its length alone.
+    With both responses of length L it is dpo at β/L.
+
     Args:
-        stats: ``logps``, ``ref_logps`` [B, 2] summed log-probs; ranks or scalar scores [B, 2].
+        stats: ``logps``, ``ref_logps`` [B, 2] summed log-probs; ranks or scalar scores [B, 2];
+            ``lengths`` [B, 2] completion tokens (used with ``length_normalize``).
         beta: inverse temperature β > 0.
+        length_normalize: divide each log-ratio by its response's token count (LN-DPO).
 
     Returns:
-        LossOutput, ``per_example`` [B]; rewards are ``β·ρ``.
+        LossOutput, ``per_example`` [B]; rewards are ``β·`` the log-ratios used (``β·ρ`` or ``β·ρ/n``).
     """
     check_positive(beta=beta)
-    p = _pair(stats, reference=True)
-    per = -F.logsigmoid(beta * p.delta)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    p = pair_stats(stats, reference=True)
+    rho_w, rho_l = _log_ratios(p, length_normalize)
+    per = -F.logsigmoid(beta * (rho_w - rho_l))
+    return finish_pair(stats, p, per, beta * rho_w, beta * rho_l)
 
 
 @register("cdpo", needs_reference=True, **PAIR)
@@ -102,10 +119,10 @@ def cdpo(stats: SequenceStats, beta: float = 0.1, label_smoothing: float = 0.1) 
     """
     check_positive(beta=beta)
     _rate("label_smoothing", label_smoothing, 0.5, closed=True)
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     z = beta * p.delta
     per = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 @register("rdpo", needs_reference=True, **PAIR)
@@ -118,10 +135,10 @@ def rdpo(stats: SequenceStats, beta: float = 0.1, flip_rate: float = 0.1) -> Los
     """
     check_positive(beta=beta)
     _rate("flip_rate", flip_rate, 0.5, closed=False)
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     z = beta * p.delta
     per = (-(1 - flip_rate) * F.logsigmoid(z) + flip_rate * F.logsigmoid(-z)) / (1 - 2 * flip_rate)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 @register("ipo", needs_reference=True, **PAIR)
@@ -134,10 +151,10 @@ def ipo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False)
     ``β·`` the log-ratios used. Shapes as :func:`dpo`.
     """
     check_positive(beta=beta)
-    p = _pair(stats, reference=True)
-    rho_w, rho_l = (p.rho_w / p.n_w, p.rho_l / p.n_l) if length_normalize else (p.rho_w, p.rho_l)
+    p = pair_stats(stats, reference=True)
+    rho_w, rho_l = _log_ratios(p, length_normalize)
     per = (rho_w - rho_l - 1 / (2 * beta)) ** 2
-    return _finish(stats, p, per, beta * rho_w, beta * rho_l)
+    return finish_pair(stats, p, per, beta * rho_w, beta * rho_l)
 
 
 @register("hinge", needs_reference=True, **PAIR)
@@ -148,9 +165,9 @@ def hinge(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     margin βΔ reaches 1. Shapes and rewards as :func:`dpo`.
     """
     check_positive(beta=beta)
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     per = F.relu(1 - beta * p.delta)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 def _expm1_capped(x: Tensor) -> Tensor:
@@ -186,7 +203,7 @@ def fdpo(
     check_positive(beta=beta)
     if divergence not in FDIVERGENCES:
         raise ConfigError(f"fdpo divergence must be one of {FDIVERGENCES}, got '{divergence}'")
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     if divergence == "reverse_kl":
         margin = p.delta
     elif divergence == "js":
@@ -196,7 +213,7 @@ def fdpo(
         check_positive(alpha=a)
         margin = (_expm1_capped(-a * p.rho_l) - _expm1_capped(-a * p.rho_w)) / a
     per = -F.logsigmoid(beta * margin)
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l)
 
 
 @register("simpo", **PAIR)
@@ -208,10 +225,10 @@ def simpo(stats: SequenceStats, beta: float = 2.0, gamma: float = 1.0) -> LossOu
     Length-normalisation makes it invariant to repeating a response's tokens. Rewards are ``β·m``.
     """
     check_positive(beta=beta)
-    p = _pair(stats, reference=False)
+    p = pair_stats(stats, reference=False)
     m_w, m_l = p.s_w / p.n_w, p.s_l / p.n_l
     per = -F.logsigmoid(beta * (m_w - m_l) - gamma)
-    return _finish(stats, p, per, beta * m_w, beta * m_l)
+    return finish_pair(stats, p, per, beta * m_w, beta * m_l)
 
 
 def _log_odds(m: Tensor) -> Tensor:
@@ -234,11 +251,11 @@ def orpo(stats: SequenceStats, lam: float = 0.1) -> LossOutput:
     ``nll`` and ``log_odds_ratio``.
     """
     check_positive(lam=lam)
-    p = _pair(stats, reference=False)
+    p = pair_stats(stats, reference=False)
     m_w, m_l = p.s_w / p.n_w, p.s_l / p.n_l
     ratio = _log_odds(m_w) - _log_odds(m_l)
     per = -m_w - lam * F.logsigmoid(ratio)
-    return _finish(stats, p, per, lam * m_w, lam * m_l, nll=-m_w, log_odds_ratio=ratio)
+    return finish_pair(stats, p, per, lam * m_w, lam * m_l, nll=-m_w, log_odds_ratio=ratio)
 
 
 @register("cpo", **PAIR)
@@ -251,9 +268,9 @@ def cpo(stats: SequenceStats, beta: float = 0.1, sft_weight: float = 1.0) -> Los
     (METHODS.md writes ``NLL(w)``). Rewards are ``β·s``.
     """
     check_positive(beta=beta)
-    p = _pair(stats, reference=False)
+    p = pair_stats(stats, reference=False)
     per = -F.logsigmoid(beta * (p.s_w - p.s_l)) - sft_weight * p.s_w / p.n_w
-    return _finish(stats, p, per, beta * p.s_w, beta * p.s_l, nll=-p.s_w / p.n_w)
+    return finish_pair(stats, p, per, beta * p.s_w, beta * p.s_l, nll=-p.s_w / p.n_w)
 
 
 @register("rpo", needs_reference=True, **PAIR)
@@ -263,9 +280,9 @@ def rpo(stats: SequenceStats, beta: float = 0.1, alpha: float = 1.0) -> LossOutp
     ``−logσ(βΔ) + α·(−s(w)/n(w))`` (mean token NLL); α = 0 is :func:`dpo`. Rewards are ``β·ρ``.
     """
     check_positive(beta=beta)
-    p = _pair(stats, reference=True)
+    p = pair_stats(stats, reference=True)
     per = -F.logsigmoid(beta * p.delta) - alpha * p.s_w / p.n_w
-    return _finish(stats, p, per, beta * p.rho_w, beta * p.rho_l, nll=-p.s_w / p.n_w)
+    return finish_pair(stats, p, per, beta * p.rho_w, beta * p.rho_l, nll=-p.s_w / p.n_w)
 
 
 @register("asft", **PAIR)
@@ -276,9 +293,9 @@ def asft(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     coupling), so the gradient raises s(w) and lowers s(l) independently. Rewards are ``β·s``.
     """
     check_positive(beta=beta)
-    p = _pair(stats, reference=False)
+    p = pair_stats(stats, reference=False)
     per = -F.logsigmoid(beta * p.s_w) - F.logsigmoid(-beta * p.s_l)
-    return _finish(stats, p, per, beta * p.s_w, beta * p.s_l)
+    return finish_pair(stats, p, per, beta * p.s_w, beta * p.s_l)
 
 
 @register("jpo", needs_reference=True, label_kinds=("ranks", "scores"), min_responses=2)

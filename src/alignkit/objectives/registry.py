@@ -35,6 +35,7 @@ EXTRAS = {
     "kl_logratios": "[B] ρ of mismatched (prompt_i, response_{i+1}) pairs: KTO's KL baseline",
     "shared_tokens": "[B, K] leading completion tokens a response shares with another response of its record",
     "margin": "[B] the record's meta['margin'] (e.g. a score gap written by the pairs transform), NaN if absent",
+    "p": "[B] the record's meta['p'] (a `p` column: P(chosen ≻ rejected) in [0, 1]), NaN if absent",
     "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",
     "step_mask": "[B, K, S] which of up to S steps of each response exist (process reward models)",
     "step_labels": "[B, K, S] per-step labels 1.0 good / 0.0 bad (process reward models)",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.objectives.common import PairView, pair_metrics, pair_view, reward_metrics
+from alignkit.objectives.common import PairView, pair_gap, pair_metrics, pair_view, reward_metrics
 from alignkit.objectives.listwise import ListView, list_view, plackett_luce_nll
 from alignkit.objectives.registry import register
 from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
@@ -151,18 +151,8 @@ def bt(stats: SequenceStats, center_coef: float = 0.0) -> LossOutput:
 def pair_margin(stats: SequenceStats, view: PairView) -> Tensor:
     """m [B] for each pair: ``extra['margin']`` where it is not NaN, else ``|s_w − s_l|`` from scalar
     scores when the stats carry them, else 0; 0 on masked rows."""
-    B = stats.batch_size
-    dtype, device = stats.rewards.dtype, stats.rewards.device
-    given = stats.extra.get("margin")
-    given = torch.full((B,), math.nan, dtype=dtype, device=device) if given is None else given.to(dtype)
-    if given.shape != (B,):
-        raise ValueError(f"extra['margin'] must be [B] = ({B},), got {tuple(given.shape)}")
-    fallback = torch.zeros(B, dtype=dtype, device=device)
-    if stats.scores is not None and stats.scores.dim() == 2:
-        s_w, s_l = view.take(stats.scores.to(dtype))
-        fallback = torch.where(view.mask, (s_w - s_l).abs(), fallback)
-    m = torch.where(torch.isnan(given), fallback, given)
-    return torch.where(view.mask, m, torch.zeros_like(m))
+    m = pair_gap(stats, view, stats.rewards.dtype)
+    return torch.where(view.mask & ~torch.isnan(m), m, torch.zeros_like(m))
 
 
 @register("bt_margin", extras=("margin",), **PAIR)

@@ -1,5 +1,6 @@
-"""Online RL (METHODS.md section 6): advantage estimators and the critic-free objectives grpo, rloo,
-remax and reinforce_pp (one clipped surrogate, four advantage estimators), and raft (best-of-K SFT).
+"""Online RL (METHODS.md section 6): advantage estimators and the critic-free objectives grpo, dr_grpo,
+rloo, remax and reinforce_pp (one clipped surrogate, their advantage estimators), raft (best-of-K SFT) and
+copg (contrastive policy gradient, on scored samples of any policy).
 The PPO machinery they share — per-token KL estimators, the clipped surrogate, aggregation, GAE,
 whitening, token rewards — and the ``ppo`` objective live in ``rl_ppo.py`` (importing this module
 registers both) and are re-exported here.
@@ -10,8 +11,8 @@ Rollout objectives are registered with ``inputs="rollout"`` and read per-token s
 ``stats.extra["advantages"]`` [B, K] (one per sample) or [B, K, T] (per token) and, for the KL
 term, ``stats.extra["ref_token_logps"]`` [B, K, T]. A token counts when ``token_mask`` and its
 slot's ``valid`` hold; every other entry (NaN allowed) is replaced by 0 before any arithmetic, so
-it reaches neither the loss nor the gradient. The rollout recipe computes ``advantages`` from the
-samples' rewards [B, K] with ``ADVANTAGES[objective name]``.
+it reaches neither the loss nor the gradient. The policy-gradient recipe (`alignkit.algorithms.policy_gradient`)
+computes ``advantages`` from the samples' rewards [B, K] with the estimator each method registers there.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ from alignkit.objectives.rl_ppo import (
     token_rewards,
     whiten,
 )
-from alignkit.objectives.stats import LossOutput, SequenceStats
+from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
 
 __all__ = [
-    "ADVANTAGES",
     "KL_KINDS",
     "LOSS_AGGS",
     "aggregate",
@@ -138,14 +138,6 @@ def reinforce_pp_advantages(r: Tensor, valid: Tensor | None = None, eps: float =
     return centred / (std + eps)
 
 
-ADVANTAGES = {
-    "grpo": grpo_advantages,
-    "rloo": rloo_advantages,
-    "remax": remax_advantages,  # also takes greedy_reward [B]
-    "reinforce_pp": reinforce_pp_advantages,
-}
-
-
 ROLLOUT = {
     "label_kinds": ("scores",),
     "inputs": "rollout",
@@ -182,6 +174,26 @@ def grpo(
     ``ratio/mean``, ``kl``, ``tokens``.
     """
     return policy_loss(stats, "grpo", beta, clip_low, clip_high, kl, loss_agg, norm_len)
+
+
+@register("dr_grpo", needs_reference=True, **ROLLOUT)
+def dr_grpo(
+    stats: SequenceStats,
+    beta: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    kl: str = "k3",
+    loss_agg: str = "sum_norm",
+    norm_len: int = 0,
+) -> LossOutput:
+    """Dr. GRPO (GRPO done right), https://arxiv.org/abs/2503.20783 (advantages: :func:`grpo_advantages`
+    with ``scale="none"``, ``A_i = r_i − mean(r)``: no division by the group's std).
+
+    :func:`grpo`'s loss with the paper's unbiased aggregation: each sample's token sum divided by one constant
+    (``loss_agg="sum_norm"``: ``norm_len``, the generation budget; 0 takes the batch's longest sample), so
+    neither the response length nor the question's reward spread rescales a sample's gradient.
+    """
+    return policy_loss(stats, "dr_grpo", beta, clip_low, clip_high, kl, loss_agg, norm_len)
 
 
 @register("rloo", needs_reference=True, **ROLLOUT)
@@ -282,3 +294,46 @@ def raft(stats: SequenceStats) -> LossOutput:
         "tokens": float(tokens.sum()),
     }
     return LossOutput(loss, per, metrics)
+
+
+@register("copg", label_kinds=("scores",), needs_reference=True, min_responses=2)
+def copg(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
+    """Contrastive Policy Gradient (CoPG), Flet-Berliac et al. 2024, https://arxiv.org/abs/2406.19185.
+
+    With the regularised reward ``R̂(y) = r(y) − β·ρ(y)`` (ρ the sequence log-ratio to the reference), the
+    paper's loss for two responses of one prompt is ``(R̂(y) − R̂(y'))²``: no importance ratio, so the
+    responses may come from any policy (scored offline data, or fresh samples online). Per record, over
+    the ordered pairs of its n counted responses (rewards: ``stats.rewards`` [B, K], else scalar
+    ``scores``; padded slots and NaN rewards masked), scaled by 1/(4β)::
+
+        L = 1/(4β·n(n − 1)) · Σ_{i≠j} (r_i − r_j − β(ρ_i − ρ_j))²
+
+    records weight-averaged. Its gradient in ρ_i is ``−Â_i/n`` with ``Â_i = R̂_i − mean_{j≠i} R̂_j``, the
+    leave-one-out advantage of the regularised rewards: on samples of πθ it is exactly the gradient of
+    ``rloo`` (``loss_agg="sum"``) with the KL ``β·ρ`` in the reward — RLOO's own at πθ = π_ref. It
+    vanishes at ``πθ ∝ π_ref·exp(r/β)``, the KL-regularised optimum; for a pair with r_w − r_l = ½ it is
+    IPO's loss with τ = β, times β/4.
+
+    Args:
+        beta: β > 0, the KL regularisation (the temperature of the optimum).
+
+    Metrics: ``reward/regularised`` (mean R̂), ``logratio/mean`` (mean ρ), ``pairs`` (ordered pairs).
+    """
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ConfigError(f"copg hyper-parameter beta must be finite and > 0, got {beta}")
+    rho = stats.logratios
+    r = _sample_rewards(stats).detach().to(rho.dtype)
+    ok = stats.valid & ~torch.isnan(r)
+    zero = torch.zeros_like(rho)
+    r_hat = torch.where(ok, r, zero) - beta * torch.where(ok, rho, zero)
+    eye = torch.eye(ok.shape[1], dtype=torch.bool, device=ok.device)
+    pairs = ok[:, :, None] & ok[:, None, :] & ~eye
+    diff = r_hat[:, :, None] - r_hat[:, None, :]
+    n = ok.sum(1).to(rho.dtype)
+    per = torch.where(pairs, diff.square(), torch.zeros_like(diff)).sum((1, 2)) / (4 * beta * (n * (n - 1)).clamp(min=1))
+    rows = n >= 2
+    count = ok.sum().clamp(min=1)
+    metrics = {"reward/regularised": float(torch.where(ok, r_hat.detach(), zero).sum() / count),
+               "logratio/mean": float(torch.where(ok, rho.detach(), zero).sum() / count),
+               "pairs": float(pairs.sum())}
+    return LossOutput(weighted_mean(per, stats, rows), per, metrics)

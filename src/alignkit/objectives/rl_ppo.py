@@ -161,7 +161,7 @@ def token_advantages(stats: SequenceStats, tok: Tokens, name: str) -> Tensor:
     if adv is None or tuple(adv.shape) not in (shape[:2], shape):
         raise ValueError(
             f"objective '{name}' needs extra['advantages'] of shape {shape[:2]} or {shape}, computed by "
-            f"the rollout recipe (alignkit.objectives.rl.ADVANTAGES)"
+            f"the recipe with the estimator its method registers (alignkit.algorithms.policy_gradient)"
             + ("" if adv is None else f"; got {tuple(adv.shape)}")
         )
     adv = adv.detach().to(tok.logp.dtype)
@@ -306,7 +306,7 @@ def ppo(
     ``R = extra["returns"]``. Both are averaged over all counted tokens of the batch (record-weighted
     token mean). The KL to the reference sits in the reward (:func:`token_rewards`), so this loss
     reads no reference model; the recipe computes the reference's log-probs for the reward. The online
-    recipe (``alignkit.engine.value``: value model, ``kl_coef``, ``gamma``, ``gae_lambda``,
+    recipe (``alignkit.algorithms.ppo``: value model, ``kl_coef``, ``gamma``, ``gae_lambda``,
     ``whiten_advantages``) fills every extra; ``vf_coef`` and ``cliprange_value`` are set as ``hparams``.
 
     Metrics: ``pg_loss``, ``vf_loss``, ``vf_clipfrac`` (tokens whose clipped value term is the larger),

@@ -1,12 +1,12 @@
 """Self-play objectives for general (possibly intransitive) preferences (METHODS.md section 6): SPPO and
 Nash-MD. Both read, per sampled response y, a preference probability in [0, 1] — ``stats.rewards``
 [B, K] in online training (else scalar ``scores``) — made by the rollout rewards of
-``rollout/preference.py``:
+``rewards/preference.py``:
 
 * ``reward=winrate:PREF_SPEC`` → ``P̂(y ≻ π | x)``, y's mean win probability against the policy's other
   K − 1 samples of the prompt (SPPO's estimate);
 * ``reward=mixture:PREF_SPEC`` → ``P(y ≻ y' | x)`` with y' from the geometric mixture
-  ``πθ^{1−α}·π_ref^{α}`` (Nash-MD's opponent, rollout/opponents.py).
+  ``πθ^{1−α}·π_ref^{α}`` (Nash-MD's opponent, rewards/opponents.py).
 
 Both are pure functions of sequence log-probs: ``ρ(y) = log πθ(y|x) − log π_ref(y|x)`` (``stats.logratios``,
 summed over completion tokens); every valid slot of a record counts, padded slots and NaN rewards are

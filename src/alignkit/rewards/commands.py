@@ -57,7 +57,7 @@ def _load(args, rejects: Path, load_models: bool = True):
     from alignkit.engine.ensemble import expand_members
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.score import reward_info
+    from alignkit.rewards.rm_scores import reward_info
 
     setup_console_logging()
     args.reward_model = expand_members(args.reward_model)
@@ -72,7 +72,7 @@ def score_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from alignkit.data.tokenize import TokenizeConfig
-    from alignkit.rewards.score import score_records, scored_record
+    from alignkit.rewards.rm_scores import score_records, scored_record
 
     out = Path(args.out)
     if args.workers < 0:
@@ -99,7 +99,7 @@ def score_command(args: argparse.Namespace) -> int:
 def eval_rm_command(args: argparse.Namespace) -> int:
     from alignkit.data.tokenize import TokenizeConfig
     from alignkit.eval.rm_report import rm_report, write_report
-    from alignkit.rewards.score import score_records
+    from alignkit.rewards.rm_scores import score_records
 
     out = Path(args.out) if args.out else Path(args.reward_model[0]) / f"eval-{Path(args.data).stem}"
     records, tokenizer, models, infos = _load(args, out / "rejects.jsonl")

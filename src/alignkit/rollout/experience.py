@@ -6,8 +6,9 @@ prompt ids are those generation started from and whose completion is the sampled
 the sample stopped there), so the log-probs the trainer computes are those of what was sampled. A
 sample that ended at a stop string (``stop``) is trained on its ids up to and including the token that
 completed the stop string (no EOS appended), while the reward sees its text without the stop string. The
-records carry the rewards as ``scores``, so any offline objective (dpo on K = 2, sft = RAFT, listwise
-objectives) can train on fresh samples too.
+reward follows the group protocol (`alignkit.rewards.protocol`): each prompt's K completions as one group;
+its metrics come back in ``Experience.reward_metrics``. The records carry the rewards as ``scores``, so any
+offline objective (dpo on K = 2, sft = RAFT, listwise objectives) can train on fresh samples too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from alignkit.data.dataset import TokenizedDataset
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.generation import generate, prompt_ids
-from alignkit.rollout.rewards import penalize_unfinished
+from alignkit.rewards.build import build_group_reward
+from alignkit.rewards.functions import penalize_unfinished
+from alignkit.rewards.protocol import LiveModels
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Experience:
     rewards: Tensor
     data: TokenizedDataset
     extra: dict[str, Tensor] = field(default_factory=dict)
+    reward_metrics: dict[str, float] = field(default_factory=dict)  # what the reward returned beside the rewards
 
     @property
     def num_tokens(self) -> int:
@@ -54,35 +58,30 @@ def _record(prompt, k: int, rewards: list[float]) -> PreferenceRecord:
 
 
 @torch.no_grad()
-def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward_fn, k: int, seed: int,
+def sample_experience(model, tokenizer, prompts: list, rows: list[dict], reward, k: int, seed: int,
                       max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                       unfinished_penalty: float | None = None, chat_template: str = "auto",
-                      stop: list[str] | tuple[str, ...] = (), chat_template_kwargs: dict | None = None) -> Experience:
+                      stop: list[str] | tuple[str, ...] = (), chat_template_kwargs: dict | None = None,
+                      models: LiveModels | None = None) -> Experience:
     """Sample ``k`` completions per prompt from ``model`` (seeded; ending at a stop token — EOS or the chat
-    template's end of turn —, a ``stop`` string or ``max_new_tokens``), score them with ``reward_fn``.
+    template's end of turn —, a ``stop`` string or ``max_new_tokens``), score them with ``reward`` (a reward of
+    the protocol, or a spec or pointwise function for `build_group_reward`; ``models`` for one that decodes).
     ``chat_template_kwargs``: passed to every render of a chat prompt, as in training."""
     gen = generate(model, tokenizer, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, seed=seed, chat_template=chat_template, stop=stop,
                    chat_template_kwargs=chat_template_kwargs)
-    return experience_from(gen, tokenizer, rows, reward_fn, k, unfinished_penalty, chat_template, chat_template_kwargs)
+    return experience_from(gen, tokenizer, rows, reward, k, unfinished_penalty, chat_template, chat_template_kwargs,
+                           models)
 
 
-def experience_from(gen, tokenizer, rows: list[dict], reward_fn, k: int, unfinished_penalty: float | None = None,
-                    chat_template: str = "auto", chat_template_kwargs: dict | None = None) -> Experience:
+def experience_from(gen, tokenizer, rows: list[dict], reward, k: int, unfinished_penalty: float | None = None,
+                    chat_template: str = "auto", chat_template_kwargs: dict | None = None,
+                    models: LiveModels | None = None) -> Experience:
     """The `Experience` of a `Generation` of ``k`` samples per prompt (from `generate`, or an engine such as
     vLLM returning the same fields): rewards scored, samples as the exact token ids sampled."""
     prompts = gen.prompts
-    flat_prompts = [p for p in prompts for _ in range(k)]
-    flat_rows = [r for r in rows for _ in range(k)]
-    flat_texts = [t for row in gen.texts for t in row]
-    flat_done = [d for row in gen.finished for d in row]
-    from alignkit.rollout.preference import WinRateReward
-
-    # a win-rate reward is told the groups (K per prompt): found from the lists, two adjacent entries of one
-    # prompt text sharing a row object (e.g. rows=[{}] * B) would merge into one group of 2K
-    group = {"group_size": k} if isinstance(reward_fn, WinRateReward) else {}
-    rewards = penalize_unfinished(reward_fn(flat_prompts, flat_texts, flat_rows, **group), flat_done,
-                                  unfinished_penalty)
+    scored = build_group_reward(reward)(list(prompts), gen.texts, list(rows), models)
+    rewards = [penalize_unfinished(r, done, unfinished_penalty) for r, done in zip(scored.rewards, gen.finished)]
     eos = tokenizer.eos_token_id
     items, records = [], []
     for b, prompt in enumerate(prompts):
@@ -92,7 +91,7 @@ def experience_from(gen, tokenizer, rows: list[dict], reward_fn, k: int, unfinis
         segments = [list(s) + ([stop] if stop is not None else []) for s, stop in zip(gen.token_ids[b], gen.stop_ids[b])]
         segments = [s if s else [eos] for s in segments]  # an empty, unfinished sample cannot occur; be safe
         items.append(TokenizedRecord(prompt_ids=ids, segments=segments, score_start=[0] * k, index=b))
-        records.append(_record(prompt, k, rewards[b * k:(b + 1) * k]))
+        records.append(_record(prompt, k, rewards[b]))
     return Experience(prompts=list(prompts), rows=list(rows), texts=gen.texts, finished=gen.finished,
                       rewards=torch.tensor(rewards, dtype=torch.float32).view(len(prompts), k),
-                      data=TokenizedDataset(records, items))
+                      data=TokenizedDataset(records, items), reward_metrics=dict(scored.metrics))

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from alignkit.data.dataset import TokenizedDataset
 from alignkit.errors import ConfigError
+from alignkit.rewards.build import build_group_reward
 from alignkit.rollout.experience import Experience, sample_experience
-from alignkit.rollout.rewards import build_reward
 
 logger = logging.getLogger("alignkit")
 BACKENDS = ("ray", "local", "vllm")
@@ -102,11 +102,17 @@ def _join(values: list):
 
 
 def merge_experiences(parts: list[Experience]) -> Experience:
-    """Chunks of one rollout, in order, as one `Experience` (every field joined along prompts)."""
+    """Chunks of one rollout, in order, as one `Experience` (every field joined along prompts; the reward's
+    metrics averaged over the chunks, weighted by their prompts)."""
     if len(parts) == 1:
         return parts[0]
-    fields = dataclasses.fields(Experience)
-    return Experience(**{f.name: _join([getattr(p, f.name) for p in parts]) for f in fields})
+    fields = [f.name for f in dataclasses.fields(Experience) if f.name != "reward_metrics"]
+    merged = Experience(**{name: _join([getattr(p, name) for p in parts]) for name in fields})
+    sizes = [len(p.prompts) for p in parts]
+    keys = {k for p in parts for k in p.reward_metrics}
+    merged.reward_metrics = {k: sum(n * p.reward_metrics.get(k, 0.0) for n, p in zip(sizes, parts)) / sum(sizes)
+                             for k in sorted(keys)}
+    return merged
 
 
 def _chunks(rows: list[dict], seed: int, workers: int):
@@ -149,11 +155,11 @@ class RolloutWorker:
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
         self.model = torch.load(io.BytesIO(model_bytes), map_location=self.device, weights_only=False)
         self.tokenizer = tokenizer
-        self.reward_fn = build_reward(reward, tokenizer, self.device)
+        self.reward = build_group_reward(reward, tokenizer, self.device)
 
     def sample(self, state: dict, prompts: list, rows: list[dict], seed: int, kwargs: dict) -> Experience:
         self.model.load_state_dict(state)
-        exp = sample_experience(self.model, self.tokenizer, prompts, rows, self.reward_fn, seed=seed, **kwargs)
+        exp = sample_experience(self.model, self.tokenizer, prompts, rows, self.reward, seed=seed, **kwargs)
         exp.rewards = exp.rewards.cpu()
         return exp
 
@@ -199,7 +205,7 @@ def rollout_pool(config, model, tokenizer, reward_fn):
         return LocalRollout(model, tokenizer, reward_fn, workers, cpus)
     if config.rollout_backend != "ray":
         raise ConfigError(f"rollout_backend must be one of {BACKENDS}, got {config.rollout_backend!r}")
-    if getattr(reward_fn, "needs_models", False):  # bound to the driver's policy and reference each rollout
+    if reward_fn.needs_models:  # it decodes with the driver's live policy and reference
         raise ConfigError(f"reward {config.reward!r} samples from the trainer's own models and runs in-process only; "
                          "use rollout_workers=0 or rollout_backend=local")
     return RayRollout(model, tokenizer, config.reward, workers, cpus, config.rollout_worker_gpus)
@@ -211,7 +217,7 @@ class ScoreWorker:
     def __init__(self, paths: list[str], dtype: str, trust_remote_code: bool, threads: int):
         from alignkit.engine.reward_model import load_reward_model
         from alignkit.models.load import load_tokenizer
-        from alignkit.rewards.score import reward_info
+        from alignkit.rewards.rm_scores import reward_info
 
         _worker_setup(threads)
         self.tokenizer = load_tokenizer(paths[0], trust_remote_code=trust_remote_code)
@@ -219,7 +225,7 @@ class ScoreWorker:
         self.infos = [reward_info(p) for p in paths]
 
     def score(self, records: list, kwargs: dict):
-        from alignkit.rewards.score import score_records
+        from alignkit.rewards.rm_scores import score_records
 
         return score_records(self.models, self.tokenizer, records, progress=False, infos=self.infos, **kwargs)
 

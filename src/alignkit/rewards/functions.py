@@ -1,8 +1,9 @@
-"""Reward functions for online RL and best-of-N: one callable interface over samples.
+"""Pointwise reward functions for online RL and best-of-N: one callable interface over samples.
 
 A reward function is ``fn(prompts, completions, rows) -> list[float]`` (or a list of vectors): the
 prompts, one completion per entry, and each entry's source row (a dict of the prompt file's fields,
-e.g. ``answer``). `build_reward` makes one from a spec, as written in a config::
+e.g. ``answer``). Online training wraps it in the group protocol (`alignkit.rewards.protocol.Pointwise`).
+`build_reward` makes one from a spec, as written in a config::
 
     reward: rule:exact_answer            # completion's first number (or the one after ####) == row["answer"]
     reward: rule:regex:^ \\d+\\.$          # 1 if the completion matches the pattern (re.search), else 0
@@ -10,13 +11,9 @@ e.g. ``answer``). `build_reward` makes one from a spec, as written in a config::
     reward: rm:runs/rm/final             # a trained reward model (alignkit or plain transformers)
     reward: alignkit.worlds.reviews:reward   # any Python function f(completion) or f(prompt, completion, row)
     reward: [{reward: rule:exact_answer, weight: 1.0}, {reward: rule:regex:\\.$, weight: 0.1}]
-    reward: winrate:rm:runs/gpm/final    # self-play (SPPO): mean P(y ≻ y_j) over the prompt's other K − 1 samples
-    reward: mixture:rm:runs/rm/final     # Nash-MD: P(y ≻ y'), y' from the policy/reference mixture (mixture_alpha)
 
-``winrate:`` and ``mixture:`` take a *preference* spec (rollout/preference.py: rm:PATH, bt:REWARD_SPEC,
-llm:PATH, module:function). A win-rate reward needs the group of K samples of each prompt: it finds it in
-the flat, prompt-major lists (consecutive entries sharing a prompt and its row object, as
-`sample_experience` passes them) or is told, ``fn(prompts, completions, rows, group_size=K)``.
+Rewards that compare a prompt's samples (``winrate:``, ``mixture:``) are not pointwise: they are built by
+`alignkit.rewards.build.build_group_reward`, for online training and rounds.
 
 Rule and Python rewards run in-process; the penalty for samples cut at ``max_new_tokens`` (no EOS) is
 applied by the caller (`penalize_unfinished`).
@@ -104,7 +101,7 @@ def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
     """A trained reward model scoring ``prompt + completion`` at its last token."""
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.score import reward_info, score_records
+    from alignkit.rewards.rm_scores import reward_info, score_records
 
     model, tokenizer, info = load_reward_model(path), load_tokenizer(path), reward_info(path)
     if device is not None:
@@ -121,26 +118,10 @@ def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
 
 
 class WeightedReward:
-    """``Σ_i w_i · r_i`` over a list of rewards. Passes the online trainer's hooks through to its parts: a
-    part that decodes with the live models (``mixture:``, `needs_models`) is bound with them, and the parts'
-    ``last_metrics`` are merged."""
+    """``Σ_i w_i · r_i`` over a list of pointwise rewards."""
 
     def __init__(self, parts: list[tuple[RewardFn, float]]):
         self.parts = parts
-        self.needs_models = any(getattr(fn, "needs_models", False) for fn, _ in parts)
-
-    def bind(self, *args, **kwargs) -> None:
-        for fn, _ in self.parts:
-            if getattr(fn, "needs_models", False):
-                fn.bind(*args, **kwargs)
-
-    @property
-    def last_metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for i, (fn, _) in enumerate(self.parts):
-            for key, value in (getattr(fn, "last_metrics", None) or {}).items():
-                out[key if key not in out else f"{key}/part{i}"] = value  # a later part never hides an earlier
-        return out
 
     def __call__(self, prompts, completions, rows) -> list[float]:
         values = [fn(prompts, completions, rows) for fn, _ in self.parts]
@@ -168,15 +149,9 @@ def build_reward(spec: Any, tokenizer=None, device=None) -> RewardFn:
         raise ConfigError(f"unknown rule {name!r}; rules: exact_answer, regex:PATTERN, length:N")
     if kind == "rm":
         return model_reward(rest, device)
-    if kind in ("winrate", "mixture"):  # self-play rewards from a pairwise preference (rollout/preference.py)
-        from alignkit.rollout.preference import WinRateReward, build_preference
-
-        preference = build_preference(rest, tokenizer, device)
-        if kind == "winrate":
-            return WinRateReward(preference)
-        from alignkit.rollout.opponents import MixtureOpponentReward
-
-        return MixtureOpponentReward(preference)
+    if kind in ("winrate", "mixture"):
+        raise ConfigError(f"reward {spec!r} compares each prompt's samples: it is a group reward, for online training "
+                         "and rounds (alignkit.rewards.build_group_reward), not a pointwise one")
     if kind == "python":
         return python_reward(rest)
     if ":" in spec:

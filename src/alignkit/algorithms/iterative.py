@@ -6,12 +6,12 @@ Round r = 1..N starts from π_{r−1} (π_0 = ``model``) and
 
 1. **samples** K = ``num_samples`` completions per prompt from π_{r−1} (``temperature``, ``top_p``,
    ``max_new_tokens``, ``stop``; seeded by (seed, r));
-2. **labels** them with ``reward``: any reward spec of `alignkit.rollout.build_reward` (``rule:...``,
+2. **labels** them with ``reward``: any reward spec of `alignkit.rewards.build_group_reward` (``rule:...``,
    ``rm:PATH``, ``module:function``, ``winrate:PREF_SPEC``), or an LLM judge — ``judge:PATH`` a local
    model, ``judge:self`` the policy π_{r−1} itself (self-rewarding, Yuan et al. 2024,
    https://arxiv.org/abs/2401.10020; I-SHEEP-style self-enhancement, https://arxiv.org/abs/2408.08072).
    A judge compares the K samples pairwise in both orders (`alignkit.eval.judges.LLMJudge`, template
-   ``judge_template``, default `alignkit.rollout.preference.SELF_JUDGE_TEMPLATE`) and each sample's
+   ``judge_template``, default `alignkit.rewards.preference.SELF_JUDGE_TEMPLATE`) and each sample's
    score is its win rate among them (deviation: the self-rewarding paper asks a pointwise 5-point
    score);
 3. **builds pairs**: objectives that take K scored responses (e.g. plackett_luce) train on the scored
@@ -45,9 +45,14 @@ from pathlib import Path
 
 import torch
 
+from alignkit.data.prompts import read_prompt_rows
 from alignkit.engine.trainer import TrainResult
 from alignkit.errors import ConfigError, DataError
+from alignkit.eval.judges import LLMJudge
 from alignkit.io_atomic import atomic_write_text
+from alignkit.rewards.build import build_group_reward
+from alignkit.rewards.preference import JudgePreference, WinRateReward, build_preference, read_template
+from alignkit.rewards.protocol import GroupReward
 from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
@@ -82,25 +87,14 @@ def needs_pairs(objective_spec, beta, hparams, k: int) -> bool:
         return True
 
 
-def make_labeler(spec, model, tokenizer, judge_template: str | None, device=None) -> Callable:
-    """A reward ``fn(prompts, completions, rows, group_size=K)`` for one round (module docstring, step 2)."""
-    from alignkit.rollout.preference import JudgePreference, WinRateReward, build_preference
-
+def make_labeler(spec, model, tokenizer, judge_template: str | None, device=None) -> GroupReward:
+    """The reward of one round, a reward of the protocol (`alignkit.rewards.protocol`; module docstring, step 2)."""
     if isinstance(spec, str) and spec.startswith("judge:"):
-        target = spec.partition(":")[2]
-        if target == "self":
-            from alignkit.eval.judges import LLMJudge
-            from alignkit.rollout.preference import read_template
-
+        if spec.partition(":")[2] == "self":
             judge = LLMJudge((model, tokenizer), template=read_template(judge_template), name="judge:self")
             return WinRateReward(JudgePreference(judge))
         return WinRateReward(build_preference(spec, tokenizer, device, judge_template))
-    from alignkit.rollout.rewards import build_reward
-
-    fn = build_reward(spec, tokenizer, device)
-    if isinstance(fn, WinRateReward):
-        return fn
-    return lambda prompts, completions, rows, group_size=None: fn(prompts, completions, rows)
+    return build_group_reward(spec, tokenizer, device)
 
 
 def scored_records(prompts: list, texts: list[list[str]], scores: list[list[float]]) -> list[dict]:
@@ -138,9 +132,7 @@ def sample_and_label(policy_path: str, rows: list[dict], c, seed: int) -> tuple[
     with collect() as code:
         labeler = make_labeler(c.reward, model, tokenizer, c.judge_template, device)
     record(c.output_dir, code)  # <output_dir>/code.json: which file the reward function came from
-    flat = labeler([p for p in prompts for _ in range(k)], [t for row in gen.texts for t in row],
-                   [r for r in rows for _ in range(k)], group_size=k)
-    scores = [flat[b * k:(b + 1) * k] for b in range(len(prompts))]
+    scores = labeler(prompts, gen.texts, rows).rewards
     records = scored_records(prompts, gen.texts, scores)
     del model
     return records, {**round_stats(scores, gen.texts), "records": float(len(records))}
@@ -158,8 +150,6 @@ def round_config(c, r: int, policy: str, data: str, pairs: bool):
 
 def train_rounds(config, train_fn: Callable) -> TrainResult:
     """Run ``config.rounds`` rounds (module docstring); ``train_fn(TrainConfig) -> TrainResult`` trains one."""
-    from alignkit.data.prompts import read_prompt_rows
-
     c = config
     check_rounds_config(c)
     rows = read_prompt_rows(c.prompts)

@@ -4,7 +4,7 @@
 executor as training (`engine/reward_model.RewardScorer`: shared-prompt packing, the reward read at the
 last completion token) and returns one score per response — a float for a one-output head, a list for an
 m-output head. With several models (an ensemble) the members' scalar scores are aggregated
-(`alignkit.rewards.ensemble.aggregate`: mean, min, or mean − λ·std) and the spread across members is
+(`alignkit.rewards.aggregate.aggregate`: mean, min, or mean − λ·std) and the spread across members is
 returned as the uncertainty.
 """
 
@@ -119,7 +119,7 @@ def score_records(models: list, tokenizer, records: list[PreferenceRecord], batc
             per_model.append(model_scores(m, tokenizer, records, batch_size, tokenize, progress, desc=desc))
     if len(per_model) == 1:
         return per_model[0], None
-    from alignkit.rewards.ensemble import aggregate as combine
+    from alignkit.rewards.aggregate import aggregate as combine
 
     if any(isinstance(s, list) for rows in per_model for row in rows for s in row):
         raise ModelError("ensembles aggregate one-output reward models; these have vector outputs")

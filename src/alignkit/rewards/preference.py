@@ -8,7 +8,7 @@ K completions of each prompt. `build_preference` makes one from a spec::
     rm:PATH            a trained reward model: Bradley–Terry σ(r_a − r_b); a GPM reward model (trained with
                        objective=gpm, read from alignkit_reward.json) gives σ(s(a, b)) with its skew-symmetric
                        score (objectives.reward_structured.gpm_score)
-    bt:REWARD_SPEC     Bradley–Terry over any pointwise reward of rollout/rewards.build_reward
+    bt:REWARD_SPEC     Bradley–Terry over any pointwise reward of rewards/functions.build_reward
                        (rule:..., module:function, rm:PATH), σ(r_a − r_b)
     llm:PATH           a local causal LM judge (eval/judges.LLMJudge, template ``judge_template``), asked in
                        both orders; ``judge:PATH`` is the same
@@ -26,8 +26,9 @@ the policy's other samples of the same prompt, an unbiased estimate of ``P(y_i �
 skew-symmetric M the group's win rates average exactly ½ (Σ_{i≠j} M_ij = K(K − 1)/2). A group of one
 sample has no opponent and gets ½.
 
-The reward ``winrate:PREF_SPEC`` (rollout/rewards.py) is `WinRateReward`; the reward ``mixture:PREF_SPEC``
-(Nash-MD, rollout/opponents.py) compares each sample with one drawn from a policy/reference mixture.
+The reward ``winrate:PREF_SPEC`` is `WinRateReward`; the reward ``mixture:PREF_SPEC`` (Nash-MD,
+rewards/opponents.py) compares each sample with one drawn from a policy/reference mixture. Both follow the
+group protocol of rewards/protocol.py.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import ConfigError
+from alignkit.rewards.protocol import GroupReward, RewardOutput
 
 # The self-rewarding judge's question (iterative training with reward=judge:self); replace it with
 # judge_template=FILE (a text file with {prompt}, {answer_a} and {answer_b}).
@@ -77,28 +79,6 @@ def win_rates(m: Tensor) -> Tensor:
         return torch.full(m.shape[:-1], 0.5, dtype=m.dtype, device=m.device)
     eye = torch.eye(k, dtype=torch.bool, device=m.device)
     return torch.where(eye, torch.zeros_like(m), m).sum(-1) / (k - 1)
-
-
-def groups_of(prompts: Sequence, rows: Sequence, group_size: int | None = None) -> list[range]:
-    """Index ranges of the prompt groups of flat, prompt-major lists (entry b·K + j is sample j of prompt b).
-
-    With ``group_size`` K the groups are consecutive blocks of K. Without it they are the runs of
-    consecutive entries that share the prompt and the very same row object — how
-    `rollout.experience.sample_experience` repeats a prompt's row K times.
-    """
-    n = len(prompts)
-    if len(rows) != n:
-        raise ValueError(f"{n} prompts but {len(rows)} rows; give one row per completion")
-    if group_size is not None:
-        if group_size < 1 or n % group_size:
-            raise ValueError(f"group_size must be >= 1 and divide the {n} completions, got {group_size}")
-        return [range(s, s + group_size) for s in range(0, n, group_size)]
-    out, start = [], 0
-    for i in range(1, n + 1):
-        if i == n or rows[i] is not rows[i - 1] or prompts[i] != prompts[i - 1]:
-            out.append(range(start, i))
-            start = i
-    return out
 
 
 # ---------------------------------------------------------------- preferences
@@ -170,15 +150,15 @@ def reward_preference(reward_fn: Callable, name: str = "bt") -> PointwisePrefere
 def model_preference(path: str, device=None, batch_size: int = 32) -> PointwisePreference:
     """A trained reward model: GPM (``alignkit_reward.json`` says objective gpm) or Bradley–Terry."""
     from alignkit.objectives.reward_structured import gpm_score
-    from alignkit.rewards.score import reward_info
-    from alignkit.rollout.rewards import completion_records, model_reward
+    from alignkit.rewards.functions import completion_records, model_reward
+    from alignkit.rewards.rm_scores import reward_info
 
     info = reward_info(path)
     if info.get("objective") != "gpm":
         return reward_preference(model_reward(path, device, batch_size), f"bt:rm:{path}")
     from alignkit.engine.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.score import model_scores
+    from alignkit.rewards.rm_scores import model_scores
 
     hp = {k: v for k, v in info.get("hparams", {}).items() if k in ("beta", "normalize")}
     model, tokenizer = load_reward_model(path), load_tokenizer(path)
@@ -246,7 +226,7 @@ def build_preference(spec, tokenizer=None, device=None, judge_template: str | No
     if kind == "rm":
         return model_preference(rest, device)
     if kind == "bt":
-        from alignkit.rollout.rewards import build_reward
+        from alignkit.rewards.functions import build_reward
 
         return reward_preference(build_reward(rest, tokenizer, device), spec)
     if kind in ("llm", "judge"):
@@ -262,31 +242,29 @@ def build_preference(spec, tokenizer=None, device=None, judge_template: str | No
 
 
 # ---------------------------------------------------------------- the win-rate reward
-class WinRateReward:
+class WinRateReward(GroupReward):
     """Reward ``winrate:PREF_SPEC``: each completion's win rate against the other K − 1 completions of its
-    prompt (`win_rates`). Called like any reward, ``fn(prompts, completions, rows)``, on flat prompt-major
-    lists; the groups are found by `groups_of` (or given: ``group_size=K``). ``last_matrix`` keeps the
-    latest ``[B, K, K]`` preferences for inspection. One sample per prompt (the online trainer's
-    ``eval/reward``) has no opponent and scores ½: judge held-out quality with ``eval_judge`` instead."""
+    prompt (`win_rates`), over the groups it is given (the reward protocol, `alignkit.rewards.protocol`).
+    Groups of one completion (the online trainer's ``eval/reward``) have no opponent and score ½: judge
+    held-out quality with ``eval_judge`` instead."""
 
     def __init__(self, preference: Preference):
         self.preference = preference
-        self.last_matrix: list[Tensor] = []
 
-    def __call__(self, prompts, completions, rows, group_size: int | None = None) -> list[float]:
-        out = [0.0] * len(completions)
-        self.last_matrix = []
-        by_k: dict[int, list[range]] = {}
-        for g in groups_of(prompts, rows, group_size):
-            by_k.setdefault(len(g), []).append(g)
-        for gs in by_k.values():  # one batched call per group size
-            m = self.preference.matrix([prompts[g[0]] for g in gs], [[completions[i] for i in g] for g in gs],
-                                       [rows[g[0]] for g in gs])
-            self.last_matrix.append(m)
-            for g, w in zip(gs, win_rates(m).tolist()):
-                for i, v in zip(g, w):
-                    out[i] = float(v)
-        return out
+    def matrices(self, prompts, groups, rows) -> dict[int, tuple[list[int], Tensor]]:
+        """``{K: (prompt indices, [B_K, K, K] preferences)}``, one batched call per group size."""
+        by_k: dict[int, list[int]] = {}
+        for b, g in enumerate(groups):
+            by_k.setdefault(len(g), []).append(b)
+        return {k: (idx, self.preference.matrix([prompts[b] for b in idx], [list(groups[b]) for b in idx],
+                                                [rows[b] for b in idx])) for k, idx in by_k.items()}
+
+    def __call__(self, prompts, groups, rows, models=None) -> RewardOutput:
+        rewards: list[list[float]] = [[] for _ in groups]
+        for idx, m in self.matrices(prompts, groups, rows).values():
+            for b, w in zip(idx, win_rates(m).tolist()):
+                rewards[b] = [float(v) for v in w]
+        return RewardOutput(rewards)
 
 
 def _same_k(groups: Sequence[Sequence]) -> int:

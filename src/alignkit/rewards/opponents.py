@@ -5,16 +5,16 @@ y' drawn from the token-level geometric mixture of the policy and the reference,
 
 (`alignkit.inference.decoding.sample_product` with exponents ``(1 − α, α)``, at the run's temperature and
 top-p; its text cut before the first of the run's ``stop`` strings, as the policy's samples are), and
-returns ``P(y ≻ y' | x)`` from the preference (rollout/preference.py, skew-symmetrised).
+returns ``P(y ≻ y' | x)`` from the preference (rewards/preference.py, skew-symmetrised).
 α = 0 is the policy itself (self-play), α = 1 the reference. This is the token-level
 approximation of Munos et al. (https://arxiv.org/abs/2312.00886) used by TRL's NashMDTrainer; the
 paper's mixture is over whole sequences.
 
-The reward needs the live policy and the reference model: the online trainer calls ``bind(policy,
-reference, tokenizer, config)`` before each rollout (its ``needs_models`` hook). The reference must be a
-separate model (ref_strategy copy or path; with LoRA's ``disable_adapters`` there is no second model to
-decode with). Opponents are seeded by a hash of the prompts and completions, so a resumed run draws the
-same ones. ``last_metrics`` holds the mean preference and the opponents' mean length of the latest call.
+The reward needs the live policy and the reference model (``needs_models``): the online trainer passes them
+with every call (`alignkit.rewards.protocol.LiveModels`). The reference must be a separate model
+(ref_strategy copy or path; with LoRA's ``disable_adapters`` there is no second model to decode with).
+Opponents are seeded by a hash of the prompts and completions, so a resumed run draws the same ones.
+Metrics returned: ``preference/mean`` and ``opponent/length_chars`` (the opponents' mean length).
 Not available with ``rollout_workers`` > 0 (the workers hold no reference).
 """
 
@@ -23,7 +23,10 @@ from __future__ import annotations
 import hashlib
 
 from alignkit.errors import ConfigError
-from alignkit.rollout.preference import Preference
+from alignkit.generation import first_stop
+from alignkit.inference.decoding import sample_product
+from alignkit.rewards.preference import Preference
+from alignkit.rewards.protocol import GroupReward, LiveModels, RewardOutput, flatten, regroup
 
 
 def mixture_exponents(alpha: float) -> list[float]:
@@ -48,39 +51,32 @@ def reference_model(reference):
     return scorer.model
 
 
-class MixtureOpponentReward:
+class MixtureOpponentReward(GroupReward):
     """Reward ``P(y ≻ y')`` with y' from the policy/reference geometric mixture (module docstring)."""
 
     needs_models = True
 
     def __init__(self, preference: Preference):
         self.preference = preference
-        self.models = None
-        self.last_metrics: dict[str, float] = {}
 
-    def bind(self, policy, reference, tokenizer, config) -> None:
-        """Called by the online trainer before a rollout: the models to decode the mixture with."""
-        self.exponents = mixture_exponents(config.mixture_alpha)
-        ref = reference_model(reference) if self.exponents[1] > 0 else policy  # α = 0: the policy alone
-        self.models, self.tokenizer, self.config = [policy, ref], tokenizer, config
-
-    def opponents(self, prompts: list, seed: int) -> list[str]:
+    def opponents(self, models: LiveModels, prompts: list, seed: int) -> list[str]:
         """One mixture sample per entry of ``prompts``."""
-        from alignkit.generation import first_stop
-        from alignkit.inference.decoding import sample_product
-
-        c = self.config
-        gen = sample_product(self.models, self.exponents, self.tokenizer, list(prompts), k=1,
+        c = models.config
+        exponents = mixture_exponents(c.mixture_alpha)
+        ref = reference_model(models.reference) if exponents[1] > 0 else models.policy  # α = 0: the policy alone
+        gen = sample_product([models.policy, ref], exponents, models.tokenizer, list(prompts), k=1,
                              max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=seed,
                              chat_template=c.chat_template, chat_template_kwargs=c.chat_template_kwargs)
         stop = list(getattr(c, "stop", None) or [])  # the policy's samples end at a stop string: so do opponents
         return [row[0][:first_stop(row[0], stop)[0]] for row in gen.texts]
 
-    def __call__(self, prompts, completions, rows) -> list[float]:
-        if self.models is None:
-            raise RuntimeError("reward mixture:... has no models bound: it is for online training (objective=nash_md)")
-        opp = self.opponents(prompts, stable_seed(list(prompts), list(completions)) % (2**31))
-        p = self.preference.pair(prompts, completions, opp, rows)
-        self.last_metrics = {"preference/mean": sum(p) / max(len(p), 1),
-                             "opponent/length_chars": sum(len(o) for o in opp) / max(len(opp), 1)}
-        return p
+    def __call__(self, prompts, groups, rows, models: LiveModels | None = None) -> RewardOutput:
+        if models is None:
+            raise ConfigError("reward mixture:... decodes with the run's policy and reference: it is for online "
+                             "training (objective=nash_md)")
+        flat_p, flat_c, flat_r = flatten(prompts, groups, rows)
+        opp = self.opponents(models, flat_p, stable_seed(flat_p, flat_c) % (2**31))
+        p = self.preference.pair(flat_p, flat_c, opp, flat_r)
+        metrics = {"preference/mean": sum(p) / max(len(p), 1),
+                   "opponent/length_chars": sum(len(o) for o in opp) / max(len(opp), 1)}
+        return RewardOutput(regroup(p, groups), metrics)

@@ -1,4 +1,4 @@
-"""PPO's value model and the per-token targets of a rollout (METHODS.md section 6).
+"""PPO's value model and the per-token targets of a rollout (METHODS.md section 6); the recipe is `ppo.py`.
 
 **The value model** is a separate transformer with a scalar head (an ``AutoModelForSequenceClassification``
 with one output, like a reward model), read at *every* completion position: ``V_t = V(x, y_<t)``, the
@@ -11,10 +11,10 @@ the policy's own checkpoint (a second copy with its own parameters; nothing is s
 **Training.** The value model is trained jointly with the policy: one optimizer, the value parameters
 in their own parameter group (learning rate ``value_lr``, default ``lr``; the same schedule), one loss
 ``pg_loss + vf_coef · vf_loss`` (the ``ppo`` objective), one gradient clip over both (as TRL's
-policy-and-value wrapper). It is registered as the submodule ``alignkit_value`` of the policy, so the
-trainer's checkpoints hold its weights and optimizer state (exact resume) without any special case;
-it is taken out again for the final ``save_pretrained``, and written to ``final/value/`` (a
-sequence-classification folder: reusable as ``value_model=`` or as a reward model). With ``lora=true``
+policy-and-value wrapper). The recipe owns it and hands it to the trainer as a module trained beside the
+policy (`Trainer.train_beside`, named ``alignkit_value``), so checkpoints hold its weights and optimizer
+state (exact resume); the policy's own ``save_pretrained`` never sees it, and it is written to
+``final/value/`` (a sequence-classification folder: reusable as ``value_model=`` or as a reward model). With ``lora=true``
 it gets its own LoRA adapters (its head fully trained), so both models train adapters only.
 
 **Targets of a rollout** (no grad, behaviour policy πold, reference π_ref, old values V):
@@ -41,11 +41,11 @@ from torch import Tensor, nn
 from alignkit.data.collate import Batch
 from alignkit.engine.logprobs import decoder_mask, pad_per_slot, unwrap
 from alignkit.engine.reward_model import load_reward_model, reward_head
-from alignkit.errors import ConfigError, ModelError
+from alignkit.errors import ModelError
 from alignkit.objectives.rl_ppo import gae, kl_estimate, token_rewards, whiten
 
 logger = logging.getLogger("alignkit")
-VALUE = "alignkit_value"  # the value model's attribute on the policy (its checkpoint prefix)
+VALUE = "alignkit_value"  # the value model's name in checkpoints (its parameters' prefix)
 VALUE_DIR = "value"  # final/value/
 
 
@@ -75,49 +75,6 @@ def load_value_model(path: str, policy_vocab: int, pad_token_id: int | None, lor
         raise ModelError(f"value_model {path} has a vocabulary of {vocab} tokens, the policy {policy_vocab}: the "
                          "value model must share the policy's tokenizer (it reads the sampled token ids)")
     return ValueModel(model)
-
-
-def setup_value_model(trainer) -> ValueModel:
-    """Load the value model, register it on the policy, give it a parameter group; rebuild the schedule."""
-    from alignkit.engine import distributed as dist
-    from alignkit.engine.reference import build_reference, resolve_strategy
-    from alignkit.engine.schedule import build_scheduler
-    from alignkit.engine.startup import lora_config
-    from alignkit.models.load import disable_dropout, enable_activation_checkpointing
-
-    c, acc = trainer.config, trainer.accelerator
-    if dist.sharding(acc):  # DDP is fine: the online trainer averages the value gradients itself
-        raise ConfigError("objective=ppo runs on one process or under DDP (its value model is not sharded by "
-                         "FSDP/DeepSpeed); launch with a DDP config, or use grpo / rloo")
-    if getattr(c, "rollout_workers", 0):
-        raise ConfigError("objective=ppo samples in-process for now: set rollout_workers=0")
-    strategy = "none"
-    if c.kl_coef > 0:  # the KL penalty in the reward reads the reference (built from the initial policy)
-        strategy = resolve_strategy(c.ref_strategy, True, c.lora, c.ref_model)
-        trainer.reference = build_reference(strategy, trainer.policy, c.ref_model, acc.device, c.chunk_size,
-                                            trainer.load_kwargs)
-    path = c.value_model or c.model
-    value = load_value_model(path, unwrap(trainer.policy).config.vocab_size, trainer.tokenizer.pad_token_id,
-                             lora=lora_config(c), **trainer.load_kwargs).to(acc.device)
-    if c.disable_dropout:
-        disable_dropout(unwrap(value.model))
-    if c.gradient_checkpointing:
-        enable_activation_checkpointing(unwrap(value.model), lora=c.lora)
-    if acc.num_processes > 1:  # every process starts from the same trainable weights (a fresh head, LoRA)
-        from accelerate.utils import broadcast
-
-        for p in value.parameters():
-            if p.requires_grad:  # frozen weights come from the same checkpoint everywhere
-                p.data.copy_(broadcast(p.data.clone(), from_process=0))
-    setattr(trainer.policy, VALUE, value)
-    lr = c.value_lr if c.value_lr is not None else c.lr
-    params = [p for p in value.parameters() if p.requires_grad]
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": c.weight_decay})
-    trainer.scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, trainer._optimizer_steps())
-    logger.info("ppo: value model from %s (%d trainable parameters, lr %g); KL reference for the reward: %s", path,
-                sum(p.numel() for p in params), lr, strategy)
-    return value
 
 
 def save_value_model(value: ValueModel, final: Path, tokenizer) -> Path:
@@ -172,22 +129,22 @@ def whiten_all(advs: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
 
 
 @torch.no_grad()
-def rollout_targets(trainer, batches: list[Batch], old: list[Tensor], rewards: list[Tensor]):
+def rollout_targets(value: ValueModel, reference, batches: list[Batch], old: list[Tensor], rewards: list[Tensor],
+                    kl_coef: float, gamma: float, lam: float, whiten_advantages: bool):
     """Per-batch extras for the ``ppo`` objective (advantages, old_values, returns) and the rollout's metrics.
 
-    ``old``: the behaviour policy's flat token log-probs per batch; ``rewards``: [B, K] per batch."""
-    c = trainer.config
-    value = getattr(trainer.policy, VALUE)
-    use_ref = c.kl_coef > 0
+    ``reference``: read for the KL in the reward when ``kl_coef`` > 0; ``old``: the behaviour policy's flat token
+    log-probs per batch; ``rewards``: [B, K] per batch."""
+    use_ref = kl_coef > 0
     parts, kls, vals, rets, advs, masks = [], [], [], [], [], []
     for batch, old_t, score in zip(batches, old, rewards):
         old_lp, mask = pad_per_slot(old_t, batch)
-        ref_lp = pad_per_slot(trainer.reference.token_logps(batch), batch)[0] if use_ref else None
+        ref_lp = pad_per_slot(reference.token_logps(batch), batch)[0] if use_ref else None
         v_old = pad_per_slot(value(batch), batch)[0]
-        adv, ret, kl = ppo_targets(old_lp, ref_lp, v_old, mask, score, c.kl_coef, c.gamma, c.gae_lambda)
+        adv, ret, kl = ppo_targets(old_lp, ref_lp, v_old, mask, score, kl_coef, gamma, lam)
         parts.append({"old_values": v_old, "returns": ret})
         kls.append(kl), vals.append(v_old), rets.append(ret), advs.append(adv), masks.append(mask)
-    white = whiten_all(advs, masks) if c.whiten_advantages else advs
+    white = whiten_all(advs, masks) if whiten_advantages else advs
     for part, a in zip(parts, white):
         part["advantages"] = a
     m = torch.cat([x.flatten() for x in masks])
@@ -195,7 +152,7 @@ def rollout_targets(trainer, batches: list[Batch], old: list[Tensor], rewards: l
     seqs = sum(int(x.any(-1).sum()) for x in masks)
     scores = torch.cat([s.flatten() for s in rewards]).float()
     metrics = {"kl": float(kl.mean()), "kl/sequence": float(kl.sum()) / max(seqs, 1),
-               "reward/penalised": float(scores.mean()) - c.kl_coef * float(kl.sum()) / max(seqs, 1),
+               "reward/penalised": float(scores.mean()) - kl_coef * float(kl.sum()) / max(seqs, 1),
                "values/old": float(v.mean()), "returns/mean": float(ret.mean()), "advantages/mean": float(adv.mean()),
                "explained_variance": explained_variance(v, ret, torch.ones_like(v, dtype=torch.bool))}
     return parts, metrics

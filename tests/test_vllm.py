@@ -170,7 +170,7 @@ def test_training_on_vllm_rollouts_with_tis(world, tmp_path, objective):
     value model rides on the policy and is not pushed)."""
     import json
 
-    from alignkit.engine.trainer import train
+    from alignkit import train
 
     model, tok, engine = world
     path = model.config._name_or_path

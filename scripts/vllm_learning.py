@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 def one_run(out: Path, backend: str, seed: int, steps: int) -> dict:
     import torch
 
-    from alignkit.config import TrainConfig
     from alignkit import train
+    from alignkit.config import TrainConfig
     from alignkit.worlds import arithmetic
     from alignkit.worlds.common import vllm_shape
 

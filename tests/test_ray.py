@@ -77,7 +77,7 @@ def test_missing_ray_and_bad_settings_are_refused_clearly(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(ImportError, match=r'pip install "alignkit\[ray\]"'):
         require_ray()
-    with pytest.raises(ConfigError, match="rollout_backend' must be ray or local"):
+    with pytest.raises(ConfigError, match="rollout_backend' must be ray, local or vllm"):
         from_dict(TrainConfig, {"rollout_workers": 2, "rollout_backend": "dask"})
     with pytest.raises(ConfigError, match="rollout_workers' must be >= 0"):
         from_dict(TrainConfig, {"rollout_workers": -1})

@@ -321,7 +321,7 @@ def test_cli_prints_one_line_and_offline_flag_keeps_off_the_hub(online, monkeypa
 
 
 def test_train_offline_key_holds_for_the_whole_run(online, monkeypatch):
-    from alignkit.engine import trainer
+    from alignkit import training
 
     seen = []
 
@@ -332,9 +332,9 @@ def test_train_offline_key_holds_for_the_whole_run(online, monkeypatch):
         def train(self):
             return "done"
 
-    monkeypatch.setattr(trainer, "Trainer", Recorder)
-    assert trainer.train({"model": "m", "data": "d.jsonl", "offline": True}) == "done"
-    assert trainer.train({"model": "m", "data": "d.jsonl"}) == "done"
+    monkeypatch.setattr(training, "Trainer", Recorder)
+    assert training.train({"model": "m", "data": "d.jsonl", "offline": True}) == "done"
+    assert training.train({"model": "m", "data": "d.jsonl"}) == "done"
     assert seen == ["offline=true", None]
 
 

@@ -41,7 +41,8 @@ from alignkit.rollout.experience import Experience, experience_from
 from alignkit.rollout.ray_backend import chunk_seed
 
 logger = logging.getLogger("alignkit")
-ALIGNKIT_MODULES = "alignkit_"  # modules alignkit registers on a policy, not pushed (PPO's value model, engine/value.py)
+ALIGNKIT_MODULES = "alignkit_"  # a guard: names alignkit gives its own modules are never pushed (PPO's value model is a
+# separate module owned by its recipe, algorithms/ppo.py, so it is not among the policy's parameters)
 
 
 def require_vllm():

@@ -665,21 +665,26 @@ def test_float16_weights_that_adam_would_break_stay_intact(tiny_path, pairs_path
     assert ckpt.list_checkpoints(tmp_path / "checkpoints") == []
 
 
+
+def nan_losses_after(trainer, done: int) -> None:
+    """Make every loss of ``trainer`` NaN once ``done`` steps have completed (steps done+1, done+2, ...)."""
+    micro = trainer._micro_loss
+
+    def poisoned(indices, data, train):
+        out, tokens = micro(indices, data, train)
+        if trainer.step_idx >= done:
+            out.loss = out.loss * float("nan")
+        return out, tokens
+
+    trainer._micro_loss = poisoned
+
 def test_a_run_that_diverges_keeps_its_last_finite_update(tiny_path, pairs_path, tmp_path, straight):
     """The loss turns NaN after step 4 (save_every=0, max_bad_steps=2) -> one line (what happened, where the work
     is, how to go on), a checkpoint step-000006 whose weights and Adam moments are the uninterrupted step 4's."""
     from alignkit.engine.trainer import TrainingStopped
 
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, max_bad_steps=2))
-    micro = t._micro_loss
-
-    def nan_after_step_4(indices, data, train):
-        out, tokens = micro(indices, data, train)
-        if t.step_idx >= 4:
-            out.loss = out.loss * float("nan")
-        return out, tokens
-
-    t._micro_loss = nan_after_step_4
+    nan_losses_after(t, 4)
     with pytest.raises(TrainingStopped) as e:
         t.train()
     assert str(e.value) == (
@@ -706,15 +711,7 @@ def test_saves_through_skipped_steps_keep_the_last_healthy_checkpoint(tiny_path,
     """Steps 3..6 have a NaN loss (skipped; each saved, keep_checkpoints=1) -> step-000002, the newest checkpoint
     saved outside the run of skipped steps, is kept beside step-000006 and holds the uninterrupted step 2."""
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, save_every=1, keep_checkpoints=1, max_bad_steps=10))
-    micro = t._micro_loss
-
-    def nan_from_step_3(indices, data, train):
-        out, tokens = micro(indices, data, train)
-        if t.step_idx >= 2:
-            out.loss = out.loss * float("nan")
-        return out, tokens
-
-    t._micro_loss = nan_from_step_3
+    nan_losses_after(t, 2)
     assert t.train().skipped_steps == 4
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step-000002", "step-000006"]
     assert same_as_straight(tmp_path, straight, 2)

@@ -1,13 +1,14 @@
 """The inference-time reward–KL frontier on the demo world, next to the DPO frontier of `alignkit demo`.
 
     .venv/bin/python scripts/inference_table.py [--demo demo_out] [--prompts 128] [--out docs] [--only-interpolate]
-        [--redraw]
+        [--only METHOD ...] [--redraw]
 
 Uses the demo's pretrained review model (``demo_out/world/pretrain/final``; `alignkit demo` is run first
 if it is missing) and its held-out prompts (`reviews.prompts(n, seed=2)`, the demo's evaluation prompts).
 For N in 1, 2, 4, 8, 16 it runs ``bon`` (n=N), ``soft_bon`` (n=N, τ=0.2), ``calibrated_bon`` (n=N,
 t=4), ``args`` (top-k=N candidates sampled ∝ exp(score), w=2) and ``cd`` (B=N continuations per
-8-token block, reward value), all guided by the gold reward (`alignkit.worlds.reviews.reward`), and
+8-token block, reward value; and ``value=rollout``, Transfer Q*: the value of a block is the gold reward
+of the base model's greedy rollout from it), all guided by the gold reward (`alignkit.worlds.reviews.reward`), and
 reports each method's mean gold reward with its mean KL estimate to the base model (`InferenceOutput.kl`,
 nats per response: see docs/inference.md for each estimator) and its cost in model calls and tokens.
 The DPO rows are the demo's own (β sweep; KL k1 of samples under the trained policy vs the reference).
@@ -31,12 +32,13 @@ from alignkit.models.load import load_model, load_tokenizer
 from alignkit.worlds import reviews
 
 NS = (1, 2, 4, 8, 16)
-METHODS = {  # name -> options for a given N
-    "bon": lambda n: {"n": n},
-    "soft_bon": lambda n: {"n": n, "tau": 0.2},
-    "calibrated_bon": lambda n: {"n": n, "t": 4.0},
-    "args": lambda n: {"topk": n, "w": 2.0, "greedy": False},
-    "cd": lambda n: {"b": n, "block": 8, "value": "reward"},
+METHODS = {  # table label -> (method, options for a given N)
+    "bon": ("bon", lambda n: {"n": n}),
+    "soft_bon": ("soft_bon", lambda n: {"n": n, "tau": 0.2}),
+    "calibrated_bon": ("calibrated_bon", lambda n: {"n": n, "t": 4.0}),
+    "args": ("args", lambda n: {"topk": n, "w": 2.0, "greedy": False}),
+    "cd": ("cd", lambda n: {"b": n, "block": 8, "value": "reward"}),
+    "cd value=rollout (Transfer Q*)": ("cd", lambda n: {"b": n, "block": 8, "value": "rollout"}),
 }
 
 
@@ -59,15 +61,18 @@ def summary(outs, t0: float, **key) -> dict:
     return row
 
 
-def run_all(model_path: str, prompts: list[str], max_new_tokens: int, seed: int) -> list[dict]:
+def run_all(model_path: str, prompts: list[str], max_new_tokens: int, seed: int, only: list[str] | None = None
+            ) -> list[dict]:
     tok, model = load_tokenizer(model_path), load_model(model_path)
     rows = []
-    for name, options in METHODS.items():
+    for label, (name, options) in METHODS.items():
+        if only and label not in only:
+            continue
         for n in NS:
             t0 = time.perf_counter()
             outs = run_method(name, model, tok, prompts, settings=InferenceSettings(max_new_tokens=max_new_tokens,
                               seed=seed, batch_size=16), options=options(n), reward_fn=gold)
-            rows.append(summary(outs, t0, method=name, n=n))
+            rows.append(summary(outs, t0, method=label, n=n))
     return rows
 
 
@@ -122,12 +127,15 @@ def markdown(rows: list[dict], dpo: list[dict], interp: list[dict], n_prompts: i
               "Reading it: the methods are guided by the gold reward itself, the best case for inference-time "
               "alignment (with a learned reward model, over-optimisation shows up as N grows). The KL columns "
               "are estimates of different kinds: bon's is exact for its observed reward ties, soft_bon's and "
-              "calibrated_bon's are upper bounds (log N − H(w)), cd's sums a per-block best-of-B bound, args' "
+              "calibrated_bon's are upper bounds (log N − H(w)), cd's (both values) sums a per-block best-of-B bound, args' "
               "sums the per-step KL along the chosen path (near-greedy decoding of a peaked model costs many "
               "nats), and DPO's is the Monte-Carlo k1 of its samples. calibrated_bon uses a finite tilt (t=4), "
               "a softer selection than bon (t=inf is exactly bon). interpolate uses no reward: w from 0 to 1 moves "
               "from the base model to the DPO policy (at w = 1 the samples are the DPO policy's own, and the KL "
-              "is its per-step KL to the base along them); w > 1 extrapolates past it.", ""]
+              "is its per-step KL to the base along them); w > 1 extrapolates past it. cd value=rollout is Transfer Q* "
+              "as published: a block's value is the reward of the base model's greedy rollout to the end, so it "
+              "judges where a prefix leads rather than the prefix text; the rollouts are its extra calls and "
+              "tokens.", ""]
     return "\n".join(lines)
 
 
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="docs")
     p.add_argument("--only-interpolate", action="store_true",
                    help="rerun only the interpolate rows; keep the other rows (and total time) from OUT/inference_results.json")
+    p.add_argument("--only", action="append", choices=list(METHODS), default=None,
+                   help="rerun only this method's rows (repeatable); keep the others from OUT/inference_results.json")
     p.add_argument("--redraw", action="store_true",
                    help="run nothing: rewrite the markdown and the plot from OUT/inference_results.json")
     args = p.parse_args(argv)
@@ -183,14 +193,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.only_interpolate:
         kept = json.loads((out / "inference_results.json").read_text())
         rows, seconds = kept["rows"], kept.get("seconds", 64.0)  # 64 s: the first run's total
+    elif args.only:
+        kept = json.loads((out / "inference_results.json").read_text())
+        new = run_all(str(demo / "world" / "pretrain" / "final"), reviews.prompts(args.prompts, seed=2),
+                      args.max_new_tokens, args.seed, args.only)
+        rows = [r for r in kept["rows"] if r["method"] not in args.only] + new
+        seconds = kept.get("seconds", 64.0) + time.perf_counter() - t0
     else:
         rows = run_all(str(demo / "world" / "pretrain" / "final"), reviews.prompts(args.prompts, seed=2),
                        args.max_new_tokens, args.seed)
         seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    interp = run_interpolate(str(demo / "world" / "pretrain" / "final"), str(demo / TUNED),
-                             reviews.prompts(args.prompts, seed=2), args.max_new_tokens, args.seed)
-    write(out, rows, dpo_rows(demo), interp, args.prompts, seconds, time.perf_counter() - t1)
+    if args.only:
+        interp, interp_seconds = kept["interpolate"], kept["interpolate_seconds"]
+    else:
+        interp = run_interpolate(str(demo / "world" / "pretrain" / "final"), str(demo / TUNED),
+                                 reviews.prompts(args.prompts, seed=2), args.max_new_tokens, args.seed)
+        interp_seconds = time.perf_counter() - t1
+    write(out, rows, dpo_rows(demo), interp, args.prompts, seconds, interp_seconds)
     print((out / "inference_results.md").read_text())
 
 

@@ -115,3 +115,64 @@ def test_cd_rejects_bad_options(tiny):
         run_method("cd", model, tok, ["hi"], options={"value": "q"}, reward_fn=chars)
     with pytest.raises(ValueError, match="b >= 1"):
         run_method("cd", model, tok, ["hi"], options={"b": 0}, reward_fn=chars)
+
+
+def test_transfer_q_rollouts_are_each_prefixs_greedy_generate_and_leave_the_cache_alone(tiny):
+    """`greedy_rollout` from a block's KV cache = each prefix's own greedy `generate`, cut at its budget; the
+    block's cache and logits are untouched (the chosen block continues from them)."""
+    from alignkit.generation import eos_and_pad
+    from alignkit.inference.blockwise import PrefixLM, greedy_rollout
+
+    model, tok = tiny
+    eos, pad = eos_and_pad(model, tok)
+    ids = prompt_ids(tok, "the movie was")
+    prefixes = [[11, 12], [40, 41], [7, 8]]
+    lm = PrefixLM(model, ids)
+    lm.expand(3)
+    with torch.no_grad():
+        lm.feed(torch.tensor(prefixes), 6)
+    logits, length = lm.logits.clone(), lm.length
+    budgets = [5, 3, 0]
+    with torch.no_grad():
+        tails, calls, tokens = greedy_rollout(lm, budgets, eos, pad)
+    for p, n, w in zip(prefixes, budgets, tails):
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([ids + p]), attention_mask=torch.ones(1, len(ids) + 2,
+                                 dtype=torch.long), max_new_tokens=max(n, 1), do_sample=False, eos_token_id=eos,
+                                 pad_token_id=pad)[0, len(ids) + 2:].tolist()
+        expected = out[:next((i for i, t in enumerate(out) if t in eos), len(out))][:n]
+        assert w == expected
+    assert 1 <= calls <= 5 and tokens > 0  # one batched step per token (the last token needs no step)
+    assert lm.length == length and torch.equal(lm.logits, logits)
+    with torch.no_grad():  # the cache still continues the block
+        after = lm.feed(torch.tensor([[5], [5], [5]]), 3)[:, -1]
+        fresh = model(input_ids=torch.tensor([ids + prefixes[0] + [5]])).logits[0, -1]
+    torch.testing.assert_close(after[0], fresh.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_transfer_q_with_one_block_is_value_reward_and_scores_whole_completions(world):
+    model, tok = world
+    prompts = reviews.prompts(3, seed=4)
+    s = InferenceSettings(max_new_tokens=8, seed=3)
+    whole = run_method("cd", model, tok, prompts, settings=s, options={"b": 3, "block": 8, "value": "rollout"},
+                       reward_fn=gold)
+    plain = run_method("cd", model, tok, prompts, settings=s, options={"b": 3, "block": 8}, reward_fn=gold)
+    assert [o.token_ids for o in whole] == [o.token_ids for o in plain]  # nothing left to roll out
+    assert [o.reward for o in whole] == [o.reward for o in plain]
+    blocks = run_method("cd", model, tok, prompts, settings=InferenceSettings(max_new_tokens=16, seed=3),
+                        options={"b": 3, "block": 4, "value": "rollout"}, reward_fn=gold)
+    assert all(o.reward == reviews.reward(o.text) for o in blocks)  # the last block's value: the final text's reward
+
+
+def test_transfer_q_raises_the_gold_reward_with_the_base_as_baseline(world):
+    """16 held-out prompts, 24 tokens, blocks of 4, B = 4, π's greedy rollouts as the value: mean gold well above
+    plain sampling (B = 1)."""
+    model, tok = world
+    prompts = reviews.prompts(16, seed=1)
+    s = InferenceSettings(max_new_tokens=24, seed=0)
+    mean = {}
+    for b in (1, 4):
+        outs = run_method("cd", model, tok, prompts, settings=s, options={"b": b, "block": 4, "value": "rollout"},
+                          reward_fn=gold)
+        mean[b] = sum(o.reward for o in outs) / len(outs)
+    assert mean[4] > mean[1] + 0.4, mean

@@ -76,7 +76,7 @@ def test_an_interrupted_round_leaves_the_last_finished_policy(tiny_path, tmp_pat
     """A round stopped by a signal has no final/ (its TrainResult.final_dir is None): the rounds report the
     interruption with the last finished round's policy (here none), not a path named 'None'."""
     from alignkit.algorithms.iterative import train_rounds
-    from alignkit.engine.trainer import TrainResult
+    from alignkit.engine.loop import TrainResult
 
     prompts = write_prompts(tmp_path / "p.jsonl", [f"The movie number {i} was" for i in range(4)])
     c = TrainConfig(objective="dpo", model=tiny_path, prompts=prompts, reward="winrate:bt:reward_fns:length", rounds=2,

@@ -10,7 +10,8 @@ import torch
 
 from alignkit.config import TrainConfig
 from alignkit.engine import checkpoint as ckpt
-from alignkit.engine.trainer import Trainer, TrainingStopped
+from alignkit.engine.loop import TrainingStopped
+from alignkit.engine.trainer import Trainer
 from alignkit.objectives import register
 from alignkit.objectives.pairwise import dpo
 from alignkit.training import train

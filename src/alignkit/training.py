@@ -12,7 +12,8 @@ from alignkit.algorithms.online import OnlineTrainer
 from alignkit.config import TrainConfig, from_dict, run_mode
 from alignkit.engine.ensemble import train_ensemble
 from alignkit.engine.evaluation import SampledEval
-from alignkit.engine.trainer import Trainer, TrainResult
+from alignkit.engine.loop import TrainResult
+from alignkit.engine.trainer import Trainer
 from alignkit.models.hub import offline_mode
 
 

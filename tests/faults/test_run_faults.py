@@ -652,7 +652,7 @@ def test_float16_weights_that_adam_would_break_stay_intact(tiny_path, pairs_path
     """float16 weights (AdamW's eps underflows to 0 there, so the first update turns weights inf/NaN at a finite
     loss) -> every update is skipped, the run stops after max_bad_steps=3 in one line, the weights are still the
     model's own and finite, and no checkpoint is written."""
-    from alignkit.engine.trainer import TrainingStopped
+    from alignkit.engine.loop import TrainingStopped
 
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, dtype="float16", max_bad_steps=3,
                             verify_logprobs=False))
@@ -681,7 +681,7 @@ def nan_losses_after(trainer, done: int) -> None:
 def test_a_run_that_diverges_keeps_its_last_finite_update(tiny_path, pairs_path, tmp_path, straight):
     """The loss turns NaN after step 4 (save_every=0, max_bad_steps=2) -> one line (what happened, where the work
     is, how to go on), a checkpoint step-000006 whose weights and Adam moments are the uninterrupted step 4's."""
-    from alignkit.engine.trainer import TrainingStopped
+    from alignkit.engine.loop import TrainingStopped
 
     t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path, max_bad_steps=2))
     nan_losses_after(t, 4)
@@ -699,7 +699,7 @@ def test_a_run_that_diverges_keeps_its_last_finite_update(tiny_path, pairs_path,
 def test_a_run_whose_every_step_is_skipped_writes_no_final_model(tiny_path, pairs_path, tmp_path):
     """hparams={beta: .inf} (every loss NaN) with max_steps=3 < max_bad_steps -> one line saying no update was
     applied and no final model written (it would be the initial model under a trained name)."""
-    from alignkit.engine.trainer import TrainingStopped
+    from alignkit.engine.loop import TrainingStopped
 
     with pytest.raises(TrainingStopped, match="every one of the 3 steps had a non-finite loss, gradient or update"):
         Trainer(tiny_config(tiny_path, pairs_path, tmp_path, max_steps=3, beta=None, hparams={"beta": math.inf},

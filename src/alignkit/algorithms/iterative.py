@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from alignkit.data.prompts import read_prompt_rows
-from alignkit.engine.trainer import TrainResult
+from alignkit.engine.loop import TrainResult
 from alignkit.errors import ConfigError, DataError
 from alignkit.generation import generate
 from alignkit.io_atomic import atomic_write_text

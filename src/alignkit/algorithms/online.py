@@ -40,7 +40,8 @@ from alignkit.data.dataset import prompt_text_key
 from alignkit.data.prompts import PromptRows, read_prompt_rows
 from alignkit.engine.distributed import mean_over_processes
 from alignkit.engine.logging import keep_lines_up_to, peak_memory_mb
-from alignkit.engine.trainer import Trainer, TrainingStopped
+from alignkit.engine.loop import TrainingStopped
+from alignkit.engine.trainer import Trainer
 from alignkit.errors import ConfigError
 from alignkit.executor.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.rewards import LiveModels, build_group_reward

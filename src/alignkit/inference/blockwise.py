@@ -10,6 +10,13 @@ continuations of the current prefix by a value estimate. Per prompt x, with pref
        * ``value=reward``   — ``reward_fn(x, text(y ⊕ z_j))`` on the partial completion text;
        * ``value=logratio`` — ``log π_helper(y ⊕ z_j | x) − log π(y ⊕ z_j | x)`` (untempered, summed over
          tokens): the implicit reward of an aligned helper model (DPO-style, β = 1) relative to π;
+       * ``value=rollout`` — Transfer Q* as the paper does it: ``reward_fn(x, text(y ⊕ z_j ⊕ w_j))`` where
+         ``w_j`` is a greedy rollout to the end (a stop token or ``max_new_tokens`` in all) of the baseline
+         model — ``--helper`` (an aligned model for the target reward), else π itself — from ``x, y ⊕ z_j``,
+         decoded from a copy of that model's block KV cache (no prefill again):
+         the baseline's Q-value of the prefix, estimated by one greedy trajectory and scored by the
+         target reward. A block that ends the completion needs no rollout (its value is its reward), so
+         with ``block >= max_new_tokens`` it is ``value=reward``;
     3. keep ``y ← y ⊕ z_j*`` with ``j* = argmax_j V`` (ties: the first drawn); stop when z_j* ended
        with a stop token or ``max_new_tokens`` tokens are reached.
 
@@ -33,6 +40,7 @@ already stopped are not counted). ``extra``: ``blocks`` (blocks decoded), ``valu
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -45,14 +53,14 @@ from alignkit.generation.prefill import cache_arg, cache_of, pick_token
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.bon import bon_kl
 
-VALUES = ("reward", "logratio")
+VALUES = ("reward", "logratio", "rollout")
 
 
 @dataclass
 class CdOptions:
     b: int = 4  # continuations sampled per block
     block: int = 8  # tokens per block (L)
-    value: str = "reward"  # reward (reward_fn on the partial text) | logratio (log π_helper − log π)
+    value: str = "reward"  # reward (on the partial text) | logratio (log π_helper − log π) | rollout (Transfer Q*)
 
 
 class PrefixLM:
@@ -129,6 +137,29 @@ def helper_logps(helper: PrefixLM, tokens: Tensor, lengths: Tensor) -> Tensor:
     return torch.where(live, lp, 0.0).sum(-1)
 
 
+def greedy_rollout(lm: PrefixLM, budgets: list[int], eos: list[int], pad: int) -> tuple[list[list[int]], int, int]:
+    """Greedy continuations of every row of ``lm`` from where it stands — row j for at most ``budgets[j]``
+    tokens (0: none), ending before a stop token — from a copy of its KV cache, so ``lm`` is left as it was:
+    ``(tokens per row, forward passes, tokens processed)``."""
+    sub = copy.copy(lm)
+    sub.cache = copy.deepcopy(lm.cache)  # the model appends to a cache in place
+    calls, processed = sub.calls, sub.tokens
+    out: list[list[int]] = [[] for _ in budgets]
+    live = [n > 0 for n in budgets]
+    for _ in range(max(budgets, default=0)):
+        tok = sub.logits.argmax(-1).cpu()
+        for j in range(len(budgets)):
+            if live[j] and int(tok[j]) in eos:
+                live[j] = False
+            elif live[j]:
+                out[j].append(int(tok[j]))
+                live[j] = len(out[j]) < budgets[j]
+        if not any(live):
+            break
+        sub.feed(torch.where(torch.tensor(live), tok, pad)[:, None], sum(live))
+    return out, sub.calls - calls, sub.tokens - processed
+
+
 def _values(o: CdOptions, reward_fn, prompt, row, texts, base_lp: Tensor, help_lp: Tensor | None) -> list[float]:
     if o.value == "logratio":
         return (help_lp.double() - base_lp.double()).tolist()
@@ -143,8 +174,8 @@ def _check_options(o: CdOptions, reward_fn, helper) -> None:
         raise ConfigError(f"cd needs b >= 1 and block >= 1, got b={o.b}, block={o.block}")
     if o.value not in VALUES:
         raise ConfigError(f"cd value must be one of {VALUES}, got {o.value!r}")
-    if o.value == "reward" and reward_fn is None:
-        raise ConfigError("cd with value=reward needs a reward (--reward SPEC); or use value=logratio with --helper")
+    if o.value in ("reward", "rollout") and reward_fn is None:
+        raise ConfigError(f"cd with value={o.value} needs a reward (--reward SPEC); or use value=logratio with --helper")
     if o.value == "logratio" and helper is None:
         raise ConfigError("cd with value=logratio needs a helper model (--helper PATH): the aligned model")
 
@@ -154,9 +185,10 @@ def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettin
     eos, pad = eos_and_pad(model, tokenizer)
     ids = prompt_ids(tokenizer, prompt, settings.chat_template, settings.chat_template_kwargs)
     base = PrefixLM(model, ids)
-    help_ = PrefixLM(helper, ids) if o.value == "logratio" else None
+    help_ = PrefixLM(helper, ids) if helper is not None and o.value in ("logratio", "rollout") else None
     prefix: list[int] = []
     base_sum, help_sum, kl, scored, blocks = 0.0, 0.0, 0.0, 0, 0
+    rollout_calls = rollout_tokens = 0
     finished, value = False, None
     while not finished and len(prefix) < settings.max_new_tokens:
         steps = min(o.block, settings.max_new_tokens - len(prefix))
@@ -166,10 +198,17 @@ def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettin
                 lm.expand(o.b)
         tokens, lengths, stopped, lp = sample_block(base, steps, last, settings, eos, pad, gen)
         conts = [tokens[j, : int(lengths[j]) - int(stopped[j])].tolist() for j in range(o.b)]
-        texts = tokenizer.batch_decode([prefix + c for c in conts], skip_special_tokens=True)
         h = None if help_ is None else help_sum + helper_logps(help_, tokens, lengths)
+        ends = [prefix + c for c in conts]
+        if o.value == "rollout":  # the baseline model (helper, else π) finishes each candidate prefix greedily
+            budgets = [0 if bool(stopped[j]) else settings.max_new_tokens - len(prefix) - int(lengths[j])
+                       for j in range(o.b)]
+            tails, c, t = greedy_rollout(help_ if help_ is not None else base, budgets, eos, pad)
+            ends = [e + w for e, w in zip(ends, tails)]
+            rollout_calls, rollout_tokens = rollout_calls + c, rollout_tokens + t
+        texts = tokenizer.batch_decode(ends, skip_special_tokens=True)
         values = _values(o, reward_fn, prompt, row, texts, base_sum + lp, h)
-        scored += len(texts) if o.value == "reward" else 0
+        scored += len(texts) if o.value != "logratio" else 0
         j = max(range(o.b), key=lambda i: (values[i], -i))
         if settings.temperature > 0:
             kl += float(bon_kl(values))
@@ -180,15 +219,15 @@ def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettin
         base.keep(j)
         if help_ is not None:
             help_.keep(j)
-    calls = base.calls + scored + (help_.calls if help_ else 0)
-    tokens_n = base.tokens + (help_.tokens if help_ else 0)
+    calls = base.calls + scored + (help_.calls if help_ else 0) + rollout_calls
+    tokens_n = base.tokens + (help_.tokens if help_ else 0) + rollout_tokens
     return InferenceOutput(prompt=prompt, text=tokenizer.decode(prefix, skip_special_tokens=True), token_ids=prefix,
                            finished=finished, reward=value, calls=calls, tokens=tokens_n,
                            kl=kl if settings.temperature > 0 else None, extra={"blocks": blocks, "value": o.value})
 
 
 @register("cd", CdOptions, summary="blockwise controlled decoding: per block keep the best of b sampled "
-          "continuations by a value (reward on the prefix, or the helper's log-ratio)")
+          "continuations by a value (reward on the prefix, the helper's log-ratio, or Transfer Q*'s rollout reward)")
 @torch.no_grad()
 def cd(model, tokenizer, prompts, rows, settings, options: CdOptions, reward_fn=None, helper=None):
     """Controlled decoding (module docstring): one prompt at a time, B candidate blocks in a batch."""

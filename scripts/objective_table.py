@@ -13,6 +13,9 @@ reference, with the same batch size, learning rate and number of steps:
 * ``plackett_luce`` on the full K = 4 scored lists,
 * ``dpo`` and ``lcpo`` on the best-vs-worst pairs with a known share of labels flipped (``--flip-rate``,
   default 0.3, seeded; ``noisy_pairs.jsonl``): lcpo's estimate of that rate is reported next to its row,
+* ``bco`` with and without the ``udm`` transform on unpaired labels whose prompt distributions differ
+  (``shifted_unpaired.jsonl``: thumbs-up kept mostly for six of the twelve subjects, thumbs-down mostly for
+  the other six), the case BCO's distribution matching is for,
 
 and evaluates each policy on held-out prompts (mean reward with 95% CI, KL(π‖π_ref) k1/k3, share of
 grammatical samples). Writes ``results.json`` and ``table.md`` in ``--out`` and prints the table; the
@@ -39,6 +42,7 @@ from alignkit.worlds import reviews
 
 PAIRS = [{"name": "pairs", "strategy": "best_vs_worst"}]
 NOISY = "noisy_pairs.jsonl"  # best-vs-worst pairs, a share of them with the label flipped
+SHIFTED = "shifted_unpaired.jsonl"  # unpaired labels, desirable and undesirable prompts drawn differently
 RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out: scored.jsonl by default])
     ("dpo", "dpo", {"beta": 0.1}, PAIRS),
     ("ipo", "ipo", {"beta": 0.1}, PAIRS),
@@ -49,6 +53,8 @@ RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out
     ("plackett_luce K=4", "plackett_luce", {"beta": 0.1}, []),
     ("dpo_noisy", "dpo", {"beta": 0.1}, [], NOISY),
     ("lcpo_noisy", "lcpo", {"beta": 0.1, "flip_rate": 0.1}, [], NOISY),
+    ("bco_shifted", "bco", {"beta": 0.1}, [], SHIFTED),
+    ("bco_udm_shifted", "bco", {"beta": 0.1}, [{"name": "udm"}], SHIFTED),
 ]
 
 
@@ -66,6 +72,20 @@ def noisy_pairs(records: list[dict], flip_rate: float, seed: int) -> tuple[list[
         out.append({"prompt": r["prompt"], "responses": [r["responses"][best], r["responses"][worst]],
                     "ranks": [1, 0] if flip else [0, 1]})
     return out, flipped
+
+
+def shifted_unpaired(records: list[dict], keep: float, seed: int) -> list[dict]:
+    """One ``labels`` record per non-neutral response of the scored records (desirable when its reward > 0).
+    A desirable one is kept with probability ``keep`` when its prompt's subject is among the first six
+    subjects and ``1 − keep`` otherwise; an undesirable one the other way round. With keep = 0.8 the ratio
+    of desirable to undesirable prompt densities is about 4 on one half of the subjects and ¼ on the other."""
+    rng, first, out = random.Random(seed), reviews.SUBJECTS[:6], []
+    for r in records:
+        group = r["prompt"].split()[2] in first  # "Review: The <subject> ..."
+        for text, score in zip(r["responses"], r["scores"]):
+            if score != 0 and rng.random() < (keep if (score > 0) == group else 1 - keep):
+                out.append({"prompt": r["prompt"], "responses": [text], "labels": [score > 0]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -99,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     noisy, flipped = noisy_pairs(records, args.flip_rate, args.seed + 3)
     (out / NOISY).write_text("".join(json.dumps(r) + "\n" for r in noisy), encoding="utf-8")
+    shifted = shifted_unpaired(records, 0.8, args.seed + 4)
+    (out / SHIFTED).write_text("".join(json.dumps(r) + "\n" for r in shifted), encoding="utf-8")
     eval_prompts = reviews.prompts(s.n_eval_prompts, seed=args.seed + 2)
     ev = dict(prompts=eval_prompts, samples=s.eval_samples, max_new_tokens=s.max_new_tokens, seed=args.seed + 2)
     rows = [{"objective": "reference", **evaluate_policy(reference, reference, tokenizer, **ev)}]
@@ -117,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     results = {"rows": rows, "steps": args.steps, "batch_size": args.batch_size, "lr": s.dpo_lr,
                "train_prompts": len(prompts), "scored_records": len(records), "dropped": dropped,
-               "noisy_pairs": len(noisy), "flipped": flipped,
+               "noisy_pairs": len(noisy), "flipped": flipped, "shifted_unpaired": len(shifted),
                "seconds": round(time.perf_counter() - t0, 1), "quick": args.quick}
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (out / "table.md").write_text(table + "\n", encoding="utf-8")

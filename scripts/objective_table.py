@@ -53,6 +53,8 @@ RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out
     ("plackett_luce K=4", "plackett_luce", {"beta": 0.1}, []),
     ("dpo_noisy", "dpo", {"beta": 0.1}, [], NOISY),
     ("lcpo_noisy", "lcpo", {"beta": 0.1, "flip_rate": 0.1}, [], NOISY),
+    ("dpo_noisy_b1", "dpo", {"beta": 1.0}, [], NOISY),
+    ("lcpo_noisy_b1", "lcpo", {"beta": 1.0, "flip_rate": 0.1}, [], NOISY),
     ("bco_shifted", "bco", {"beta": 0.1}, [], SHIFTED),
     ("bco_udm_shifted", "bco", {"beta": 0.1}, [{"name": "udm"}], SHIFTED),
 ]

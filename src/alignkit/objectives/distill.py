@@ -22,6 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from alignkit.errors import ConfigError
+from alignkit.objectives.registry import register
+from alignkit.objectives.sft import sft_targets
+from alignkit.objectives.stats import LossOutput, SequenceStats, weighted_mean
+
 DIRECTIONS = ("forward", "reverse")
 
 
@@ -81,3 +86,49 @@ def token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
     per_response = (per_token * m).sum(-1) / n.clamp(min=1)
     has = n > 0
     return (per_response * has).sum(-1) / has.sum(-1).clamp(min=1)
+
+
+RESPONSES = ("all", "targets")
+
+
+@register("distill", label_kinds=("ranks", "scores", "labels"), min_responses=1, needs_token_logps=True,
+          extras=("teacher_buckets", "student_buckets"))
+def distill(stats: SequenceStats, direction: str = "forward", responses: str = "all") -> LossOutput:
+    """Token-level distillation: the mean over completion tokens of ``KL(teacher ‖ student)`` (``forward``,
+    word-level KD, https://arxiv.org/abs/1606.07947) or ``KL(student ‖ teacher)`` (``reverse``, MiniLLM,
+    https://arxiv.org/abs/2306.08543), each over the teacher's top-k tokens plus one rest bucket
+    (module docstring; exact when k covers the vocabulary).
+
+    The teacher is the run's ``teacher`` model and k its ``teacher_top_k``; the executor computes both
+    sides' bucket log-probs from chunked logits (``extra["teacher_buckets"]``, ``extra["student_buckets"]``
+    [B, K, T, k+1]). Per row: the mean over its chosen responses of each response's token-mean KL; ``loss``
+    is the record-weighted mean over rows with a response. With student = teacher it is 0 with zero gradient.
+
+    Args:
+        stats: ``token_mask`` [B, K, T]; the two bucket extras; ranks, scores or labels for ``targets``.
+        direction: ``forward`` or ``reverse``.
+        responses: ``all`` valid responses, or ``targets`` (the best / desirable ones, as `sft` picks them).
+
+    Returns:
+        LossOutput; metrics ``kl`` (mean per-token KL over the distilled tokens), ``teacher_mass`` (mean
+        probability the teacher's top-k hold).
+    """
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"distill direction must be one of {DIRECTIONS}, got {direction!r}")
+    if responses not in RESPONSES:
+        raise ConfigError(f"distill responses must be one of {RESPONSES}, got {responses!r}")
+    teacher, student = stats.extra.get("teacher_buckets"), stats.extra.get("student_buckets")
+    if teacher is None or student is None or stats.token_mask is None:
+        raise ValueError("objective 'distill' needs stats.extra['teacher_buckets'] and ['student_buckets'] [B, K, T, "
+                         "k+1] and token_mask; the trainer computes them when a teacher model is set (teacher=PATH)")
+    chosen = sft_targets(stats) if responses == "targets" else stats.valid
+    mask = stats.token_mask.bool() & chosen[..., None]
+    per_token = topk_kl(student, teacher, direction)
+    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+    per = token_mean(per_token, mask)
+    rows = mask.flatten(1).any(dim=1)
+    n = mask.sum().clamp(min=1)
+    mass = 1 - teacher[..., -1].exp()
+    metrics = {"kl": float(per_token.detach().sum() / n),
+               "teacher_mass": float(torch.where(mask, mass, torch.zeros_like(mass)).sum() / n)}
+    return LossOutput(weighted_mean(per, stats, rows), per, metrics)

@@ -37,6 +37,8 @@ EXTRAS = {
     "shared_tokens": "[B, K] leading completion tokens a response shares with another response of its record",
     "margin": "[B] the record's meta['margin'] (e.g. a score gap written by the pairs transform), NaN if absent",
     "p": "[B] the record's meta['p'] (a `p` column: P(chosen ≻ rejected) in [0, 1]), NaN if absent",
+    "teacher_buckets": "[B, K, T, k+1] a teacher's log-probs of its top-k tokens per completion position, then the rest's",
+    "student_buckets": "[B, K, T, k+1] the policy's log-probs of the teacher's top-k tokens, then the rest's (with grad)",
     "record_index": "[B] long, each record's position in its data (keys per-record objective state, e.g. lcpo)",
     "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",
     "step_mask": "[B, K, S] which of up to S steps of each response exist (process reward models)",

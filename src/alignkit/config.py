@@ -90,9 +90,8 @@ class TrainConfig:
     ref_cache: Union[str, bool] = "auto"  # auto | on | off (YAML true/false too): precompute reference log-probs once
     ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache (share it across runs of a sweep)
     ref_cache_file: str | None = None  # use exactly this cache (from `alignkit logprobs --cache`); refuse if stale
-    # distillation (objective distill)
-    teacher: str | None = None  # the teacher model (folder or hub id), with the policy's tokenizer
-    teacher_top_k: int = 32  # teacher tokens kept per position, the rest one bucket (>= the vocabulary: exact KL)
+    teacher: str | None = None  # objective distill: the teacher model (folder or hub id), with the policy's tokenizer
+    teacher_top_k: int = 32  # distill: teacher tokens kept per position, the rest one bucket (>= vocabulary: exact KL)
     # optimisation
     batch_size: int = 8  # records per step and process; the global batch is batch_size x processes x grad_accum
     grad_accum: int = 1  # batches whose gradients are summed into one optimizer step

@@ -13,6 +13,8 @@ reference, with the same batch size, learning rate and number of steps:
 * ``plackett_luce`` on the full K = 4 scored lists,
 * ``dpo`` and ``lcpo`` on the best-vs-worst pairs with a known share of labels flipped (``--flip-rate``,
   default 0.3, seeded; ``noisy_pairs.jsonl``): lcpo's estimate of that rate is reported next to its row,
+* ``distill`` (forward KL over the top 32 tokens) from the ``dpo_noisy`` policy into the reference, on the
+  responses of the noisy pairs,
 * ``bco`` with and without the ``udm`` transform on unpaired labels whose prompt distributions differ
   (``shifted_unpaired.jsonl``: thumbs-up kept mostly for six of the twelve subjects, thumbs-down mostly for
   the other six), the case BCO's distribution matching is for,
@@ -43,7 +45,7 @@ from alignkit.worlds import reviews
 PAIRS = [{"name": "pairs", "strategy": "best_vs_worst"}]
 NOISY = "noisy_pairs.jsonl"  # best-vs-worst pairs, a share of them with the label flipped
 SHIFTED = "shifted_unpaired.jsonl"  # unpaired labels, desirable and undesirable prompts drawn differently
-RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out: scored.jsonl by default])
+RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out or None: scored.jsonl[, more keys]])
     ("dpo", "dpo", {"beta": 0.1}, PAIRS),
     ("ipo", "ipo", {"beta": 0.1}, PAIRS),
     ("simpo", "simpo", {"beta": 2.0, "gamma": 1.0}, PAIRS),
@@ -57,6 +59,9 @@ RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out
     ("lcpo_noisy_b1", "lcpo", {"beta": 1.0, "flip_rate": 0.1}, [], NOISY),
     ("bco_shifted", "bco", {"beta": 0.1}, [], SHIFTED),
     ("bco_udm_shifted", "bco", {"beta": 0.1}, [{"name": "udm"}], SHIFTED),
+    # distillation into the reference from the dpo_noisy policy (train that row first, same --out)
+    ("distill_from_dpo_noisy", "distill", {"direction": "forward"}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
 ]
 
 
@@ -126,10 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
     eval_prompts = reviews.prompts(s.n_eval_prompts, seed=args.seed + 2)
     ev = dict(prompts=eval_prompts, samples=s.eval_samples, max_new_tokens=s.max_new_tokens, seed=args.seed + 2)
     rows = [{"objective": "reference", **evaluate_policy(reference, reference, tokenizer, **ev)}]
-    for label, objective, hp, transforms, *file in runs:
+    for label, objective, hp, transforms, *more in runs:
+        file, keys = (more[0] if more else None), (more[1] if len(more) > 1 else {})
+        keys = {k: v.format(out=out) if isinstance(v, str) else v for k, v in keys.items()}
         result = train(TrainConfig(
-            model=str(ref_path), objective=objective, hparams=hp, data=str(out / file[0]) if file else str(data),
-            transforms=transforms,
+            model=str(ref_path), objective=objective, hparams=hp, data=str(out / file) if file else str(data),
+            transforms=transforms, **keys,
             output_dir=str(out / label.split()[0]), batch_size=args.batch_size, max_steps=args.steps, lr=s.dpo_lr,
             warmup=0.1, scheduler="linear", seed=args.seed, max_length=128, progress=False, log_every=8,
         ))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import LogProbModel
+from alignkit.executor.logprobs import LogProbModel
 from alignkit.errors import ConfigError
 from alignkit.models.load import load_model
 

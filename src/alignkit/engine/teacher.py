@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.executor.logprobs import LogProbModel
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import LogProbModel
 from alignkit.models.load import load_model
 
 TEACHER_EXTRAS = ("teacher_buckets", "student_buckets")

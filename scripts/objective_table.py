@@ -11,6 +11,13 @@ reference, with the same batch size, learning rate and number of steps:
   ``p = σ(score gap / 0.5)`` from the gap the ``pairs`` transform writes (``target: scores``),
 * ``kto`` on the same pairs split into desirable / undesirable labels (``pairs`` then ``to_unpaired``),
 * ``plackett_luce`` on the full K = 4 scored lists,
+* ``dpo`` and ``lcpo`` on the best-vs-worst pairs with a known share of labels flipped (``--flip-rate``,
+  default 0.3, seeded; ``noisy_pairs.jsonl``): lcpo's estimate of that rate is reported next to its row,
+* ``distill`` (forward KL over the top 32 tokens) from the ``dpo_noisy`` policy into the reference, on the
+  responses of the noisy pairs,
+* ``bco`` with and without the ``udm`` transform on unpaired labels whose prompt distributions differ
+  (``shifted_unpaired.jsonl``: thumbs-up kept mostly for six of the twelve subjects, thumbs-down mostly for
+  the other six), the case BCO's distribution matching is for,
 
 and evaluates each policy on held-out prompts (mean reward with 95% CI, KL(π‖π_ref) k1/k3, share of
 grammatical samples). Writes ``results.json`` and ``table.md`` in ``--out`` and prints the table; the
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -35,7 +43,9 @@ from alignkit.models.load import load_model, load_tokenizer
 from alignkit.worlds import reviews
 
 PAIRS = [{"name": "pairs", "strategy": "best_vs_worst"}]
-RUNS = [  # (label, objective, hyper-parameters, transforms)
+NOISY = "noisy_pairs.jsonl"  # best-vs-worst pairs, a share of them with the label flipped
+SHIFTED = "shifted_unpaired.jsonl"  # unpaired labels, desirable and undesirable prompts drawn differently
+RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out or None: scored.jsonl[, more keys]])
     ("dpo", "dpo", {"beta": 0.1}, PAIRS),
     ("ipo", "ipo", {"beta": 0.1}, PAIRS),
     ("simpo", "simpo", {"beta": 2.0, "gamma": 1.0}, PAIRS),
@@ -43,7 +53,46 @@ RUNS = [  # (label, objective, hyper-parameters, transforms)
     ("soft_dpo", "soft_dpo", {"beta": 0.1, "target": "scores", "temperature": 0.5}, PAIRS),
     ("kto", "kto", {"beta": 0.1}, PAIRS + [{"name": "to_unpaired"}]),
     ("plackett_luce K=4", "plackett_luce", {"beta": 0.1}, []),
+    ("dpo_noisy", "dpo", {"beta": 0.1}, [], NOISY),
+    ("lcpo_noisy", "lcpo", {"beta": 0.1, "flip_rate": 0.1}, [], NOISY),
+    ("dpo_noisy_b1", "dpo", {"beta": 1.0}, [], NOISY),
+    ("lcpo_noisy_b1", "lcpo", {"beta": 1.0, "flip_rate": 0.1}, [], NOISY),
+    ("bco_shifted", "bco", {"beta": 0.1}, [], SHIFTED),
+    ("bco_udm_shifted", "bco", {"beta": 0.1}, [{"name": "udm"}], SHIFTED),
+    # distillation into the reference from the dpo_noisy policy (train that row first, same --out)
+    ("distill_from_dpo_noisy", "distill", {"direction": "forward"}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
 ]
+
+
+def noisy_pairs(records: list[dict], flip_rate: float, seed: int) -> tuple[list[dict], int]:
+    """Best-vs-worst pairs of scored records (all-tied lists dropped), each label flipped with probability
+    ``flip_rate``; returns the pairs and how many were flipped."""
+    rng, out, flipped = random.Random(seed), [], 0
+    for r in records:
+        s = r["scores"]
+        best, worst = max(range(len(s)), key=s.__getitem__), min(range(len(s)), key=s.__getitem__)
+        if s[best] == s[worst]:
+            continue
+        flip = rng.random() < flip_rate
+        flipped += flip
+        out.append({"prompt": r["prompt"], "responses": [r["responses"][best], r["responses"][worst]],
+                    "ranks": [1, 0] if flip else [0, 1]})
+    return out, flipped
+
+
+def shifted_unpaired(records: list[dict], keep: float, seed: int) -> list[dict]:
+    """One ``labels`` record per non-neutral response of the scored records (desirable when its reward > 0).
+    A desirable one is kept with probability ``keep`` when its prompt's subject is among the first six
+    subjects and ``1 − keep`` otherwise; an undesirable one the other way round. With keep = 0.8 the ratio
+    of desirable to undesirable prompt densities is about 4 on one half of the subjects and ¼ on the other."""
+    rng, first, out = random.Random(seed), reviews.SUBJECTS[:6], []
+    for r in records:
+        group = r["prompt"].split()[2] in first  # "Review: The <subject> ..."
+        for text, score in zip(r["responses"], r["scores"]):
+            if score != 0 and rng.random() < (keep if (score > 0) == group else 1 - keep):
+                out.append({"prompt": r["prompt"], "responses": [text], "labels": [score > 0]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--flip-rate", type=float, default=0.3, help="share of flipped labels in noisy_pairs.jsonl")
     p.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                    help="train only these rows (labels of RUNS, e.g. ln_dpo soft_dpo); the reference row always runs")
     args = p.parse_args(argv)
@@ -74,23 +124,31 @@ def main(argv: list[str] | None = None) -> dict:
     records, dropped = reviews.labelled_records(prompts, gen.texts, "scored")
     data = out / "scored.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    noisy, flipped = noisy_pairs(records, args.flip_rate, args.seed + 3)
+    (out / NOISY).write_text("".join(json.dumps(r) + "\n" for r in noisy), encoding="utf-8")
+    shifted = shifted_unpaired(records, 0.8, args.seed + 4)
+    (out / SHIFTED).write_text("".join(json.dumps(r) + "\n" for r in shifted), encoding="utf-8")
     eval_prompts = reviews.prompts(s.n_eval_prompts, seed=args.seed + 2)
     ev = dict(prompts=eval_prompts, samples=s.eval_samples, max_new_tokens=s.max_new_tokens, seed=args.seed + 2)
     rows = [{"objective": "reference", **evaluate_policy(reference, reference, tokenizer, **ev)}]
-    for label, objective, hp, transforms in runs:
+    for label, objective, hp, transforms, *more in runs:
+        file, keys = (more[0] if more else None), (more[1] if len(more) > 1 else {})
+        keys = {k: v.format(out=out) if isinstance(v, str) else v for k, v in keys.items()}
         result = train(TrainConfig(
-            model=str(ref_path), objective=objective, hparams=hp, data=str(data), transforms=transforms,
+            model=str(ref_path), objective=objective, hparams=hp, data=str(out / file) if file else str(data),
+            transforms=transforms, **keys,
             output_dir=str(out / label.split()[0]), batch_size=args.batch_size, max_steps=args.steps, lr=s.dpo_lr,
             warmup=0.1, scheduler="linear", seed=args.seed, max_length=128, progress=False, log_every=8,
         ))
         policy = load_model(str(result.final_dir))
         last = [h for h in result.history if "loss" in h][-1]
         rows.append({"objective": label, "hparams": hp, **evaluate_policy(policy, reference, tokenizer, **ev),
-                     "final_loss": last["loss"]})
+                     "final_loss": last["loss"], **({"flip_rate": last["flip_rate"]} if "flip_rate" in last else {})})
     table = format_table(rows, args.steps, args.batch_size)
     print(table)
     results = {"rows": rows, "steps": args.steps, "batch_size": args.batch_size, "lr": s.dpo_lr,
                "train_prompts": len(prompts), "scored_records": len(records), "dropped": dropped,
+               "noisy_pairs": len(noisy), "flipped": flipped, "shifted_unpaired": len(shifted),
                "seconds": round(time.perf_counter() - t0, 1), "quick": args.quick}
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (out / "table.md").write_text(table + "\n", encoding="utf-8")

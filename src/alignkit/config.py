@@ -90,6 +90,8 @@ class TrainConfig:
     ref_cache: Union[str, bool] = "auto"  # auto | on | off (YAML true/false too): precompute reference log-probs once
     ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache (share it across runs of a sweep)
     ref_cache_file: str | None = None  # use exactly this cache (from `alignkit logprobs --cache`); refuse if stale
+    teacher: str | None = None  # objective distill: the teacher model (folder or hub id), with the policy's tokenizer
+    teacher_top_k: int = 32  # distill: teacher tokens kept per position, the rest one bucket (>= vocabulary: exact KL)
     # optimisation
     batch_size: int = 8  # records per step and process; the global batch is batch_size x processes x grad_accum
     grad_accum: int = 1  # batches whose gradients are summed into one optimizer step
@@ -148,6 +150,7 @@ BOUNDS = [
     ("eval_split", lambda v: 0 <= v < 1, "in [0, 1)"), ("max_row_tokens", lambda v: v >= 1, ">= 1"),
     ("keep_checkpoints", lambda v: v >= 0, ">= 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
     ("max_length", lambda v: v is None or v >= 2, ">= 2 or null"), ("chunk_size", lambda v: v >= 0, ">= 0"),
+    ("teacher_top_k", lambda v: v >= 1, ">= 1"),
     ("lora_r", lambda v: v >= 1, ">= 1"), ("log_every", lambda v: v >= 1, ">= 1"),
     ("max_steps", lambda v: v == -1 or v >= 1, ">= 1, or -1 to run `epochs` epochs"),
     ("ensemble", lambda v: v >= 1, ">= 1"), ("num_samples", lambda v: v >= 1, ">= 1"),

@@ -260,6 +260,7 @@ def collate(
         raise ValueError(f"unknown packing layout {layout!r}; use 'auto', 'shared_prompt' or 'padded'")
     batch.labels, batch.weights = label_tensors(records, batch.valid.shape[1])
     batch.indices = [tr.index for tr in items]
+    batch.extra["record_index"] = torch.tensor(batch.indices, dtype=torch.long)  # keys per-record objective state
     K = batch.valid.shape[1]
     if any(tr.aux for tr in items):
         batch.aux_slot = torch.tensor([tr.k - 1 if tr.aux else -1 for tr in items], dtype=torch.long)

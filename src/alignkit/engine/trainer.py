@@ -42,6 +42,7 @@ from alignkit.engine.numerics import adamw_step_is_finite
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_scheduler
+from alignkit.engine.teacher import build_teacher
 from alignkit.errors import ConfigError
 from alignkit.executor import reward_model as rm
 from alignkit.executor.logprobs import (
@@ -106,6 +107,7 @@ class Trainer(StepLoop):
         cached = self._will_cache(strategy)  # then the reference is built (if at all) by _cache_reference
         self.reference = None if cached else build_reference(strategy, policy, c.ref_model, self.accelerator.device,
                                                              c.chunk_size, load_kwargs)
+        self.teacher = build_teacher(c, self.objective, policy, self.accelerator.device, load_kwargs)
         logger.info("objective %s; reference: %s%s; packing: %s; %d process(es) on %s", self.objective.name,
                     strategy, " (cached log-probs)" if cached else "", self.layout, self.accelerator.num_processes,
                     self.accelerator.device)
@@ -202,9 +204,9 @@ class Trainer(StepLoop):
                 ref_tokens, ref_seq = reference.token_logps(batch), None
             else:
                 ref_tokens, ref_seq = None, reference.sequence_logps(batch)
-        token_logps = self.scorer(batch)
+        token_logps, token_extras = self.teacher(self.scorer, batch) if self.teacher else (self.scorer(batch), None)
         stats = build_stats(batch, token_logps, ref_tokens, with_token_logps=self.objective.needs_token_logps,
-                            ref_logps=ref_seq)
+                            ref_logps=ref_seq, token_extras=token_extras)
         out = self.objective(stats) if train else _no_state_update(self.objective, stats)
         return out, batch.num_tokens
 

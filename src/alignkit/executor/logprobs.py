@@ -24,6 +24,7 @@ from alignkit.data.collate import Batch
 from alignkit.errors import ModelError
 from alignkit.executor.flex import flex_masks
 from alignkit.models.attention import attention_windows, is_flex, use_unfused_on_cpu
+from alignkit.objectives.distill import topk_buckets
 from alignkit.objectives.stats import SequenceStats
 
 PACKING_BACKENDS = ("sdpa", "eager", "flex_attention")
@@ -138,11 +139,13 @@ class LogProbModel(nn.Module):
     def _no_split_modules(self):  # lets FSDP's transformer-based auto-wrap find the decoder layers
         return getattr(unwrap(self.model), "_no_split_modules", None)
 
-    def forward(self, batch: Batch | None = None, logits_of: Tensor | None = None, keep: int = 0) -> Tensor:
+    def forward(self, batch: Batch | None = None, logits_of: Tensor | None = None, keep: int = 0, top_k: int = 0,
+                buckets_at: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Per-token log-probs of ``batch``; with ``logits_of`` (token ids ``[1, T]``) instead, the model's own
         full-vocabulary forward (the last ``keep`` positions' logits; 0: all) — `verify_against_forward` calls
         both through this module so that a sharded (FSDP / DeepSpeed) wrapper around it gathers the parameters
-        for either."""
+        for either. Distillation (`chunked_topk_logps`): ``top_k`` (a teacher) or ``buckets_at`` (the student,
+        [N, k] token ids) return ``(token log-probs [N], ids [N, k], bucket log-probs [N, k+1])``."""
         if logits_of is not None:
             return self.model(input_ids=logits_of, **({"logits_to_keep": keep} if keep else {})).logits
         base = unwrap(self.model)
@@ -156,6 +159,8 @@ class LogProbModel(nn.Module):
         ).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.pred_index)
         scale, softcap = logit_transform(base.config)
+        if top_k or buckets_at is not None:
+            return chunked_topk_logps(hidden, head, batch.targets, self.chunk_size, softcap, scale, top_k, buckets_at)
         return chunked_token_logps(hidden, head, batch.targets, self.chunk_size, softcap, scale)
 
 
@@ -170,13 +175,54 @@ def logit_transform(config) -> tuple[float, float | None]:
     return scale, getattr(config, "final_logit_softcapping", None)
 
 
-def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, scale: float, softcap: float | None) -> Tensor:
+def _chunk_logits(hidden: Tensor, head: nn.Module, scale: float, softcap: float | None) -> Tensor:
     logits = head(hidden).float()
     if scale != 1.0:
         logits = logits * scale
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    return logits
+
+
+def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, scale: float, softcap: float | None) -> Tensor:
+    return _chunk_logits(hidden, head, scale, softcap).log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def _chunk_buckets(hidden: Tensor, targets: Tensor, ids: Tensor | None, head: nn.Module, scale: float,
+                   softcap: float | None, top_k: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """A chunk's (token log-probs, ids, buckets); ``ids`` None: the chunk's own ``top_k`` most likely tokens."""
+    logits = _chunk_logits(hidden, head, scale, softcap)
+    if ids is None:
+        ids = logits.detach().topk(min(top_k, logits.shape[-1]), dim=-1).indices
+    return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1), ids, topk_buckets(logits, ids)
+
+
+def chunked_topk_logps(
+    hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 0, softcap: float | None = None,
+    scale: float = 1.0, top_k: int = 0, ids: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Like `chunked_token_logps`, plus distillation buckets (`alignkit.objectives.distill.topk_buckets`) from
+    the same chunk's logits: with ``ids`` [N, k], the log-probs of those tokens and of all others together (the
+    student, checkpointed under autograd); without, those of each position's ``top_k`` most likely tokens
+    (the teacher). Returns ``(token log-probs [N], ids [N, k], buckets [N, k+1])``."""
+    if ids is None and top_k < 1:
+        raise ValueError("chunked_topk_logps needs top_k >= 1 or the ids to gather")
+    if chunk_size <= 0:
+        chunk_size = auto_chunk_size(head.weight.shape[0], hidden.device)
+    parts = []
+    for i in range(0, hidden.shape[0], chunk_size):
+        chunk_ids = None if ids is None else ids[i : i + chunk_size]
+        args = (hidden[i : i + chunk_size], targets[i : i + chunk_size], chunk_ids, head, scale, softcap, top_k)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            parts.append(checkpoint(_chunk_buckets, *args, use_reentrant=False))
+        else:
+            parts.append(_chunk_buckets(*args))
+    if not parts:
+        k = top_k if ids is None else ids.shape[1]
+        return (hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, k, dtype=torch.long),
+                hidden.new_zeros(0, k + 1, dtype=torch.float32))
+    lp, chosen, buckets = zip(*parts)
+    return torch.cat(lp), torch.cat(chosen), torch.cat(buckets)
 
 
 def chunked_token_logps(
@@ -207,14 +253,16 @@ def sum_per_slot(token_logps: Tensor, batch: Batch) -> Tensor:
 
 
 def pad_per_slot(token_logps: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Scatter token log-probs into [B, K, T] with a bool mask (T = longest completion)."""
+    """Scatter per-token values [N, ...] into [B, K, T, ...] with a bool mask [B, K, T] (T = longest
+    completion)."""
     B, K = batch.shape
     T = int(batch.lengths.max()) if batch.lengths.numel() else 0
-    dense = torch.zeros(B * K, T, dtype=token_logps.dtype, device=token_logps.device)
+    rest = tuple(token_logps.shape[1:])
+    dense = torch.zeros(B * K, T, *rest, dtype=token_logps.dtype, device=token_logps.device)
     dense = dense.index_put((batch.slot, batch.token_pos), token_logps)
     mask = torch.zeros(B * K, T, dtype=torch.bool, device=token_logps.device)
     mask[batch.slot, batch.token_pos] = True
-    return dense.view(B, K, T), mask.view(B, K, T)
+    return dense.view(B, K, T, *rest), mask.view(B, K, T)
 
 
 def build_stats(
@@ -223,9 +271,12 @@ def build_stats(
     ref_token_logps: Tensor | None = None,
     with_token_logps: bool = False,
     ref_logps: Tensor | None = None,
+    token_extras: dict[str, Tensor] | None = None,
 ) -> SequenceStats:
     """`SequenceStats` from per-token log-probs of the policy and, optionally, the reference's
     per-token (``ref_token_logps``) or summed (``ref_logps [B, K]``, e.g. from a cache) log-probs.
+    ``token_extras``: per-token tensors [N, ...] (e.g. distillation buckets) padded into ``extra`` as
+    [B, K, T, ...] (needs ``with_token_logps``, whose ``token_mask`` says which positions are real).
 
     A batch with auxiliary slots (``batch.aux_slot``: KTO's mismatched completions) yields their
     detached log-ratios as ``extra["kl_logratios"]`` [B]; the slots themselves are dropped from the stats.
@@ -264,6 +315,10 @@ def build_stats(
                 setattr(stats, name, getattr(stats, name)[:, :K])
             if "ref_token_logps" in stats.extra:
                 stats.extra["ref_token_logps"] = stats.extra["ref_token_logps"][:, :K]
+        for name, values in (token_extras or {}).items():
+            stats.extra[name] = pad_per_slot(values, batch)[0][:, :K]
+    elif token_extras:
+        raise ValueError("token_extras need with_token_logps=True (their token mask)")
     return stats
 
 

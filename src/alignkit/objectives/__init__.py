@@ -6,8 +6,10 @@
 
 # Importing the objective modules runs their @register decorators: the registry itself imports none of them.
 from alignkit.objectives import (  # noqa: F401
+    distill,
     listwise,
     multiobjective,
+    noisy,
     pairwise,
     reward,
     reward_structured,

@@ -71,7 +71,7 @@ def finish_pair(
     return LossOutput(weighted_mean(per, stats, mask), per, metrics)
 
 
-def _log_ratios(p: PairStats, length_normalize: bool) -> tuple[Tensor, Tensor]:
+def pair_log_ratios(p: PairStats, length_normalize: bool) -> tuple[Tensor, Tensor]:
     """``(ρ(w), ρ(l))``, or the per-token ``(ρ(w)/n(w), ρ(l)/n(l))`` when ``length_normalize``."""
     return (p.rho_w / p.n_w, p.rho_l / p.n_l) if length_normalize else (p.rho_w, p.rho_l)
 
@@ -104,7 +104,7 @@ def dpo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False)
     """
     check_positive(beta=beta)
     p = pair_stats(stats, reference=True)
-    rho_w, rho_l = _log_ratios(p, length_normalize)
+    rho_w, rho_l = pair_log_ratios(p, length_normalize)
     per = -F.logsigmoid(beta * (rho_w - rho_l))
     return finish_pair(stats, p, per, beta * rho_w, beta * rho_l)
 
@@ -152,7 +152,7 @@ def ipo(stats: SequenceStats, beta: float = 0.1, length_normalize: bool = False)
     """
     check_positive(beta=beta)
     p = pair_stats(stats, reference=True)
-    rho_w, rho_l = _log_ratios(p, length_normalize)
+    rho_w, rho_l = pair_log_ratios(p, length_normalize)
     per = (rho_w - rho_l - 1 / (2 * beta)) ** 2
     return finish_pair(stats, p, per, beta * rho_w, beta * rho_l)
 

@@ -17,6 +17,7 @@ binds hyper-parameters and sums weighted losses, prefixing metrics with each nam
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,9 @@ EXTRAS = {
     "shared_tokens": "[B, K] leading completion tokens a response shares with another response of its record",
     "margin": "[B] the record's meta['margin'] (e.g. a score gap written by the pairs transform), NaN if absent",
     "p": "[B] the record's meta['p'] (a `p` column: P(chosen ≻ rejected) in [0, 1]), NaN if absent",
+    "teacher_buckets": "[B, K, T, k+1] a teacher's log-probs of its top-k tokens per completion position, then the rest's",
+    "student_buckets": "[B, K, T, k+1] the policy's log-probs of the teacher's top-k tokens, then the rest's (with grad)",
+    "record_index": "[B] long, each record's position in its data (keys per-record objective state, e.g. lcpo)",
     "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",
     "step_mask": "[B, K, S] which of up to S steps of each response exist (process reward models)",
     "step_labels": "[B, K, S] per-step labels 1.0 good / 0.0 bad (process reward models)",
@@ -226,12 +230,13 @@ class Objective:
         return LossOutput(loss, per_example, metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"{i}:{t.spec.name}": dict(t.state) for i, t in enumerate(self.terms)}
+        """A deep copy: a later call that updates nested state (e.g. lcpo's per-record table) leaves it alone."""
+        return {f"{i}:{t.spec.name}": copy.deepcopy(t.state) for i, t in enumerate(self.terms)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for i, t in enumerate(self.terms):
             t.state.clear()
-            t.state.update(state.get(f"{i}:{t.spec.name}", {}))
+            t.state.update(copy.deepcopy(dict(state.get(f"{i}:{t.spec.name}", {}))))
 
 
 def build_objective(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]], **shared: Any) -> Objective:

@@ -176,6 +176,10 @@ def bco(
     on each process and updates on every call (every micro-batch under gradient accumulation); the
     trainer restores the state around evaluation. δ carries no gradient.
 
+    BCO's second half, underlying distribution matching (undesirable examples weighted by the density
+    ratio of desirable to undesirable prompts), is the data transform ``udm``
+    (`alignkit.objectives.density_ratio`); its weights reach this loss as record weights.
+
     Returns:
         LossOutput; metrics ``rewards/chosen``, ``rewards/rejected``, ``logps/chosen``,
         ``logps/rejected``, ``delta`` (the δ used), ``count/chosen``, ``count/rejected``.

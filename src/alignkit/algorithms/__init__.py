@@ -11,4 +11,4 @@
 `alignkit.training.train` picks the kind of run; the engine below knows none of these names.
 """
 
-from alignkit.algorithms import policy_gradient, ppo, preference, selfplay  # noqa: F401, E402  (register the recipes)
+from alignkit.algorithms import nash, policy_gradient, ppo, preference, selfplay  # noqa: F401, E402  (register the recipes)

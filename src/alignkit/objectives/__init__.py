@@ -8,6 +8,7 @@
 from alignkit.objectives import (  # noqa: F401
     listwise,
     multiobjective,
+    nash,
     pairwise,
     reward,
     reward_structured,

@@ -51,6 +51,12 @@ METHODS = {
     "sppo": ("self-play, win rates among the K samples", dict(objective="sppo", reward="winrate:" + BT)),
     "nash_md": ("Nash-MD, opponent from the π/π_ref mixture",
                 dict(objective="nash_md", beta=0.1, mixture_alpha=0.5, reward="mixture:" + BT)),
+    "online_ipo": ("online IPO: soft-label IPO on all pairs of the K samples", dict(objective="online_ipo",
+                                                                                  reward="winrate:" + BT)),
+    "ipo_md": ("online IPO on samples of the π/π_ref mixture", dict(objective="ipo_md", mixture_alpha=0.5,
+                                                                   reward="winrate:" + BT)),
+    "egpo": ("online IPO by extragradient (2 steps per iteration)", dict(objective="egpo", reward="winrate:" + BT)),
+    "fdpg": ("f-DPG, Jensen–Shannon to p ∝ π_ref·exp(r/β), β = 0.1", dict(objective="fdpg", beta=0.1)),
     "iterative_dpo": ("2 rounds: sample, pair best vs worst, DPO", dict(objective="dpo", beta=0.1, rounds=2, epochs=1)),
 }
 
@@ -96,9 +102,10 @@ seed {a['seed']}, the objectives' default hyper-parameters otherwise. Exceptions
 DPO samples 2 per prompt and takes {a['batch'] * a['k'] // 2} prompts per step; iterative DPO (`rounds=2`, β = 0.1)
 samples {a['k']} per prompt on {a['steps'] * a['batch'] // 2} prompts per round and trains one epoch on the
 best-vs-worst pairs (the same samples and at most the same optimizer steps; prompts whose samples all tie
-drop out); SPPO's and Nash-MD's rewards are Bradley–Terry preferences over the gold reward
-(`winrate:bt:...`, `mixture:bt:...` with β = 0.1, α = 0.5); ReMax also decodes one greedy completion per
-prompt and Nash-MD one opponent per sample. Held-out: {a['eval_prompts']} prompts of another seed x
+drop out); SPPO's, Nash-MD's, online IPO's, IPO-MD's and EGPO's rewards are Bradley–Terry preferences over
+the gold reward (`winrate:bt:...`, `mixture:bt:...` with β = 0.1, α = 0.5); ReMax also decodes one greedy
+completion per prompt, Nash-MD one opponent per sample; IPO-MD samples from the π/π_ref mixture (α = 0.5)
+instead of π; EGPO's {a['steps']} steps are {a['steps'] // 2} extragradient iterations. Held-out: {a['eval_prompts']} prompts of another seed x
 {a['eval_samples']} samples at temperature 1 ({a['max_new_tokens']} new tokens), scored with the gold reward;
 KL(π ‖ π_ref) is the sampled sequence-level k1 estimate (`alignkit.demo.evaluate_policy`,
 `alignkit.eval.kl`). Training time is the wall time of `train()` (rollouts included, evaluation not).

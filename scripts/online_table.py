@@ -46,6 +46,8 @@ METHODS = {
     "remax": ("greedy sample's reward as baseline", dict(objective="remax")),
     "reinforce_pp": ("REINFORCE++, batch-normalised advantages", dict(objective="reinforce_pp")),
     "ppo": ("value model, GAE, KL in the reward", dict(objective="ppo")),
+    "ppo_max": ("ppo + PPO-max: running reward normalisation, reward and advantage clipping at 3",
+                dict(objective="ppo", reward_normalize=True, reward_clip=3.0, advantage_clip=3.0)),
     "online_dpo": ("DPO on best-vs-worst of 2 fresh samples", dict(objective="dpo", num_samples=2)),
     "raft": ("best-of-K SFT (`objective=sft`)", dict(objective="sft")),
     "sppo": ("self-play, win rates among the K samples", dict(objective="sppo", reward="winrate:" + BT)),

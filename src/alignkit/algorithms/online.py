@@ -65,7 +65,7 @@ class OnlineTrainer(Trainer):
     def context(self) -> RunContext:
         """What a recipe is given: the run's settings and models, not the trainer."""
         return RunContext(self.config, self.accelerator, unwrap(self.policy), self.reference, self.tokenizer,
-                          self.load_kwargs, self.optimizer)
+                          self.load_kwargs, self.optimizer, self.objective)
 
     # ----------------------------------------------------------------- wiring (hooks of Trainer.__init__)
     def _check_inputs(self, c) -> None:

@@ -41,6 +41,7 @@ class RunContext:
     tokenizer: Any
     load_kwargs: dict = field(default_factory=dict)  # how the policy was loaded (dtype, attention, remote code)
     optimizer: Any = None  # the run's optimizer (a recipe that steps differently, e.g. extragradient, reads it)
+    objective: Any = None  # the bound objective: its terms' ``state`` is checkpointed (e.g. PPO's reward statistics)
 
 
 @dataclass

@@ -16,7 +16,8 @@ the run's reward, and learns from them — the same trainer, checkpoints and log
 5. **update** — ``updates_per_batch`` optimizer steps on the rollout (GRPO's μ).
 
 The families: `policy_gradient` (grpo, dr_grpo, rloo, remax, reinforce_pp), `ppo`, `preference` (any offline
-objective on fresh samples: online DPO, RAFT, CoPG ...), `selfplay` (sppo, nash_md); `iterative` runs rounds.
+objective on fresh samples: online DPO, RAFT, CoPG, f-DPG ...), `selfplay` (sppo, nash_md), `nash` (online_ipo,
+ipo_md, egpo); `iterative` runs rounds.
 Logged per step: reward mean/std, response length, share of unfinished samples, the recipe's and the
 objective's metrics, tokens/s; with ``log_samples_every=N`` the samples go to ``samples.jsonl``.
 """

@@ -97,8 +97,10 @@ def egpo(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
 
     The online IPO loss (`online_ipo`, same formula) stepped by extragradient (the recipe
     in ``algorithms/nash.py``): from θ_t a step on samples of π_t gives θ_{t+½}; then samples of π_{t+½},
-    back to θ_t (weights and optimizer state) and a step with that loss gives θ_{t+1}. In the tabular
-    softmax case this is ``θ_{t+½} = (1 − ηβ)θ_t + η(P(·≻π_t) + β log π_ref)``,
-    ``θ_{t+1} = (1 − ηβ)θ_t + η(P(·≻π_{t+½}) + β log π_ref)``: last-iterate convergence to the
-    regularised Nash equilibrium where the plain step circles. Args: ``beta`` as online_ipo."""
+    back to θ_t (weights and optimizer state) and a step with that loss gives θ_{t+1}. The paper's tabular
+    update, ``θ_{t+½} = (1 − ηβ)θ_t + η(P(·≻π_t) + β log π_ref)`` and
+    ``θ_{t+1} = (1 − ηβ)θ_t + η(P(·≻π_{t+½}) + β log π_ref)`` (θ the logits, up to a constant), is a
+    gradient step on this loss with uniform sampling weights; it converges in the last iterate to the
+    regularised Nash equilibrium where the plain step circles (``tests/test_nash.py`` shows it through this
+    function on a cyclic game). Args: ``beta`` as online_ipo."""
     return _nash_ipo(stats, beta, "egpo")

@@ -35,9 +35,9 @@ from alignkit.algorithms.value import (
 )
 from alignkit.data.collate import Batch
 from alignkit.engine import distributed as dist
-from alignkit.engine.logprobs import pad_per_slot, unwrap
 from alignkit.engine.startup import lora_config
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import pad_per_slot, unwrap
 from alignkit.models.load import disable_dropout, enable_activation_checkpointing
 
 logger = logging.getLogger("alignkit")

@@ -10,7 +10,7 @@ samples, read through their win rates); they differ in where the samples come fr
   intransitive game this plain self-play step can circle the equilibrium rather than reach it.
 * ``ipo_md`` — samples of the token-level geometric mixture ``πθ^{1−α}·π_ref^{α}`` (``mixture_alpha``),
   Nash-MD's mixture (Calandriello et al. 2024, IPO-MD): the recipe replaces the policy's sampling with
-  the mixture's (`alignkit.inference.decoding.sample_product`); the loss reads πθ's and π_ref's log-probs
+  the mixture's (`alignkit.generation.decoding.sample_product`); the loss reads πθ's and π_ref's log-probs
   of those samples. Needs the reference as a separate model; in-process sampling; no ``stop`` strings.
 * ``egpo`` — extragradient (Zhou et al. 2025, as their code does it, over two trainer steps): an even step
   remembers the trainable weights and optimizer state θ_t, then updates on samples of π_t (θ_{t+½}); the
@@ -35,7 +35,7 @@ from alignkit.algorithms.recipe import Rollout, RunContext, register_recipe
 from alignkit.algorithms.selfplay import SelfPlay
 from alignkit.engine import distributed as dist
 from alignkit.errors import ConfigError
-from alignkit.inference.decoding import sample_product
+from alignkit.generation.decoding import sample_product
 from alignkit.rewards.opponents import mixture_exponents, reference_model
 
 

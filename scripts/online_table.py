@@ -46,11 +46,19 @@ METHODS = {
     "remax": ("greedy sample's reward as baseline", dict(objective="remax")),
     "reinforce_pp": ("REINFORCE++, batch-normalised advantages", dict(objective="reinforce_pp")),
     "ppo": ("value model, GAE, KL in the reward", dict(objective="ppo")),
+    "ppo_max": ("ppo + PPO-max: running reward normalisation, reward and advantage clipping at 3",
+                dict(objective="ppo", reward_normalize=True, reward_clip=3.0, advantage_clip=3.0)),
     "online_dpo": ("DPO on best-vs-worst of 2 fresh samples", dict(objective="dpo", num_samples=2)),
     "raft": ("best-of-K SFT (`objective=sft`)", dict(objective="sft")),
     "sppo": ("self-play, win rates among the K samples", dict(objective="sppo", reward="winrate:" + BT)),
     "nash_md": ("Nash-MD, opponent from the π/π_ref mixture",
                 dict(objective="nash_md", beta=0.1, mixture_alpha=0.5, reward="mixture:" + BT)),
+    "online_ipo": ("online IPO: soft-label IPO on all pairs of the K samples", dict(objective="online_ipo",
+                                                                                  reward="winrate:" + BT)),
+    "ipo_md": ("online IPO on samples of the π/π_ref mixture", dict(objective="ipo_md", mixture_alpha=0.5,
+                                                                   reward="winrate:" + BT)),
+    "egpo": ("online IPO by extragradient (2 steps per iteration)", dict(objective="egpo", reward="winrate:" + BT)),
+    "fdpg": ("f-DPG, Jensen–Shannon to p ∝ π_ref·exp(r/β), β = 0.1", dict(objective="fdpg", beta=0.1)),
     "iterative_dpo": ("2 rounds: sample, pair best vs worst, DPO", dict(objective="dpo", beta=0.1, rounds=2, epochs=1)),
 }
 
@@ -96,9 +104,10 @@ seed {a['seed']}, the objectives' default hyper-parameters otherwise. Exceptions
 DPO samples 2 per prompt and takes {a['batch'] * a['k'] // 2} prompts per step; iterative DPO (`rounds=2`, β = 0.1)
 samples {a['k']} per prompt on {a['steps'] * a['batch'] // 2} prompts per round and trains one epoch on the
 best-vs-worst pairs (the same samples and at most the same optimizer steps; prompts whose samples all tie
-drop out); SPPO's and Nash-MD's rewards are Bradley–Terry preferences over the gold reward
-(`winrate:bt:...`, `mixture:bt:...` with β = 0.1, α = 0.5); ReMax also decodes one greedy completion per
-prompt and Nash-MD one opponent per sample. Held-out: {a['eval_prompts']} prompts of another seed x
+drop out); SPPO's, Nash-MD's, online IPO's, IPO-MD's and EGPO's rewards are Bradley–Terry preferences over
+the gold reward (`winrate:bt:...`, `mixture:bt:...` with β = 0.1, α = 0.5); ReMax also decodes one greedy
+completion per prompt, Nash-MD one opponent per sample; IPO-MD samples from the π/π_ref mixture (α = 0.5)
+instead of π; EGPO's {a['steps']} steps are {a['steps'] // 2} extragradient iterations. Held-out: {a['eval_prompts']} prompts of another seed x
 {a['eval_samples']} samples at temperature 1 ({a['max_new_tokens']} new tokens), scored with the gold reward;
 KL(π ‖ π_ref) is the sampled sequence-level k1 estimate (`alignkit.demo.evaluate_policy`,
 `alignkit.eval.kl`). Training time is the wall time of `train()` (rollouts included, evaluation not).
@@ -116,8 +125,60 @@ per-sequence loss at this lr, the policy pushes probability off everything it sa
 unbiased, just far from the samples' mean here; RLOO's leave-one-out mean and GRPO's group mean sit at the
 samples' level by construction.
 At seed 1, ReMax with `loss_agg=token` still reached KL 10, and lr 1e-4 learned nothing in 16 steps.
-"""
+{new_methods_text(results, repeats)}"""
     path.write_text(text, encoding="utf-8")
+
+
+def ppo_max_logged(metrics: Path) -> str:
+    """What PPO-max's options did in the seed's run, from its logged steps (``metrics.jsonl``)."""
+    if not metrics.exists():
+        return ""
+    rows = [r for r in map(json.loads, metrics.read_text().splitlines()) if "reward/running_std" in r]
+    std = [r["reward/running_std"] for r in rows]
+    return (f"At the logged steps the running reward std was {min(std):.2f} to {max(std):.2f} (the gold reward lies "
+            f"in [−1, 1]), so normalising mostly centres the reward and weighs it about {1 / (sum(std) / len(std)):.1f} "
+            "times more against the KL penalty; the reward clip bound on "
+            f"{max(r['reward/clip_fraction'] for r in rows):.0%} of samples at most and the advantage clip on "
+            f"{max(r['advantages/clip_fraction'] for r in rows):.1%} of tokens at most (logged `reward/clip_fraction`, "
+            "`advantages/clip_fraction`): on a bounded reward the clips are insurance, not a change.")
+
+
+def new_methods_text(results: dict, repeats: list[dict]) -> str:
+    """What the rows of the Nash methods, f-DPG and PPO-max show, with their figures (both seeds)."""
+    runs = [{row["method"]: row for row in r["rows"]} for r in [results, *repeats]]
+
+    def fig(name: str, key: str, fmt: str) -> str:
+        return " / ".join(format(b[name][key], fmt) if name in b else "—" for b in runs)
+
+    have, steps = set(runs[0]), results["args"]["steps"]
+    out = []
+    if {"online_ipo", "ipo_md", "egpo"} <= have:
+        out.append(
+            "Online IPO, IPO-MD and EGPO (`objectives/nash.py`, `algorithms/nash.py`) share one loss, the soft-label "
+            "IPO loss on every pair of a prompt's samples, and differ in the sampler (IPO-MD: the π/π_ref mixture) and "
+            f"the step (EGPO: extragradient, so its {steps} steps are {steps // 2} iterations). Held-out reward (seed "
+            + " / ".join(str(r["args"]["seed"]) for r in [results, *repeats]) + f"): online IPO "
+            f"{fig('online_ipo', 'reward', '.3f')}, IPO-MD {fig('ipo_md', 'reward', '.3f')}, EGPO "
+            f"{fig('egpo', 'reward', '.3f')}, at KL {fig('online_ipo', 'k1', '.2f')}, {fig('ipo_md', 'k1', '.2f')} and "
+            f"{fig('egpo', 'k1', '.2f')}; EGPO moves least, as expected of half as many effective steps (each full "
+            "step starts again from θ_t). The Bradley–Terry preference here is transitive, so this is their behaviour "
+            "as RL methods with a KL-regularised target (β = 0.1); what they are for — reaching the equilibrium of an "
+            "intransitive preference where plain self-play circles it — is shown on a cyclic game in "
+            "`tests/test_nash.py` (a tabular policy within 0.03 of uniform for EGPO and IPO-MD, 0.2 away for online "
+            "IPO's plain step and for SPPO).")
+    if "fdpg" in have:
+        out.append(
+            "f-DPG (`objectives/fdpg.py`, Jensen–Shannon, β = 0.1) moves the policy toward p ∝ π_ref·exp(r/β): reward "
+            f"{fig('fdpg', 'reward', '.3f')}, KL {fig('fdpg', 'k1', '.2f')}; that its f-divergence to the target "
+            "falls to near zero for forward KL, reverse KL, TV and JS is `tests/test_fdpg.py` on a six-outcome model.")
+    if {"ppo", "ppo_max"} <= have:
+        out.append(
+            "PPO-max's stabilisers (`reward_normalize=true reward_clip=3 advantage_clip=3`, Zheng et al. 2023) against "
+            f"plain PPO at the same budget: reward {fig('ppo_max', 'reward', '.3f')} vs {fig('ppo', 'reward', '.3f')}, "
+            f"KL {fig('ppo_max', 'k1', '.2f')} vs {fig('ppo', 'k1', '.2f')}, grammatical "
+            f"{fig('ppo_max', 'grammatical', '.0%')} vs {fig('ppo', 'grammatical', '.0%')}: no difference beyond noise "
+            "at this budget. " + ppo_max_logged(Path(results["args"]["out"]) / "ppo_max" / "metrics.jsonl"))
+    return "\n" + "\n\n".join(out) + "\n" if out else ""
 
 
 def repeat_text(results: dict, repeats: list[dict]) -> str:

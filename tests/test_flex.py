@@ -11,8 +11,8 @@ from torch.nn.attention.flex_attention import create_mask
 
 from alignkit.data.collate import collate_shared_prompt
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.executor import flex
 from alignkit.errors import ConfigError
+from alignkit.executor import flex
 from alignkit.executor.logprobs import LogProbModel, decoder_mask
 from alignkit.model_matrix import _slot_order, naive_token_logps, random_records
 from alignkit.models import attention

@@ -71,6 +71,9 @@ class TrainConfig:
     gamma: float = 1.0  # PPO: GAE discount
     gae_lambda: float = 0.95  # PPO: GAE lambda
     whiten_advantages: bool = True  # PPO: normalise advantages over the tokens of each rollout
+    reward_normalize: bool = False  # PPO (PPO-max): standardise rewards by the running mean and std of all rewards so far
+    reward_clip: float = 0.0  # PPO (PPO-max): clip the (normalised) rewards to [-reward_clip, reward_clip]; 0: no clipping
+    advantage_clip: float = 0.0  # PPO (PPO-max): clip the (whitened) advantages to [-advantage_clip, advantage_clip]; 0: none
     eval_greedy: bool = False  # online evaluation samples greedily (temperature 0), not at `temperature`
     # self-play and iterative rounds (objectives/selfplay.py, rewards/preference.py, algorithms/iterative.py)
     rounds: int = 0  # > 0 with prompts + reward: iterative DPO / self-rewarding, N rounds of sample -> label -> train
@@ -157,6 +160,7 @@ BOUNDS = [
     ("updates_per_batch", lambda v: v >= 1, ">= 1"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
     ("value_lr", lambda v: v is None or v > 0, "> 0 or null"), ("kl_coef", lambda v: v >= 0, ">= 0"),
     ("gamma", lambda v: 0 <= v <= 1, "in [0, 1]"), ("gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("reward_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"), ("advantage_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
     ("stop", lambda v: all(isinstance(s, str) and s for s in v), "a list of non-empty strings"),
     ("rollout_workers", lambda v: v >= 0, ">= 0"), ("rollout_worker_cpus", lambda v: v >= 1, ">= 1"),
     ("rounds", lambda v: v >= 0, ">= 0"), ("mixture_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),

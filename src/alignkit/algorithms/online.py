@@ -16,7 +16,8 @@ the run's reward, and learns from them — the same trainer, checkpoints and log
 5. **update** — ``updates_per_batch`` optimizer steps on the rollout (GRPO's μ).
 
 The families: `policy_gradient` (grpo, dr_grpo, rloo, remax, reinforce_pp), `ppo`, `preference` (any offline
-objective on fresh samples: online DPO, RAFT, CoPG ...), `selfplay` (sppo, nash_md); `iterative` runs rounds.
+objective on fresh samples: online DPO, RAFT, CoPG, f-DPG ...), `selfplay` (sppo, nash_md), `nash` (online_ipo,
+ipo_md, egpo); `iterative` runs rounds.
 Logged per step: reward mean/std, response length, share of unfinished samples, the recipe's and the
 objective's metrics, tokens/s; with ``log_samples_every=N`` the samples go to ``samples.jsonl``.
 """
@@ -47,6 +48,7 @@ from alignkit.executor.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.rewards import LiveModels, build_group_reward
 from alignkit.rollout import sample_experience
 from alignkit.rollout.correction import RolloutCorrection
+from alignkit.rollout.experience import experience_from
 from alignkit.user_code import collect, record
 
 logger = logging.getLogger("alignkit")
@@ -64,7 +66,7 @@ class OnlineTrainer(Trainer):
     def context(self) -> RunContext:
         """What a recipe is given: the run's settings and models, not the trainer."""
         return RunContext(self.config, self.accelerator, unwrap(self.policy), self.reference, self.tokenizer,
-                          self.load_kwargs)
+                          self.load_kwargs, self.optimizer, self.objective)
 
     # ----------------------------------------------------------------- wiring (hooks of Trainer.__init__)
     def _check_inputs(self, c) -> None:
@@ -114,11 +116,16 @@ class OnlineTrainer(Trainer):
         self._verify_pending = True  # checked on the first rollout
 
     # ----------------------------------------------------------------- one step
-    def rollout(self, rows: list[dict], seed: int, k: int, temperature: float):
-        """K samples of each row's prompt from the current policy, scored by the run's reward (an `Experience`)."""
+    def rollout(self, rows: list[dict], seed: int, k: int, temperature: float, sampler=None):
+        """K samples of each row's prompt from the current policy (or from ``sampler``, a recipe's
+        ``fn(prompts, k, seed, temperature) -> Generation``), scored by the run's reward (an `Experience`)."""
         c = self.config
         models = (LiveModels(unwrap(self.policy), self.reference, self.tokenizer, c)
                   if self.reward.needs_models else None)  # e.g. Nash-MD's mixture opponents decode with them
+        if sampler is not None:  # the recipe checked that it runs in-process
+            return experience_from(sampler([r["prompt"] for r in rows], k, seed, temperature), self.tokenizer, rows,
+                                   self.reward, k, c.unfinished_penalty, c.chat_template, c.chat_template_kwargs,
+                                   models)
         if c.rollout_workers > 0 or c.rollout_backend == "vllm":  # Ray actors / local chunks / a vLLM engine
             if getattr(self, "_workers", None) is None:
                 from alignkit.rollout.ray_backend import rollout_pool
@@ -140,7 +147,7 @@ class OnlineTrainer(Trainer):
         # 1-2. rollout and reward
         rows = [self.train_data.rows[i] for i in self.order.indices(self.step_idx)]
         seed = (c.seed * 1_000_003 + self.step_idx) * acc.num_processes + acc.process_index
-        exp = self.rollout(rows, seed, c.num_samples, c.temperature)
+        exp = self.rollout(rows, seed, c.num_samples, c.temperature, recipe.sampler(self.context()))
         t_gen = time.perf_counter() - t0
         chunks = [ch for ch in (list(range(len(rows)))[i::c.grad_accum] for i in range(c.grad_accum)) if ch]
         if getattr(self, "_verify_pending", False):  # on the first rollout's longest sample
@@ -157,8 +164,10 @@ class OnlineTrainer(Trainer):
             old = [self.scorer(b) if recipe.behaviour_logps and not reuse_old else None for b in batches]
             refs = [(self.reference.token_logps(b) if needs_tokens else self.reference.sequence_logps(b))
                     if self.objective.needs_reference else None for b in batches]
-            targets = recipe.targets(self.context(), Rollout(rows, seed, exp, chunks, batches, old, self.rollout))
+            rollout = Rollout(rows, seed, exp, chunks, batches, old, self.rollout)
+            targets = recipe.targets(self.context(), rollout)
         self.scorer.train()
+        targets.metrics.update(recipe.before_update(self.context(), rollout, self.step_idx))
         # 4-5. policy loss and update
         loss_sum, metrics, grad_norm, lr = 0.0, {}, 0.0, 0.0
         correction = RolloutCorrection(c.rollout_is, c.rollout_is_cap)  # engine vs trainer log-probs (rollout/correction.py)

@@ -9,7 +9,10 @@ and hands it to the trainer to train beside the policy — one optimizer (its ow
 
 Each step, without gradient: the behaviour policy's token log-probs, the reference's (for the KL penalty
 ``kl_coef`` in the reward), the old values; then token rewards, GAE(``gamma``, ``gae_lambda``), returns and
-``whiten_advantages`` (`value.rollout_targets`). With gradient, per update: the current values. The loss
+``whiten_advantages`` (`value.rollout_targets`); PPO-max's stabilisers (Zheng et al. 2023,
+https://arxiv.org/abs/2307.04964) are options: ``reward_normalize`` (running mean and std of the rewards),
+``reward_clip``, ``advantage_clip``, besides the value clipping (``cliprange_value``), whitening and the
+global gradient clip (``max_grad_norm``) PPO always had. With gradient, per update: the current values. The loss
 is the registered ``ppo`` objective (clipped policy and value losses, ``objectives/rl_ppo.py``).
 """
 
@@ -21,7 +24,15 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from alignkit.algorithms.recipe import Recipe, Rollout, RunContext, Targets, register_recipe
-from alignkit.algorithms.value import VALUE, ValueModel, load_value_model, rollout_targets, save_value_model
+from alignkit.algorithms.value import (
+    VALUE,
+    ValueModel,
+    load_value_model,
+    merge_moments,
+    rollout_targets,
+    save_value_model,
+    shape_rewards,
+)
 from alignkit.data.collate import Batch
 from alignkit.engine import distributed as dist
 from alignkit.engine.startup import lora_config
@@ -73,10 +84,32 @@ class PPO(Recipe):
 
     def targets(self, ctx: RunContext, rollout: Rollout) -> Targets:
         c, device = ctx.config, ctx.accelerator.device
-        rewards = [rollout.exp.rewards[ch].to(device) for ch in rollout.chunks]
+        scores, shaped = self.shaped_rewards(ctx, rollout.exp.rewards.to(device))
+        rewards = [scores[ch] for ch in rollout.chunks]
         extra, metrics = rollout_targets(self.value, ctx.reference, rollout.batches, rollout.old, rewards, c.kl_coef,
-                                         c.gamma, c.gae_lambda, c.whiten_advantages)
-        return Targets(extra, metrics)
+                                         c.gamma, c.gae_lambda, c.whiten_advantages, c.advantage_clip)
+        return Targets(extra, {**metrics, **shaped})
+
+    def shaped_rewards(self, ctx: RunContext, rewards: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """PPO-max's reward normalisation and clipping (``reward_normalize``, ``reward_clip``; `value.shape_rewards`).
+        The running statistics cover every process's rewards and live in the objective's state, which checkpoints
+        keep (an exact resume) and an interrupted step rolls back."""
+        c, acc = ctx.config, ctx.accelerator
+        if not c.reward_normalize and c.reward_clip <= 0:
+            return rewards, {}
+        moments = None
+        if c.reward_normalize:
+            state = ctx.objective.terms[0].state
+            seen = acc.gather(rewards) if acc.num_processes > 1 else rewards
+            state["reward_moments"] = moments = merge_moments(state.get("reward_moments"), seen)
+        out = shape_rewards(rewards, moments, c.reward_clip)
+        metrics = {"reward/shaped_mean": float(out.nanmean())}
+        if moments is not None:
+            n, mean, m2 = (float(v) for v in moments)
+            metrics.update({"reward/running_mean": mean, "reward/running_std": (m2 / max(n - 1, 1)) ** 0.5})
+        if c.reward_clip > 0:
+            metrics["reward/clip_fraction"] = float((shape_rewards(rewards, moments, 0.0).abs() > c.reward_clip).float().mean())
+        return out, metrics
 
     def live(self, batch: Batch) -> dict[str, Tensor]:
         return {"values": pad_per_slot(self.value(batch), batch)[0]}

@@ -8,7 +8,8 @@ The K samples of each prompt carry their rewards as ``scores`` (`rollout.sample_
 objective that reads scored responses trains on them unchanged: ``dpo`` on K = 2 is online DPO (ties
 masked), ``sft`` is RAFT (best-of-K SFT: SFT trains on the highest-scored sample; ``raft`` is the same as a
 rollout objective), ``plackett_luce`` ranks all K, ``copg`` is contrastive policy gradient
-(`objectives.rl.copg`: its gradient on on-policy samples is RLOO's). The recipe adds nothing to a step:
+(`objectives.rl.copg`: its gradient on on-policy samples is RLOO's), ``fdpg`` is f-DPG (`objectives.fdpg`:
+a policy gradient toward p ∝ π_ref·exp(r/β) with an f-divergence). The recipe adds nothing to a step:
 no behaviour log-probs, no targets, no model beside the policy — the objective reads ``stats.rewards``
 (and the reference's log-probs when it needs them).
 """

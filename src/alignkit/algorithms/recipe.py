@@ -8,7 +8,9 @@ The loop owns the rollout (K samples per prompt, scored by the run's reward, `al
 forward passes, the loss (the registered objective) and the update. A `Recipe` owns what differs between
 families: which objective names it trains, whether the loss reads the sampling policy's log-probs (a
 clipped ratio), the targets it computes from a rollout without gradient (group advantages, GAE, nothing),
-the tensors it adds with gradient (a value model's estimates), and any model it trains beside the policy.
+the tensors it adds with gradient (a value model's estimates), any model it trains beside the policy, and —
+rarely — what the rollout samples from (a policy/reference mixture) and what happens to the weights before
+the update (extragradient's return to an earlier iterate).
 
 A recipe receives what it needs explicitly — a `RunContext` (config, accelerator, policy, reference,
 tokenizer, load settings) and a `Rollout` — never the trainer.
@@ -38,6 +40,8 @@ class RunContext:
     reference: Any  # an `engine.reference` reference (None: the run reads none)
     tokenizer: Any
     load_kwargs: dict = field(default_factory=dict)  # how the policy was loaded (dtype, attention, remote code)
+    optimizer: Any = None  # the run's optimizer (a recipe that steps differently, e.g. extragradient, reads it)
+    objective: Any = None  # the bound objective: its terms' ``state`` is checkpointed (e.g. PPO's reward statistics)
 
 
 @dataclass
@@ -86,8 +90,18 @@ class Recipe:
         """Load what the recipe trains beside the policy: ``{name: (module, learning rate)}``."""
         return {}
 
+    def sampler(self, ctx: RunContext) -> Callable | None:
+        """What the step's rollout samples from instead of the policy: ``fn(prompts, k, seed, temperature) ->
+        Generation`` (e.g. a policy/reference mixture); None: the policy itself."""
+        return None
+
     def targets(self, ctx: RunContext, rollout: Rollout) -> Targets:
         return Targets([{} for _ in rollout.batches])
+
+    def before_update(self, ctx: RunContext, rollout: Rollout, step: int) -> dict[str, float]:
+        """Called after the targets, before the policy loss of step ``step`` (0-based): e.g. extragradient's
+        return to the weights of two half-steps ago. Returns metrics to log."""
+        return {}
 
     def live(self, batch: Batch) -> dict[str, Tensor]:
         """``SequenceStats.extra`` tensors computed with gradient for one micro-batch (e.g. values)."""

@@ -24,6 +24,11 @@ it gets its own LoRA adapters (its head fully trained), so both models train ada
     δ_t    = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1}        (gae; V, A = 0 after the last token)
     R_t    = A_t + V_t                                             (value targets)
     A_t   ← (A_t − mean) / std  over every token of the batch      (whiten_advantages=true)
+    A_t   ← clip(A_t, ±advantage_clip)                             (advantage_clip > 0)
+
+The sequence reward r(x, y) may first be reshaped (`shape_rewards`, PPO-max of Zheng et al. 2023,
+https://arxiv.org/abs/2307.04964): ``r ← (r − μ)/σ`` with the running mean and std of every reward seen so
+far, this rollout's included (``reward_normalize``), then ``r ← clip(r, ±reward_clip)``.
 
 Logged: ``kl`` (token mean of kl_t), ``kl/sequence`` (mean Σ_t kl_t), ``reward/penalised`` (mean Σ_t r_t),
 ``values/old``, ``returns/mean``, ``advantages/mean`` (before whitening), ``explained_variance``
@@ -129,8 +134,35 @@ def whiten_all(advs: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
 
 
 @torch.no_grad()
+def merge_moments(moments: Tensor | None, x: Tensor) -> Tensor | None:
+    """The running ``(count, mean, M2)`` (float64 [3]) of every value seen, with ``x``'s non-NaN values merged in
+    (the parallel update of Chan et al.: exact, whatever the batch sizes); None until a value is seen."""
+    x = x.detach().double().flatten()
+    x = x[~torch.isnan(x)]
+    if x.numel() == 0:
+        return moments
+    n_b, mean_b = torch.tensor(float(x.numel()), dtype=torch.float64), x.mean()
+    m2_b = (x - mean_b).square().sum()
+    if moments is None:
+        return torch.stack([n_b, mean_b, m2_b]).cpu()
+    n_a, mean_a, m2_a = moments.to(x.device)
+    n, delta = n_a + n_b, mean_b - mean_a
+    return torch.stack([n, mean_a + delta * n_b / n, m2_a + m2_b + delta.square() * n_a * n_b / n]).cpu()
+
+
+def shape_rewards(rewards: Tensor, moments: Tensor | None, clip: float) -> Tensor:
+    """``(r − μ)/σ`` with ``moments`` (None: r unchanged; σ = 1 until the rewards vary), then clipped to ``±clip``
+    (0: not clipped)."""
+    r = rewards
+    if moments is not None:
+        n, mean, m2 = (float(v) for v in moments)
+        std = (m2 / (n - 1)) ** 0.5 if n > 1 else 0.0
+        r = (r - mean) / (std if std > 1e-8 else 1.0)
+    return r.clamp(-clip, clip) if clip > 0 else r
+
+
 def rollout_targets(value: ValueModel, reference, batches: list[Batch], old: list[Tensor], rewards: list[Tensor],
-                    kl_coef: float, gamma: float, lam: float, whiten_advantages: bool):
+                    kl_coef: float, gamma: float, lam: float, whiten_advantages: bool, advantage_clip: float = 0.0):
     """Per-batch extras for the ``ppo`` objective (advantages, old_values, returns) and the rollout's metrics.
 
     ``reference``: read for the KL in the reward when ``kl_coef`` > 0; ``old``: the behaviour policy's flat token
@@ -145,6 +177,9 @@ def rollout_targets(value: ValueModel, reference, batches: list[Batch], old: lis
         parts.append({"old_values": v_old, "returns": ret})
         kls.append(kl), vals.append(v_old), rets.append(ret), advs.append(adv), masks.append(mask)
     white = whiten_all(advs, masks) if whiten_advantages else advs
+    if advantage_clip > 0:
+        clipped = sum(int((a.abs() > advantage_clip).sum()) for a in white)  # 0 outside the masks
+        white = [a.clamp(-advantage_clip, advantage_clip) for a in white]
     for part, a in zip(parts, white):
         part["advantages"] = a
     m = torch.cat([x.flatten() for x in masks])
@@ -155,4 +190,6 @@ def rollout_targets(value: ValueModel, reference, batches: list[Batch], old: lis
                "reward/penalised": float(scores.mean()) - kl_coef * float(kl.sum()) / max(seqs, 1),
                "values/old": float(v.mean()), "returns/mean": float(ret.mean()), "advantages/mean": float(adv.mean()),
                "explained_variance": explained_variance(v, ret, torch.ones_like(v, dtype=torch.bool))}
+    if advantage_clip > 0:
+        metrics["advantages/clip_fraction"] = clipped / max(int(m.sum()), 1)
     return parts, metrics

@@ -7,8 +7,10 @@
 # Importing the objective modules runs their @register decorators: the registry itself imports none of them.
 from alignkit.objectives import (  # noqa: F401
     distill,
+    fdpg,
     listwise,
     multiobjective,
+    nash,
     noisy,
     pairwise,
     reward,

@@ -253,12 +253,12 @@ def reinforce_pp(
     return policy_loss(stats, "reinforce_pp", beta, clip_low, clip_high, kl, loss_agg, norm_len)
 
 
-def _sample_rewards(stats: SequenceStats) -> Tensor:
+def sample_rewards(stats: SequenceStats, name: str = "raft") -> Tensor:
     """The samples' scalar rewards [B, K]: ``stats.rewards``, else ``stats.scores``."""
     for r in (stats.rewards, stats.scores):
         if r is not None and r.dim() == 2:
             return r
-    raise ValueError("objective 'raft' needs one reward per sample, [B, K] (stats.rewards or scalar scores)")
+    raise ValueError(f"objective '{name}' needs one reward per sample, [B, K] (stats.rewards or scalar scores)")
 
 
 @register("raft", label_kinds=("scores",), inputs="rollout", needs_token_logps=True)
@@ -274,7 +274,7 @@ def raft(stats: SequenceStats) -> LossOutput:
     ``targets`` (number of target samples), ``tokens``.
     """
     tok = rollout_tokens(stats, "raft", needs_old=False)
-    r = _sample_rewards(stats).to(tok.logp.dtype)
+    r = sample_rewards(stats).to(tok.logp.dtype)
     ok = stats.valid & ~torch.isnan(r)
     rk = torch.where(ok, r, torch.full_like(r, -math.inf))
     top = rk.amax(1, keepdim=True)
@@ -322,7 +322,7 @@ def copg(stats: SequenceStats, beta: float = 0.1) -> LossOutput:
     if not (beta > 0 and math.isfinite(beta)):
         raise ConfigError(f"copg hyper-parameter beta must be finite and > 0, got {beta}")
     rho = stats.logratios
-    r = _sample_rewards(stats).detach().to(rho.dtype)
+    r = sample_rewards(stats, "copg").detach().to(rho.dtype)
     ok = stats.valid & ~torch.isnan(r)
     zero = torch.zeros_like(rho)
     r_hat = torch.where(ok, r, zero) - beta * torch.where(ok, rho, zero)

@@ -139,3 +139,46 @@ def training_curves(runs: dict[str, Sequence[dict[str, Any]]], keys: Sequence[st
     if len(runs) > 1:
         axes.flat[0].legend(fontsize=7)
     return _png(fig)
+
+
+def idealised_ranking(reference_margins: Sequence[float], boosts: Sequence[float]) -> bytes:
+    """One point per pair: the reference's log-ratio log π_ref(y_w) − log π_ref(y_l) (x) against logit(α)/β (y);
+    the DPO optimum ranks a pair correctly above the line y = −x (infinite values drawn at the plot's edge)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.4))
+    finite = [b for b in boosts if _finite(b)] or [0.0]
+    lo, hi = min(finite + [0.0]) - 1, max(finite + [0.0]) + 1
+    ys = [min(max(b, lo), hi) for b in boosts]
+    good = [x + b > 0 for x, b in zip(reference_margins, boosts)]
+    for ok, colour, label in ((True, "#2ca02c", "ranked correctly"), (False, "#d62728", "ranked wrongly")):
+        pts = [(x, y) for x, y, g in zip(reference_margins, ys, good) if g == ok]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=4, alpha=0.7, color=colour, label=label)
+    xs = [x for x in reference_margins if _finite(x)] or [0.0]
+    span = [min(xs + [-hi]) - 1, max(xs + [-lo]) + 1]
+    ax.plot(span, [-s for s in span], "--", color="grey", lw=1, label="log π*(y_w)/π*(y_l) = 0")
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("log π_ref(y_w) − log π_ref(y_l)")
+    ax.set_ylabel("logit(α) / β")
+    ax.set_title("Idealised ranking at the DPO optimum")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def shift_bars(shares: dict[str, Sequence[float]], classes: Sequence[str]) -> bytes:
+    """Horizontal stacked bars, one per model: the share of answer positions in each of ``classes``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(shares) + 1.6))
+    colours = ("#7aa6d6", "#f2b447", "#d62728")
+    for k, vals in enumerate(shares.values()):
+        left = 0.0
+        for n, (cls, v) in enumerate(zip(classes, vals)):
+            ax.barh(k, v, left=left, color=colours[n % len(colours)], height=0.6, label=cls if k == 0 else None)
+            left += v
+    ax.set_yticks(range(len(shares)), list(shares))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of answer positions (rank of the token under the base model)")
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(classes), frameon=False)
+    ax.invert_yaxis()
+    return _png(fig)

@@ -66,7 +66,7 @@ def _write(records, path: str) -> Path:
 def _convert_parser(dsub) -> None:
     from alignkit.data.tools.converters import FORMATS, ON_EMPTY
 
-    p = dsub.add_parser("convert", help="public layouts (HH-RLHF, UltraFeedback, TRL, OpenAI, CSV) -> alignkit",
+    p = dsub.add_parser("convert", help="public layouts (HH-RLHF, UltraFeedback, TRL, OpenAI, OpenAssistant, CSV) -> alignkit",
                         description="alignkit data convert IN --out OUT.jsonl [--from FORMAT]")  # fmt: skip
     p.add_argument("data", help="input rows (.jsonl, .json, .parquet, .csv, a save_to_disk folder or a Hub dataset)")
     p.add_argument("--out", required=True, help=".jsonl (alignkit native), .parquet or .csv")

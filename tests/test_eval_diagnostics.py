@@ -88,14 +88,24 @@ def test_diagnose_ranking_cli(tiny_path, tiny, pairs_path, tmp_path, capsys):
     from alignkit.data.io import read_records
 
     own = preference_accuracy(model, tok, read_records(pairs_path).records[:12])["likelihood"]["accuracy"]
-    assert res["idealised"]["accuracy"] == pytest.approx(own) == pytest.approx(res["idealised"]["reference_accuracy"])
+    assert res["idealised"][0]["accuracy"] == pytest.approx(own) == pytest.approx(res["reference_accuracy"])
     assert res["models"][0]["alignment_gap"] == pytest.approx(0.0)
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "idealised at β = 0.1" in capsys.readouterr().out
+    # one β per model: each model's gap is against the optimum at its own β
+    cli.main(["eval", "--diagnose", "ranking", "--reference", tiny_path, "--models", tiny_path, tiny_path,
+              "--preferences", pairs_path, "--alpha", "0.6", "--beta", "0.1", "100", "--max-records", "12",
+              "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    assert [i["beta"] for i in res["idealised"]] == [0.1, 100.0]
+    # α > ½: a smaller β pushes every pair further towards its winner, so the optimum ranks no fewer pairs right
+    assert res["idealised"][0]["accuracy"] >= res["idealised"][1]["accuracy"] >= res["reference_accuracy"]
+    assert [m["alignment_gap"] for m in res["models"]] == pytest.approx(
+        [i["accuracy"] - own for i in res["idealised"]])
     # α = 1: every pair right at the optimum
     cli.main(["eval", "--diagnose", "ranking", "--reference", tiny_path, "--preferences", pairs_path, "--alpha", "1",
               "--max-records", "12", "--out", str(out)])
-    assert json.loads((out / "results.json").read_text())["idealised"]["accuracy"] == 1.0
+    assert json.loads((out / "results.json").read_text())["idealised"][0]["accuracy"] == 1.0
     capsys.readouterr()
     # paired rows without p or scores: a one-line error naming the row
     assert cli.main(["eval", "--diagnose", "ranking", "--reference", tiny_path, "--preferences", pairs_path,

@@ -86,7 +86,8 @@ def _diagnostic_args(e) -> None:
                         "--preferences (ranking), chosen/rejected gradient inner products of --models on "
                         "--preferences (entanglement), base (--reference) ranks of --models' answers to --prompts "
                         "(token-shift); docs/evaluation.md")
-    e.add_argument("--beta", type=float, default=0.1, help="ranking: β of the DPO optimum imagined (default 0.1)")
+    e.add_argument("--beta", type=float, nargs="+", default=[0.1],
+                   help="ranking: β of the DPO optimum imagined, one for all or one per --models entry (default 0.1)")
     e.add_argument("--alpha", type=float, default=None,
                    help="ranking: P(chosen ≻ rejected) for every pair (default: each record's p, else its scores)")
     e.add_argument("--alpha-temperature", type=float, default=1.0,
@@ -106,11 +107,12 @@ def diagnose_command(args: argparse.Namespace) -> int:
         r = D.diagnose_ranking(reference=args.reference, preferences=args.preferences, beta=args.beta,
                                models=args.models or (), alpha=args.alpha, alpha_temperature=args.alpha_temperature,
                                max_records=args.max_records, batch_size=args.batch_size, **common)
-        i = r["idealised"]
-        print(f"{i['n']} pairs: reference ranking accuracy {i['reference_accuracy']:.3f}, idealised at β = "
-              f"{args.beta} {i['accuracy']:.3f} [{i['wilson'][0]:.3f}, {i['wilson'][1]:.3f}]")
+        print(f"{r['idealised'][0]['n']} pairs: reference ranking accuracy {r['reference_accuracy']:.3f}; idealised "
+              + ", ".join(f"at β = {i['beta']:g} {i['accuracy']:.3f} [{i['wilson'][0]:.3f}, {i['wilson'][1]:.3f}]"
+                          for i in r["idealised"]))
         for m in r["models"]:
-            print(f"{m['name']}: ranking accuracy {m['likelihood']['accuracy']:.3f}, gap {m['alignment_gap']:+.3f}")
+            print(f"{m['name']}: ranking accuracy {m['likelihood']['accuracy']:.3f}, idealised at β = {m['beta']:g} "
+                  f"{m['idealised_accuracy']:.3f}, gap {m['alignment_gap']:+.3f}")
     elif args.diagnose == "entanglement":
         r = D.diagnose_entanglement(models=args.models, preferences=args.preferences, params=args.params,
                                     max_records=args.max_records, **common)

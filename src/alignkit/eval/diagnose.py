@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,40 +95,56 @@ def _write(out_dir: str | Path, title: str, results: dict[str, Any], sections, f
     atomic_write_text(out / "report.html", H.page(title, sections, subtitle=command or ""))
 
 
-def diagnose_ranking(*, reference: str | None, preferences: str | None, beta: float, models=(), names=None,
-                     alpha: float | None = None, alpha_temperature: float = 1.0, max_records: int | None = None,
-                     batch_size: int = 8, dtype: str = "float32", out_dir: str | Path, command: str | None = None
-                     ) -> dict[str, Any]:
-    """Idealised ranking accuracy at ``beta`` and each model's alignment gap; see the module docstring."""
+def _betas(beta: float | Sequence[float], models: Sequence[str]) -> list[float]:
+    betas = [float(beta)] if isinstance(beta, (int, float)) else [float(b) for b in beta]
+    if len(betas) not in (1, len(models)) or not betas:
+        raise ConfigError(f"--beta takes one value, or one per --models entry ({len(models)}); got {len(betas)}")
+    return betas
+
+
+def diagnose_ranking(*, reference: str | None, preferences: str | None, beta: float | Sequence[float] = 0.1,
+                     models=(), names=None, alpha: float | None = None, alpha_temperature: float = 1.0,
+                     max_records: int | None = None, batch_size: int = 8, dtype: str = "float32",
+                     out_dir: str | Path, command: str | None = None) -> dict[str, Any]:
+    """Idealised ranking accuracy at each β in ``beta`` (one for all models, or one per model: the β it was
+    trained with) and each model's alignment gap against its β; see the module docstring."""
     if not reference:
         raise ConfigError("--diagnose ranking needs --reference (the model DPO starts from)")
+    betas = _betas(beta, models)
     pairs, sources, skipped = _pairs(preferences, max_records)
     alphas, alpha_source = pair_alphas(sources, alpha, alpha_temperature)
     ref_model, ref_tok = _load(reference, dtype)
     lp = sequence_logps(ref_model, ref_tok, pairs, batch_size)[0]
-    ideal = idealised_ranking(lp[0::2], lp[1::2], alphas, beta)
+    ideal = {b: idealised_ranking(lp[0::2], lp[1::2], alphas, b) for b in dict.fromkeys(betas)}
     rows = []
-    for path, name in zip(models, names or models):
+    for k, (path, name) in enumerate(zip(models, names or models)):
+        b = betas[k if len(betas) > 1 else 0]
         model, tok = _load(path, dtype)
         acc = preference_accuracy(model, tok, pairs, reference=ref_model, ref_tokenizer=ref_tok, batch_size=batch_size)
-        observed = acc["likelihood"]["accuracy"]
-        rows.append({"name": name, "source": path, "likelihood": acc["likelihood"],
-                     "implicit_reward": acc["implicit_reward"], "alignment_gap": ideal["accuracy"] - observed})
+        rows.append({"name": name, "source": path, "beta": b, "likelihood": acc["likelihood"],
+                     "implicit_reward": acc["implicit_reward"], "idealised_accuracy": ideal[b]["accuracy"],
+                     "alignment_gap": ideal[b]["accuracy"] - acc["likelihood"]["accuracy"]})
+    first = next(iter(ideal.values()))
     results = {"diagnostic": "ranking", "reference": reference, "preferences": preferences, "skipped": skipped,
-               "alpha_source": alpha_source, "alphas": alphas, "idealised": ideal, "models": rows}
-    fig = plots.idealised_ranking(ideal["reference_margins"], [m - r for m, r in zip(ideal["margins"],
-                                                                                      ideal["reference_margins"])])
-    table = [["reference (as is)", ideal["reference_accuracy"], None, None],
-             [f"idealised DPO optimum, β = {beta}", ideal["accuracy"], ideal["wilson"], None]]
-    table += [[r["name"], r["likelihood"]["accuracy"], r["likelihood"]["wilson"], r["alignment_gap"]] for r in rows]
+               "alpha_source": alpha_source, "alphas": alphas, "reference_accuracy": first["reference_accuracy"],
+               "idealised": list(ideal.values()), "models": rows}
+    grid = [10 ** (k / 8) for k in range(-16, 17)]  # β from 0.01 to 100
+    curve = [(b, idealised_ranking(lp[0::2], lp[1::2], alphas, b)["accuracy"]) for b in grid]
+    results["curve"] = [{"beta": b, "accuracy": a} for b, a in curve]
+    fig = plots.idealised_ranking(curve, first["reference_accuracy"],
+                                  [(r["name"], r["beta"], r["likelihood"]["accuracy"]) for r in rows])
+    table = [["reference (as is)", None, first["reference_accuracy"], None, None]]
+    table += [["idealised DPO optimum", b, i["accuracy"], i["wilson"], None] for b, i in ideal.items()]
+    table += [[r["name"], r["beta"], r["likelihood"]["accuracy"], r["likelihood"]["wilson"], r["alignment_gap"]]
+              for r in rows]
     sections = [("Idealised ranking accuracy", [
-        H.para(f"{ideal['n']} pairs from {preferences} ({skipped} records without a strict pair skipped); "
+        H.para(f"{first['n']} pairs from {preferences} ({skipped} records without a strict pair skipped); "
                f"α from {alpha_source}."),
-        H.table(["model", "ranking accuracy", "Wilson 95%", "alignment gap (idealised − observed)"], table),
+        H.table(["model", "β", "ranking accuracy", "Wilson 95%", "alignment gap (idealised at β − observed)"], table),
         H.image(fig, "idealised ranking"),
         H.para("The optimum π* ∝ π_ref·exp(r/β) ranks a pair correctly iff log π_ref(y_w) − log π_ref(y_l) + "
-               "logit(α)/β > 0 (Chen et al. 2024, Theorem 3.1); points above the line are ranked correctly.",
-               "note")])]
+               "logit(α)/β > 0 (Chen et al. 2024, Theorem 3.1). The curve is that accuracy from β = 0.01 to 100; the "
+               "points are the models' own ranking accuracies at their β.", "note")])]
     _write(out_dir, "alignkit diagnostics: idealised ranking accuracy", results, sections, {"ranking": fig}, command)
     return results
 

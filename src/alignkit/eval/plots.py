@@ -141,28 +141,25 @@ def training_curves(runs: dict[str, Sequence[dict[str, Any]]], keys: Sequence[st
     return _png(fig)
 
 
-def idealised_ranking(reference_margins: Sequence[float], boosts: Sequence[float]) -> bytes:
-    """One point per pair: the reference's log-ratio log π_ref(y_w) − log π_ref(y_l) (x) against logit(α)/β (y);
-    the DPO optimum ranks a pair correctly above the line y = −x (infinite values drawn at the plot's edge)."""
+def idealised_ranking(curve: Sequence[tuple[float, float]], reference: float,
+                      models: Sequence[tuple[str, float, float]]) -> bytes:
+    """The idealised ranking accuracy against β (``curve``: (β, accuracy), log-scale β), the reference's own
+    accuracy as a dashed line, and each model's observed accuracy at its β (``models``: (name, β, accuracy))."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.0, 4.4))
-    finite = [b for b in boosts if _finite(b)] or [0.0]
-    lo, hi = min(finite + [0.0]) - 1, max(finite + [0.0]) + 1
-    ys = [min(max(b, lo), hi) for b in boosts]
-    good = [x + b > 0 for x, b in zip(reference_margins, boosts)]
-    for ok, colour, label in ((True, "#2ca02c", "ranked correctly"), (False, "#d62728", "ranked wrongly")):
-        pts = [(x, y) for x, y, g in zip(reference_margins, ys, good) if g == ok]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=4, alpha=0.7, color=colour, label=label)
-    xs = [x for x in reference_margins if _finite(x)] or [0.0]
-    span = [min(xs + [-hi]) - 1, max(xs + [-lo]) + 1]
-    ax.plot(span, [-s for s in span], "--", color="grey", lw=1, label="log π*(y_w)/π*(y_l) = 0")
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel("log π_ref(y_w) − log π_ref(y_l)")
-    ax.set_ylabel("logit(α) / β")
-    ax.set_title("Idealised ranking at the DPO optimum")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], "-", color="#1f77b4", lw=1.5,
+            label="idealised (DPO optimum at β)")
+    ax.axhline(reference, color="grey", ls="--", lw=1, label="reference model")
+    for n, (name, beta, acc) in enumerate(models):
+        ax.plot([beta], [acc], "o", color="#d62728", ms=5, label="observed (each model at its β)" if n == 0 else None)
+        ax.annotate(name, (beta, acc), textcoords="offset points", xytext=(5, -10 if n % 2 else 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("β")
+    ax.set_ylabel("ranking accuracy: log π(y_w) > log π(y_l)")
+    ax.set_title("Idealised vs observed ranking accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     return _png(fig)
 
 

@@ -132,8 +132,8 @@ class Unigram(torch.nn.Module):
 def test_entanglement_closed_form_on_a_unigram_model():
     # uniform p over V: g_a = e_a − 1/V, ⟨g_a, g_b⟩ = −1/V, ‖g‖² = 1 − 1/V, cosine −1/(V − 1)
     v, m = 8, Unigram(8)
-    ga = logp_gradient(m, torch.tensor([0, 3]), 1, [m.theta])
-    gb = logp_gradient(m, torch.tensor([0, 5]), 1, [m.theta])
+    [ga] = logp_gradient(m, torch.tensor([0, 3]), 1, [m.theta])
+    [gb] = logp_gradient(m, torch.tensor([0, 5]), 1, [m.theta])
     e = entanglement(ga, gb)
     assert e["inner"] == pytest.approx(-1 / v) and e["norm_chosen"] ** 2 == pytest.approx(1 - 1 / v)
     assert e["cosine"] == pytest.approx(-1 / (v - 1))
@@ -146,12 +146,12 @@ def test_entanglement_known_sign_and_the_first_order_step():
     with torch.no_grad():
         m.theta.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0, 0.5, -0.4]))
     chosen, rejected = torch.tensor([1, 2]), torch.tensor([1, 2, 2])
-    gw, gl = logp_gradient(m, chosen, 1, [m.theta]), logp_gradient(m, rejected, 1, [m.theta])
+    [gw], [gl] = logp_gradient(m, chosen, 1, [m.theta]), logp_gradient(m, rejected, 1, [m.theta])
     e = entanglement(gw, gl)
     assert e["cosine"] == pytest.approx(1.0) and e["chosen_falls"] and not e["rejected_rises"]
     before = float(sequence_logp(m, chosen, 1).detach())
     with torch.no_grad():
-        m.theta.add_(1e-3 * (gw - gl).float())
+        m.theta.add_(1e-3 * (gw - gl))
     assert float(sequence_logp(m, chosen, 1).detach()) < before  # the chosen log-prob really fell
 
 

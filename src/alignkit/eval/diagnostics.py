@@ -94,23 +94,31 @@ def sequence_logp(model, ids: Tensor, start: int) -> Tensor:
     return torch.log_softmax(logits, -1).gather(-1, ids[start:, None]).sum()
 
 
-def logp_gradient(model, ids: Tensor, start: int, params: Sequence[torch.nn.Parameter]) -> Tensor:
-    """``∇ log π(completion | prompt)`` w.r.t. ``params``, flattened into one float64 vector."""
+def logp_gradient(model, ids: Tensor, start: int, params: Sequence[torch.nn.Parameter]) -> list[Tensor]:
+    """``∇ log π(completion | prompt)`` w.r.t. ``params``: one detached tensor per parameter (zeros where unused)."""
     grads = torch.autograd.grad(sequence_logp(model, ids, start), list(params), allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for p, g in zip(params, grads)])
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-def entanglement(g_chosen: Tensor, g_rejected: Tensor) -> dict[str, float | bool]:
-    """Gradient entanglement of one pair from ``g_w`` and ``g_l`` (flat vectors of the same length).
+Grad = Tensor | Sequence[Tensor]
+
+
+def _dot(a: Grad, b: Grad) -> float:
+    """``⟨a, b⟩`` in float64 over a tensor or a list of tensors (piece by piece: no flattened copy)."""
+    a, b = ([a], [b]) if isinstance(a, Tensor) else (a, b)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        raise ValueError("the two gradients differ in shape")
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+
+def entanglement(g_chosen: Grad, g_rejected: Grad) -> dict[str, float | bool]:
+    """Gradient entanglement of one pair from ``g_w`` and ``g_l`` (tensors, or lists of per-parameter tensors).
 
     Returns ``{"inner": ⟨g_w, g_l⟩, "cosine", "norm_chosen": ‖g_w‖, "norm_rejected": ‖g_l‖,
     "chosen_falls": ⟨g_w, g_l⟩ > ‖g_w‖², "rejected_rises": ⟨g_w, g_l⟩ > ‖g_l‖²}`` (first-order effect of
     a margin-increasing step; module docstring). The cosine of a zero gradient is NaN.
     """
-    gw, gl = g_chosen.double().flatten(), g_rejected.double().flatten()
-    if gw.shape != gl.shape:
-        raise ValueError(f"gradients differ in size: {gw.numel()} and {gl.numel()}")
-    inner, nw2, nl2 = float(gw @ gl), float(gw @ gw), float(gl @ gl)
+    inner, nw2, nl2 = _dot(g_chosen, g_rejected), _dot(g_chosen, g_chosen), _dot(g_rejected, g_rejected)
     denom = math.sqrt(nw2 * nl2)
     return {"inner": inner, "cosine": inner / denom if denom > 0 else math.nan, "norm_chosen": math.sqrt(nw2),
             "norm_rejected": math.sqrt(nl2), "chosen_falls": inner > nw2, "rejected_rises": inner > nl2}

@@ -102,6 +102,8 @@ def _diagnostic_args(e) -> None:
 def diagnose_command(args: argparse.Namespace) -> int:
     from alignkit.eval import diagnose as D
 
+    if args.judgments is not None:
+        raise ConfigError("--diagnose reads models and data, not --judgments: give one of them")
     common = {"out_dir": args.out, "command": _command_line(), "dtype": args.dtype, "names": args.names}
     if args.diagnose == "ranking":
         r = D.diagnose_ranking(reference=args.reference, preferences=args.preferences, beta=args.beta,

@@ -175,7 +175,7 @@ def shift_bars(shares: dict[str, Sequence[float]], classes: Sequence[str]) -> by
             left += v
     ax.set_yticks(range(len(shares)), list(shares))
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of answer positions (rank of the token under the base model)")
+    ax.set_xlabel("share of answer positions, by the base model's rank of the token")
     ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(classes), frameon=False)
     ax.invert_yaxis()
     return _png(fig)

@@ -2,8 +2,9 @@
 writing ``results.json``, ``report.html`` (with its figure) and the figure as a PNG into ``out_dir``.
 
 * ``ranking`` — idealised ranking accuracy of the reference (``--reference``) on preference pairs
-  (``--preferences``) at ``--beta``, with each ``--models`` entry's observed likelihood ranking accuracy and
-  its alignment gap (idealised − observed). α = P(y_w ≻ y_l) per pair: ``--alpha`` for all pairs, else the
+  (``--preferences``) at each ``--beta`` (one for all, or one per ``--models`` entry: the β it was trained
+  with), with each model's observed likelihood ranking accuracy and its alignment gap (idealised at its β −
+  observed). α = P(y_w ≻ y_l) per pair: ``--alpha`` for all pairs, else the
   record's ``p`` (``meta.p``, about its first response), else σ((s_w − s_l)/``--alpha-temperature``) of its
   scores; a pair with none of these is an error naming the record.
 * ``entanglement`` — per pair, the inner product and cosine of ``∇ log π(y_w|x)`` and ``∇ log π(y_l|x)`` for
@@ -43,8 +44,6 @@ from alignkit.eval.diagnostics import (
 )
 from alignkit.io_atomic import atomic_write_bytes, atomic_write_text
 from alignkit.models.load import load_model, load_tokenizer
-
-DIAGNOSTICS = ("ranking", "entanglement", "token-shift")
 
 
 def _load(path: str, dtype: str):
@@ -97,7 +96,7 @@ def _write(out_dir: str | Path, title: str, results: dict[str, Any], sections, f
 
 def _betas(beta: float | Sequence[float], models: Sequence[str]) -> list[float]:
     betas = [float(beta)] if isinstance(beta, (int, float)) else [float(b) for b in beta]
-    if len(betas) not in (1, len(models)) or not betas:
+    if not betas or (len(betas) > 1 and models and len(betas) != len(models)):
         raise ConfigError(f"--beta takes one value, or one per --models entry ({len(models)}); got {len(betas)}")
     return betas
 

@@ -16,7 +16,7 @@ T_START = time.perf_counter()
 
 def first_batch_logps(trainer) -> dict:
     """Per-pair summed log-probs of the first batch under the reference (= the initial policy)."""
-    from alignkit.engine.logprobs import sum_per_slot
+    from alignkit.executor.logprobs import sum_per_slot
 
     c, ref = trainer.config, trainer.reference
     batch = trainer.train_data.collate(trainer.order.indices(0), trainer.tokenizer.pad_token_id, trainer.layout,

@@ -1,4 +1,4 @@
-"""Best-of-N at N = 16: one shared prefill (`alignkit.inference.prefill`) vs transformers' ``generate``.
+"""Best-of-N at N = 16: one shared prefill (`alignkit.generation.prefill`) vs transformers' ``generate``.
 
 Variants, timed in one process on the same prompts (generated tokens per second, stop tokens included;
 every variant scores its samples with the same trivial reward and takes the argmax):
@@ -65,7 +65,7 @@ def _pick(gen):
 def variant(name, model, tok, prompts, max_new) -> int:
     """Run one variant; return the number of tokens it generated."""
     from alignkit.generation import generate
-    from alignkit.inference.prefill import sample_shared
+    from alignkit.generation.prefill import sample_shared
 
     if name == "shared":
         s = sample_shared(model, tok, prompts, N, max_new_tokens=max_new, batch_size=len(prompts))

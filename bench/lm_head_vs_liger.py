@@ -8,7 +8,7 @@ Three ways, each timed over forward + backward of ``sum(w * logp)`` with random 
 DPO loss weighs each sequence's tokens differently):
 
 * ``naive``: ``log_softmax(h @ W^T)`` gathered at the targets: ``[N, V]`` logits kept for backward;
-* ``alignkit``: `alignkit.engine.logprobs.chunked_token_logps` (``chunk_size=0``: the automatic chunk; each
+* ``alignkit``: `alignkit.executor.logprobs.chunked_token_logps` (``chunk_size=0``: the automatic chunk; each
   chunk's logits recomputed in backward, so one ``[chunk, V]`` block lives at a time);
 * ``liger``: ``LigerFusedLinearCrossEntropyLoss(reduction="none")`` (log-prob = −loss), when ``liger_kernel``
   imports (CUDA and Triton): it computes the head's gradients during the forward pass.
@@ -29,7 +29,7 @@ import time
 def _logps(kind: str, h, weight, targets, head):
     import torch
 
-    from alignkit.engine.logprobs import chunked_token_logps
+    from alignkit.executor.logprobs import chunked_token_logps
 
     if kind == "naive":
         return (h @ weight.t()).float().log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)

@@ -55,7 +55,7 @@ def run_variant(args) -> dict:
     import torch
 
     from alignkit.data.collate import choose_layout, collate_padded, collate_shared_prompt
-    from alignkit.engine.logprobs import LogProbModel, attention_cost_weight, sum_per_slot
+    from alignkit.executor.logprobs import LogProbModel, attention_cost_weight, sum_per_slot
 
     torch.set_num_threads(2)
     model = build_model(args)

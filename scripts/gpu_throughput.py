@@ -16,7 +16,7 @@ bench/'s workers (bench/_alignkit_worker.py, bench/_trl_worker.py: `Trainer.step
 timed after ``--warmup`` steps, which take the compile of flex attention's kernels):
 
 * ``sdpa``: shared-prompt rows (``packing=shared_prompt``) under SDPA with the dense additive block mask;
-* ``flex``: the same rows under FlexAttention with the block-sparse `BlockMask` (`alignkit.engine.flex`);
+* ``flex``: the same rows under FlexAttention with the block-sparse `BlockMask` (`alignkit.executor.flex`);
 * ``flex_rows1024``: FlexAttention with ``max_row_tokens=1024``: several records share a row, which a dense
   mask pays for quadratically and a block-sparse one does not;
 * ``padded``: one row per (prompt, response) under SDPA (``packing=padded``);

@@ -33,7 +33,7 @@ is paired with (`../shared/tokenizers`). Errors are the largest absolute differe
   times the window) from alignkit's executor vs the model's own full forward on each prompt + response alone;
 - **flex**: the shared-prompt, padded and grad errors with the model loaded with
   `attn_implementation=flex_attention` (shared-prompt rows as a block-sparse `BlockMask`, padded rows through
-  transformers' own flex mask; unfused on CPU, `alignkit.engine.flex`) against the naive forward of the same
+  transformers' own flex mask; unfused on CPU, `alignkit.executor.flex`) against the naive forward of the same
   weights under SDPA / eager;
 - **grad**: gradient of a weighted sum of those log-probs with respect to every parameter, executor
   (shared-prompt rows) vs naive, relative to the largest gradient entry;
@@ -60,7 +60,7 @@ model's own forward and falls back to padded rows, saying so once.
 Attention paths: the table's `attention` column is what `attn_implementation=auto` loads on CPU. On CUDA `auto`
 loads FlexAttention for every family here that transformers gives it (all but GPT-2; Gemma-2's soft-capping
 becomes a score modification), and shared-prompt rows then get a block-sparse `BlockMask` instead of the dense
-mask (`alignkit.engine.flex`; bench/README.md has the paths and how `auto` chooses). The `flex` column checks
+mask (`alignkit.executor.flex`; bench/README.md has the paths and how `auto` chooses). The `flex` column checks
 that path here, unfused on CPU, against the same naive forward under SDPA / eager.
 """
 

@@ -60,7 +60,7 @@ def test_fsdp_config_becomes_the_intended_plugin(tiny):
     from sharded_cpu_launch import launch_environment  # tests/: the environment accelerate launch sets
     from torch.distributed.fsdp import ShardingStrategy, StateDictType
 
-    from alignkit.engine.logprobs import LogProbModel
+    from alignkit.executor.logprobs import LogProbModel
 
     env = launch_environment(DIR / "fsdp.yaml")  # with FSDP_SYNC_MODULE_STATES=false: no accelerator device here
     assert env["ACCELERATE_USE_FSDP"] == "true"

@@ -5,8 +5,8 @@ import torch
 
 from alignkit.config import TrainConfig
 from alignkit.engine import distributed
-from alignkit.engine.logprobs import unwrap
 from alignkit.engine.trainer import Trainer
+from alignkit.executor.logprobs import unwrap
 
 
 def test_the_default_backend_is_inductor():

@@ -224,8 +224,8 @@ def test_memory_estimate_is_within_a_factor_of_1_5_of_the_measured_peak(tiny_pat
     from transformers import AutoConfig
 
     from alignkit.config import TrainConfig
-    from alignkit.engine.logprobs import auto_chunk_size
     from alignkit.engine.trainer import Trainer
+    from alignkit.executor.logprobs import auto_chunk_size
     from alignkit.models.memory import estimate_training_memory
 
     rng = random.Random(0)

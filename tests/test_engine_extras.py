@@ -11,9 +11,9 @@ from alignkit.config import TrainConfig
 from alignkit.data.dataset import TokenizedDataset, mismatched_partners, prompt_key
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.logprobs import LogProbModel, build_stats
 from alignkit.engine.score import score_logps
 from alignkit.engine.trainer import Trainer
+from alignkit.executor.logprobs import LogProbModel, build_stats
 
 
 def unpaired(n=6):

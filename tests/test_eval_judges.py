@@ -1,9 +1,9 @@
-"""Judges (`alignkit.eval.judges`): position bias and its correction, rules, reward models, LLM judges."""
+"""Judges (`alignkit.rewards.judges`): position bias and its correction, rules, reward models, LLM judges."""
 
 import pytest
 import torch
 
-from alignkit.eval.judges import (
+from alignkit.rewards.judges import (
     Judge,
     LLMJudge,
     RewardModelJudge,
@@ -117,7 +117,7 @@ def test_llm_judge_template_needs_its_fields(tiny):
 
 def test_reward_model_judge_scores_like_model_scores(tiny_path):
     from alignkit.data.schema import PreferenceRecord
-    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.executor.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
     from alignkit.rewards.rm_scores import model_scores
 

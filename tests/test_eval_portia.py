@@ -1,4 +1,4 @@
-"""PORTIA (`alignkit.eval.portia`, ``LLMJudge(portia=True)``): a scripted judge model with a known position
+"""PORTIA (`alignkit.rewards.portia`, ``LLMJudge(portia=True)``): a scripted judge model with a known position
 bias — it reads only the start of the question and picks the first answer when it cannot tell — is made
 consistent again by splitting the answers into aligned parts and interleaving them."""
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignkit.eval.judges import LLMJudge
-from alignkit.eval.portia import cut, length_cuts, merge, semantic_cuts, split_points
+from alignkit.rewards.judges import LLMJudge
+from alignkit.rewards.portia import cut, length_cuts, merge, semantic_cuts, split_points
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,8 +8,8 @@ import pytest
 
 from alignkit.cli import main
 from alignkit.eval.evaluate import evaluate, pareto
-from alignkit.eval.judges import Judge
 from alignkit.eval.training_metrics import generation_metrics
+from alignkit.rewards.judges import Judge
 
 RULE = "rule:alignkit.worlds.reviews:reward"
 PROMPTS = [f"Review: The {s} was" for s in ("plot", "cast", "music", "ending", "acting", "script")]

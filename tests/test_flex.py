@@ -1,4 +1,4 @@
-"""The FlexAttention path (`alignkit.engine.flex`): the shared-prompt block mask as a block-sparse `BlockMask`,
+"""The FlexAttention path (`alignkit.executor.flex`): the shared-prompt block mask as a block-sparse `BlockMask`,
 exact against the dense mask it replaces and, through whole models, against the naive forward (every family of
 the model matrix: tests/test_model_matrix.py asserts `flex_errors`); `auto` picks it on CUDA only."""
 
@@ -12,8 +12,8 @@ from torch.nn.attention.flex_attention import create_mask
 from alignkit.data.collate import collate_shared_prompt
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.engine import flex
-from alignkit.engine.logprobs import LogProbModel, decoder_mask
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import LogProbModel, decoder_mask
 from alignkit.model_matrix import _slot_order, naive_token_logps, random_records
 from alignkit.models import attention
 from alignkit.models.families import build_family_model

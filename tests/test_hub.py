@@ -138,7 +138,7 @@ def test_a_repo_without_loadable_weights_is_one_line(online, monkeypatch):
 
 def test_reward_models_resolve_through_the_hub_client(online, monkeypatch, tiny_path):
     """load_reward_model (rm:PATH rewards, reward_model:PATH judges, score/eval-rm) and reward_info."""
-    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.executor.reward_model import load_reward_model
     from alignkit.rewards.rm_scores import reward_info
 
     fake = FakeHub(monkeypatch, tiny_path)

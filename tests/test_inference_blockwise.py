@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from alignkit.generation import eos_ids, prompt_ids
+from alignkit.generation.prefill import sample_shared
 from alignkit.inference import InferenceSettings, run_method
 from alignkit.inference.bon import bon_kl_bound
-from alignkit.inference.prefill import sample_shared
 from alignkit.worlds import reviews
 
 

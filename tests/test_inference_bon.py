@@ -1,4 +1,4 @@
-"""Best-of-N family (`alignkit.inference.bon`) and the shared-prefill sampler (`alignkit.inference.prefill`).
+"""Best-of-N family (`alignkit.inference.bon`) and the shared-prefill sampler (`alignkit.generation.prefill`).
 
 Pure selection / KL functions are checked against hand-computed values; the sampler against
 `alignkit.generation` (greedy, log-probs) and the model's own softmax (first-token frequencies); the
@@ -17,6 +17,7 @@ import torch
 
 from alignkit.engine.score import score_logps
 from alignkit.generation import generate
+from alignkit.generation.prefill import next_token_probs, sample_shared
 from alignkit.inference import InferenceSettings, run_method
 from alignkit.inference.bon import (
     bon_index,
@@ -26,7 +27,6 @@ from alignkit.inference.bon import (
     selection_kl,
     softmax_weights,
 )
-from alignkit.inference.prefill import next_token_probs, sample_shared
 from alignkit.worlds import reviews
 
 PROMPTS = ["Hello world", "The movie was really very", "I think the plot is"]

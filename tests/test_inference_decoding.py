@@ -1,4 +1,4 @@
-"""alignkit.inference.decoding: product-of-experts sampling with per-model KV caches.
+"""alignkit.generation.decoding: product-of-experts sampling with per-model KV caches.
 
 Closed forms on toy distributions for the step functions; on the review world: greedy equals
 `generation.generate` token for token, first-token frequencies match the exact product distribution
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.generation import generate, prompt_ids
-from alignkit.inference.decoding import (
+from alignkit.generation.decoding import (
     common_vocab,
     product_logits,
     sample_product,

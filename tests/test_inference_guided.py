@@ -16,8 +16,8 @@ from closed_forms import T, lsig, sig
 
 from alignkit.demo import best_vs_worst
 from alignkit.generation import generate, prompt_ids
+from alignkit.generation.decoding import sample_product
 from alignkit.inference import InferenceSettings, run_method
-from alignkit.inference.decoding import sample_product
 from alignkit.inference.guided import ArgsChooser, ArgsOptions, NudgingOptions, arm_objective
 from alignkit.objectives.registry import build_objective
 from alignkit.objectives.stats import SequenceStats

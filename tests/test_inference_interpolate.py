@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from test_inference_guided import GREEDY, PROMPTS, SAMPLE, first, ids_of
 
 from alignkit.generation import generate, prompt_ids
+from alignkit.generation.decoding import sample_product
 from alignkit.inference import run_method
-from alignkit.inference.decoding import sample_product
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,8 +6,8 @@ import torch
 from alignkit.data.collate import collate
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig, tokenize_records
-from alignkit.engine.logprobs import LogProbModel, build_stats
 from alignkit.errors import ModelError
+from alignkit.executor.logprobs import LogProbModel, build_stats
 
 PROMPTS = ["The movie was", "Answer: ", "I watched the film and", "Q: what is two plus two"]
 RESPONSES = [" great fun!", "yes", " it was boring and dull and the ending was awful", " four", " so", "ie"]
@@ -144,7 +144,7 @@ def test_logit_scaling_families_match_their_forward(tiny_path):
     """Granite divides logits by `logits_scaling`; the executor reproduces the model's own forward."""
     from transformers import GraniteConfig, GraniteForCausalLM
 
-    from alignkit.engine.logprobs import verify_against_forward
+    from alignkit.executor.logprobs import verify_against_forward
     from alignkit.models.load import load_tokenizer
 
     tok = load_tokenizer(tiny_path)
@@ -165,7 +165,7 @@ def test_logit_scaling_families_match_their_forward(tiny_path):
 
 
 def test_verify_catches_a_forward_the_executor_does_not_reproduce(tiny):
-    from alignkit.engine.logprobs import verify_against_forward
+    from alignkit.executor.logprobs import verify_against_forward
 
     model, tok = tiny
     recs = make_records([2])
@@ -200,14 +200,14 @@ def test_auto_layout_packs_short_completions_and_pads_long_ones():
 
 
 def test_attention_cost_weight_from_config(tiny):
-    from alignkit.engine.logprobs import attention_cost_weight
+    from alignkit.executor.logprobs import attention_cost_weight
 
     model, _ = tiny  # hidden 64, 4 heads, 2 kv heads (head_dim 16), intermediate 256
     assert attention_cost_weight(model) == pytest.approx(2.0 / (2 * 64 + 2 * 32 + 3 * 256))
 
 
 def test_auto_chunk_size_is_a_logit_budget_per_device():
-    from alignkit.engine.logprobs import CHUNK_ELEMENTS, CHUNK_ELEMENTS_GPU, auto_chunk_size
+    from alignkit.executor.logprobs import CHUNK_ELEMENTS, CHUNK_ELEMENTS_GPU, auto_chunk_size
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert auto_chunk_size(8192, cpu) == CHUNK_ELEMENTS // 8192 == 1024
@@ -217,7 +217,7 @@ def test_auto_chunk_size_is_a_logit_budget_per_device():
 
 
 def test_cudnn_attention_is_switched_off_on_cuda_only():
-    from alignkit.engine.logprobs import configure_attention_kernels
+    from alignkit.executor.logprobs import configure_attention_kernels
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:

@@ -67,7 +67,7 @@ def check(name, r):
 def test_a_family_the_block_mask_misreads_falls_back_to_padded_rows(root, monkeypatch, caplog):
     """Simulate a family whose attention the block mask does not express (here: the window left out of the
     mask): the start-up check finds shared-prompt rows wrong, trains on padded rows and says so once."""
-    import alignkit.engine.logprobs as lp
+    import alignkit.executor.logprobs as lp
 
     path = save_family("mistral", root / "fallback" / "model")
     data, prompts = write_data(root / "fallback" / "data")
@@ -80,7 +80,7 @@ def test_a_family_the_block_mask_misreads_falls_back_to_padded_rows(root, monkey
 
 
 def test_packing_shared_prompt_asked_for_is_refused_when_it_misreads(root, monkeypatch):
-    import alignkit.engine.logprobs as lp
+    import alignkit.executor.logprobs as lp
     from alignkit.errors import ModelError
 
     path = save_family("mistral", root / "forced" / "model")
@@ -93,7 +93,7 @@ def test_packing_shared_prompt_asked_for_is_refused_when_it_misreads(root, monke
 def test_without_the_window_the_mask_would_be_wrong(root):
     """The test models' window binds: dropping it from the mask changes the log-probs (so the matrix's zero
     errors are the window at work, not a window too long to matter)."""
-    import alignkit.engine.logprobs as lp
+    import alignkit.executor.logprobs as lp
     from alignkit.model_matrix import logprob_errors
     from alignkit.models.families import build_family_model
 
@@ -115,7 +115,7 @@ def test_reward_is_read_where_transformers_reads_it_when_pad_is_eos(root):
     from alignkit.data.collate import collate
     from alignkit.data.schema import PreferenceRecord
     from alignkit.data.tokenize import TokenizeConfig, tokenize_records
-    from alignkit.engine.reward_model import RewardScorer, load_reward_model
+    from alignkit.executor.reward_model import RewardScorer, load_reward_model
     from alignkit.models.load import load_tokenizer
     from alignkit.models.tiny import build_tokenizer
 

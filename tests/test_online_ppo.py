@@ -20,7 +20,7 @@ from alignkit.algorithms.value import (
     whiten_all,
 )
 from alignkit.config import ConfigError, TrainConfig
-from alignkit.engine.logprobs import pad_per_slot
+from alignkit.executor.logprobs import pad_per_slot
 
 D = torch.float64
 
@@ -101,7 +101,7 @@ def test_values_sit_at_the_state_before_each_token_packed_equals_padded(tiny, ti
 
 
 def test_value_model_from_a_reward_model_keeps_its_head(tiny_path, tmp_path):
-    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.executor.reward_model import load_reward_model
 
     rm = load_reward_model(tiny_path, 1)
     with torch.no_grad():

@@ -11,7 +11,8 @@ import torch
 
 from alignkit import cli
 from alignkit.rollout import build_reward, sample_experience
-from alignkit.rollout.ray_backend import LocalRollout, chunk_seed, merge_experiences, split
+from alignkit.rollout.experience import chunk_seed
+from alignkit.rollout.ray_backend import LocalRollout, merge_experiences, split
 
 try:
     import ray  # noqa: F401
@@ -31,7 +32,7 @@ def local_ray():
 
 def make_rm(tiny_path, out, seed: int) -> str:
     """A reward model with a fixed random head (a checkpoint every actor loads identically)."""
-    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.executor.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
 
     torch.manual_seed(seed)

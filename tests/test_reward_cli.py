@@ -21,7 +21,7 @@ def test_bt_reward_model_loads_with_plain_transformers_and_scores_like_alignkit(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from alignkit.data import read_records
-    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.executor.reward_model import load_reward_model
     from alignkit.rewards.rm_scores import model_scores
 
     out = train_rm(tiny_path, pairs_path, tmp_path / "rm")
@@ -102,7 +102,7 @@ def test_eval_rm_writes_a_report_with_subsets(tiny_path, pairs_path, tmp_path, c
 
 def test_lora_reward_model_trains_head_and_saves_merged(tiny_path, pairs_path, tmp_path):
     out = train_rm(tiny_path, pairs_path, tmp_path / "lora", "lora=true", "lr=1e-2")
-    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.executor.reward_model import load_reward_model
 
     model = load_reward_model(str(out / "final"))
     assert model.config.num_labels == 1 and (out / "adapter").is_dir()

@@ -11,7 +11,7 @@ import torch
 from alignkit.config import TrainConfig
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.reward_model import load_reward_model
+from alignkit.executor.reward_model import load_reward_model
 from alignkit.models.load import load_tokenizer
 from alignkit.objectives.reward_structured import gpm_score
 from alignkit.rewards.rm_scores import model_scores
@@ -115,7 +115,7 @@ def step_records(seed: int, n: int) -> list[dict]:
 
 def test_process_reward_model_scores_each_step(base, tmp_path):
     from alignkit.data.dataset import TokenizedDataset
-    from alignkit.engine.reward_model import RewardScorer
+    from alignkit.executor.reward_model import RewardScorer
     from alignkit.objectives.reward_structured import prm_outcome
 
     train_rows = step_records(1, 600)

@@ -11,8 +11,8 @@ from accelerate.utils import DistributedType
 from alignkit.config import TrainConfig
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import distributed as dist
-from alignkit.engine.logprobs import LogProbModel
 from alignkit.engine.schedule import build_scheduler
+from alignkit.executor.logprobs import LogProbModel
 
 
 def fake_accelerator(kind=DistributedType.NO, state_dict=None, ds_config=None, zero_stage=2):

@@ -184,7 +184,7 @@ def test_preference_spec_errors_name_the_problem():
 
 # ---------------------------------------------------------------- the Nash-MD mixture opponent
 def test_mixture_with_alpha_zero_is_the_policy(tiny):
-    from alignkit.inference.decoding import sample_product
+    from alignkit.generation.decoding import sample_product
     from alignkit.models.load import frozen_copy
 
     model, tok = tiny
@@ -310,7 +310,7 @@ def test_a_weighted_list_keeps_the_mixture_opponents_needs(tiny_path, tmp_path):
 
 
 def test_a_gpm_reward_model_gives_its_skew_symmetric_preference(tiny_path, tmp_path):
-    from alignkit.engine.reward_model import load_reward_model, write_info
+    from alignkit.executor.reward_model import load_reward_model, write_info
     from alignkit.models.load import load_tokenizer
     from alignkit.objectives import build_objective
     from alignkit.objectives.reward_structured import gpm_score

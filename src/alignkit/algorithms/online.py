@@ -36,14 +36,13 @@ import torch
 
 from alignkit.algorithms import preference
 from alignkit.algorithms.recipe import Rollout, RunContext, recipe_for
-from alignkit.data.dataset import prompt_key
+from alignkit.data.dataset import prompt_text_key
 from alignkit.data.prompts import PromptRows, read_prompt_rows
-from alignkit.data.schema import PreferenceRecord
 from alignkit.engine.distributed import mean_over_processes
 from alignkit.engine.logging import keep_lines_up_to, peak_memory_mb
-from alignkit.engine.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.engine.trainer import Trainer, TrainingStopped
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import build_stats, pad_per_slot, unwrap
 from alignkit.rewards import LiveModels, build_group_reward
 from alignkit.rollout import sample_experience
 from alignkit.rollout.correction import RolloutCorrection
@@ -251,4 +250,4 @@ class OnlineTrainer(Trainer):
 
 def prompt_key_of(row: dict) -> str:
     """The prompt key of a prompt row (the key offline splits hold prompts out by)."""
-    return prompt_key(PreferenceRecord(prompt=row["prompt"], responses=["x"], ranks=[0]))
+    return prompt_text_key(row["prompt"])

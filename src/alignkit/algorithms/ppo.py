@@ -24,9 +24,9 @@ from alignkit.algorithms.recipe import Recipe, Rollout, RunContext, Targets, reg
 from alignkit.algorithms.value import VALUE, ValueModel, load_value_model, rollout_targets, save_value_model
 from alignkit.data.collate import Batch
 from alignkit.engine import distributed as dist
-from alignkit.engine.logprobs import pad_per_slot, unwrap
 from alignkit.engine.startup import lora_config
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import pad_per_slot, unwrap
 from alignkit.models.load import disable_dropout, enable_activation_checkpointing
 
 logger = logging.getLogger("alignkit")

@@ -39,9 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import decoder_mask, pad_per_slot, unwrap
-from alignkit.engine.reward_model import load_reward_model, reward_head
 from alignkit.errors import ModelError
+from alignkit.executor.logprobs import decoder_mask, pad_per_slot, unwrap
+from alignkit.executor.reward_model import load_reward_model, reward_head
 from alignkit.objectives.rl_ppo import gae, kl_estimate, token_rewards, whiten
 
 logger = logging.getLogger("alignkit")

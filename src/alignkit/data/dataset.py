@@ -234,8 +234,13 @@ def data_shape(records: list[PreferenceRecord]) -> tuple[str, int, int, int | No
 
 
 def prompt_key(record: PreferenceRecord) -> str:
-    text = json.dumps([record.system, record.prompt], sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()
+    """A stable key of a record's prompt (and system prompt): what splits hold out."""
+    return prompt_text_key(record.prompt, record.system)
+
+
+def prompt_text_key(prompt, system: str | None = None) -> str:
+    """`prompt_key` of a bare prompt (a prompt row of online training)."""
+    return hashlib.sha1(json.dumps([system, prompt], sort_keys=True).encode()).hexdigest()
 
 
 def split_by_prompt(records: list[PreferenceRecord], fraction: float, seed: int):

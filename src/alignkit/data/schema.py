@@ -43,9 +43,9 @@ def _check_unicode(value: str, name: str) -> None:
                           f"character {i + 1} (no tokenizer can encode it)", name, "bad_encoding")
 
 
-def _check_text(value: Any, name: str) -> None:
+def _check_text(value: Any, name: str, allow_empty: bool = False) -> None:
     if isinstance(value, str):
-        if not value.strip():
+        if not value.strip() and not allow_empty:
             raise RecordError(f"field '{name}' is an empty string", name, "empty_field")
         _check_unicode(value, name)
         return
@@ -94,6 +94,9 @@ class PreferenceRecord:
     # where the record was read ("data.jsonl line 7"), for errors found after reading (tokenization);
     # not data: not compared, not written by `to_dict`, carried by `dataclasses.replace`
     origin: str | None = field(default=None, compare=False, repr=False)
+    # model output, not data: a sampled completion may be empty (EOS first) and is still scored; not written
+    # by `to_dict`
+    sampled: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,7 +118,7 @@ class PreferenceRecord:
         if not isinstance(self.responses, list) or not self.responses:
             raise RecordError("field 'responses' must be a non-empty list", "responses", "empty_field")
         for i, r in enumerate(self.responses):
-            _check_text(r, f"responses[{i}]")
+            _check_text(r, f"responses[{i}]", allow_empty=self.sampled)
         given = [kind for kind in LABEL_KINDS if getattr(self, kind) is not None]
         if len(given) != 1:
             raise RecordError(

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from alignkit.engine import checkpoint as ckpt
-from alignkit.engine.logprobs import unwrap
 from alignkit.engine.reference import DisabledAdapterReference
 from alignkit.errors import CheckpointError, ConfigError
+from alignkit.executor.logprobs import unwrap
 
 COMPILE_BACKEND = "inductor"  # torch.compile backend of `compile=true` (tests on CPU swap in "aot_eager")
 _WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")

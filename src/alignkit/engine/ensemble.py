@@ -39,12 +39,3 @@ def train_ensemble(config, run_one):
     atomic_write_text(out / "ensemble.json", json.dumps({"members": members, "by": config.ensemble_by}, indent=2))
     history = [dict(h, member=i) for i, r in enumerate(results) for h in r.history]
     return dataclasses.replace(results[-1], output_dir=out, final_dir=out, history=history)
-
-
-def expand_members(paths: list[str]) -> list[str]:
-    """Reward-model paths with every ensemble folder replaced by its members."""
-    out = []
-    for p in paths:
-        manifest = Path(p) / "ensemble.json"
-        out.extend(json.loads(manifest.read_text())["members"] if manifest.is_file() else [p])
-    return out

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from alignkit.engine.logprobs import unwrap
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import unwrap
 
 # (config, tokenizer) -> (policy -> {metric: value}); `alignkit.eval.training_metrics.TrainingEvaluator` is one
 SampledEval = Callable[[Any, Any], Callable[[Any], dict[str, float]]]

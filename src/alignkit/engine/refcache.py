@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from alignkit.data.collate import Batch
 from alignkit.data.dataset import TokenizedDataset
 from alignkit.engine.distributed import sharding, share_sharded_scorer
-from alignkit.engine.logprobs import unwrap
 from alignkit.engine.reference import Reference, build_reference
 from alignkit.engine.score import iter_batch_logps
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import unwrap
 from alignkit.io_atomic import atomic_path
 
 logger = logging.getLogger("alignkit")

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import LogProbModel, sum_per_slot
 from alignkit.errors import ConfigError
+from alignkit.executor.logprobs import LogProbModel, sum_per_slot
 from alignkit.models.load import frozen_copy, load_model
 
 

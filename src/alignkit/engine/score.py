@@ -17,7 +17,7 @@ from alignkit.data.collate import Batch
 from alignkit.data.dataset import TokenizedDataset
 from alignkit.data.schema import PreferenceRecord, Text
 from alignkit.data.tokenize import TokenizeConfig, completion_end, tokenize_records, uses_template
-from alignkit.engine.logprobs import (
+from alignkit.executor.logprobs import (
     ExecutorMismatch,
     LogProbModel,
     attention_cost_weight,

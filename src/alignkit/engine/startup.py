@@ -7,10 +7,10 @@ import torch
 
 from alignkit.data.dataset import data_shape
 from alignkit.engine import distributed as dist
-from alignkit.engine import reward_model as rm
 from alignkit.engine.logging import logger
-from alignkit.engine.logprobs import unwrap, verify_against_forward
 from alignkit.engine.score import checked_layout
+from alignkit.executor import reward_model as rm
+from alignkit.executor.logprobs import unwrap, verify_against_forward
 from alignkit.models.checks import check_tokenizer_fits
 from alignkit.models.load import LoraConfig, disable_dropout, enable_activation_checkpointing, load_model
 

@@ -32,7 +32,6 @@ from alignkit.engine import distributed as dist
 from alignkit.engine import evaluation, rundir, startup
 from alignkit.engine import refcache as rc
 from alignkit.engine import resume as rs
-from alignkit.engine import reward_model as rm
 from alignkit.engine.evaluation import SampledEval
 from alignkit.engine.interrupts import RunInterrupted, StopGuard
 from alignkit.engine.logging import (
@@ -41,18 +40,19 @@ from alignkit.engine.logging import (
     peak_memory_mb,
     progress_fields,
 )
-from alignkit.engine.logprobs import (
+from alignkit.engine.numerics import adamw_step_is_finite
+from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
+from alignkit.engine.reference import build_reference, resolve_strategy
+from alignkit.engine.schedule import build_scheduler
+from alignkit.errors import AlignkitError, ConfigError
+from alignkit.executor import reward_model as rm
+from alignkit.executor.logprobs import (
     LogProbModel,
     attention_cost_weight,
     build_stats,
     configure_attention_kernels,
     packing_layout,
 )
-from alignkit.engine.numerics import adamw_step_is_finite
-from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
-from alignkit.engine.reference import build_reference, resolve_strategy
-from alignkit.engine.schedule import build_scheduler
-from alignkit.errors import AlignkitError, ConfigError
 from alignkit.models.load import load_model, load_tokenizer
 from alignkit.objectives import build_objective
 

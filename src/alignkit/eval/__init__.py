@@ -3,7 +3,12 @@ bias, tournaments and ratings, preference accuracy, the reward–KL frontier, an
 
 from alignkit.eval.accuracy import preference_accuracy, ranking_accuracy
 from alignkit.eval.evaluate import evaluate
-from alignkit.eval.judges import (
+from alignkit.eval.kl import kl_estimates, kl_k1, kl_k2, kl_k3, mean_ci
+from alignkit.eval.lc_glm import length_controlled_glm
+from alignkit.eval.tournament import Match, bradley_terry, elo, ratings, round_robin, single_elimination
+from alignkit.eval.training_metrics import generation_metrics
+from alignkit.eval.winrate import bootstrap_ci, length_controlled, outcomes, win_rate
+from alignkit.rewards.judges import (
     Comparison,
     Judge,
     LLMJudge,
@@ -13,11 +18,6 @@ from alignkit.eval.judges import (
     order_averaged,
     position_bias,
 )
-from alignkit.eval.kl import kl_estimates, kl_k1, kl_k2, kl_k3, mean_ci
-from alignkit.eval.lc_glm import length_controlled_glm
-from alignkit.eval.tournament import Match, bradley_terry, elo, ratings, round_robin, single_elimination
-from alignkit.eval.training_metrics import generation_metrics
-from alignkit.eval.winrate import bootstrap_ci, length_controlled, outcomes, win_rate
 
 __all__ = [
     "Comparison", "Judge", "LLMJudge", "Match", "RewardModelJudge", "RuleJudge", "bootstrap_ci", "bradley_terry",

@@ -8,9 +8,9 @@ from typing import Any
 
 from alignkit.eval import plots
 from alignkit.eval import report_html as H
-from alignkit.eval.judges import plain
 from alignkit.eval.systems import System, safe_name, write_outputs
 from alignkit.io_atomic import atomic_write_bytes, atomic_write_text
+from alignkit.rewards.judges import plain
 
 METHODS_NOTE = (
     "Win rates count ties as ½ and a soft verdict as its probability. Wilson intervals treat comparisons as independent "

@@ -6,7 +6,7 @@
    (`alignkit.eval.kl.kl_estimates` on `alignkit.engine.score.score_logps` log-ratios).
 3. **Judge**: a pointwise judge (rule, reward model) scores every answer once — mean score with a 95% CI
    and the score histograms; a pairwise LLM judge is asked each comparison in both orders
-   (`alignkit.eval.judges`).
+   (`alignkit.rewards.judges`).
 4. **Win rate** of every system over the baseline (the reference by default): Wilson and bootstrap
    intervals (clustered by prompt), length-controlled win rate, per subset (`alignkit.eval.winrate`).
 5. **Tournament** of all systems (three or more): round-robin or single-elimination, Bradley–Terry and
@@ -33,7 +33,6 @@ from alignkit.engine.score import score_logps
 from alignkit.errors import ConfigError, DataError
 from alignkit.eval.accuracy import preference_accuracy
 from alignkit.eval.eval_report import write_eval_report
-from alignkit.eval.judges import Comparison, Judge, load_callable, make_judge, position_bias
 from alignkit.eval.kl import kl_estimates, mean_ci
 from alignkit.eval.lc_glm import length_controlled_glm
 from alignkit.eval.systems import (
@@ -50,6 +49,7 @@ from alignkit.eval.systems import (
 from alignkit.eval.tournament import Match, Tournament, ratings, round_robin, single_elimination
 from alignkit.eval.winrate import outcomes, win_rate
 from alignkit.models.load import load_model, load_tokenizer
+from alignkit.rewards.judges import Comparison, Judge, load_callable, make_judge, position_bias
 from alignkit.user_code import collect
 from alignkit.user_code import record as record_code
 

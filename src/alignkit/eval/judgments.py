@@ -29,8 +29,8 @@ from alignkit.data.schema import RecordError, Text
 from alignkit.errors import ConfigError
 from alignkit.eval.eval_report import write_eval_report
 from alignkit.eval.evaluate import compare_systems, system_row
-from alignkit.eval.judges import Comparison
 from alignkit.eval.systems import System, lengths, prompt_key
+from alignkit.rewards.judges import Comparison
 
 FIELDS = ("prompt", "system_a", "system_b", "output_a", "output_b")
 

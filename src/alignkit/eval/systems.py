@@ -25,10 +25,10 @@ from typing import Any
 from alignkit.data.io import iter_rows
 from alignkit.data.schema import Text
 from alignkit.errors import ConfigError, DataError
-from alignkit.eval.judges import load_callable
 from alignkit.generation import generate
 from alignkit.inference.commands import read_prompts
 from alignkit.io_atomic import atomic_write
+from alignkit.rewards.judges import load_callable
 
 OUTPUT_FIELDS = ("completion", "completions", "response", "responses", "output")
 

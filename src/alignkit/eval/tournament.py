@@ -1,7 +1,7 @@
 """Tournaments between several systems and their ratings: Bradley–Terry, Elo, bootstrap intervals, leaderboard.
 
 A *match* is a list of comparisons between two systems (outcomes 1 / ½ / 0 from the first system's side,
-e.g. one per prompt and sample; `alignkit.eval.judges.Judge.compare`).
+e.g. one per prompt and sample; `alignkit.rewards.judges.Judge.compare`).
 
 * `round_robin` plays every pair: S(S−1)/2 matches.
 * `single_elimination` plays a bracket: S − 1 matches (byes for the top seeds when S is not a power of

@@ -13,12 +13,12 @@ from typing import Any
 from alignkit.data.prompts import read_prompt_rows
 from alignkit.data.schema import Text
 from alignkit.engine.score import score_logps
-from alignkit.eval.judges import Judge, make_judge
 from alignkit.eval.kl import kl_estimates, mean_ci
 from alignkit.eval.rm_report import wilson_interval
 from alignkit.eval.winrate import outcomes
 from alignkit.generation import generate
 from alignkit.models.load import load_model
+from alignkit.rewards.judges import Judge, make_judge
 from alignkit.user_code import collect, record
 
 

@@ -19,30 +19,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from alignkit.errors import DataError
 from alignkit.eval.bootstrap import bootstrap_ci, resample_weights  # noqa: F401  (re-exported)
 from alignkit.eval.lc_glm import length_controlled
 from alignkit.eval.rm_report import wilson_interval
+from alignkit.rewards.judges import outcomes, score_vector  # noqa: F401  (outcomes re-exported)
 
 Values = Tensor | Sequence[float]
-
-
-def _vec(x: Values, name: str) -> Tensor:
-    t = (x if isinstance(x, Tensor) else torch.as_tensor(x, dtype=torch.float64)).detach().double().flatten().cpu()
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} has non-finite values; every comparison needs a finite {name}")
-    return t
-
-
-def outcomes(scores_a: Values, scores_b: Values) -> list[float]:
-    """Outcome of each comparison of two scored answers: 1 where A scores higher, ½ on a tie, else 0."""
-    a, b = _vec(scores_a, "scores_a"), _vec(scores_b, "scores_b")
-    if a.numel() != b.numel():
-        raise ValueError(f"scores_a has {a.numel()} values but scores_b has {b.numel()}; give one each per comparison")
-    return ((a > b).double() + 0.5 * (a == b).double()).tolist()
 
 
 def ci_methods(n_boot: int, clustered: bool, soft: bool) -> dict[str, str]:
@@ -66,7 +51,7 @@ def win_rate(values: Values, *, length_diff: Values | None = None, groups: Seque
          "length_controlled": lc_glm.length_controlled(...) or None (no length_diff),
          "subsets": {name: {"n", "win_rate", "wilson", "bootstrap"}}}   # {} without subsets
     """
-    y = _vec(values, "outcomes")
+    y = score_vector(values, "outcomes")
     n = y.numel()
     if n == 0:
         raise DataError("no comparisons: A and B have no prompt in common")

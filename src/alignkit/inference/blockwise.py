@@ -40,10 +40,10 @@ from torch import Tensor
 
 from alignkit.errors import ConfigError
 from alignkit.generation import eos_and_pad, prompt_ids
+from alignkit.generation.decoding import check_sampling
+from alignkit.generation.prefill import cache_arg, cache_of, pick_token
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.bon import bon_kl
-from alignkit.inference.decoding import check_sampling
-from alignkit.inference.prefill import cache_arg, cache_of, pick_token
 
 VALUES = ("reward", "logratio")
 

@@ -1,5 +1,5 @@
 """The best-of-N family: sample N completions of a prompt from π (one shared prefill,
-`alignkit.inference.prefill`), score them with the reward, and return one.
+`alignkit.generation.prefill`), score them with the reward, and return one.
 
 * ``bon`` — the argmax reward (ties: the first sampled).
 * ``soft_bon`` — index i with probability ``w_i = exp(r_i/τ) / Σ_j exp(r_j/τ)`` (τ → 0: ``bon``;
@@ -45,8 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignkit.errors import ConfigError
+from alignkit.generation.prefill import sample_shared
 from alignkit.inference.base import InferenceOutput, register
-from alignkit.inference.prefill import sample_shared
+from alignkit.rewards.calibration import midrank_quantiles
 from alignkit.rewards.functions import penalize_unfinished
 
 
@@ -101,18 +102,6 @@ def selection_kl(weights) -> float:
     w = np.asarray(weights, dtype=float)
     entropy = -float(np.sum(w[w > 0] * np.log(w[w > 0])))
     return min(max(math.log(len(w)) - entropy, 0.0), bon_kl_bound(len(w)))
-
-
-def midrank_quantiles(rewards, reference) -> np.ndarray:
-    """``q(r) = (#{c: ref_c < r} + ½ #{c: ref_c = r}) / M`` for each reward: its mid-rank CDF among the M
-    reference (calibration) rewards. With ``reference = rewards`` and N distinct values, q = (rank − ½)/N."""
-    ref = np.sort(np.asarray(reference, dtype=float))
-    if len(ref) == 0:
-        raise ValueError("midrank_quantiles needs at least one reference reward")
-    r = np.asarray(rewards, dtype=float)
-    below = np.searchsorted(ref, r, side="left")
-    upto = np.searchsorted(ref, r, side="right")
-    return (below + 0.5 * (upto - below)) / len(ref)
 
 
 @dataclass

@@ -189,14 +189,13 @@ def method_command(args: argparse.Namespace) -> int:
     from alignkit.console import setup_console_logging
     from alignkit.inference.base import InferenceSettings, run_method
     from alignkit.models.load import load_model, load_tokenizer
-    from alignkit.rewards.functions import build_reward
 
     setup_console_logging()
     spec, options = method_options_from_args(args)
     rows = _read_rows(args.prompts)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype=args.dtype)
     helper = load_model(args.helper, dtype=args.dtype).to(next(model.parameters()).device) if args.helper else None
-    reward_fn = build_reward(args.reward, tokenizer) if args.reward else None
+    reward_fn = inference_reward(args, model, tokenizer) if args.reward else None
     out = Path(args.out)
     results = []
     with atomic_write(out) as f, tqdm(total=len(rows), desc=args.method, unit="prompt") as bar:
@@ -215,3 +214,19 @@ def method_command(args: argparse.Namespace) -> int:
             bar.update(len(chunk))
     tqdm.write(f"{args.method}: {summary_line(results)}; wrote {out}")
     return 0
+
+
+def inference_reward(args: argparse.Namespace, model, tokenizer):
+    """The pointwise reward of ``--reward``; ``lsc(...)`` / ``calibrated(...)`` calibrate against ``model``'s own
+    samples (best-of-N aligns the model against itself: it is the reference)."""
+    from alignkit.rewards.build import build_group_reward
+    from alignkit.rewards.calibration import model_sampler
+    from alignkit.rewards.functions import GROUP_WRAPPERS, build_reward
+    from alignkit.rewards.spec import parse_call
+
+    if parse_call(args.reward, GROUP_WRAPPERS) is None:
+        return build_reward(args.reward, tokenizer)
+    group = build_group_reward(args.reward, tokenizer)
+    kwargs = parse_mapping(args.chat_template_kwargs, "--chat-template-kwargs")
+    return group.bound(model_sampler(model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, [],
+                                     args.chat_template, kwargs))

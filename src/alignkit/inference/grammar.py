@@ -57,8 +57,8 @@ from torch import Tensor
 
 from alignkit.errors import ConfigError
 from alignkit.generation import eos_ids, prompt_ids
+from alignkit.generation.decoding import check_sampling, sampling_logprobs
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
-from alignkit.inference.decoding import check_sampling, sampling_logprobs
 
 MODES = ("asap", "gcd")
 

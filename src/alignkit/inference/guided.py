@@ -1,4 +1,4 @@
-"""Token-level guided decoding: ARGS, GenARM, model interpolation and nudging (METHODS.md section 7), on `alignkit.inference.decoding`.
+"""Token-level guided decoding: ARGS, GenARM, model interpolation and nudging (METHODS.md section 7), on `alignkit.generation.decoding`.
 
 Notation: π the base model, ``l_t`` its next-token logits after ``x, y_<t``, T the sampling temperature
 (`InferenceSettings.temperature`; 0 = greedy), ``p_t = softmax(l_t / T)`` the base sampler's step
@@ -50,8 +50,7 @@ import torch.nn.functional as F
 
 from alignkit.errors import ConfigError
 from alignkit.generation import eos_and_pad, prompt_ids
-from alignkit.inference.base import InferenceOutput, InferenceSettings, register
-from alignkit.inference.decoding import (
+from alignkit.generation.decoding import (
     Decoded,
     check_sampling,
     common_vocab,
@@ -61,6 +60,7 @@ from alignkit.inference.decoding import (
     sampling_logprobs,
     step_kl,
 )
+from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 
 
 @dataclass

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from alignkit.errors import ConfigError
 from alignkit.generation import eos_ids, prompt_ids
+from alignkit.generation.decoding import CachedLM
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
-from alignkit.inference.decoding import CachedLM
 
 
 @dataclass

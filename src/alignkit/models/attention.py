@@ -1,7 +1,7 @@
 """What a model's attention is, read from its config, and the attention backends alignkit can load it with.
 
 `attention_windows`: each attention layer type's sliding window (the shared-prompt block mask applies them).
-FlexAttention (`alignkit.engine.flex` builds its block-sparse masks): whether torch has it, and its CPU path.
+FlexAttention (`alignkit.executor.flex` builds its block-sparse masks): whether torch has it, and its CPU path.
 
 On CPU, alignkit runs flex attention unfused (`use_unfused_on_cpu`): torch's compiled CPU kernel pays a 20-35 s
 compile per new shape, its template targets inference, and with torch 2.13 it returned wrong outputs for head

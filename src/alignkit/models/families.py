@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.models.load import attention_implementation
 from alignkit.models.tiny import build_tokenizer
 
 # a sliding window shorter than the test sequences (prompts of 20+ tokens), so a mask that ignores it differs
@@ -105,8 +106,6 @@ def build_family_model(name: str, vocab_size: int | None = None, seed: int = 0, 
     torch.manual_seed(seed)
     kwargs = {"dtype": dtype}
     if attn_implementation:
-        from alignkit.models.load import attention_implementation
-
         kwargs["attn_implementation"] = attention_implementation(config, attn_implementation)
     return AutoModelForCausalLM.from_config(config, **kwargs).eval()
 

@@ -16,7 +16,7 @@ bytes per activation value: 2 under bf16/fp16 autocast or a 16-bit ``dtype``, el
   Eager attention also keeps the ``heads · L²`` attention probabilities of every row and layer
   (SDPA kernels keep a log-sum-exp instead).
 * the shared-prompt block mask: ``batch_size · (K·L)² · a`` per distinct sliding window (packed rows only).
-* one vocabulary chunk of the log-prob executor (`alignkit.engine.logprobs.chunked_token_logps`, checkpointed
+* one vocabulary chunk of the log-prob executor (`alignkit.executor.logprobs.chunked_token_logps`, checkpointed
   per chunk): ``C · V · (a + 3·4)`` bytes for ``C = min(chunk rows, T)`` tokens of a ``V``-entry vocabulary:
   the logits, their fp32 copy, the log-softmax and its gradient.
 
@@ -74,7 +74,7 @@ def estimate_training_memory(config, n_params: int, n_lora: int, batch_size: int
     parameters (``n_lora`` of them LoRA adapters when LoRA is on), ``batch_size`` records of ``responses``
     responses each at ``max_length`` tokens. ``autocast_16bit``: bf16/fp16 mixed precision (alignkit's
     ``mixed_precision=auto`` on a GPU); ``windows``: distinct sliding windows (block masks) when
-    ``packed``; ``chunk_rows``: tokens per vocabulary chunk (`alignkit.engine.logprobs.auto_chunk_size`)."""
+    ``packed``; ``chunk_rows``: tokens per vocabulary chunk (`alignkit.executor.logprobs.auto_chunk_size`)."""
     b = BYTES[dtype]
     a = 2 if autocast_16bit or b == 2 else 4
     h = _get(config, "hidden_size", "n_embd", "d_model")

@@ -30,7 +30,7 @@ from alignkit.objectives.stats import LossOutput, SequenceStats
 
 LossFn = Callable[..., LossOutput]
 
-# Extra statistics the executor knows how to compute (engine/logprobs.py and engine/trainer.py):
+# Extra statistics the executor knows how to compute (executor/logprobs.py and engine/trainer.py):
 EXTRAS = {
     "kl_logratios": "[B] ρ of mismatched (prompt_i, response_{i+1}) pairs: KTO's KL baseline",
     "shared_tokens": "[B, K] leading completion tokens a response shares with another response of its record",

@@ -5,7 +5,7 @@ higher scalar score) is the better one. Where p comes from (option ``target``):
 
 * ``p`` — the record's own ``p`` (a ``p`` column, or ``meta.p``): a human agreement rate, several
   annotators' vote share, or a judge's probability (e.g. ``P("A") / (P("A") + P("B"))`` of an LLM
-  judge, `alignkit.eval.judges`). The readers check it is a number in [0, 1] (file, row and field
+  judge, `alignkit.rewards.judges`). The readers check it is a number in [0, 1] (file, row and field
   named otherwise); the collator carries it as ``extra['p']`` [B] (NaN for a record without one).
 * ``scores`` — a Bradley–Terry link on the pair's score gap g: ``p = σ(g / temperature)``, with g the
   ``margin`` of the record (a ``margin`` column or the gap the ``pairs`` transform writes) or, for

@@ -3,6 +3,8 @@
     reward: rule:exact_answer                  # any pointwise spec of alignkit.rewards.functions.build_reward
     reward: winrate:rm:runs/gpm/final          # self-play (SPPO): mean P(y ≻ y_j) over the prompt's other samples
     reward: mixture:rm:runs/rm/final           # Nash-MD: P(y ≻ y'), y' from the policy/reference mixture
+    reward: "lsc(rm:runs/rm, samples=8)"       # transformed against reference samples (rewards/calibration.py)
+    reward: "calibrated(rm:runs/rm, tilt=5)"
     reward: [{reward: rule:exact_answer, weight: 1.0}, {reward: rule:regex:\\.$, weight: 0.1}]
 """
 
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignkit.rewards.functions import build_reward
+from alignkit.rewards.calibration import ReferenceCalibrated
+from alignkit.rewards.functions import GROUP_WRAPPERS, build_reward
 from alignkit.rewards.opponents import MixtureOpponentReward
 from alignkit.rewards.preference import WinRateReward, build_preference
 from alignkit.rewards.protocol import GroupReward, Pointwise, Weighted
+from alignkit.rewards.spec import parse_call
 
 GROUP_KINDS = ("winrate", "mixture")  # spec prefixes of rewards that compare a prompt's samples
 
@@ -25,6 +29,8 @@ def build_group_reward(spec: Any, tokenizer=None, device=None) -> GroupReward:
     if isinstance(spec, (list, tuple)):
         return Weighted([(build_group_reward(p["reward"] if isinstance(p, dict) else p, tokenizer, device),
                           float(p.get("weight", 1.0)) if isinstance(p, dict) else 1.0) for p in spec])
+    if (call := parse_call(spec, GROUP_WRAPPERS)) is not None:  # lsc(...), calibrated(...)
+        return ReferenceCalibrated(call, build_reward(call.one_arg(), tokenizer, device))
     kind, _, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
     if kind == "winrate":
         return WinRateReward(build_preference(rest, tokenizer, device))

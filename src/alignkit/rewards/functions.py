@@ -8,7 +8,10 @@ e.g. ``answer``). Online training wraps it in the group protocol (`alignkit.rewa
     reward: rule:exact_answer            # completion's first number (or the one after ####) == row["answer"]
     reward: rule:regex:^ \\d+\\.$          # 1 if the completion matches the pattern (re.search), else 0
     reward: rule:length:100              # −|tokens − 100| / 100 (a length penalty), words if no tokenizer
-    reward: rm:runs/rm/final             # a trained reward model (alignkit or plain transformers)
+    reward: rm:runs/rm/final             # a trained reward model (alignkit or plain transformers), or an
+                                         # ensemble folder (members' mean)
+    reward: ensemble(rm:runs/ens, aggregate=mean_minus_std, lam=1)   # mean | min | mean − λ·std of members
+    reward: heads(rm:runs/mo_rm, weights=[1.0, 0.5])   # a multi-output head's outputs, weighted
     reward: alignkit.worlds.reviews:reward   # any Python function f(completion) or f(prompt, completion, row)
     reward: [{reward: rule:exact_answer, weight: 1.0}, {reward: rule:regex:\\.$, weight: 0.1}]
 
@@ -26,10 +29,18 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from alignkit.data.schema import PreferenceRecord
 from alignkit.errors import ConfigError, DataError, ModelError
+from alignkit.executor.reward_model import load_reward_model
+from alignkit.models.load import load_tokenizer
+from alignkit.rewards.aggregate import AGGREGATE_MODES
+from alignkit.rewards.rm_scores import expand_members, reward_info, score_records
+from alignkit.rewards.spec import Call, parse_call
 from alignkit.user_code import load_function
 
 RewardFn = Callable[[list, list[str], list[dict]], list[float]]
+MODEL_WRAPPERS = ("ensemble", "heads")  # reward-model specs with options (rewards/spec.py)
+GROUP_WRAPPERS = ("lsc", "calibrated")  # transforms against reference samples (rewards/calibration.py)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -87,34 +98,69 @@ def python_reward(path: str) -> RewardFn:
 def completion_records(prompts, completions) -> list:
     """One single-response `PreferenceRecord` per (prompt, completion), for scoring with a reward model; an
     empty completion (EOS first) is kept and scored too."""
-    from alignkit.data.schema import PreferenceRecord
 
-    records = []
-    for p, c in zip(prompts, completions):
-        r = PreferenceRecord(prompt=p, responses=["x"], ranks=[0])
-        r.responses = [c]  # set after construction: the schema refuses an empty response
-        records.append(r)
-    return records
+    return [PreferenceRecord(prompt=p, responses=[c], ranks=[0], sampled=True) for p, c in zip(prompts, completions)]
 
 
-def model_reward(path: str, device=None, batch_size: int = 32) -> RewardFn:
-    """A trained reward model scoring ``prompt + completion`` at its last token."""
-    from alignkit.engine.reward_model import load_reward_model
-    from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.rm_scores import reward_info, score_records
+def model_reward(path: str | list[str], device=None, batch_size: int = 32, aggregate: str = "mean",
+                 lam: float = 1.0, weights: list[float] | None = None) -> RewardFn:
+    """Trained reward model(s) scoring ``prompt + completion`` at the last token.
 
-    model, tokenizer, info = load_reward_model(path), load_tokenizer(path), reward_info(path)
+    ``path``: one model, an ensemble folder (``ensemble.json``, from ``ensemble=N``) or a list of either; the
+    members' scores are combined by `alignkit.rewards.aggregate.aggregate` (``mean``, ``min``,
+    ``mean_minus_std`` with ``lam``). ``weights``: a multi-output head's outputs summed with these weights
+    (multi-objective rewards); a multi-output head without them is an error naming its outputs."""
+    paths = expand_members([path] if isinstance(path, str) else list(path))
+    models = [load_reward_model(p) for p in paths]
+    tokenizer, infos = load_tokenizer(paths[0]), [reward_info(p) for p in paths]
     if device is not None:
-        model.to(device)
+        for m in models:
+            m.to(device)
 
     def fn(prompts, completions, rows):
         records = completion_records(prompts, completions)
-        scores, _ = score_records([model], tokenizer, records, batch_size, progress=False, infos=[info])
-        if isinstance(scores[0][0], list):
-            raise ModelError(f"reward model {path} has {len(scores[0][0])} outputs per response; a reward needs one "
-                             "(a scalar head, a gated head, or a process reward model)")
-        return [s[0] for s in scores]
+        scores, _ = score_records(models, tokenizer, records, batch_size, aggregate=aggregate, lam=lam,
+                                  progress=False, infos=infos)
+        return [weighted_heads(s[0], weights, paths[0]) for s in scores]
     return fn
+
+
+def weighted_heads(score: float | list[float], weights: list[float] | None, path: str) -> float:
+    """A scalar reward from one response's score: the score itself, or ``Σ_i w_i · s_i`` of a vector head."""
+    if not isinstance(score, list):
+        if weights is not None:
+            raise ConfigError(f"reward heads(...): {path} has one output; weights are for multi-output heads")
+        return float(score)
+    if weights is None:
+        raise ModelError(f"reward model {path} has {len(score)} outputs per response; a reward needs one: "
+                         f"weight them, reward=\"heads(rm:{path}, weights=[...])\" with {len(score)} weights")
+    if len(weights) != len(score):
+        raise ConfigError(f"reward heads(...): {len(weights)} weights for {path}'s {len(score)} outputs")
+    return float(sum(w * x for w, x in zip(weights, score)))
+
+
+def wrapped_model_reward(call: Call, device=None) -> RewardFn:
+    """``ensemble(rm:A, [rm:B, ...], aggregate=..., lam=...)`` or ``heads(rm:PATH, weights=[...])``."""
+    paths = [_rm_path(a, call.name) for a in call.args]
+    if call.name == "ensemble":
+        o = call.options({"aggregate": "mean", "lam": 1.0})
+        if o["aggregate"] not in AGGREGATE_MODES:
+            raise ConfigError(f"reward ensemble(...): aggregate must be one of {AGGREGATE_MODES}, got {o['aggregate']!r}")
+        return model_reward(paths, device, aggregate=o["aggregate"], lam=float(o["lam"]))
+    o = call.options({"weights": None})
+    if not isinstance(o["weights"], list) or not all(isinstance(w, (int, float)) for w in o["weights"]):
+        raise ConfigError(f"reward heads(...) needs weights=[w1, w2, ...] (numbers), got {o['weights']!r}")
+    call.one_arg()  # one multi-output model
+    return model_reward(paths, device, weights=[float(w) for w in o["weights"]])
+
+
+def _rm_path(spec: str, wrapper: str) -> str:
+    kind, _, rest = spec.partition(":")
+    if kind == "rm" and rest:
+        return rest
+    if ":" not in spec:
+        return spec  # a bare path
+    raise ConfigError(f"reward {wrapper}(...) takes reward models (rm:PATH), got {spec!r}")
 
 
 class WeightedReward:
@@ -137,6 +183,11 @@ def build_reward(spec: Any, tokenizer=None, device=None) -> RewardFn:
         return spec
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"reward must be a spec string, a list of {{reward, weight}} or a callable, got {spec!r}")
+    if (call := parse_call(spec, MODEL_WRAPPERS)) is not None:
+        return wrapped_model_reward(call, device)
+    if parse_call(spec, GROUP_WRAPPERS) is not None:
+        raise ConfigError(f"reward {spec!r} samples from the reference model to calibrate: it is a group reward, "
+                          "for online training (alignkit.rewards.build_group_reward) and generate --method bon")
     kind, _, rest = spec.partition(":")
     if kind == "rule":
         name, _, arg = rest.partition(":")

@@ -3,7 +3,7 @@ y' drawn from the token-level geometric mixture of the policy and the reference,
 
     π_mix(y_t | x, y_<t) ∝ πθ(y_t | x, y_<t)^{1−α} · π_ref(y_t | x, y_<t)^{α}      (α = ``mixture_alpha``)
 
-(`alignkit.inference.decoding.sample_product` with exponents ``(1 − α, α)``, at the run's temperature and
+(`alignkit.generation.decoding.sample_product` with exponents ``(1 − α, α)``, at the run's temperature and
 top-p; its text cut before the first of the run's ``stop`` strings, as the policy's samples are), and
 returns ``P(y ≻ y' | x)`` from the preference (rewards/preference.py, skew-symmetrised).
 α = 0 is the policy itself (self-play), α = 1 the reference. This is the token-level
@@ -24,7 +24,7 @@ import hashlib
 
 from alignkit.errors import ConfigError
 from alignkit.generation import first_stop
-from alignkit.inference.decoding import sample_product
+from alignkit.generation.decoding import sample_product
 from alignkit.rewards.preference import Preference
 from alignkit.rewards.protocol import GroupReward, LiveModels, RewardOutput, flatten, regroup
 
@@ -42,12 +42,12 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def reference_model(reference):
-    """The frozen model behind an `engine.reference.Reference` (copy or path strategies)."""
+def reference_model(reference, what: str = "reward=mixture:... (Nash-MD)"):
+    """The frozen model behind an `engine.reference.Reference` (copy or path strategies); ``what`` needs it."""
     scorer = getattr(reference, "scorer", None)
     if reference is None or scorer is None or getattr(reference, "strategy", "") == "disable_adapters":
-        raise ConfigError("reward=mixture:... (Nash-MD) decodes with the reference as a separate model: use "
-                         "ref_strategy=copy or ref_model=PATH (not LoRA's disable_adapters, not none)")
+        raise ConfigError(f"{what} decodes with the reference as a separate model: use ref_strategy=copy or "
+                          "ref_model=PATH (not LoRA's disable_adapters, not none)")
     return scorer.model
 
 

@@ -10,7 +10,7 @@ K completions of each prompt. `build_preference` makes one from a spec::
                        score (objectives.reward_structured.gpm_score)
     bt:REWARD_SPEC     Bradley–Terry over any pointwise reward of rewards/functions.build_reward
                        (rule:..., module:function, rm:PATH), σ(r_a − r_b)
-    llm:PATH           a local causal LM judge (eval/judges.LLMJudge, template ``judge_template``), asked in
+    llm:PATH           a local causal LM judge (rewards/judges.LLMJudge, template ``judge_template``), asked in
                        both orders; ``judge:PATH`` is the same
     module:function    a Python preference f(a, b), f(prompt, a, b), f(prompt, a, b, row) or the batched
                        f(prompts, firsts, seconds, rows) (named so), returning P(a ≻ b)
@@ -41,7 +41,13 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import ConfigError
+from alignkit.executor.reward_model import load_reward_model
+from alignkit.models.load import load_tokenizer
+from alignkit.objectives.reward_structured import gpm_score
+from alignkit.rewards.functions import build_reward, completion_records, model_reward
+from alignkit.rewards.judges import LLMJudge, load_callable
 from alignkit.rewards.protocol import GroupReward, RewardOutput
+from alignkit.rewards.rm_scores import model_scores, reward_info
 
 # The self-rewarding judge's question (iterative training with reward=judge:self); replace it with
 # judge_template=FILE (a text file with {prompt}, {answer_a} and {answer_b}).
@@ -149,16 +155,10 @@ def reward_preference(reward_fn: Callable, name: str = "bt") -> PointwisePrefere
 
 def model_preference(path: str, device=None, batch_size: int = 32) -> PointwisePreference:
     """A trained reward model: GPM (``alignkit_reward.json`` says objective gpm) or Bradley–Terry."""
-    from alignkit.objectives.reward_structured import gpm_score
-    from alignkit.rewards.functions import completion_records, model_reward
-    from alignkit.rewards.rm_scores import reward_info
 
     info = reward_info(path)
     if info.get("objective") != "gpm":
         return reward_preference(model_reward(path, device, batch_size), f"bt:rm:{path}")
-    from alignkit.engine.reward_model import load_reward_model
-    from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.rm_scores import model_scores
 
     hp = {k: v for k, v in info.get("hparams", {}).items() if k in ("beta", "normalize")}
     model, tokenizer = load_reward_model(path), load_tokenizer(path)
@@ -173,7 +173,7 @@ def model_preference(path: str, device=None, batch_size: int = 32) -> PointwiseP
 
 
 class JudgePreference(Preference):
-    """A pairwise `alignkit.eval.judges.LLMJudge`: ``P(first ≻ second)`` read from its next-token verdict."""
+    """A pairwise `alignkit.rewards.judges.LLMJudge`: ``P(first ≻ second)`` read from its next-token verdict."""
 
     def __init__(self, judge, name: str | None = None):
         self.judge, self.name = judge, name or judge.name
@@ -226,17 +226,14 @@ def build_preference(spec, tokenizer=None, device=None, judge_template: str | No
     if kind == "rm":
         return model_preference(rest, device)
     if kind == "bt":
-        from alignkit.rewards.functions import build_reward
 
         return reward_preference(build_reward(rest, tokenizer, device), spec)
     if kind in ("llm", "judge"):
-        from alignkit.eval.judges import LLMJudge
 
         judge = LLMJudge(rest, template=read_template(judge_template))
         if device is not None:
             judge.model.to(device)
         return JudgePreference(judge)
-    from alignkit.eval.judges import load_callable
 
     return FunctionPreference(load_callable(spec, "preference"), spec)
 

@@ -1,7 +1,7 @@
 """Scoring responses with one or several trained reward models (`alignkit score`, `alignkit eval-rm`).
 
 `score_records` runs each reward model over every response of every record, in batches, through the same
-executor as training (`engine/reward_model.RewardScorer`: shared-prompt packing, the reward read at the
+executor as training (`executor/reward_model.RewardScorer`: shared-prompt packing, the reward read at the
 last completion token) and returns one score per response — a float for a one-output head, a list for an
 m-output head. With several models (an ensemble) the members' scalar scores are aggregated
 (`alignkit.rewards.aggregate.aggregate`: mean, min, or mean − λ·std) and the spread across members is
@@ -13,15 +13,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from alignkit.data.dataset import TokenizedDataset
+from alignkit.data.dataset import STEP_SEPARATOR, TokenizedDataset
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizeConfig
-from alignkit.engine.logprobs import supports_packing
 from alignkit.errors import ModelError
+from alignkit.executor.logprobs import supports_packing
+from alignkit.executor.reward_model import RewardScorer
+from alignkit.models.hub import resolve_model
+from alignkit.objectives.reward_structured import prm_outcome
+from alignkit.rewards.aggregate import aggregate as combine
 
 
 @torch.no_grad()
@@ -31,7 +36,6 @@ def model_scores(model, tokenizer, records: list[PreferenceRecord], batch_size: 
     prompt gate mixes its outputs, Σ_h g_h(x) r_h(x, y)), or a list for multi-output heads."""
     from tqdm.auto import tqdm
 
-    from alignkit.engine.reward_model import RewardScorer
 
     data = TokenizedDataset.build(records, tokenizer, tokenize or TokenizeConfig(max_length=None), "score data")
     scorer = RewardScorer(model)
@@ -60,9 +64,7 @@ def model_scores(model, tokenizer, records: list[PreferenceRecord], batch_size: 
 def reward_info(path: str) -> dict:
     """What `alignkit train` wrote about a reward model (``alignkit_reward.json``): its objective and
     hyper-parameters; ``{}`` for a reward model trained elsewhere (read as a plain scalar head)."""
-    from pathlib import Path
 
-    from alignkit.models.hub import resolve_model
 
     meta = Path(resolve_model(path, weights=False)) / "alignkit_reward.json"  # a Hub id: its cached snapshot
     return json.loads(meta.read_text()) if meta.is_file() else {}
@@ -73,9 +75,6 @@ def process_scores(model, tokenizer, records: list[PreferenceRecord], aggregate:
                    tokenize: TokenizeConfig | None = None, progress: bool = True) -> list[list[float]]:
     """Outcome scores of a process reward model: each response is split into steps at the step separator,
     scored at every step's last token, and aggregated (`prm_outcome`: the weakest step, or the product)."""
-    from alignkit.data.dataset import STEP_SEPARATOR
-    from alignkit.engine.reward_model import RewardScorer
-    from alignkit.objectives.reward_structured import prm_outcome
 
     flat = []
     for r in records:
@@ -119,7 +118,6 @@ def score_records(models: list, tokenizer, records: list[PreferenceRecord], batc
             per_model.append(model_scores(m, tokenizer, records, batch_size, tokenize, progress, desc=desc))
     if len(per_model) == 1:
         return per_model[0], None
-    from alignkit.rewards.aggregate import aggregate as combine
 
     if any(isinstance(s, list) for rows in per_model for row in rows for s in row):
         raise ModelError("ensembles aggregate one-output reward models; these have vector outputs")
@@ -146,3 +144,12 @@ def scored_record(record: PreferenceRecord, scores: list, uncertainty: list | No
         meta["score_std"] = uncertainty
     out = dataclasses.replace(record, ranks=None, labels=None, scores=scores, meta=meta)
     return out.to_dict()
+
+
+def expand_members(paths: list[str]) -> list[str]:
+    """Reward-model paths with every ensemble folder replaced by its members."""
+    out = []
+    for p in paths:
+        manifest = Path(p) / "ensemble.json"
+        out.extend(json.loads(manifest.read_text())["members"] if manifest.is_file() else [p])
+    return out

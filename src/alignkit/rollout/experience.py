@@ -52,9 +52,9 @@ class Experience:
                 "unfinished": float(1 - torch.tensor(self.finished, dtype=torch.float32).mean())}
 
 
-def _record(prompt, k: int, rewards: list[float]) -> PreferenceRecord:
-    record = PreferenceRecord(prompt=prompt, responses=["x"] * k, scores=[float(x) for x in rewards])
-    return record
+def chunk_seed(seed: int, index: int) -> int:
+    """The sampling seed of chunk ``index`` of a rollout seeded ``seed`` (distinct for distinct pairs)."""
+    return (seed * 1_000_033 + index) % 2**63
 
 
 @torch.no_grad()
@@ -91,7 +91,8 @@ def experience_from(gen, tokenizer, rows: list[dict], reward, k: int, unfinished
         segments = [list(s) + ([stop] if stop is not None else []) for s, stop in zip(gen.token_ids[b], gen.stop_ids[b])]
         segments = [s if s else [eos] for s in segments]  # an empty, unfinished sample cannot occur; be safe
         items.append(TokenizedRecord(prompt_ids=ids, segments=segments, score_start=[0] * k, index=b))
-        records.append(_record(prompt, k, rewards[b]))
+        records.append(PreferenceRecord(prompt=prompt, responses=list(gen.texts[b]),
+                                        scores=[float(x) for x in rewards[b]], sampled=True))
     return Experience(prompts=list(prompts), rows=list(rows), texts=gen.texts, finished=gen.finished,
                       rewards=torch.tensor(rewards, dtype=torch.float32).view(len(prompts), k),
                       data=TokenizedDataset(records, items), reward_metrics=dict(scored.metrics))

@@ -32,8 +32,12 @@ from torch import Tensor
 
 from alignkit.data.dataset import TokenizedDataset
 from alignkit.errors import ConfigError
+from alignkit.executor.reward_model import load_reward_model
+from alignkit.models.load import load_tokenizer
 from alignkit.rewards.build import build_group_reward
-from alignkit.rollout.experience import Experience, sample_experience
+from alignkit.rewards.rm_scores import reward_info, score_records
+from alignkit.rollout.experience import Experience, chunk_seed, sample_experience
+from alignkit.rollout.vllm_engine import VLLMRollout
 
 logger = logging.getLogger("alignkit")
 BACKENDS = ("ray", "local", "vllm")
@@ -68,11 +72,6 @@ def split(n: int, parts: int) -> list[range]:
     size, extra = divmod(n, parts)
     bounds = [i * size + min(i, extra) for i in range(parts + 1)]
     return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
-def chunk_seed(seed: int, index: int) -> int:
-    """The sampling seed of chunk ``index`` of a rollout seeded ``seed`` (distinct for distinct pairs)."""
-    return (seed * 1_000_033 + index) % 2**63
 
 
 @contextlib.contextmanager
@@ -198,8 +197,6 @@ def rollout_pool(config, model, tokenizer, reward_fn):
     """The chunked rollout a config asks for: `RayRollout` or, with ``rollout_backend=local``, `LocalRollout`."""
     workers, cpus = config.rollout_workers, config.rollout_worker_cpus
     if config.rollout_backend == "vllm":  # one engine colocated in this process (rollout/vllm_engine.py)
-        from alignkit.rollout.vllm_engine import VLLMRollout
-
         return VLLMRollout(config, model, tokenizer, reward_fn)
     if config.rollout_backend == "local":
         return LocalRollout(model, tokenizer, reward_fn, workers, cpus)
@@ -215,9 +212,6 @@ class ScoreWorker:
     """A Ray actor holding reward model(s) for `alignkit score --workers N`."""
 
     def __init__(self, paths: list[str], dtype: str, trust_remote_code: bool, threads: int):
-        from alignkit.engine.reward_model import load_reward_model
-        from alignkit.models.load import load_tokenizer
-        from alignkit.rewards.rm_scores import reward_info
 
         _worker_setup(threads)
         self.tokenizer = load_tokenizer(paths[0], trust_remote_code=trust_remote_code)
@@ -225,7 +219,6 @@ class ScoreWorker:
         self.infos = [reward_info(p) for p in paths]
 
     def score(self, records: list, kwargs: dict):
-        from alignkit.rewards.rm_scores import score_records
 
         return score_records(self.models, self.tokenizer, records, progress=False, infos=self.infos, **kwargs)
 

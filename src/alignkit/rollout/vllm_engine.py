@@ -37,8 +37,7 @@ import torch
 from alignkit.errors import ConfigError
 from alignkit.generation import Generation, check_stop, eos_and_pad, first_stop, prompt_ids, split_sample
 from alignkit.rollout.correction import ROLLOUT_LOGPS, dense_rollout_logps
-from alignkit.rollout.experience import Experience, experience_from
-from alignkit.rollout.ray_backend import chunk_seed
+from alignkit.rollout.experience import Experience, chunk_seed, experience_from
 
 logger = logging.getLogger("alignkit")
 ALIGNKIT_MODULES = "alignkit_"  # a guard: names alignkit gives its own modules are never pushed (PPO's value model is a

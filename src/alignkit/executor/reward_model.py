@@ -30,11 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.data.collate import Batch
-from alignkit.engine.logprobs import ExecutorMismatch, decoder_mask, plain_sequences, unwrap
 from alignkit.errors import ConfigError, ModelError
+from alignkit.executor.logprobs import ExecutorMismatch, decoder_mask, plain_sequences, unwrap
 from alignkit.io_atomic import atomic_write_text
 from alignkit.models.hub import resolve_model
 from alignkit.models.load import LoraConfig, apply_lora, attention_implementation, resolve_dtype
+from alignkit.objectives.stats import SequenceStats
 
 GATE = "alignkit_gate"
 
@@ -208,7 +209,6 @@ def head_size(objective, score_dim: int | None) -> tuple[int, int]:
 
 def build_reward_stats(batch: Batch, rewards: Tensor, gate: Tensor | None):
     """`SequenceStats` for reward-model objectives: ``rewards`` [B, K] (one output) or [B, K, m]."""
-    from alignkit.objectives.stats import SequenceStats
 
     K = batch.valid.shape[1]
     extra = dict(batch.extra)

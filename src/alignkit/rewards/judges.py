@@ -2,7 +2,7 @@
 
 * `RuleJudge` — a Python function returning a score (e.g. the demo world's known reward
   ``alignkit.worlds.reviews:reward``); higher wins.
-* `RewardModelJudge` — a trained reward model (`alignkit.engine.reward_model.load_reward_model`, scored by
+* `RewardModelJudge` — a trained reward model (`alignkit.executor.reward_model.load_reward_model`, scored by
   `alignkit.rewards.rm_scores.model_scores`); higher wins.
 * `LLMJudge` — a local causal LM asked a pairwise question (`DEFAULT_TEMPLATE`). The verdict is read from
   the next-token distribution: ``P(first better) = P("A") / (P("A") + P("B"))``, each label's probability
@@ -16,7 +16,7 @@ that always picks the first position says ``v_ab = 1, v_ba = 0`` and gets ½: a 
 `position_bias` reports the consistency rate (``v_ab == v_ba``) and the first-position win rate.
 
 With ``portia`` set, a pairwise judge re-asks the comparisons whose verdict flips with the order, both
-answers split into aligned parts and interleaved (`alignkit.eval.portia`); the comparison keeps the plain
+answers split into aligned parts and interleaved (`alignkit.rewards.portia`); the comparison keeps the plain
 verdicts in ``p_ab`` / ``p_ba`` (for the position-bias figures) and PORTIA's in ``extra["portia"]``, and
 its outcomes are PORTIA's.
 
@@ -32,16 +32,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from alignkit.data.schema import Text
-from alignkit.engine.reward_model import load_reward_model
 from alignkit.errors import ConfigError, ModelError
-from alignkit.eval.portia import correct, merge
-from alignkit.eval.winrate import outcomes
+from alignkit.executor.reward_model import load_reward_model
 from alignkit.generation import completion_record, prompt_ids
 from alignkit.models.load import load_model, load_tokenizer
+from alignkit.rewards.portia import correct, merge
 from alignkit.rewards.rm_scores import model_scores
 from alignkit.user_code import load_function
+
+Values = Tensor | Sequence[float]
 
 DEFAULT_TEMPLATE = (
     "Here is a question and two answers, A and B. Which answer is better? Reply with one letter, A or B.\n\n"
@@ -57,6 +59,22 @@ PORTIA_TEMPLATE = (
     "{answers}\n\n"
     "Better answer:"
 )
+
+
+def score_vector(x: Values, name: str) -> Tensor:
+    """``x`` as a flat float64 CPU tensor; a non-finite value is a ValueError naming ``name``."""
+    t = (x if isinstance(x, Tensor) else torch.as_tensor(x, dtype=torch.float64)).detach().double().flatten().cpu()
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} has non-finite values; every comparison needs a finite {name}")
+    return t
+
+
+def outcomes(scores_a: Values, scores_b: Values) -> list[float]:
+    """Outcome of each comparison of two scored answers: 1 where A scores higher, ½ on a tie, else 0."""
+    a, b = score_vector(scores_a, "scores_a"), score_vector(scores_b, "scores_b")
+    if a.numel() != b.numel():
+        raise ValueError(f"scores_a has {a.numel()} values but scores_b has {b.numel()}; give one each per comparison")
+    return ((a > b).double() + 0.5 * (a == b).double()).tolist()
 
 
 def plain(text: Text) -> str:

@@ -69,19 +69,16 @@ class Generation:
 
 
 def completion_record(prompt: Text, completions: list[str]) -> PreferenceRecord:
-    """A ranks record of ``prompt`` and ``completions`` to tokenize and score (not a training record)."""
-    # Built with placeholder responses, then given the real ones: a sampled completion may be empty
-    # (EOS first), which a data record rejects but scoring must handle.
-    record = PreferenceRecord(prompt=prompt, responses=["x"] * len(completions), ranks=[0.0] * len(completions))
-    record.responses = list(completions)
-    return record
+    """A ranks record of ``prompt`` and sampled ``completions`` to tokenize and score (not a training record:
+    a completion may be empty, EOS first)."""
+    return PreferenceRecord(prompt=prompt, responses=list(completions), ranks=[0.0] * len(completions), sampled=True)
 
 
 def prompt_ids(tokenizer, prompt: Text, chat_template: str = "auto", chat_template_kwargs: dict | None = None
                ) -> list[int]:
     """Token ids of a prompt as the trainer and `score_logps` see it (chat template for message lists)."""
     config = TokenizeConfig(chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
-    text, _, used_template = render(completion_record(prompt, ["x"]), tokenizer, config, responses=False)
+    text, _, used_template = render(completion_record(prompt, [""]), tokenizer, config, responses=False)
     return encode(tokenizer, text, used_template)
 
 

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.data.collate import Batch
-from alignkit.engine.flex import flex_masks
 from alignkit.errors import ModelError
+from alignkit.executor.flex import flex_masks
 from alignkit.models.attention import attention_windows, is_flex, use_unfused_on_cpu
 from alignkit.objectives.stats import SequenceStats
 
@@ -60,7 +60,7 @@ def configure_attention_kernels(device: torch.device, cudnn: bool) -> bool:
 def decoder_mask(batch: Batch, config, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:
     """The attention mask a decoder gets for ``batch``: the 2D padding mask of padded rows as it is; for
     shared-prompt rows the additive block mask with each layer type's sliding window applied (a block-sparse
-    `BlockMask` of the same pattern under FlexAttention, `alignkit.engine.flex`) — one mask
+    `BlockMask` of the same pattern under FlexAttention, `alignkit.executor.flex`) — one mask
     when every layer sees the same, else ``{layer type: mask}``, which transformers' mixed-attention models
     (Gemma-2/3, Cohere-2, Qwen2 with windowed layers...) take in place of the mask they would build."""
     flex = is_flex(config)

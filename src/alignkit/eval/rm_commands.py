@@ -54,10 +54,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _load(args, rejects: Path, load_models: bool = True):
     from alignkit.console import setup_console_logging
     from alignkit.data.io import read_records
-    from alignkit.engine.ensemble import expand_members
-    from alignkit.engine.reward_model import load_reward_model
+    from alignkit.executor.reward_model import load_reward_model
     from alignkit.models.load import load_tokenizer
-    from alignkit.rewards.rm_scores import reward_info
+    from alignkit.rewards.rm_scores import expand_members, reward_info
 
     setup_console_logging()
     args.reward_model = expand_members(args.reward_model)

@@ -40,7 +40,7 @@ from torch import Tensor
 from alignkit.data.schema import Text
 from alignkit.errors import ConfigError, ModelError
 from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
-from alignkit.inference.prefill import cache_of, top_p_filter
+from alignkit.generation.prefill import cache_of, top_p_filter
 
 
 def check_sampling(temperature: float, top_p: float, max_new_tokens: int = 1, k: int = 1) -> None:
@@ -72,7 +72,7 @@ def product_logits(logits: list[Tensor], exponents: list[float]) -> Tensor:
 def sampling_logprobs(z: Tensor, temperature: float, top_p: float = 1.0) -> Tensor:
     """``log q``: log-softmax of ``z / T`` restricted to its top-p nucleus and renormalised, ``[N, V]``
     (−inf outside the nucleus; the nucleus rule is transformers' ``TopPLogitsWarper``, shared with
-    `alignkit.inference.prefill.top_p_filter`). ``T = 0`` returns ``log_softmax(z)`` (T = 1, no
+    `alignkit.generation.prefill.top_p_filter`). ``T = 0`` returns ``log_softmax(z)`` (T = 1, no
     nucleus): the distribution greedy takes the argmax of.
     """
     if temperature == 0:

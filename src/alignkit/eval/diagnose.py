@@ -42,6 +42,7 @@ from alignkit.eval.diagnostics import (
     shift_fractions,
     token_ranks,
 )
+from alignkit.generation import generate, prompt_ids
 from alignkit.io_atomic import atomic_write_bytes, atomic_write_text
 from alignkit.models.load import load_model, load_tokenizer
 
@@ -233,8 +234,6 @@ def token_shift(base, aligned, tokenizer, prompts, max_new_tokens: int = 64, mar
                 batch_size: int = 32) -> dict[str, Any]:
     """Greedy answers of ``aligned`` to ``prompts`` ranked by ``base`` (same tokenizer): `shift_fractions` over
     all positions, ``"answers"`` (per answer: its token ids and ranks) and ``"top_shifted"`` tokens."""
-    from alignkit.generation import generate, prompt_ids
-
     gen = generate(aligned, tokenizer, list(prompts), k=1, max_new_tokens=max_new_tokens, temperature=0.0,
                    batch_size=batch_size)
     answers, all_ranks, shifted = [], [], Counter()

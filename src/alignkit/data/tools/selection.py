@@ -116,7 +116,7 @@ def select(records: list[PreferenceRecord], *, method: str = "zipfit", fraction:
         use = embedder or scorer if diversity_threshold < 1 else None
         if diversity_threshold < 1 and use is None:
             raise ConfigError("select: deita's diversity filter needs --embedder MODEL (or --diversity-threshold 1)")
-        emb = scored.embed(*scored._load(use), texts) if use is not None else None
+        emb = scored.embed(*scored.load_scorer(use), texts) if use is not None else None
         ranking = scored.diverse_order(scores, emb, diversity_threshold, keep)
         report["diversity_threshold"] = diversity_threshold
     elif method == "mig":

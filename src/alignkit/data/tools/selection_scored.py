@@ -36,6 +36,7 @@ from torch import Tensor
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tools.common import plain, prompt_text
 from alignkit.errors import ConfigError, DataError
+from alignkit.models.load import load_model, load_tokenizer
 
 COMPLEXITY_PROMPT = ("You are a helpful assistant. Please identify the complexity score of the following user query. "
                      "\n##Query: {instruction}  \n##Complexity: ")
@@ -50,11 +51,10 @@ def digit_expectation(digit_logits: Tensor) -> Tensor:
     return (torch.softmax(digit_logits.double(), -1) * values).sum(-1)
 
 
-def _load(spec) -> tuple[Any, Any]:
+def load_scorer(spec) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a model folder or Hub id, or ``spec`` itself if already a pair."""
     if isinstance(spec, tuple):
         return spec
-    from alignkit.models.load import load_model, load_tokenizer
-
     return load_model(spec).eval(), load_tokenizer(spec)
 
 
@@ -118,8 +118,8 @@ def deita_scores(records: list[PreferenceRecord], scorer=None, quality_scorer=No
         raise ConfigError("select: method deita needs --scorer MODEL (a Deita complexity scorer), or records whose "
                           "meta has complexity and quality")
     pairs = [_instruction_output(r) for r in records]
-    c_model, c_tok = _load(scorer)
-    q_model, q_tok = _load(quality_scorer) if quality_scorer is not None else (c_model, c_tok)
+    c_model, c_tok = load_scorer(scorer)
+    q_model, q_tok = load_scorer(quality_scorer) if quality_scorer is not None else (c_model, c_tok)
     c = llm_scores(c_model, c_tok, [COMPLEXITY_PROMPT.format(instruction=i) for i, _ in pairs])
     q = llm_scores(q_model, q_tok, [QUALITY_PROMPT.format(instruction=i, output=o) for i, o in pairs])
     for r, ci, qi in zip(records, c, q):
@@ -185,7 +185,7 @@ def label_graph(names: list[str], embedder, threshold: float) -> Tensor:
     """``W``: cosine similarities of the labels' embeddings where ≥ ``threshold`` (diagonal 1), or the identity."""
     if embedder is None:
         return torch.eye(len(names), dtype=torch.float64)
-    e = embed(*_load(embedder), names).double()
+    e = embed(*load_scorer(embedder), names).double()
     w = e @ e.T
     w = torch.where(w >= threshold, w, torch.zeros_like(w))
     w.fill_diagonal_(1.0)

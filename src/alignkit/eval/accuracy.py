@@ -72,7 +72,8 @@ def preference_pairs(records: Sequence[PreferenceRecord]) -> tuple[list[Preferen
     return out, skipped
 
 
-def _logps(model, tokenizer, records, batch_size: int) -> tuple[list[float], list[int]]:
+def sequence_logps(model, tokenizer, records, batch_size: int) -> tuple[list[float], list[int]]:
+    """(summed log-prob, completion tokens) of every response of ``records``, record by record."""
     rows = list(iter_logprobs(model, tokenizer, list(records), batch_size, TokenizeConfig(max_length=None),
                               progress=False))
     return [r["logp"] for r in rows], [r["n_tokens"] for r in rows]
@@ -86,8 +87,8 @@ def preference_accuracy(policy, tokenizer, records: Sequence[PreferenceRecord], 
     pairs, skipped = preference_pairs(records)
     if not pairs:
         raise DataError("no preference pair with a strict winner among the records (need K = 2 with ranks or scores)")
-    lp, nt = _logps(policy, tokenizer, pairs, batch_size)
-    ref = _logps(reference, ref_tokenizer or tokenizer, pairs, batch_size)[0] if reference is not None else None
+    lp, nt = sequence_logps(policy, tokenizer, pairs, batch_size)
+    ref = sequence_logps(reference, ref_tokenizer or tokenizer, pairs, batch_size)[0] if reference is not None else None
     out = ranking_accuracy(lp[0::2], lp[1::2], ref[0::2] if ref else None, ref[1::2] if ref else None,
                            nt[0::2], nt[1::2], z)
     out["skipped"] = skipped

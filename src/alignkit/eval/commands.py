@@ -16,7 +16,9 @@ from alignkit.errors import ConfigError
 
 EVAL_USAGE = ("alignkit eval --models A_DIR|A.jsonl [B ...] [--reference REF] --prompts FILE|module:function "
               "--judge rule:module:function|reward_model:PATH|llm:PATH --samples N --out DIR | "
-              "alignkit eval --judgments FILE [--baseline NAME] --out DIR")
+              "alignkit eval --judgments FILE [--baseline NAME] --out DIR | "
+              "alignkit eval --diagnose ranking|entanglement|token-shift [--models ...] [--reference REF] "
+              "[--preferences FILE | --prompts FILE] --out DIR")
 
 
 def add_parsers(sub) -> None:
@@ -68,6 +70,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--batch-size", type=int, default=32, help=H.batch("prompts (sampling and judging)"))
     e.add_argument("--dtype", default="float32", help=H.DTYPE)
     e.add_argument("--out", required=True, help="folder for results.json, report.html, figures, outputs/")
+    _diagnostic_args(e)
     e.set_defaults(fn=eval_command)
 
     r = sub.add_parser("report", help="HTML report of training runs (loss, rewards, margins, KL over steps)",
@@ -75,6 +78,63 @@ def add_parsers(sub) -> None:
     r.add_argument("runs", nargs="+", help="run folders written by `alignkit train` (with metrics.jsonl)")
     r.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run, else ./report)")
     r.set_defaults(fn=report_command)
+
+
+def _diagnostic_args(e) -> None:
+    e.add_argument("--diagnose", default=None, choices=["ranking", "entanglement", "token-shift"],
+                   help="run one diagnostic instead of the evaluation: idealised ranking accuracy of --reference on "
+                        "--preferences (ranking), chosen/rejected gradient inner products of --models on "
+                        "--preferences (entanglement), base (--reference) ranks of --models' answers to --prompts "
+                        "(token-shift); docs/evaluation.md")
+    e.add_argument("--beta", type=float, nargs="+", default=[0.1],
+                   help="ranking: β of the DPO optimum imagined, one for all or one per --models entry (default 0.1)")
+    e.add_argument("--alpha", type=float, default=None,
+                   help="ranking: P(chosen ≻ rejected) for every pair (default: each record's p, else its scores)")
+    e.add_argument("--alpha-temperature", type=float, default=1.0,
+                   help="ranking: α = σ((s_w − s_l) / T) for records with scores and no p")
+    e.add_argument("--params", default=None,
+                   help="entanglement: only parameters whose names match this regular expression (default all)")
+    e.add_argument("--max-records", type=int, default=None, help="diagnostics: use the first N preference records")
+    e.add_argument("--marginal-rank", type=int, default=3,
+                   help="token-shift: base ranks 2..N count as marginal, higher as shifted (default 3)")
+
+
+def diagnose_command(args: argparse.Namespace) -> int:
+    from alignkit.eval import diagnose as D
+
+    if args.judgments is not None:
+        raise ConfigError("--diagnose reads models and data, not --judgments: give one of them")
+    common = {"out_dir": args.out, "command": _command_line(), "dtype": args.dtype, "names": args.names}
+    if args.diagnose == "ranking":
+        r = D.diagnose_ranking(reference=args.reference, preferences=args.preferences, beta=args.beta,
+                               models=args.models or (), alpha=args.alpha, alpha_temperature=args.alpha_temperature,
+                               max_records=args.max_records, batch_size=args.batch_size, **common)
+        print(f"{r['idealised'][0]['n']} pairs: reference ranking accuracy {r['reference_accuracy']:.3f}; idealised "
+              + ", ".join(f"at β = {i['beta']:g} {i['accuracy']:.3f} [{i['wilson'][0]:.3f}, {i['wilson'][1]:.3f}]"
+                          for i in r["idealised"]))
+        for m in r["models"]:
+            print(f"{m['name']}: ranking accuracy {m['likelihood']['accuracy']:.3f}, idealised at β = {m['beta']:g} "
+                  f"{m['idealised_accuracy']:.3f}, gap {m['alignment_gap']:+.3f}")
+    elif args.diagnose == "entanglement":
+        r = D.diagnose_entanglement(models=args.models, preferences=args.preferences, params=args.params,
+                                    max_records=args.max_records, **common)
+        for m in r["models"]:
+            print(f"{m['name']}: {len(m['pairs'])} pairs over {m['parameters']} parameters, mean cosine "
+                  f"{m['mean_cosine']:.3f}; chosen falls {m['chosen_falls']:.3f}, rejected rises {m['rejected_rises']:.3f}")
+    else:
+        from alignkit.eval.systems import load_prompts
+
+        if not args.prompts:
+            raise ConfigError("--diagnose token-shift needs --prompts")
+        prompts = load_prompts(args.prompts, args.n_prompts, args.prompt_seed)[0]
+        r = D.diagnose_token_shift(reference=args.reference, models=args.models, prompts=prompts,
+                                   max_new_tokens=args.max_new_tokens, marginal_rank=args.marginal_rank,
+                                   batch_size=args.batch_size, **common)
+        for m in r["models"]:
+            print(f"{m['name']}: {m['positions']} positions; unshifted {m['unshifted']:.3f}, marginal "
+                  f"{m['marginal']:.3f}, shifted {m['shifted']:.3f}")
+    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.html'}")
+    return 0
 
 
 def _command_line() -> str:
@@ -87,6 +147,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from alignkit.eval.evaluate import evaluate
 
     setup_console_logging()
+    if args.diagnose:
+        return diagnose_command(args)
     if (args.models is None) == (args.judgments is None):
         raise ConfigError("alignkit eval needs --models (systems to sample or read) or --judgments FILE, one of them")
     if args.judgments is not None:

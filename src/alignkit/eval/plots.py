@@ -139,3 +139,43 @@ def training_curves(runs: dict[str, Sequence[dict[str, Any]]], keys: Sequence[st
     if len(runs) > 1:
         axes.flat[0].legend(fontsize=7)
     return _png(fig)
+
+
+def idealised_ranking(curve: Sequence[tuple[float, float]], reference: float,
+                      models: Sequence[tuple[str, float, float]]) -> bytes:
+    """The idealised ranking accuracy against β (``curve``: (β, accuracy), log-scale β), the reference's own
+    accuracy as a dashed line, and each model's observed accuracy at its β (``models``: (name, β, accuracy))."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], "-", color="#1f77b4", lw=1.5,
+            label="idealised (DPO optimum at β)")
+    ax.axhline(reference, color="grey", ls="--", lw=1, label="reference model")
+    for n, (name, beta, acc) in enumerate(models):
+        ax.plot([beta], [acc], "o", color="#d62728", ms=5, label="observed (each model at its β)" if n == 0 else None)
+        ax.annotate(name, (beta, acc), textcoords="offset points", xytext=(5, -10 if n % 2 else 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("β")
+    ax.set_ylabel("ranking accuracy: log π(y_w) > log π(y_l)")
+    ax.set_title("Idealised vs observed ranking accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return _png(fig)
+
+
+def shift_bars(shares: dict[str, Sequence[float]], classes: Sequence[str]) -> bytes:
+    """Horizontal stacked bars, one per model: the share of answer positions in each of ``classes``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(shares) + 1.6))
+    colours = ("#7aa6d6", "#f2b447", "#d62728")
+    for k, vals in enumerate(shares.values()):
+        left = 0.0
+        for n, (cls, v) in enumerate(zip(classes, vals)):
+            ax.barh(k, v, left=left, color=colours[n % len(colours)], height=0.6, label=cls if k == 0 else None)
+            left += v
+    ax.set_yticks(range(len(shares)), list(shares))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of answer positions, by the base model's rank of the token")
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(classes), frameon=False)
+    ax.invert_yaxis()
+    return _png(fig)

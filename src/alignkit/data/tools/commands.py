@@ -66,7 +66,7 @@ def _write(records, path: str) -> Path:
 def _convert_parser(dsub) -> None:
     from alignkit.data.tools.converters import FORMATS, ON_EMPTY
 
-    p = dsub.add_parser("convert", help="public layouts (HH-RLHF, UltraFeedback, TRL, OpenAI, CSV) -> alignkit",
+    p = dsub.add_parser("convert", help="public layouts (HH-RLHF, UltraFeedback, TRL, OpenAI, OpenAssistant, CSV) -> alignkit",
                         description="alignkit data convert IN --out OUT.jsonl [--from FORMAT]")  # fmt: skip
     p.add_argument("data", help="input rows (.jsonl, .json, .parquet, .csv, a save_to_disk folder or a Hub dataset)")
     p.add_argument("--out", required=True, help=".jsonl (alignkit native), .parquet or .csv")
@@ -195,12 +195,13 @@ def dedup_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- select
 def _select_parser(dsub) -> None:
-    p = dsub.add_parser("select", help="ZIP-FIT (gzip NCD to a target set), random or length selection",
+    p = dsub.add_parser("select", help="ZIP-FIT (gzip NCD to a target set), Deita, MIG, random or length selection",
                         description="alignkit data select IN --out OUT --target T --fraction 0.1")  # fmt: skip
     _reading(p)
-    p.add_argument("--method", default="zipfit", choices=["zipfit", "random", "length"],
-                   help="zipfit: closest to --target by gzip compression distance; random: a seeded sample; "
-                        "length: the longest")
+    p.add_argument("--method", default="zipfit", choices=["zipfit", "deita", "mig", "random", "length"],
+                   help="zipfit: closest to --target by gzip compression distance; deita: scorer models' complexity "
+                        "× quality with a diversity filter; mig: greedy information gain over meta tags; random: a "
+                        "seeded sample; length: the longest")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--fraction", type=float, help="keep this fraction of the records")
     size.add_argument("--n", type=int, help="keep this many records")
@@ -209,6 +210,21 @@ def _select_parser(dsub) -> None:
     p.add_argument("--max-targets", type=int, default=200, help="zipfit: use a seeded sample of this many targets")
     p.add_argument("--scores", default=None, help="JSONL of every record's score (default: <out stem>.scores.jsonl)")
     p.add_argument("--seed", type=int, default=0, help=H.seed("random selection and of the --max-targets sample"))
+    p.add_argument("--scorer", default=None,
+                   help="deita: complexity scorer model (e.g. hkust-nlp/deita-complexity-scorer); not needed when "
+                        "every record's meta has complexity and quality")
+    p.add_argument("--quality-scorer", default=None,
+                   help="deita: quality scorer model (e.g. hkust-nlp/deita-quality-scorer; default: --scorer)")
+    p.add_argument("--embedder", default=None,
+                   help="deita: model whose mean last hidden state embeds records (default: --scorer); mig: embeds "
+                        "the labels for the label graph (default: no graph)")
+    p.add_argument("--diversity-threshold", type=float, default=0.9,
+                   help="deita: skip a record this cosine-similar to a kept one (1 = no diversity filter)")
+    p.add_argument("--tags-key", default="tags", help="mig: the meta field holding each record's labels (a list)")
+    p.add_argument("--quality-key", default=None, help="mig: the meta field with each record's quality (default 1)")
+    p.add_argument("--label-threshold", type=float, default=0.9,
+                   help="mig: labels whose embeddings are this cosine-similar are joined in the label graph")
+    p.add_argument("--mig-exponent", type=float, default=0.8, help="mig: b of the concave Φ(m) = (m + 1e-6)^b")
     p.set_defaults(fn=select_command)
 
 
@@ -236,7 +252,10 @@ def select_command(args: argparse.Namespace) -> int:
     records = _read(args, Path(args.out))
     targets = read_targets(args.target, args.text) if args.method == "zipfit" and args.target else None
     sel = select(records, method=args.method, fraction=args.fraction, n=args.n, targets=targets, text=args.text,
-                 max_targets=args.max_targets, seed=args.seed, show_progress=True)  # fmt: skip
+                 max_targets=args.max_targets, seed=args.seed, show_progress=True, scorer=args.scorer,
+                 quality_scorer=args.quality_scorer, embedder=args.embedder,
+                 diversity_threshold=args.diversity_threshold, tags_key=args.tags_key, quality_key=args.quality_key,
+                 label_threshold=args.label_threshold, mig_exponent=args.mig_exponent)  # fmt: skip
     out = _write(sel.kept, args.out)
     scores = Path(args.scores) if args.scores else out.with_name(out.stem + ".scores.jsonl")
     write_jsonl(sel.score_rows(), scores)

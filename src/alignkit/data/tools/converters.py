@@ -20,6 +20,8 @@ Formats (``fmt``; ``"auto"`` detects it from the first readable row, see `detect
   response labelled desirable), or OpenAI preference fine-tuning rows ``input.messages``,
   ``preferred_output``, ``non_preferred_output`` (a pair). Content given as a list of ``{"type": "text"}``
   parts is joined.
+* ``oasst`` — OpenAssistant message trees (the trees or the messages export): each prompt's ranked answers
+  as one ranked list; deleted, unreviewed and unranked messages counted (`alignkit.data.tools.oasst`).
 * ``csv`` / ``native`` — any layout `alignkit.data.layouts` reads (``native`` = `PreferenceRecord.to_dict`).
 
 Rows are read by `alignkit.data.io` (JSONL, JSON, Parquet, CSV, ``save_to_disk`` folders); bad rows raise
@@ -31,6 +33,7 @@ the rejects file as ``empty_reply`` and counts them with the skipped rows.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -44,9 +47,11 @@ from alignkit.data.io import ReadResult, SourceError
 from alignkit.data.layouts import LayoutError, check_columns, layout_for_columns, parse_row, rename
 from alignkit.data.schema import LABEL_KINDS, PreferenceRecord, RecordError
 from alignkit.data.tools.common import counts, progress
+from alignkit.data.tools.oasst import is_oasst, read_oasst
+from alignkit.data.tools.oasst import summary as oasst_summary
 from alignkit.errors import ConfigError, DataError
 
-FORMATS = ("auto", "hh", "ultrafeedback", "trl", "openai", "csv", "native")
+FORMATS = ("auto", "hh", "ultrafeedback", "trl", "openai", "oasst", "csv", "native")
 ON_EMPTY = ("keep", "skip")
 _LAYOUTS_OF = {"trl": ("paired", "conversation", "unpaired"), "native": ("native", "ranked", "scored"),
                "csv": ("paired", "conversation", "unpaired", "native", "ranked", "scored")}  # fmt: skip
@@ -62,12 +67,15 @@ class ConvertResult:
     read: ReadResult
     out: Path | None = None
     empty_kept: int = 0  # records kept with an empty reply (on_empty="keep"); skipped ones are in read.skipped
+    notes: str = ""  # what the format itself left out (oasst: deleted, unranked ... messages)
 
     def summary(self) -> str:
         line = f"converted {len(self.records)} records from {self.read.source} (format '{self.format}': {self.reason})"
         if self.empty_kept:
             n = self.empty_kept
             line += f"; {n} record{'s' if n != 1 else ''} with an empty reply kept (--on-empty skip drops them)"
+        if self.notes:
+            line += f" [{self.notes}]"
         if skipped := self.read.skipped:
             total = sum(skipped.values())
             line += f"; skipped {total} row{'s' if total != 1 else ''}: {counts(skipped)}"
@@ -97,6 +105,8 @@ def _is_hh(value: Any) -> bool:
 def detect_format(row: Mapping[str, Any], path: str = "") -> tuple[str, str]:
     """(format, reason) from one raw row's columns (and values where columns are ambiguous)."""
     keys = set(row)
+    if kind := is_oasst(row):
+        return "oasst", f"OpenAssistant {kind} export (message_id/parent_id or message_tree_id + prompt)"
     if {"input", "preferred_output", "non_preferred_output"} <= keys:
         return "openai", "columns input, preferred_output, non_preferred_output (OpenAI preference format)"
     if {"chosen", "rejected"} <= keys:
@@ -277,6 +287,8 @@ def converter(fmt: str, columns: Mapping[str, str] | None = None,
     if fmt not in FORMATS[1:]:
         raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     mapping = check_columns(columns)
+    if fmt == "oasst":
+        raise ConfigError("oasst is read tree by tree by `read_converted`, not row by row")
     if fmt in _LAYOUTS_OF:
         return _layout_converter(fmt, mapping)
     fns = {"hh": _hh, "openai": _openai, "ultrafeedback": lambda r, t: _ultrafeedback(r, t, score_key)}
@@ -302,9 +314,19 @@ def read_converted(source: str | os.PathLike, fmt: str = "auto", *, columns: Map
     src = io._open(source, split)
     rejects = Path(rejects_path) if rejects_path is not None else src.rejects
     reason = "given explicitly" if fmt != "auto" else ""
+    rows = iter(progress(src.rows, show_progress, "convert", unit="row"))
+    seen: list = []  # rows up to the first one with data (its columns tell an OASST export), read again below
+    for raw in rows if fmt == "auto" else ():
+        seen.append(raw)
+        if raw.data is not None:
+            break
+    rows = itertools.chain(seen, rows)
+    if fmt == "oasst" or (seen and seen[-1].data is not None and is_oasst(seen[-1].data)):
+        read, tree_counts = read_oasst(src, rows, on_bad_row, rejects, reason or detect_format(seen[-1].data)[1])
+        return ConvertResult(read.records, "oasst", read.layout_reason, read, notes=oasst_summary(tree_counts))
     fn = None if fmt == "auto" else converter(fmt, columns, score_key)
     records, skipped, bad_rows, n, empty_kept = [], Counter(), [], 0, 0
-    for n, raw in enumerate(progress(src.rows, show_progress, "convert", unit="row"), 1):  # noqa: B007
+    for n, raw in enumerate(rows, 1):  # noqa: B007
         err = raw.error
         if err is None and raw.data is not None:
             if fn is None:

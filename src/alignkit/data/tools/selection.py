@@ -1,4 +1,4 @@
-"""Select a subset of candidate records (`alignkit data select`): ZIP-FIT, and random / length baselines.
+"""Select a subset of candidate records (`alignkit data select`): ZIP-FIT, Deita, MIG, and random / length baselines.
 
 ZIP-FIT (Obbad et al. 2024, https://arxiv.org/abs/2410.18194) ranks candidates by how well they align
 with a target set, measured by gzip: the normalised compression distance
@@ -8,7 +8,9 @@ with a target set, measured by gzip: the normalised compression distance
 is about 0 for identical texts and about 1 for unrelated ones. A candidate's score is its mean
 alignment ``1 - NCD`` to the target examples; the top fraction is kept. Baselines: ``random`` (a seeded
 uniform sample) and ``length`` (the longest texts, a strong baseline for instruction data: Zhao et al.
-2024, "Long Is More for Alignment"). Kept records stay in their input order.
+2024, "Long Is More for Alignment"). ``deita`` (scorer models' complexity × quality, then a diversity filter)
+and ``mig`` (greedy information gain over the records' labels) are in `alignkit.data.tools.selection_scored`.
+Kept records stay in their input order.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignkit.data.schema import PreferenceRecord
+from alignkit.data.tools import selection_scored as scored
 from alignkit.data.tools.common import progress, record_text
 from alignkit.errors import ConfigError, DataError
 
-METHODS = ("zipfit", "random", "length")
+METHODS = ("zipfit", "deita", "mig", "random", "length")
 
 
 def compressed_size(text: str) -> int:
@@ -79,11 +82,16 @@ def _how_many(n: int, fraction: float | None, count: int | None) -> int:
 
 def select(records: list[PreferenceRecord], *, method: str = "zipfit", fraction: float | None = None,
            n: int | None = None, targets: list[str] | None = None, text: str = "all", max_targets: int | None = None,
-           seed: int = 0, show_progress: bool = False) -> Selection:  # fmt: skip
+           seed: int = 0, show_progress: bool = False, scorer=None, quality_scorer=None, embedder=None,
+           diversity_threshold: float = 0.9, tags_key: str = "tags", quality_key: str | None = None,
+           label_threshold: float = 0.9, mig_exponent: float = 0.8) -> Selection:  # fmt: skip
     """Keep the best ``fraction`` (or ``n``) of ``records`` by ``method``; ties keep the earlier record.
 
     ``text`` is the part of each record compared (``all``, ``prompt`` or ``responses``); ``targets`` are
-    target texts (zipfit only), of which at most ``max_targets`` (a seeded sample) are used.
+    target texts (zipfit only), of which at most ``max_targets`` (a seeded sample) are used. ``deita``:
+    ``scorer`` / ``quality_scorer`` (model folders or ``(model, tokenizer)``), ``embedder`` and
+    ``diversity_threshold`` (>= 1: no diversity filter). ``mig``: labels in ``meta[tags_key]``, quality in
+    ``meta[quality_key]``, a label graph from ``embedder`` at ``label_threshold``, Φ's exponent ``mig_exponent``.
     """
     if method not in METHODS:
         raise ConfigError(f"select: method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -103,9 +111,23 @@ def select(records: list[PreferenceRecord], *, method: str = "zipfit", fraction:
         rng = random.Random(seed)
         scores = [rng.random() for _ in records]
         report["seed"] = seed
+    elif method == "deita":
+        scores, report["scores_from"] = scored.deita_scores(records, scorer, quality_scorer)
+        use = embedder or scorer if diversity_threshold < 1 else None
+        if diversity_threshold < 1 and use is None:
+            raise ConfigError("select: deita's diversity filter needs --embedder MODEL (or --diversity-threshold 1)")
+        emb = scored.embed(*scored.load_scorer(use), texts) if use is not None else None
+        ranking = scored.diverse_order(scores, emb, diversity_threshold, keep)
+        report["diversity_threshold"] = diversity_threshold
+    elif method == "mig":
+        vectors, labels = scored.label_vectors(records, tags_key, quality_key)
+        p = scored.propagation(scored.label_graph(labels, embedder, label_threshold))
+        ranking, scores = scored.mig_order(vectors, p, keep, b=mig_exponent)
+        report.update(labels=len(labels), label_graph_edges=int((p > 0).sum() - len(labels)))
     else:
         scores = [float(len(t)) for t in texts]
-    ranking = sorted(range(len(records)), key=lambda i: (-scores[i], i))
+    if method not in ("deita", "mig"):  # a plain sort; deita and mig give their own selection order
+        ranking = sorted(range(len(records)), key=lambda i: (-scores[i], i))
     chosen = sorted(ranking[:keep])
     kept_scores = [scores[i] for i in chosen]
     report.update(records_in=len(records), records_out=keep, dropped=len(records) - keep,

@@ -9,6 +9,7 @@ from alignkit.objectives import (  # noqa: F401
     listwise,
     multiobjective,
     pairwise,
+    personal,
     reward,
     reward_structured,
     rl,

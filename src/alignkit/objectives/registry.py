@@ -36,6 +36,7 @@ EXTRAS = {
     "shared_tokens": "[B, K] leading completion tokens a response shares with another response of its record",
     "margin": "[B] the record's meta['margin'] (e.g. a score gap written by the pairs transform), NaN if absent",
     "p": "[B] the record's meta['p'] (a `p` column: P(chosen ≻ rejected) in [0, 1]), NaN if absent",
+    "user": "[B] int64 id of the record's meta['user'] (who labelled it: objectives.personal.user_id), -1 if absent",
     "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",
     "step_mask": "[B, K, S] which of up to S steps of each response exist (process reward models)",
     "step_labels": "[B, K, S] per-step labels 1.0 good / 0.0 bad (process reward models)",

@@ -105,6 +105,20 @@ def test_users_step_towards_the_prototype_that_agrees_and_unseen_users_get_the_p
     assert torch.equal(state["logits"], before)
 
 
+def test_ties_and_nan_padding_are_masked_and_extremes_stay_finite():
+    nan = float("nan")
+    r = torch.tensor([[[1e4, -1e4], [-1e4, 1e4]], [[0.3, 0.1], [0.3, 0.1]], [[0.7, 0.2], [nan, nan]]],
+                     requires_grad=True)
+    st = SequenceStats(logps=None, rewards=r, ranks=torch.tensor([[0, 1], [0, 0], [0, 1]]),
+                       valid=torch.tensor([[True, True], [True, True], [True, False]]),
+                       extra={"user": user_ids(["a", "a", "b"])})
+    for mix in ("reward", "likelihood"):
+        out = PAL(st, state={}, num_heads=2, mix=mix)
+        (g,) = torch.autograd.grad(out.loss, r)
+        assert out.per_example[1:].abs().max() == 0 and torch.isfinite(out.loss) and torch.isfinite(g).all()
+        assert g[1:].abs().max() == 0
+
+
 def test_pal_refuses_data_without_users():
     r = torch.zeros(1, 2, 2)
     with pytest.raises(DataError, match="'user' column"):

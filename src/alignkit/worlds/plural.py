@@ -19,7 +19,7 @@ GROUPS = ("A", "B")  # A prefers positive reviews, B negative ones
 
 def _reviews(rng: random.Random, positive: bool, margin: float) -> str:
     while True:
-        text = reviews._review(rng, coherence=0.9)
+        text = reviews.review(rng, coherence=0.9)
         r = reviews.reward(text)
         if (r > margin) if positive else (r < -margin):
             return text[len(reviews.PREFIX):]

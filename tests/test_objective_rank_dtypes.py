@@ -44,6 +44,8 @@ def stats_for(spec, ranks_dtype: torch.dtype) -> SequenceStats:
         kw.update(logps=None, rewards=torch.randn(shape, generator=g, dtype=D).requires_grad_(True))
         if "gate" in spec.extras:
             kw["extra"] = {"gate": torch.softmax(torch.randn(B, m, generator=g, dtype=D), -1)}
+        if "user" in spec.extras:
+            kw["extra"] = {"user": torch.tensor([5, -1])}
         if spec.name == "prm":
             kw["extra"] = {"step_mask": torch.ones(B, K, T, dtype=D),
                            "step_labels": torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=D).expand(B, K, T).clone()}
@@ -65,8 +67,8 @@ def test_the_rank_objectives_are_the_ones_expected():
     # a new objective that takes ranks joins the test below through the registry; this pins today's list
     assert RANK_OBJECTIVES == [
         "all_pairs", "asft", "bt", "bt_margin", "bt_pl", "cdpo", "cpo", "dpo", "fdpo", "gated_bt", "gpm",
-        "hinge", "ipo", "jpo", "lipo", "listnet", "mixture", "orpo", "plackett_luce", "poft", "prm", "rdpo",
-        "rpo", "sft", "simpo", "soft_dpo", "tpo", "unlikelihood",
+        "hinge", "ipo", "jpo", "lipo", "listnet", "mixture", "orpo", "pal", "plackett_luce", "poft", "prm",
+        "rdpo", "rpo", "sft", "simpo", "soft_dpo", "tpo", "unlikelihood",
     ]  # fmt: skip
 
 

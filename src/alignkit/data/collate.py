@@ -25,6 +25,7 @@ from torch import Tensor
 from alignkit.data.schema import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.errors import DataError
+from alignkit.objectives.personal import user_ids
 
 
 @dataclass
@@ -269,6 +270,8 @@ def collate(
         if any(isinstance(m, (int, float)) for m in values):
             batch.extra[name] = torch.tensor([float(m) if isinstance(m, (int, float)) else float("nan")
                                               for m in values])
+    if any(r.meta.get("user") is not None for r in records):  # who labelled each record, as a stable id
+        batch.extra["user"] = user_ids([r.meta.get("user") for r in records])
     if items[0].steps is not None:  # process reward models: positions and labels of each step's last token
         S = max(1, max(len(tr.steps) for tr in items))
         pos, lab, mask = (torch.zeros(len(items), K, S, dtype=d) for d in (torch.long, torch.float32, torch.bool))

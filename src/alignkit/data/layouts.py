@@ -17,7 +17,9 @@ Layouts and how `detect_layout` recognises them from the column names (first mat
 Every layout carries ``system``, ``id``, ``weight``, ``group`` into the record, merges a ``meta``
 dict column into ``meta`` and puts every other non-null column into ``meta`` too (integer ``id`` and
 ``group`` values become strings; null optional columns count as absent). A ``p`` column (or ``meta.p``),
-the soft label P(chosen ≻ rejected) of ``soft_dpo``, must be a number in [0, 1].
+the soft label P(chosen ≻ rejected) of ``soft_dpo``, must be a number in [0, 1]. A ``user`` column
+(or ``meta.user``), who labelled the record (personalised reward models, ``pal``), must be a non-empty
+string (an integer becomes one).
 
 ``text_cells=True`` (CSV): cells are strings, so a cell where a list is needed (responses, ranks,
 scores, labels, conversations) is JSON-decoded when it parses as a JSON list; a prompt/response
@@ -230,9 +232,20 @@ def _extras(r: Mapping[str, Any], used: Iterable[str], text: bool) -> dict[str, 
         if not 0 <= meta["p"] <= 1:
             raise _err("p", f"must be a probability in [0, 1] (P(chosen ≻ rejected)), got {meta['p']!r}",
                        "wrong_value")
+    if meta.get("user") is not None:  # who labelled the record (objective pal)
+        meta["user"] = _user(meta["user"])
     if meta:
         kw["meta"] = meta
     return kw
+
+
+def _user(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        got = repr(value) if isinstance(value, str) else type(value).__name__
+        raise _err("user", f"must be a non-empty string (a user id), got {got}", "wrong_type")
+    return value
 
 
 # ------------------------------------------------------------------------------------- layouts

@@ -35,6 +35,7 @@ from alignkit.executor.logprobs import ExecutorMismatch, decoder_mask, plain_seq
 from alignkit.io_atomic import atomic_write_text
 from alignkit.models.hub import resolve_model
 from alignkit.models.load import LoraConfig, apply_lora, attention_implementation, resolve_dtype
+from alignkit.objectives.personal import user_table
 from alignkit.objectives.stats import SequenceStats
 
 GATE = "alignkit_gate"
@@ -183,6 +184,8 @@ def write_info(final: Path, objective, num_outputs: int, gate: int) -> Path:
     info = {"objective": objective.name, "hparams": {k: v for k, v in {**term.spec.defaults, **term.hparams}.items()
                                                      if isinstance(v, (int, float, str, bool, list)) or v is None},
             "num_outputs": num_outputs, "gate": gate, "read_at": "last completion token (EOS)"}
+    if users := user_table(term.state):  # a personalised model (pal): each user's weights over the outputs
+        info["users"] = users
     path = Path(final) / "alignkit_reward.json"
     atomic_write_text(path, json.dumps(info, indent=2))
     return path

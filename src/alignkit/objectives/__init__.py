@@ -13,6 +13,7 @@ from alignkit.objectives import (  # noqa: F401
     nash,
     noisy,
     pairwise,
+    personal,
     reward,
     reward_structured,
     rl,

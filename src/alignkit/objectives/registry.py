@@ -40,6 +40,7 @@ EXTRAS = {
     "teacher_buckets": "[B, K, T, k+1] a teacher's log-probs of its top-k tokens per completion position, then the rest's",
     "student_buckets": "[B, K, T, k+1] the policy's log-probs of the teacher's top-k tokens, then the rest's (with grad)",
     "record_index": "[B] long, each record's position in its data (keys per-record objective state, e.g. lcpo)",
+    "user": "[B] int64 id of the record's meta['user'] (who labelled it: objectives.personal.user_id), -1 if absent",
     "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",
     "step_mask": "[B, K, S] which of up to S steps of each response exist (process reward models)",
     "step_labels": "[B, K, S] per-step labels 1.0 good / 0.0 bad (process reward models)",

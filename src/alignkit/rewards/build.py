@@ -5,6 +5,7 @@
     reward: mixture:rm:runs/rm/final           # Nash-MD: P(y ≻ y'), y' from the policy/reference mixture
     reward: "lsc(rm:runs/rm, samples=8)"       # transformed against reference samples (rewards/calibration.py)
     reward: "calibrated(rm:runs/rm, tilt=5)"
+    reward: "maxmin(rm:runs/rm_a, rm:runs/rm_b)"   # MaxMin-RLHF: each step the worst group's reward (rewards/maxmin.py)
     reward: [{reward: rule:exact_answer, weight: 1.0}, {reward: rule:regex:\\.$, weight: 0.1}]
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from alignkit.rewards.calibration import ReferenceCalibrated
 from alignkit.rewards.functions import GROUP_WRAPPERS, build_reward
+from alignkit.rewards.maxmin import MaxMinReward
 from alignkit.rewards.opponents import MixtureOpponentReward
 from alignkit.rewards.preference import WinRateReward, build_preference
 from alignkit.rewards.protocol import GroupReward, Pointwise, Weighted
@@ -29,6 +31,9 @@ def build_group_reward(spec: Any, tokenizer=None, device=None) -> GroupReward:
     if isinstance(spec, (list, tuple)):
         return Weighted([(build_group_reward(p["reward"] if isinstance(p, dict) else p, tokenizer, device),
                           float(p.get("weight", 1.0)) if isinstance(p, dict) else 1.0) for p in spec])
+    if (call := parse_call(spec, ("maxmin",))) is not None:
+        call.options({})  # takes no options
+        return MaxMinReward([build_group_reward(a, tokenizer, device) for a in call.args])
     if (call := parse_call(spec, GROUP_WRAPPERS)) is not None:  # lsc(...), calibrated(...)
         return ReferenceCalibrated(call, build_reward(call.one_arg(), tokenizer, device))
     kind, _, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")

@@ -139,7 +139,8 @@ def labelled_records(prompts: list[str], completions: list[list[str]], shape: st
     return out, dropped
 
 
-def _review(rng: random.Random, coherence: float) -> str:
+def review(rng: random.Random, coherence: float) -> str:
+    """One full review from the grammar, drawn with ``rng`` (module docstring)."""
     mood = rng.random() < 0.5
     n_clauses = rng.choices((1, 2, 3), weights=CLAUSE_WEIGHTS)[0]
     parts = []
@@ -159,7 +160,7 @@ def _review(rng: random.Random, coherence: float) -> str:
 def corpus(n: int, seed: int = 0, coherence: float = 0.8) -> list[str]:
     """``n`` full reviews (each starting with ``"Review:"``) for pretraining; deterministic in ``seed``."""
     rng = random.Random(seed)
-    return [_review(rng, coherence) for _ in range(n)]
+    return [review(rng, coherence) for _ in range(n)]
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:

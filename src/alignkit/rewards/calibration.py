@@ -14,8 +14,8 @@
   every prompt whatever its reward scale; with ``tilt=t`` the exponential transform ``exp(t·C)`` the paper
   derives for best-of-N (t > 0) and worst-of-N (t < 0) inference.
 
-The reference samples of a prompt are drawn once (the same seed for the same prompt in every process and run)
-and their rewards cached for the run. In online training the reference is the run's reference model; in
+The reference samples of a prompt are drawn once, in one batch with the other prompts first seen in the same
+step (seeded by those prompts' text, so a rerun draws the same samples), and their rewards cached for the run. In online training the reference is the run's reference model; in
 ``alignkit generate --method bon|soft_bon|...`` it is the model being sampled (best-of-N aligns π against
 itself).
 """

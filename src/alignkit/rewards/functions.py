@@ -141,8 +141,8 @@ def weighted_heads(score: float | list[float], weights: list[float] | None, path
 
 def wrapped_model_reward(call: Call, device=None) -> RewardFn:
     """``ensemble(rm:A, [rm:B, ...], aggregate=..., lam=...)`` or ``heads(rm:PATH, weights=[...])``."""
-    paths = [_rm_path(a, call.name) for a in call.args]
     if call.name == "ensemble":
+        paths = [_rm_path(a, call.name) for a in call.args]
         o = call.options({"aggregate": "mean", "lam": 1.0})
         if o["aggregate"] not in AGGREGATE_MODES:
             raise ConfigError(f"reward ensemble(...): aggregate must be one of {AGGREGATE_MODES}, got {o['aggregate']!r}")
@@ -150,8 +150,7 @@ def wrapped_model_reward(call: Call, device=None) -> RewardFn:
     o = call.options({"weights": None})
     if not isinstance(o["weights"], list) or not all(isinstance(w, (int, float)) for w in o["weights"]):
         raise ConfigError(f"reward heads(...) needs weights=[w1, w2, ...] (numbers), got {o['weights']!r}")
-    call.one_arg()  # one multi-output model
-    return model_reward(paths, device, weights=[float(w) for w in o["weights"]])
+    return model_reward(_rm_path(call.one_arg(), call.name), device, weights=[float(w) for w in o["weights"]])
 
 
 def _rm_path(spec: str, wrapper: str) -> str:

@@ -64,6 +64,8 @@ VARIANTS = {  # name -> (label, worker script, extra args)
     "trl_best": ("TRL best options", "_trl_worker.py", ["--variant", "best"]),
     "alignkit": ("alignkit defaults", "_alignkit_worker.py", []),
     "alignkit_live_ref": ("alignkit ref_cache=off", "_alignkit_worker.py", ["--ref-cache", "off"]),
+    # TRL's defaults checkpoint activations; this is alignkit with the same setting (less memory, more time)
+    "alignkit_ckpt": ("alignkit grad. ckpt", "_alignkit_worker.py", ["--set", "gradient_checkpointing=true"]),
 }
 
 
@@ -327,7 +329,7 @@ def print_report(results: dict, info: dict, args) -> None:
         per = "; ".join(f"{VARIANTS[n][0]} " + ", ".join(fmt(x, ".3f") for x in r["rounds_seconds_per_step"])
                         for n, r in results.items())
         print(f"mean s/step of each round (the table shows the fastest): {per}")
-    for ak in ("alignkit", "alignkit_live_ref"):
+    for ak in ("alignkit", "alignkit_live_ref", "alignkit_ckpt"):
         for name in ("trl_default", "trl_best"):
             if ak in ok and name in ok:
                 a, r = ok[ak], ok[name]

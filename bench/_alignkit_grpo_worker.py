@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from _grpo_common import grpo_parser, preload_model_code, summarize_steps
+from _grpo_common import grpo_parser, preload_model_code, summarize_steps, time_hf_generate
 from _worker_common import peak_memory_mb, run_and_write
 
 T_START = time.perf_counter()
@@ -59,6 +59,8 @@ def run(args) -> dict:
     setup = time.perf_counter() - t_init
     device = trainer.accelerator.device
     gen_log: list = []
+    hf_log: list = []
+    time_hf_generate(hf_log)
     timed_generate(gen_log, args.rollout_backend)
     step_seconds, step_cpu, history, prompts = [], [], [], []
     for s in range(total):
@@ -79,7 +81,7 @@ def run(args) -> dict:
                                                     "max_grad_norm", "updates_per_batch", "dtype", "seed",
                                                     "rollout_backend")},
         "setup_seconds": setup, "notes": [],
-        **summarize_steps(step_seconds, step_cpu, gen_log, args.warmup),
+        **summarize_steps(step_seconds, step_cpu, gen_log, args.warmup, hf_log),
         "peak_memory_mb": peak_memory_mb(device), "step_prompts": prompts, "history": history,
         "worker_seconds": time.perf_counter() - T_START,
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 
-from _grpo_common import grpo_parser, preload_model_code, summarize_steps
+from _grpo_common import grpo_parser, preload_model_code, summarize_steps, time_hf_generate
 from _worker_common import alignkit_order, peak_memory_mb, run_and_write, step_timer, sync
 
 T_START = time.perf_counter()
@@ -72,6 +72,8 @@ def run(args) -> dict:
                           train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
     setup = time.perf_counter() - t_init
     gen_log: list = []
+    hf_log: list = []
+    time_hf_generate(hf_log)
     inner = trainer._generate_single_turn
 
     def timed(*a, **kw):
@@ -93,7 +95,7 @@ def run(args) -> dict:
         "transformers_version": transformers.__version__, "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(), "options": used, "notes": [],
         "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
-        "setup_seconds": setup, **summarize_steps(step_seconds, step_cpu, gen_log, args.warmup),
+        "setup_seconds": setup, **summarize_steps(step_seconds, step_cpu, gen_log, args.warmup, hf_log),
         "peak_memory_mb": peak_memory_mb(device),
         "step_prompts": [p[:: args.k] for p in seen], "history": history,
         "worker_seconds": time.perf_counter() - T_START,

@@ -35,7 +35,7 @@ EXTRA_ARGS = {"alignkit-vllm": ["--rollout-backend", "vllm"]}
 COLUMNS = [  # (header, result key, format)
     ("s/step", "seconds_per_step", ".3f"), ("min", "min_seconds_per_step", ".3f"),
     ("gen s/step", "generation_seconds_per_step", ".3f"), ("train s/step", "train_seconds_per_step", ".3f"),
-    ("rollout tok/s", "rollout_tokens_per_second", ".0f"), ("gen tok/step", "generated_tokens_per_step", ".0f"),
+    ("rollout tok/s", "rollout_tokens_per_second", ".0f"), ("HF gen s/step", "hf_generate_seconds_per_step", ".3f"), ("gen tok/step", "generated_tokens_per_step", ".0f"),
     ("CPU s/step", "cpu_seconds_per_step", ".3f"), ("peak MB", "peak_memory_mb", ".0f"),
     ("setup s", "setup_seconds", ".1f"), ("other", "other_cores", ".2f"),
 ]
@@ -43,7 +43,8 @@ RATIOS = [  # (label, key, higher is better)
     ("s/step", "seconds_per_step", False), ("CPU s/step (less load-sensitive)", "cpu_seconds_per_step", False),
     ("generation s/step", "generation_seconds_per_step", False),
     ("train s/step (excl. generation)", "train_seconds_per_step", False),
-    ("rollout tokens/s", "rollout_tokens_per_second", True), ("peak RSS", "peak_memory_mb", False),
+    ("rollout tokens/s", "rollout_tokens_per_second", True),
+    ("HF generate s/step (sampling only)", "hf_generate_seconds_per_step", False), ("peak RSS", "peak_memory_mb", False),
 ]
 
 
@@ -93,6 +94,8 @@ def print_report(results: dict, info: dict, args) -> None:
         print(f"{label:<18}" + "".join(f"{fmt(r.get(k), spec):>{max(len(h) + 2, 8)}}" for h, k, spec in COLUMNS))
     print("gen: generation only (the generate call); train = step - gen (rewards, old/reference log-probs,\n"
           "backward, optimizer); rollout tok/s = generated completion tokens (EOS included) / gen seconds;\n"
+          "HF gen: seconds inside transformers' generate alone (TRL's timed call starts from token ids and\n"
+          "returns token ids; alignkit's gen also tokenizes the prompts and decodes the samples);\n"
           "other: cores used by other processes during the run (of the machine's; ideally ~0)")
     if args.rounds > 1:
         print("s/step of each round (the table shows the fastest): " + "; ".join(
@@ -107,6 +110,8 @@ def compare(a: dict, t: dict, label_a: str) -> None:
     """Ratios of one alignkit variant to TRL, and both runs' reward and length per step."""
     print(f"\n{label_a} / TRL (same run):")
     for label, key, higher in RATIOS:
+        if a.get(key) is None or not t.get(key):  # e.g. no transformers generate call under vLLM
+            continue
         ratio = a[key] / t[key]
         better = "alignkit faster" if (ratio > 1) == higher else "TRL faster"
         if key == "peak_memory_mb":

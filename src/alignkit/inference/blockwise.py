@@ -99,6 +99,17 @@ class PrefixLM:
         self.cache.batch_select_indices(torch.tensor([j], device=self.device))
         self.logits = self.logits[j:j + 1]
 
+    def mark(self) -> tuple[int, Tensor]:
+        """Where the prefix stands (its length and next-token logits), for `rewind`."""
+        return self.length, self.logits
+
+    def rewind(self, mark: tuple[int, Tensor]) -> None:
+        """Drop every token fed since ``mark`` (from `mark`) from the cache: the prefix is as it was then."""
+        length, logits = mark
+        if self.length > length:
+            self.cache.crop(length - self.length)  # a negative count removes that many positions
+        self.length, self.logits = length, logits
+
 
 def sample_block(lm: PrefixLM, steps: int, last_step: bool, settings: InferenceSettings, eos: list[int], pad: int,
                  gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -243,16 +243,20 @@ def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettin
 def cd(model, tokenizer, prompts, rows, settings, options: CdOptions, reward_fn=None, helper=None):
     """Controlled decoding (module docstring): one prompt at a time, B candidate blocks in a batch."""
     _check_options(options, reward_fn, helper)
+    return per_prompt([m for m in (model, helper) if m is not None], prompts, rows, settings,
+                      lambda p, r, gen: _one_prompt(model, helper, tokenizer, p, r, settings, options, reward_fn, gen))
+
+
+def per_prompt(models, prompts, rows, settings: InferenceSettings, one) -> list[InferenceOutput]:
+    """``one(prompt, row, gen)`` for each prompt in turn, with ``models`` in eval mode (their modes restored
+    after) and one ``torch.Generator`` seeded ``settings.seed`` on the first model's device for all prompts."""
     check_sampling(settings.temperature, settings.top_p, settings.max_new_tokens)
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(settings.seed)
-    models = [m for m in (model, helper) if m is not None]
+    gen = torch.Generator(device=next(models[0].parameters()).device).manual_seed(settings.seed)
     modes = [m.training for m in models]
     try:
         for m in models:
             m.eval()
-        return [_one_prompt(model, helper, tokenizer, p, r, settings, options, reward_fn, gen)
-                for p, r in zip(prompts, rows)]
+        return [one(p, r, gen) for p, r in zip(prompts, rows)]
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

@@ -56,10 +56,9 @@ import torch
 
 from alignkit.errors import ConfigError
 from alignkit.generation import eos_and_pad, prompt_ids
-from alignkit.generation.decoding import check_sampling
 from alignkit.generation.prefill import pick_token
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
-from alignkit.inference.blockwise import PrefixLM
+from alignkit.inference.blockwise import PrefixLM, per_prompt
 from alignkit.inference.guided import _scalar_rewards
 
 
@@ -156,16 +155,5 @@ def _one_prompt(target, draft, tokenizer, prompt, row, settings: InferenceSettin
 def rsd(model, tokenizer, prompts, rows, settings, options: RsdOptions, reward_fn=None, helper=None):
     """RSD (module docstring): ``model`` the target, ``helper`` the draft; one prompt at a time."""
     _check(options)
-    check_sampling(settings.temperature, settings.top_p, settings.max_new_tokens)
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(settings.seed)
-    models = [model, helper]
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        return [_one_prompt(model, helper, tokenizer, p, r, settings, options, reward_fn, gen)
-                for p, r in zip(prompts, rows)]
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
+    return per_prompt([model, helper], prompts, rows, settings,
+                      lambda p, r, gen: _one_prompt(model, helper, tokenizer, p, r, settings, options, reward_fn, gen))

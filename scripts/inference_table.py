@@ -1,7 +1,7 @@
 """The inference-time reward–KL frontier on the demo world, next to the DPO frontier of `alignkit demo`.
 
     .venv/bin/python scripts/inference_table.py [--demo demo_out] [--prompts 128] [--out docs] [--only-interpolate]
-        [--only METHOD ...] [--redraw]
+        [--only METHOD ...] [--only rsd] [--redraw]
 
 Uses the demo's pretrained review model (``demo_out/world/pretrain/final``; `alignkit demo` is run first
 if it is missing) and its held-out prompts (`reviews.prompts(n, seed=2)`, the demo's evaluation prompts).
@@ -14,6 +14,9 @@ nats per response: see docs/inference.md for each estimator) and its cost in mod
 The DPO rows are the demo's own (β sweep; KL k1 of samples under the trained policy vs the reference).
 ``interpolate`` (model interpolation, DeRa) needs no reward: it mixes the base model with the demo's DPO
 β = 0.1 policy (``demo_out/dpo_beta0.1/final``) at weights w in `WEIGHTS`, one sample per prompt.
+``rsd`` (reward-guided speculative decoding) drafts with the weak pretrained model and falls back on that DPO
+policy (the target) where a drafted step's gold reward is below δ, for δ in `THRESHOLDS` (steps of `RSD_STEP`
+tokens); ``--only rsd`` reruns just those rows.
 Writes ``docs/inference_results.md`` and ``docs/inference_frontier.png``.
 """
 
@@ -44,6 +47,8 @@ METHODS = {  # table label -> (method, options for a given N)
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # interpolate: weight of the tuned (DPO β = 0.1) model
 TUNED = "dpo_beta0.1/final"
+THRESHOLDS = (-math.inf, 0.0, 0.5, 1.0, math.inf)  # rsd: δ; -inf is the draft alone, +inf the target alone
+RSD_STEP = 4  # rsd: tokens per step
 
 
 def gold(prompts, completions, rows):
@@ -89,6 +94,54 @@ def run_interpolate(model_path: str, tuned_path: str, prompts: list[str], max_ne
     return rows
 
 
+def run_rsd(draft_path: str, target_path: str, prompts: list[str], max_new_tokens: int, seed: int) -> list[dict]:
+    """``rsd`` with the base model drafting and the tuned one as target, guided by the gold reward, per δ."""
+    tok, draft, target = load_tokenizer(draft_path), load_model(draft_path), load_model(target_path)
+    rows = []
+    for threshold in THRESHOLDS:
+        t0 = time.perf_counter()
+        outs = run_method("rsd", target, tok, prompts, settings=InferenceSettings(
+            max_new_tokens=max_new_tokens, seed=seed), options={"threshold": threshold, "step": RSD_STEP},
+            reward_fn=gold, helper=draft)
+        n = len(outs)
+        rows.append({**summary(outs, t0, method="rsd", threshold=threshold),
+                     "acceptance": sum(o.extra["acceptance"] for o in outs) / n,
+                     "target_calls": sum(o.extra["target_calls"] for o in outs) / n})
+    return rows
+
+
+def rsd_markdown(rsd: list[dict]) -> list[str]:
+    """The rsd section: one row per threshold δ (none before the first ``--only rsd`` run)."""
+    if not rsd:
+        return []
+    lines = ["", "Reward-guided speculative decoding (`rsd`, alias `rps`; Liao et al. 2025): the pretrained model "
+             f"drafts each {RSD_STEP}-token step (`--helper`), the gold reward scores the partial text, and a step "
+             "scoring below δ is rewritten by the target, the demo's DPO β = 0.1 policy (`--model`). δ = −inf is "
+             "the draft alone, +inf the target alone. acceptance: the share of drafted steps kept; target calls: "
+             "the target's forward passes per prompt (prefill, its own tokens, one pass per kept step; δ = −inf never "
+             "runs it, +inf never runs the draft). No KL column: the method has no KL estimate "
+             "(docs/inference.md), so these rows are not in the plot. Seconds are wall time on a 2-core CPU "
+             "shared with other jobs while these rows ran: pessimistic and noisy; the calls and tokens columns "
+             "are the cost to compare.", "",
+             "| δ | gold reward | acceptance | target calls / prompt | model calls / prompt | tokens / prompt | "
+             "seconds |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rsd:
+        d = r["threshold"]
+        shown = "−inf" if d == -math.inf else "+inf" if d == math.inf else f"{d:g}"
+        lines.append(f"| {shown} | {r['reward']:.3f} | {r['acceptance']:.2f} | {r['target_calls']:.1f} | "
+                     f"{r['calls']:.1f} | {r['tokens']:.0f} | {r['seconds']:.1f} |")
+    finite = [r for r in rsd if math.isfinite(r["threshold"])]
+    alone = [r for r in rsd if r["threshold"] == math.inf]
+    if finite and alone:
+        best = max(finite, key=lambda r: r["reward"])
+        lines += ["", f"At δ = {best['threshold']:g} rsd reaches gold reward {best['reward']:.3f} with "
+                  f"{best['target_calls']:.1f} target passes per prompt, against {alone[0]['reward']:.3f} and "
+                  f"{alone[0]['target_calls']:.1f} for the target alone: the guiding reward (here the gold one, the "
+                  "best case) keeps the draft's good steps, each costing the target one parallel pass, and hands "
+                  "the rest to the target, so the mixture can beat the target itself, as the paper reports."]
+    return lines
+
+
 def dpo_rows(demo: Path) -> list[dict]:
     results = json.loads((demo / "results.json").read_text())
     ref = results["reference_row"]
@@ -98,7 +151,7 @@ def dpo_rows(demo: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict], dpo: list[dict], interp: list[dict], n_prompts: int, seconds: float,
-             interp_seconds: float) -> str:
+             interp_seconds: float, rsd: list[dict]) -> str:
     lines = ["# Inference-time alignment on the demo world: the reward–KL frontier", "",
              "Generated by `scripts/inference_table.py` (do not edit by hand). Base model: the demo's pretrained "
              f"review model; {n_prompts} held-out prompts, one output per prompt and method, guided by the gold "
@@ -122,6 +175,7 @@ def markdown(rows: list[dict], dpo: list[dict], interp: list[dict], n_prompts: i
     for r in interp:
         lines.append(f"| {r['w']:g} | {r['reward']:.3f} | {round(r['kl'], 2) + 0.0:.2f} | {r['calls']:.0f} | {r['tokens']:.0f} | "
                      f"{r['seconds']:.1f} |")
+    lines += rsd_markdown(rsd)
     lines += ["", "bon's bound log N − (N−1)/N: " + ", ".join(f"N={n}: {math.log(n) - (n - 1) / n:.2f}" for n in NS),
               "", "![frontier](inference_frontier.png)", "",
               "Reading it: the methods are guided by the gold reward itself, the best case for inference-time "
@@ -172,8 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="docs")
     p.add_argument("--only-interpolate", action="store_true",
                    help="rerun only the interpolate rows; keep the other rows (and total time) from OUT/inference_results.json")
-    p.add_argument("--only", action="append", choices=list(METHODS), default=None,
-                   help="rerun only this method's rows (repeatable); keep the others from OUT/inference_results.json")
+    p.add_argument("--only", action="append", choices=[*METHODS, "rsd"], default=None,
+                   help="rerun only this method's rows (repeatable; rsd: the speculative-decoding rows); keep the "
+                        "others from OUT/inference_results.json")
     p.add_argument("--redraw", action="store_true",
                    help="run nothing: rewrite the markdown and the plot from OUT/inference_results.json")
     args = p.parse_args(argv)
@@ -182,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.redraw:
         kept = json.loads((out / "inference_results.json").read_text())
         write(out, kept["rows"], kept["dpo"], kept["interpolate"], args.prompts, kept["seconds"],
-              kept["interpolate_seconds"])
+              kept["interpolate_seconds"], kept.get("rsd", []))
         return
     demo = Path(args.demo)
     if not (demo / "results.json").exists():
@@ -195,15 +250,21 @@ def main(argv: list[str] | None = None) -> None:
         rows, seconds = kept["rows"], kept.get("seconds", 64.0)  # 64 s: the first run's total
     elif args.only:
         kept = json.loads((out / "inference_results.json").read_text())
+        labels = [m for m in args.only if m in METHODS]
         new = run_all(str(demo / "world" / "pretrain" / "final"), reviews.prompts(args.prompts, seed=2),
-                      args.max_new_tokens, args.seed, args.only)
-        rows = [r for r in kept["rows"] if r["method"] not in args.only] + new
+                      args.max_new_tokens, args.seed, labels) if labels else []
+        rows = [r for r in kept["rows"] if r["method"] not in labels] + new
         replaced = sum(r["seconds"] for r in kept["rows"] if r["method"] in args.only)
         seconds = kept.get("seconds", 64.0) - replaced + sum(r["seconds"] for r in new)  # the methods' own time
     else:
         rows = run_all(str(demo / "world" / "pretrain" / "final"), reviews.prompts(args.prompts, seed=2),
                        args.max_new_tokens, args.seed)
         seconds = time.perf_counter() - t0
+    if args.only and "rsd" not in args.only:
+        rsd = kept.get("rsd", [])
+    else:
+        rsd = run_rsd(str(demo / "world" / "pretrain" / "final"), str(demo / TUNED),
+                      reviews.prompts(args.prompts, seed=2), args.max_new_tokens, args.seed)
     t1 = time.perf_counter()
     if args.only:
         interp, interp_seconds = kept["interpolate"], kept["interpolate_seconds"]
@@ -211,19 +272,19 @@ def main(argv: list[str] | None = None) -> None:
         interp = run_interpolate(str(demo / "world" / "pretrain" / "final"), str(demo / TUNED),
                                  reviews.prompts(args.prompts, seed=2), args.max_new_tokens, args.seed)
         interp_seconds = time.perf_counter() - t1
-    write(out, rows, dpo_rows(demo), interp, args.prompts, seconds, interp_seconds)
+    write(out, rows, dpo_rows(demo), interp, args.prompts, seconds, interp_seconds, rsd)
     print((out / "inference_results.md").read_text())
 
 
 def write(out: Path, rows: list[dict], dpo: list[dict], interp: list[dict], n_prompts: int, seconds: float,
-          interp_seconds: float) -> None:
+          interp_seconds: float, rsd: list[dict]) -> None:
     """``inference_results.md``, ``inference_frontier.png`` and ``inference_results.json`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "inference_results.md").write_text(markdown(rows, dpo, interp, n_prompts, seconds, interp_seconds))
+    (out / "inference_results.md").write_text(markdown(rows, dpo, interp, n_prompts, seconds, interp_seconds, rsd))
     plot(rows, dpo, interp, out / "inference_frontier.png")
     (out / "inference_results.json").write_text(json.dumps({
         "rows": rows, "dpo": dpo, "interpolate": interp, "seconds": round(seconds, 1),
-        "interpolate_seconds": round(interp_seconds, 1)}, indent=1))
+        "interpolate_seconds": round(interp_seconds, 1), "rsd": rsd}, indent=1))
 
 
 if __name__ == "__main__":

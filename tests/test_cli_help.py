@@ -84,7 +84,7 @@ def test_generate_help_lists_every_registered_method_including_a_new_one(capsys)
         del METHODS["zz_help_probe"]
     text = capsys.readouterr().out
     names = sorted(builtin_methods())
-    assert len(names) == 12
+    assert len(names) == 13
     for name in [*names, "zz_help_probe"]:
         assert re.search(rf"^  {name} +\S", text, re.M), name
     assert re.search(r"^  zz_help_probe +a probe registered by the test \[needs --reward\]\n +--set width=3$", text, re.M)

@@ -76,7 +76,8 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {}
 # modules whose import registers the built-in methods (imported on first use, not with the package)
-BUILTIN_MODULES = ("bon", "guided", "blockwise", "search", "urial", "grammar")
+BUILTIN_MODULES = ("bon", "guided", "blockwise", "search", "urial", "grammar", "speculative")
+ALIASES = {"rps": "rsd"}  # other names a method answers to (``--method rps`` is ``rsd``)
 
 
 def builtin_methods() -> dict[str, MethodSpec]:
@@ -107,6 +108,7 @@ def method_options(name: str, values: dict[str, Any] | None = None):
 
 def get_method(name: str) -> MethodSpec:
     builtin_methods()
+    name = ALIASES.get(name, name)
     if name not in METHODS:
         raise ConfigError(f"unknown inference method {name!r}; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]

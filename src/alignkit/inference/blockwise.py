@@ -99,6 +99,17 @@ class PrefixLM:
         self.cache.batch_select_indices(torch.tensor([j], device=self.device))
         self.logits = self.logits[j:j + 1]
 
+    def mark(self) -> tuple[int, Tensor]:
+        """Where the prefix stands (its length and next-token logits), for `rewind`."""
+        return self.length, self.logits
+
+    def rewind(self, mark: tuple[int, Tensor]) -> None:
+        """Drop every token fed since ``mark`` (from `mark`) from the cache: the prefix is as it was then."""
+        length, logits = mark
+        if self.length > length:
+            self.cache.crop(length - self.length)  # a negative count removes that many positions
+        self.length, self.logits = length, logits
+
 
 def sample_block(lm: PrefixLM, steps: int, last_step: bool, settings: InferenceSettings, eos: list[int], pad: int,
                  gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -232,16 +243,20 @@ def _one_prompt(model, helper, tokenizer, prompt, row, settings: InferenceSettin
 def cd(model, tokenizer, prompts, rows, settings, options: CdOptions, reward_fn=None, helper=None):
     """Controlled decoding (module docstring): one prompt at a time, B candidate blocks in a batch."""
     _check_options(options, reward_fn, helper)
+    return per_prompt([m for m in (model, helper) if m is not None], prompts, rows, settings,
+                      lambda p, r, gen: _one_prompt(model, helper, tokenizer, p, r, settings, options, reward_fn, gen))
+
+
+def per_prompt(models, prompts, rows, settings: InferenceSettings, one) -> list[InferenceOutput]:
+    """``one(prompt, row, gen)`` for each prompt in turn, with ``models`` in eval mode (their modes restored
+    after) and one ``torch.Generator`` seeded ``settings.seed`` on the first model's device for all prompts."""
     check_sampling(settings.temperature, settings.top_p, settings.max_new_tokens)
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(settings.seed)
-    models = [m for m in (model, helper) if m is not None]
+    gen = torch.Generator(device=next(models[0].parameters()).device).manual_seed(settings.seed)
     modes = [m.training for m in models]
     try:
         for m in models:
             m.eval()
-        return [_one_prompt(model, helper, tokenizer, p, r, settings, options, reward_fn, gen)
-                for p, r in zip(prompts, rows)]
+        return [one(p, r, gen) for p, r in zip(prompts, rows)]
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

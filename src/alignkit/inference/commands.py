@@ -31,7 +31,7 @@ from alignkit.models.hub import OFFLINE_HELP
 
 
 def add_parsers(sub) -> None:
-    from alignkit.inference.base import builtin_methods
+    from alignkit.inference.base import ALIASES, builtin_methods
 
     methods = builtin_methods()
     g = sub.add_parser("generate", help="sample completions, plainly (K per prompt) or with an inference method",
@@ -47,9 +47,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--k", type=int, default=None, help="samples per prompt without --method (default 4)")
     g.add_argument("--method", default=None, metavar="METHOD",
                    help=f"an inference-time alignment method: {', '.join(sorted(methods))} (each described below; "
-                        "its options with --set)")
+                        f"its options with --set; aliases: {', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
     g.add_argument("--reward", default=None, help="reward spec for --method: rm:PATH, module:function, rule:...")
-    g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, interpolate, cd)")
+    g.add_argument("--helper", default=None, help="a second model for --method (nudging, genarm, interpolate, cd; rsd's draft model)")
     g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="options of --method, e.g. --set n=16 tau=0.5")
     g.add_argument("--n", type=int, default=None, help="shortcut for --set n=N")
@@ -180,6 +180,9 @@ def summary_line(outputs: list) -> str:
                              ("tokens/prompt", mean(o.tokens for o in outputs), ".1f"),
                              ("mean KL", mean(o.kl for o in outputs), ".4f")):
         parts.append(f"{name} {'n/a' if value is None else format(value, fmt)}")
+    accepted = mean(o.extra.get("acceptance") for o in outputs)  # speculative methods: share of draft steps kept
+    if accepted is not None:
+        parts.append(f"acceptance {accepted:.3f}")
     return ", ".join(parts)
 
 

@@ -151,7 +151,9 @@ def load_tables(path: Path, meta: dict[str, str], data: TokenizedDataset, top_k:
     stale = [k for k in meta if have.get(k) != meta[k]]
     if stale:
         raise UnusableCache(f"its {', '.join(stale)} differ from this run's")
-    check_vocab("teacher", have.get("teacher_path", "?"), int(have.get("vocab", -1)), vocab)
+    if not have.get("vocab", "").isdigit():
+        raise UnusableCache("it does not say the teacher's vocabulary size")
+    check_vocab("teacher", have.get("teacher_path", "?"), int(have["vocab"]), vocab)
     check_tables(tables, data, top_k, vocab, with_ref)
     return tables
 

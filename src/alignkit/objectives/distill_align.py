@@ -100,8 +100,8 @@ def adpa(stats: SequenceStats, beta: float = 0.1, kd: float = 0.0, direction: st
     The advantage comes from the DPO-aligned ``teacher`` and the model it was aligned from, ``teacher_ref``; with
     zero advantage (teacher = teacher_ref) the loss is ``kd`` times `distill`'s. The first term is linear in the
     student's probabilities: alone it drives each position towards its highest-advantage token, so keep the
-    steps few, or add ``kd`` or an `sft` term. The authors' training code applies it to the dispreferred
-    responses (``responses=rejected``).
+    steps few, or add ``kd`` or an `sft` term. A public implementation built on the authors' code computes it on
+    the dispreferred responses only (``responses=rejected``).
 
     Args:
         stats: ``token_mask`` [B, K, T]; the three bucket extras [B, K, T, k+1]; ranks, scores or labels when

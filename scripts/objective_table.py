@@ -73,6 +73,14 @@ RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out
      {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
     ("aligndistil_contrast", "aligndistil", {"beta": 0.1, "target": "extrapolate"}, [], NOISY,
      {"teacher": "{out}/dpo_noisy/final", "teacher_ref": "{out}/dpo_noisy_reverse/final", "teacher_top_k": 32}),
+    # the adaptive weight's slope: the authors' 10 suits models far closer to their reference than this world's
+    ("aligndistil_mixture_s1", "aligndistil", {"beta": 0.1, "target": "mixture", "scale": 1.0}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
+    ("aligndistil_contrast_s1", "aligndistil", {"beta": 0.1, "target": "extrapolate", "scale": 1.0}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_ref": "{out}/dpo_noisy_reverse/final", "teacher_top_k": 32}),
+    # ADPA alone (no DCKD term) on the dispreferred responses
+    ("adpa_rejected", "adpa", {"beta": 0.1, "responses": "rejected"}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
 ]
 TEACHER_METRICS = ("kl", "teacher_mass", "advantage", "teacher_advantage", "weight", "teacher_l1")
 

@@ -7,9 +7,18 @@ marked by wrapping the trainer's collate / reference / policy / backward / optim
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from _worker_common import device_name, peak_memory_mb, precision, run_and_write, worker_parser
+from _worker_common import (
+    current_memory_mb,
+    device_name,
+    import_run_libraries,
+    peak_memory_mb,
+    precision,
+    run_and_write,
+    worker_parser,
+)
 
 T_START = time.perf_counter()
 
@@ -80,6 +89,8 @@ def run(args) -> dict:
     from alignkit.config import TrainConfig
     from alignkit.engine.trainer import Trainer
 
+    import_run_libraries(args.model)
+    baseline = current_memory_mb(torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # post-import
     total = args.warmup + args.steps
     prec = precision(args.precision)  # bf16: fp32 weights + bf16 autocast, like TRL's bf16=True
     config = TrainConfig(model=args.model, data=args.data, objective="dpo", beta=args.beta, batch_size=args.batch,
@@ -87,7 +98,7 @@ def run(args) -> dict:
                          mixed_precision="bf16" if prec == "bf16" else "no", seed=args.seed,
                          output_dir=args.output_dir, progress=False)
     if args.ref_cache:  # e.g. off: a live reference model, like TRL's default
-        config.ref_cache = args.ref_cache
+        config = dataclasses.replace(config, ref_cache=args.ref_cache)
     if args.set:  # experiments: any TrainConfig key, e.g. max_row_tokens=256
         from alignkit.config import from_dict, parse_overrides
 
@@ -146,6 +157,7 @@ def run(args) -> dict:
         "tokens_per_second": sum(tokens[args.warmup :]) / sum(timed),
         "positions_per_step": sum(positions) / len(positions),
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_after_setup_mb": rss_after_setup,
+        "baseline_memory_mb": baseline,
         "first_batch_rows": trainer.order.indices(0), "step_rows": [trainer.order.indices(s) for s in range(total)],
         "first_batch_logps": first,
         "history": history,

@@ -19,7 +19,9 @@ import time
 
 from _worker_common import (
     alignkit_order,
+    current_memory_mb,
     device_name,
+    import_run_libraries,
     peak_memory_mb,
     precision,
     run_and_write,
@@ -56,6 +58,8 @@ def run(args) -> dict:
     from datasets import Dataset
     from trl import DPOTrainer
 
+    import_run_libraries(args.model)
+    baseline = current_memory_mb(torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # post-import
     rows = [json.loads(line) for line in open(args.data, encoding="utf-8") if line.strip()]
     perm = alignkit_order(len(rows), args.batch, args.seed)  # fed sequentially
     dataset = Dataset.from_list([rows[i] for i in perm])
@@ -121,6 +125,7 @@ def run(args) -> dict:
         "cpu_seconds_per_step": sum(step_cpu[args.warmup : total]) / len(timed), "tokens_per_step": tokens,
         "tokens_per_second": timed_tokens / sum(timed), "positions_per_step": sum(positions) / len(positions),
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_after_setup_mb": rss_after_setup,
+        "baseline_memory_mb": baseline,
         "first_batch_rows": perm[: args.batch],
         "step_rows": [perm[s * args.batch : (s + 1) * args.batch] for s in range(total)],
         "first_batch_logps": {"chosen": chosen.float().tolist(), "rejected": rejected.float().tolist()},

@@ -22,6 +22,34 @@ def peak_memory_mb(device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
+def current_memory_mb(device) -> float:
+    """Memory in use now: torch's allocated GPU memory, or this process's resident set on CPU (Linux
+    ``/proc/self/statm``; elsewhere the peak so far, the best available)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return peak_memory_mb(device)
+
+
+def import_run_libraries(model_path: str) -> None:
+    """Import what a run uses besides the framework itself — accelerate, datasets and the model's transformers
+    modelling module — so that the post-import memory baseline is taken after the same libraries in every
+    worker (alignkit imports accelerate and datasets only when a trainer is built; TRL when trl is imported)."""
+    import importlib
+
+    import accelerate  # noqa: F401
+    import datasets  # noqa: F401
+    from transformers import AutoConfig
+
+    kind = AutoConfig.from_pretrained(model_path).model_type.replace("-", "_")
+    importlib.import_module(f"transformers.models.{kind}.modeling_{kind}")
+
+
 def precision(choice: str) -> str:
     """``auto`` -> bf16 (autocast, fp32 weights) on CUDA, fp32 elsewhere; ``fp32`` / ``bf16`` as given."""
     import torch

@@ -1,6 +1,6 @@
 """alignkit DPO vs TRL's DPOTrainer: seconds/step, tokens/s and peak memory on the same model and data.
 
-    python3 bench/dpo_vs_trl.py [--size tiny|0.5b] [--steps 5] [--warmup 2] [--rounds 2] [--peak-tflops X]
+    python3 bench/dpo_vs_trl.py [--size tiny|120m|0.5b] [--steps 5] [--warmup 2] [--rounds 2] [--peak-tflops X]
                                 [--threads N] [--profile]   (see --help)
 
 On first run it creates ``bench/.venv-trl`` (TRL lives there only, never in alignkit's dependencies):
@@ -46,6 +46,9 @@ REQS = BENCH / "requirements-trl.txt"
 # model keeps the real 151,936-row embedding / LM head, so the logits and softmax cost what Qwen2-0.5B's do.
 SIZES = {
     "tiny": dict(tok_vocab=8192, vocab=8192, hidden=256, layers=4, heads=8, kv_heads=4, mlp=688, tie=False),
+    # ~126M parameters (75M in the 12 layers, 50M in the untied 32k embedding and head) for CPU
+    # memory comparisons at a size where weights and optimizer state, not the framework, dominate
+    "120m": dict(tok_vocab=32768, vocab=32768, hidden=768, layers=12, heads=12, kv_heads=4, mlp=2048, tie=False),
     "0.5b": dict(tok_vocab=32768, vocab=151936, hidden=896, layers=24, heads=14, kv_heads=2, mlp=4864, tie=True),
 }
 # dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendor datasheets (NVIDIA H100 Tensor Core GPU
@@ -296,7 +299,7 @@ def print_report(results: dict, info: dict, args) -> None:
           f"{'tied' if info.get('tied_embeddings') else 'untied'} head); prompts {info['prompt_tokens']}, chosen {info['chosen_tokens']}, "
           f"rejected {info['rejected_tokens']} tokens")
     print("tokens = prompt + chosen + rejected tokens per pair (each real token once, EOS included)\n")
-    head = (f"{'variant':<24}{'s/step':>8}{'min':>7}{'CPU s/step':>11}{'tokens/s':>10}{'peak MB':>9}"
+    head = (f"{'variant':<24}{'s/step':>8}{'min':>7}{'CPU s/step':>11}{'tokens/s':>10}{'peak MB':>9}{'+MB':>7}"
             f"{'setup s':>9}{'positions':>10}{'other':>7}{'TFLOP/st':>9}{'TFLOP/s':>9}{'MFU %':>7}")
     print(head)
     print("-" * len(head))
@@ -307,11 +310,14 @@ def print_report(results: dict, info: dict, args) -> None:
             continue
         print(f"{label:<24}{r['seconds_per_step']:>8.3f}{r['min_seconds_per_step']:>7.3f}"
               f"{r['cpu_seconds_per_step']:>11.3f}{r['tokens_per_second']:>10.0f}{r['peak_memory_mb']:>9.0f}"
+              f"{fmt(above_baseline(r), '.0f'):>7}"
               f"{r['setup_seconds']:>9.1f}{r['positions_per_step']:>10.0f}{fmt(r.get('other_cores'), '.2f'):>7}"
               f"{fmt(r.get('model_tflops_per_step'), '.3f'):>9}{fmt(r.get('achieved_tflops'), '.3f'):>9}"
               f"{fmt(None if r.get('mfu') is None else 100 * r['mfu'], '.2f'):>7}")
     print(f"s/step: mean wall time of the timed steps (min next to it; tokens/s uses the mean); CPU s/step:\n"
-          f"process CPU time (all threads) per timed step; positions: model input positions per step, padding\n"
+          f"process CPU time (all threads) per timed step; +MB: peak memory above the process's own\n"
+          f"memory right after its imports (torch, transformers and the framework), what the run itself costs;\n"
+          f"positions: model input positions per step, padding\n"
           f"included; other: cores used by other processes during the run (of {os.cpu_count()}; ideally ~0)\n"
           f"TFLOP/st: model FLOPs per step from the real tokens (6*N_body*tokens + 6*N_head*completion tokens +\n"
           f"12*layers*hidden*seq^2 per sequence, +1/3 of that per live reference forward; the same tokens for\n"
@@ -329,13 +335,26 @@ def print_report(results: dict, info: dict, args) -> None:
                 print(f"{VARIANTS[ak][0]} vs {VARIANTS[name][0]:<17} speed-up x{speed:.2f}"
                       f" (min x{r['min_seconds_per_step'] / a['min_seconds_per_step']:.2f}, CPU time "
                       f"x{r['cpu_seconds_per_step'] / a['cpu_seconds_per_step']:.2f}), "
-                      f"peak memory alignkit/TRL {a['peak_memory_mb'] / r['peak_memory_mb']:.2f}")
+                      f"peak memory above post-import baseline alignkit/TRL {memory_ratio(a, r)}"
+                      f" (whole peak {a['peak_memory_mb'] / r['peak_memory_mb']:.2f})")
     for name, r in ok.items():
         if r.get("overrides"):
             print(f"note [{VARIANTS[name][0]}]: TrainConfig overrides {r['overrides']}")
         for note in r.get("notes", []):
             print(f"note [{VARIANTS[name][0]}]: {note}")
     compare_first_step(ok)
+
+
+def above_baseline(r: dict) -> float | None:
+    """Peak memory minus the worker's memory right after its imports (None for results from before the
+    baseline was recorded)."""
+    base = r.get("baseline_memory_mb")
+    return None if base is None else r["peak_memory_mb"] - base
+
+
+def memory_ratio(a: dict, r: dict) -> str:
+    above_a, above_r = above_baseline(a), above_baseline(r)
+    return "-" if above_a is None or above_r is None or above_r <= 0 else f"{above_a / above_r:.2f}"
 
 
 def compare_first_step(ok: dict) -> None:
@@ -400,7 +419,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--size", choices=list(SIZES), default="tiny",
-                   help="model shape: tiny (7M, CPU) or 0.5b (Qwen2-0.5B's shape, 494M, for a GPU)")
+                   help="model shape: tiny (7M, CPU), 120m (126M, 32k vocabulary: CPU memory at a size where "
+                   "weights dominate) or 0.5b (Qwen2-0.5B's shape, 494M, for a GPU)")
     p.add_argument("--peak-tflops", dest="peak_tflops", type=float, default=None, metavar="X",
                    help="peak FLOP/s (TFLOP/s) for the MFU column; default: a datasheet table by GPU name "
                         "(bf16 dense), none on CPU")
@@ -416,7 +436,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=64, help="preference pairs in the synthetic set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="work folder (default bench/.work/dpo_vs_trl, "
-                   "bench/.work/dpo_vs_trl_0.5b for --size 0.5b)")
+                   "bench/.work/dpo_vs_trl_SIZE for another --size)")
     p.add_argument("--only", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--profile", action="store_true", help="profile one extra alignkit step (torch.profiler)")
     p.add_argument("--alignkit", action="append", default=[], metavar="KEY=VALUE",

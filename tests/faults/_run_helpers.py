@@ -71,6 +71,14 @@ def signal_self(sig: int = signal.SIGINT) -> None:
     os.kill(os.getpid(), sig)
 
 
+def foreground_signals() -> None:
+    """A child's SIGINT / SIGTERM as a terminal's shell leaves them for a foreground command (default handling),
+    even when this suite was started with them ignored (``make test &`` in a script: bash then starts background
+    commands with SIGINT ignored, the child inherits that, and a run correctly leaves an ignored signal alone)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false"}
@@ -83,7 +91,7 @@ def start_cli(items: list[str], log: Path, step_pause: float = 0.0) -> subproces
             f"step = Trainer.step; Trainer.step = lambda self: (time.sleep({step_pause}), step(self))[1]; "
             "from alignkit.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", code, "train", *items], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=env())
+                            stderr=subprocess.STDOUT, env=env(), preexec_fn=foreground_signals)
 
 
 def wait_for(predicate, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> bool:

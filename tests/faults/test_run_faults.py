@@ -39,6 +39,7 @@ from ._run_helpers import (
     Recorder,
     cli_items,
     env,
+    foreground_signals,
     host_handler,
     logged_steps,
     optimizer_moments,
@@ -236,6 +237,19 @@ def test_signal_during_final_save_finishes_the_save(tiny_path, pairs_path, tmp_p
             f"({tmp_path / 'final'})") in messages(log)
 
 
+def test_a_signal_ignored_at_start_stays_ignored(tiny_path, pairs_path, tmp_path, straight):
+    """SIGINT ignored by the program (a background command of a script's shell) -> the run leaves it ignored:
+    a SIGINT mid-run changes nothing, the run ends complete and bit-identical, and SIGINT is still ignored."""
+    t = Trainer(tiny_config(tiny_path, pairs_path, tmp_path))
+    step = t.step
+    t.step = lambda: (signal_self(signal.SIGINT), step())[1]
+    with host_handler(signal.SIGINT, signal.SIG_IGN):
+        result = t.train()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert not result.interrupted and t.guard.signum is None
+    assert same_tensors(weights(tmp_path / "final"), weights(straight / "final"))
+
+
 def test_sigterm_to_the_command_line_mid_training(tiny_path, pairs_path, tmp_path, straight):
     """SIGTERM to `alignkit train` during step 3 -> the step finishes and is saved, the resume command is printed,
     no traceback, the process ends by SIGTERM; the printed command's resume gives bit-identical final weights."""
@@ -269,7 +283,8 @@ def test_ctrl_c_stops_a_test_suite_on_the_first_press(tiny_path, pairs_path, tmp
         "    step = t.step\n    t.step = lambda: (time.sleep(0.2), step())[1]\n    t.train()\n\n"
         f"def test_next():\n    open({str(marker)!r}, 'w').close()\n")
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_suite.py"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env())
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(),
+                            preexec_fn=foreground_signals)
     try:
         assert wait_for(lambda: len(logged_steps(out)) >= 1, proc=proc)
         proc.send_signal(signal.SIGINT)

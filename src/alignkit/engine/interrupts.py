@@ -17,7 +17,8 @@ handled at the next step boundary, on every process together.
 When the run has saved, the signal is passed on to the handler that was there before the run
 (`StopGuard.pass_on`): Python's default turns SIGINT into KeyboardInterrupt (so Ctrl-C on a test suite
 stops the suite, and the command line exits with 130 without a traceback), SIGTERM's default ends the
-process by SIGTERM, and an ignored signal leaves the trainer's result to be returned.
+process by SIGTERM, and a handler that returns leaves the trainer's result to be returned. A signal that
+was ignored when the run started is never caught: it stays ignored (`StopGuard.install`).
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ class StopGuard:
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        """Handle SIGINT / SIGTERM until `restore` (only the main thread can: elsewhere signals stay as they are)."""
+        """Handle SIGINT / SIGTERM until `restore` (only the main thread can: elsewhere signals stay as they are).
+        A signal the process was started with ignored stays ignored: a shell without job control starts
+        background commands so (``alignkit train … &`` in a script), so that Ctrl-C on the terminal spares them."""
         if threading.current_thread() is threading.main_thread() and not self._previous:
-            self._previous = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
+            self._previous = {s: signal.signal(s, self._on_signal) for s in SIGNALS
+                              if signal.getsignal(s) is not signal.SIG_IGN}
 
     def restore(self) -> None:
         for s, handler in self._previous.items():

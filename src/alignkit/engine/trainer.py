@@ -41,7 +41,7 @@ from alignkit.engine.loop import StepLoop, TrainingStopped
 from alignkit.engine.numerics import adamw_step_is_finite
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
-from alignkit.engine.schedule import build_scheduler
+from alignkit.engine.schedule import build_optimizer, build_scheduler
 from alignkit.engine.teacher import check_teacher
 from alignkit.errors import ConfigError
 from alignkit.executor import reward_model as rm
@@ -121,7 +121,7 @@ class Trainer(StepLoop):
                         "epoch: the order is reshuffled)", tail, len(self.train_data))
         self.total_steps = c.max_steps if c.max_steps > 0 else max(1, math.floor(c.epochs * self._steps_per_epoch()))
         params = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        optimizer = build_optimizer(params, c.lr, c.weight_decay)
         scheduler = build_scheduler(optimizer, c.scheduler, c.warmup, self._optimizer_steps())
         if c.compile:  # the decoder, in place, with dynamic shapes (see engine/distributed.py)
             dist.compile_decoder(policy)

@@ -22,6 +22,7 @@ unusual segmentation of the same text is scored by the canonical one.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -147,14 +148,43 @@ def first_stop(text: str, stop: list[str]) -> tuple[int, str | None]:
 def split_sample(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: list[str]):
     """One sampled row -> (token ids, text, stop token id, stop string). ``cut``: the number of tokens at
     which the stop criterion fired (the token that completed the stop string is kept)."""
-    end = next((t for t, tok in enumerate(seq) if tok in eos), None)
-    if cut is not None and (end is None or cut <= end):
-        ids = seq[:cut]
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        start, hit = first_stop(text, stop)
-        return ids, text[:start], None, hit
-    ids = seq if end is None else seq[:end]
-    return ids, tokenizer.decode(ids, skip_special_tokens=True), None if end is None else seq[end], None
+    return split_samples([seq], eos, {0: cut} if cut is not None else {}, tokenizer, stop)[0]
+
+
+def split_samples(seqs: list[list[int]], eos: list[int], cuts: dict[int, int], tokenizer, stop: list[str]) -> list:
+    """`split_sample` of every row (``cuts``: row -> tokens at which the stop criterion fired), decoding all
+    rows in one batch call (the tokenizer's batch decode, not one call per sample)."""
+    eos_set, parts = set(eos), []
+    for r, seq in enumerate(seqs):
+        end = next((t for t, tok in enumerate(seq) if tok in eos_set), None)
+        cut = cuts.get(r)
+        if cut is not None and (end is None or cut <= end):
+            parts.append((seq[:cut], None, True))
+        else:
+            parts.append((seq if end is None else seq[:end], None if end is None else seq[end], False))
+    texts = tokenizer.batch_decode([ids for ids, _, _ in parts], skip_special_tokens=True) if parts else []
+    out = []
+    for (ids, stop_id, was_cut), text in zip(parts, texts):
+        if was_cut:
+            start, hit = first_stop(text, stop)
+            out.append((ids, text[:start], None, hit))
+        else:
+            out.append((ids, text, stop_id, None))
+    return out
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int):
+    """Run the block with the torch RNG of the CPU (and of ``device`` when it is a GPU) seeded with ``seed``,
+    restoring the previous states after (`torch.random.fork_rng`). Seeds only those generators:
+    `torch.manual_seed` seeds every device type and costs milliseconds per call."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def check_stop(stop) -> list[str]:
@@ -210,8 +240,7 @@ def generate(
     model.eval()
     texts, ids_out, finished, stops, hits = [], [], [], [], []
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(device, seed):
             for start in range(0, len(prompts), batch_size):
                 chunk = [prompt_ids(tokenizer, p, chat_template, chat_template_kwargs)
                          for p in prompts[start:start + batch_size]]
@@ -222,7 +251,7 @@ def generate(
                                      generation_config=gen_config,
                                      **({"stopping_criteria": [criterion]} if criterion else {}))
                 cuts = criterion.cut if criterion else {}
-                rows = [split_sample(seq, eos, cuts.get(r), tokenizer, stop) for r, seq in enumerate(out[:, width:].tolist())]
+                rows = split_samples(out[:, width:].tolist(), eos, cuts, tokenizer, stop)
                 if greedy:
                     rows = [row for row in rows for _ in range(k)]
                 for b in range(len(chunk)):

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from alignkit.data.schema import Text
 from alignkit.errors import ConfigError, ModelError
-from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids
+from alignkit.generation import Generation, eos_and_pad, left_pad, prompt_ids, seeded
 from alignkit.generation.prefill import cache_of, top_p_filter
 
 
@@ -263,8 +263,7 @@ def sample_product(models: list, exponents: list[float], tokenizer, prompts: lis
     try:
         for m in models:
             m.eval()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(device, seed):
             dec = decode_loop(models, rows, chooser, max_new_tokens, eos, pad)
     finally:
         for m, mode in zip(models, modes):

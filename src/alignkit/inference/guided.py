@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.errors import ConfigError
-from alignkit.generation import eos_and_pad, prompt_ids
+from alignkit.generation import eos_and_pad, prompt_ids, seeded
 from alignkit.generation.decoding import (
     Decoded,
     check_sampling,
@@ -111,8 +111,7 @@ def _run_chunks(models, tokenizer, prompts, settings: InferenceSettings, make_ch
         for start in range(0, len(prompts), settings.batch_size):
             rows = [prompt_ids(tokenizer, p, settings.chat_template, settings.chat_template_kwargs) for p in prompts[start:start + settings.batch_size]]
             chooser = make_chooser(start, rows)
-            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(settings.seed + start)
+            with torch.no_grad(), seeded(device, settings.seed + start):
                 dec = decode_loop(models, rows, chooser, settings.max_new_tokens, eos, pad)
             yield start, dec, chooser
     finally:

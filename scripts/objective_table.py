@@ -14,7 +14,8 @@ reference, with the same batch size, learning rate and number of steps:
 * ``dpo`` and ``lcpo`` on the best-vs-worst pairs with a known share of labels flipped (``--flip-rate``,
   default 0.3, seeded; ``noisy_pairs.jsonl``): lcpo's estimate of that rate is reported next to its row,
 * ``distill`` (forward KL over the top 32 tokens) from the ``dpo_noisy`` policy into the reference, on the
-  responses of the noisy pairs,
+  responses of the noisy pairs, and ``adpa`` and ``aligndistil`` from the same teacher (weighed against the
+  reference, or for AlignDistil's contrastive teacher against ``dpo_noisy_reverse``, dpo on the swapped labels),
 * ``bco`` with and without the ``udm`` transform on unpaired labels whose prompt distributions differ
   (``shifted_unpaired.jsonl``: thumbs-up kept mostly for six of the twelve subjects, thumbs-down mostly for
   the other six), the case BCO's distribution matching is for,
@@ -44,6 +45,7 @@ from alignkit.worlds import reviews
 
 PAIRS = [{"name": "pairs", "strategy": "best_vs_worst"}]
 NOISY = "noisy_pairs.jsonl"  # best-vs-worst pairs, a share of them with the label flipped
+NOISY_REVERSED = "noisy_pairs_reversed.jsonl"  # the same pairs with every label swapped (a reverse-DPO model)
 SHIFTED = "shifted_unpaired.jsonl"  # unpaired labels, desirable and undesirable prompts drawn differently
 RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out or None: scored.jsonl[, more keys]])
     ("dpo", "dpo", {"beta": 0.1}, PAIRS),
@@ -62,7 +64,25 @@ RUNS = [  # (label, objective, hyper-parameters, transforms[, data file in --out
     # distillation into the reference from the dpo_noisy policy (train that row first, same --out)
     ("distill_from_dpo_noisy", "distill", {"direction": "forward"}, [], NOISY,
      {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
+    # AlignDistil's contrastive teacher needs a reverse-DPO model: dpo on the same pairs with the labels swapped
+    ("dpo_noisy_reverse", "dpo", {"beta": 0.1}, [], NOISY_REVERSED),
+    # the same teacher weighed against the reference (teacher_ref defaults to the run's reference)
+    ("adpa_from_dpo_noisy", "adpa", {"beta": 0.1, "kd": 1.0}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
+    ("aligndistil_mixture", "aligndistil", {"beta": 0.1, "target": "mixture"}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
+    ("aligndistil_contrast", "aligndistil", {"beta": 0.1, "target": "extrapolate"}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_ref": "{out}/dpo_noisy_reverse/final", "teacher_top_k": 32}),
+    # the adaptive weight's slope: the authors' 10 suits models far closer to their reference than this world's
+    ("aligndistil_mixture_s1", "aligndistil", {"beta": 0.1, "target": "mixture", "scale": 1.0}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
+    ("aligndistil_contrast_s1", "aligndistil", {"beta": 0.1, "target": "extrapolate", "scale": 1.0}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_ref": "{out}/dpo_noisy_reverse/final", "teacher_top_k": 32}),
+    # ADPA alone (no DCKD term) on the dispreferred responses
+    ("adpa_rejected", "adpa", {"beta": 0.1, "responses": "rejected"}, [], NOISY,
+     {"teacher": "{out}/dpo_noisy/final", "teacher_top_k": 32}),
 ]
+TEACHER_METRICS = ("kl", "teacher_mass", "advantage", "teacher_advantage", "weight", "teacher_l1")
 
 
 def noisy_pairs(records: list[dict], flip_rate: float, seed: int) -> tuple[list[dict], int]:
@@ -126,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     noisy, flipped = noisy_pairs(records, args.flip_rate, args.seed + 3)
     (out / NOISY).write_text("".join(json.dumps(r) + "\n" for r in noisy), encoding="utf-8")
+    reversed_pairs = [{**r, "ranks": r["ranks"][::-1]} for r in noisy]
+    (out / NOISY_REVERSED).write_text("".join(json.dumps(r) + "\n" for r in reversed_pairs), encoding="utf-8")
     shifted = shifted_unpaired(records, 0.8, args.seed + 4)
     (out / SHIFTED).write_text("".join(json.dumps(r) + "\n" for r in shifted), encoding="utf-8")
     eval_prompts = reviews.prompts(s.n_eval_prompts, seed=args.seed + 2)
@@ -141,9 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
             warmup=0.1, scheduler="linear", seed=args.seed, max_length=128, progress=False, log_every=8,
         ))
         policy = load_model(str(result.final_dir))
-        last = [h for h in result.history if "loss" in h][-1]
+        steps = [h for h in result.history if "loss" in h]
+        first, last = steps[0], steps[-1]
+        teacher = {f"{when}_{k}": h[k] for k in TEACHER_METRICS if k in last for when, h in (("first", first),
+                                                                                              ("final", last))}
         rows.append({"objective": label, "hparams": hp, **evaluate_policy(policy, reference, tokenizer, **ev),
-                     "final_loss": last["loss"], **({"flip_rate": last["flip_rate"]} if "flip_rate" in last else {})})
+                     "final_loss": last["loss"], **({"flip_rate": last["flip_rate"]} if "flip_rate" in last else {}),
+                     **teacher})
     table = format_table(rows, args.steps, args.batch_size)
     print(table)
     results = {"rows": rows, "steps": args.steps, "batch_size": args.batch_size, "lr": s.dpo_lr,

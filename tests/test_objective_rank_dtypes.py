@@ -59,11 +59,12 @@ def stats_for(spec, ranks_dtype: torch.dtype) -> SequenceStats:
         kw["extra"] = {"p": torch.tensor([0.9, 0.6], dtype=D)}
     if spec.name == "lcpo":  # one posterior per record, keyed by its position in the data
         kw["extra"] = {"record_index": torch.tensor([0, 1])}
-    if spec.name == "distill":  # ranks pick the targets (responses=targets); the KL reads the bucket log-probs
+    if "teacher_buckets" in spec.extras:  # ranks pick the targets (responses=targets); the losses read buckets
         kw["token_mask"] = torch.ones(B, K, T, dtype=torch.bool)
         kw["extra"] = {"teacher_buckets": torch.randn(B, K, T, 4, generator=g, dtype=D).log_softmax(-1),
                        "student_buckets": kw["logps"][..., None, None] / 8 + torch.randn(B, K, T, 4, generator=g,
-                                                                                        dtype=D).log_softmax(-1)}
+                                                                                        dtype=D).log_softmax(-1),
+                       "teacher_ref_buckets": torch.randn(B, K, T, 4, generator=g, dtype=D).log_softmax(-1)}
     if spec.name == "tpo":
         kw["extra"] = {"shared_tokens": torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0]], dtype=D),
                        "ref_token_logps": kw["ref_logps"][..., None].expand(B, K, T) / T}
@@ -73,8 +74,8 @@ def stats_for(spec, ranks_dtype: torch.dtype) -> SequenceStats:
 def test_the_rank_objectives_are_the_ones_expected():
     # a new objective that takes ranks joins the test below through the registry; this pins today's list
     assert RANK_OBJECTIVES == [
-        "all_pairs", "asft", "bt", "bt_margin", "bt_pl", "cdpo", "cpo", "distill", "dpo", "fdpo", "gated_bt",
-        "gpm", "hinge", "ipo", "jpo", "lcpo", "lipo", "listnet", "mixture", "orpo", "pal", "plackett_luce", "poft", "prm",
+        "adpa", "aligndistil", "all_pairs", "asft", "bt", "bt_margin", "bt_pl", "cdpo", "cpo", "distill", "dpo",
+        "fdpo", "gated_bt", "gpm", "hinge", "ipo", "jpo", "lcpo", "lipo", "listnet", "mixture", "orpo", "pal", "plackett_luce", "poft", "prm",
         "rdpo", "rpo", "sft", "simpo", "soft_dpo", "tpo", "unlikelihood",
     ]  # fmt: skip
 

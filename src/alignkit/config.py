@@ -93,8 +93,11 @@ class TrainConfig:
     ref_cache: Union[str, bool] = "auto"  # auto | on | off (YAML true/false too): precompute reference log-probs once
     ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache (share it across runs of a sweep)
     ref_cache_file: str | None = None  # use exactly this cache (from `alignkit logprobs --cache`); refuse if stale
-    teacher: str | None = None  # objective distill: the teacher model (folder or hub id), with the policy's tokenizer
+    teacher: str | None = None  # objectives distill / adpa / aligndistil: the teacher model (folder or hub id), with the policy's tokenizer
     teacher_top_k: int = 32  # distill: teacher tokens kept per position, the rest one bucket (>= vocabulary: exact KL)
+    teacher_ref: str | None = None  # adpa / aligndistil: the model the teacher is weighed against (its reference, or a reverse-DPO model); default ref_model, else model
+    teacher_cache: bool = True  # compute the teacher's top-k log-probs once per dataset and reuse them from disk (false: every batch)
+    teacher_cache_dir: str | None = None  # default: <output_dir>/teacher_cache (share it across runs of a sweep)
     # optimisation
     batch_size: int = 8  # records per step and process; the global batch is batch_size x processes x grad_accum
     grad_accum: int = 1  # batches whose gradients are summed into one optimizer step

@@ -41,7 +41,7 @@ from alignkit.models.hub import resolve_model
 FREE = {"progress", "log_every", "trackers", "output_dir", "save_every", "keep_checkpoints", "eval_every",
         "eval_data", "eval_prompts", "eval_judge", "eval_samples", "eval_greedy", "log_samples_every",
         "resume_from", "resume_override", "overwrite", "verify_logprobs", "max_bad_steps", "ref_cache",
-        "ref_cache_dir", "ref_cache_file", "data", "model", "ref_model", "prompts"}
+        "ref_cache_dir", "ref_cache_file", "teacher_cache", "teacher_cache_dir", "data", "model", "ref_model", "prompts"}
 FINGERPRINTS = {"data": "the training data's token ids and labels", "model": "the model's files",
                 "ref_model": "the reference model's files", "reference": "where the reference log-probs come from"}
 _EDGE = 1 << 20

@@ -28,7 +28,7 @@ from alignkit.console import setup_console_logging
 from alignkit.data.dataset import BatchOrder, TokenizedDataset
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import distributed as dist
-from alignkit.engine import evaluation, rundir, startup
+from alignkit.engine import evaluation, rundir, startup, teachercache
 from alignkit.engine import refcache as rc
 from alignkit.engine import resume as rs
 from alignkit.engine.evaluation import SampledEval
@@ -42,7 +42,7 @@ from alignkit.engine.numerics import adamw_step_is_finite
 from alignkit.engine.prepare import main_process_first, prepare_data, resolve_shuffle
 from alignkit.engine.reference import build_reference, resolve_strategy
 from alignkit.engine.schedule import build_optimizer, build_scheduler
-from alignkit.engine.teacher import build_teacher
+from alignkit.engine.teacher import check_teacher
 from alignkit.errors import ConfigError
 from alignkit.executor import reward_model as rm
 from alignkit.executor.logprobs import (
@@ -107,7 +107,7 @@ class Trainer(StepLoop):
         cached = self._will_cache(strategy)  # then the reference is built (if at all) by _cache_reference
         self.reference = None if cached else build_reference(strategy, policy, c.ref_model, self.accelerator.device,
                                                              c.chunk_size, load_kwargs)
-        self.teacher = build_teacher(c, self.objective, policy, self.accelerator.device, load_kwargs)
+        check_teacher(c, self.objective)  # built below, once the batch layout is checked
         logger.info("objective %s; reference: %s%s; packing: %s; %d process(es) on %s", self.objective.name,
                     strategy, " (cached log-probs)" if cached else "", self.layout, self.accelerator.num_processes,
                     self.accelerator.device)
@@ -140,6 +140,9 @@ class Trainer(StepLoop):
             self._verify_logprobs()
         if cached:
             self._cache_reference()
+        self.teacher, self.eval_teacher = teachercache.run_teachers(  # (None, None) without a teacher
+            c, self.accelerator, self.objective, policy, load_kwargs, self.train_data, self.eval_data,
+            self.tokenizer.pad_token_id, self.layout, self.attn_weight, self.output_dir)
         self.step_idx = 0
         self.skipped_total = 0
         self.skipped_in_row = 0
@@ -204,7 +207,8 @@ class Trainer(StepLoop):
                 ref_tokens, ref_seq = reference.token_logps(batch), None
             else:
                 ref_tokens, ref_seq = None, reference.sequence_logps(batch)
-        token_logps, token_extras = self.teacher(self.scorer, batch) if self.teacher else (self.scorer(batch), None)
+        teacher = self.teacher if train or self.eval_teacher is None else self.eval_teacher
+        token_logps, token_extras = teacher(self.scorer, batch) if teacher else (self.scorer(batch), None)
         stats = build_stats(batch, token_logps, ref_tokens, with_token_logps=self.objective.needs_token_logps,
                             ref_logps=ref_seq, token_extras=token_extras)
         out = self.objective(stats) if train else _no_state_update(self.objective, stats)

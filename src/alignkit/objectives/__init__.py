@@ -7,6 +7,7 @@
 # Importing the objective modules runs their @register decorators: the registry itself imports none of them.
 from alignkit.objectives import (  # noqa: F401
     distill,
+    distill_align,
     fdpg,
     listwise,
     multiobjective,

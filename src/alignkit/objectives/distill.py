@@ -49,7 +49,7 @@ def teacher_topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return ids, topk_buckets(logits, ids)
 
 
-def _kl(p_log: Tensor, q_log: Tensor) -> Tensor:
+def bucket_kl(p_log: Tensor, q_log: Tensor) -> Tensor:
     """``Σ_b p(b)(log p(b) − log q(b))`` over the last dim; buckets with p(b) = 0 (log −inf) add 0."""
     keep = torch.isfinite(p_log)
     zero = torch.zeros_like(p_log)
@@ -75,7 +75,7 @@ def topk_kl(student: Tensor, teacher: Tensor, direction: str = "forward") -> Ten
         raise ValueError(f"student and teacher bucket log-probs differ in shape: {tuple(student.shape)} vs "
                          f"{tuple(teacher.shape)}")
     teacher = teacher.detach().to(student.dtype)
-    return _kl(teacher, student) if direction == "forward" else _kl(student, teacher)
+    return bucket_kl(teacher, student) if direction == "forward" else bucket_kl(student, teacher)
 
 
 def token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
@@ -88,7 +88,36 @@ def token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
     return (per_response * has).sum(-1) / has.sum(-1).clamp(min=1)
 
 
-RESPONSES = ("all", "targets")
+RESPONSES = ("all", "targets", "rejected")
+
+
+def distilled_tokens(stats: SequenceStats, name: str, responses: str, extras: tuple[str, ...]) -> Tensor:
+    """[B, K, T] bool: the completion tokens of the ``responses`` an objective ``name`` distils on (``all`` valid
+    ones, the ``targets`` `sft` would pick, or the ``rejected`` rest); checks that the executor gave ``extras``."""
+    if responses not in RESPONSES:
+        raise ConfigError(f"{name} responses must be one of {RESPONSES}, got {responses!r}")
+    missing = [e for e in extras if e not in stats.extra]
+    if missing or stats.token_mask is None:
+        raise ValueError(f"objective {name!r} needs stats.extra {missing or list(extras)} [B, K, T, k+1] and "
+                         "token_mask; the trainer computes them when a teacher model is set (teacher=PATH)")
+    chosen = stats.valid
+    if responses != "all":
+        targets = sft_targets(stats)
+        chosen = targets if responses == "targets" else stats.valid & ~targets
+    return stats.token_mask.bool() & chosen[..., None]
+
+
+def masked_token_loss(per_token: Tensor, mask: Tensor, stats: SequenceStats) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, per-row values [B], per_token with 0 off ``mask``): the token mean of each response, the mean over a
+    row's responses, then the record-weighted mean over rows with a distilled token."""
+    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+    per = token_mean(per_token, mask)
+    return weighted_mean(per, stats, mask.flatten(1).any(dim=1)), per, per_token
+
+
+def token_average(values: Tensor, mask: Tensor) -> float:
+    """Plain mean of ``values`` [B, K, T] over the ``mask``ed tokens (a metric)."""
+    return float(torch.where(mask, values.detach(), torch.zeros_like(values)).sum() / mask.sum().clamp(min=1))
 
 
 @register("distill", label_kinds=("ranks", "scores", "labels"), min_responses=1, needs_token_logps=True,
@@ -107,7 +136,8 @@ def distill(stats: SequenceStats, direction: str = "forward", responses: str = "
     Args:
         stats: ``token_mask`` [B, K, T]; the two bucket extras; ranks, scores or labels for ``targets``.
         direction: ``forward`` or ``reverse``.
-        responses: ``all`` valid responses, or ``targets`` (the best / desirable ones, as `sft` picks them).
+        responses: ``all`` valid responses, ``targets`` (the best / desirable ones, as `sft` picks them) or
+            ``rejected`` (the others).
 
     Returns:
         LossOutput; metrics ``kl`` (mean per-token KL over the distilled tokens), ``teacher_mass`` (mean
@@ -115,20 +145,8 @@ def distill(stats: SequenceStats, direction: str = "forward", responses: str = "
     """
     if direction not in DIRECTIONS:
         raise ConfigError(f"distill direction must be one of {DIRECTIONS}, got {direction!r}")
-    if responses not in RESPONSES:
-        raise ConfigError(f"distill responses must be one of {RESPONSES}, got {responses!r}")
-    teacher, student = stats.extra.get("teacher_buckets"), stats.extra.get("student_buckets")
-    if teacher is None or student is None or stats.token_mask is None:
-        raise ValueError("objective 'distill' needs stats.extra['teacher_buckets'] and ['student_buckets'] [B, K, T, "
-                         "k+1] and token_mask; the trainer computes them when a teacher model is set (teacher=PATH)")
-    chosen = sft_targets(stats) if responses == "targets" else stats.valid
-    mask = stats.token_mask.bool() & chosen[..., None]
-    per_token = topk_kl(student, teacher, direction)
-    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
-    per = token_mean(per_token, mask)
-    rows = mask.flatten(1).any(dim=1)
-    n = mask.sum().clamp(min=1)
-    mass = 1 - teacher[..., -1].exp()
-    metrics = {"kl": float(per_token.detach().sum() / n),
-               "teacher_mass": float(torch.where(mask, mass, torch.zeros_like(mass)).sum() / n)}
-    return LossOutput(weighted_mean(per, stats, rows), per, metrics)
+    mask = distilled_tokens(stats, "distill", responses, ("teacher_buckets", "student_buckets"))
+    teacher, student = stats.extra["teacher_buckets"], stats.extra["student_buckets"]
+    loss, per, per_token = masked_token_loss(topk_kl(student, teacher, direction), mask, stats)
+    metrics = {"kl": token_average(per_token, mask), "teacher_mass": token_average(1 - teacher[..., -1].exp(), mask)}
+    return LossOutput(loss, per, metrics)

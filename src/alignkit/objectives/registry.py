@@ -39,6 +39,7 @@ EXTRAS = {
     "p": "[B] the record's meta['p'] (a `p` column: P(chosen ≻ rejected) in [0, 1]), NaN if absent",
     "teacher_buckets": "[B, K, T, k+1] a teacher's log-probs of its top-k tokens per completion position, then the rest's",
     "student_buckets": "[B, K, T, k+1] the policy's log-probs of the teacher's top-k tokens, then the rest's (with grad)",
+    "teacher_ref_buckets": "[B, K, T, k+1] the teacher_ref model's log-probs of the teacher's top-k tokens, then the rest's",
     "record_index": "[B] long, each record's position in its data (keys per-record objective state, e.g. lcpo)",
     "user": "[B] int64 id of the record's meta['user'] (who labelled it: objectives.personal.user_id), -1 if absent",
     "gate": "[B, H] a reward model's prompt gate (softmax over H heads or attributes), from the model",

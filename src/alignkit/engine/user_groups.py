@@ -71,7 +71,7 @@ def check_user_groups(config) -> None:
         raise ConfigError(f"{taken[0]} exists (an earlier user_groups run): set overwrite=true or another output_dir")
 
 
-def user_pairs(records: list[PreferenceRecord], source: str) -> tuple[list[str], list[tuple[int, int, int]]]:
+def labelled_pairs(records: list[PreferenceRecord], source: str) -> tuple[list[str], list[tuple[int, int, int]]]:
     """(user names, sorted; ``(record, chosen, rejected)`` of every record with a strict preference), each
     user numbered by its place in the names. A record without a user is a `DataError` naming it."""
     for i, r in enumerate(records):
@@ -80,6 +80,9 @@ def user_pairs(records: list[PreferenceRecord], source: str) -> tuple[list[str],
             raise DataError(f"{source}: {where} has no 'user' column; user_groups needs every pair's labelling user")
     names = sorted({r.meta["user"] for r in records})
     pairs = [(i, *cr) for i, r in enumerate(records) if (cr := chosen_rejected(r)) is not None]
+    if not pairs:
+        raise DataError(f"{source}: no record has a strict preference between two responses; user_groups compares "
+                        "pairs")
     return names, pairs
 
 
@@ -144,11 +147,12 @@ class _EM:
     def __init__(self, config, run_one):
         self.config, self.run_one, self.n_groups = config, run_one, config.user_groups
         self.records = transform(config, read_split(config, config.data, "train"), "train")
-        self.names, self.pairs = user_pairs(self.records, config.data)
+        self.names, self.pairs = labelled_pairs(self.records, config.data)
         if len(self.names) < self.n_groups:
             raise DataError(f"{config.data}: {len(self.names)} users for user_groups={self.n_groups}; need at least "
                             "one user per group")
-        self.users = torch.tensor([self.names.index(self.records[i].meta["user"]) for i, _, _ in self.pairs])
+        number = {n: u for u, n in enumerate(self.names)}
+        self.users = torch.tensor([number[self.records[i].meta["user"]] for i, _, _ in self.pairs])
         self.models: list = [None] * self.n_groups
         self.history: list[dict] = []
         self.result = None

@@ -10,8 +10,8 @@ transformer reward model per group:
   G groups of equal size (± 1), seeded by ``seed`` — a split that mixes the tastes evenly teaches each group's
   model little, and EM takes more rounds to separate them (4 in place of 2 on `worlds/plural.py`);
 * M-step: group g's reward model is an ordinary run of the config on its users' pairs (transform ``users``),
-  in ``<output_dir>/round-<i>/group<g>``; from the second round on it continues from the group's model of the
-  round before (a group left without users keeps its model);
+  in ``<output_dir>/round-<i>/group<g>``, its batch at most the group's record count; from the second round
+  on it continues from the group's model of the round before (a group left without users keeps its model);
 * E-step: every training pair is scored by every group's model, and each user joins the group whose
   Bradley–Terry model gives the user's pairs the highest log-likelihood
   ``Σ_{pairs of u} logσ(r_g(x, y_w) − r_g(x, y_l))`` (`alignkit.rewards.maxmin.assign_users`).
@@ -163,10 +163,11 @@ class _EM:
         if not keep:
             logger.info("EM round %d: group %d has no users and keeps its model", r, g)
             return True
-        logger.info("EM round %d, M-step: group %d's reward model on the pairs of %d user(s)", r, g, len(keep))
-        c = self.config
+        c, wanted = self.config, set(keep)
+        n = sum(r.meta["user"] in wanted for r in self.records)
+        logger.info("EM round %d, M-step: group %d's reward model on the %d records of %d user(s)", r, g, n, len(keep))
         member = dataclasses.replace(c, user_groups=0, output_dir=str(Path(c.output_dir) / f"round-{r}" / f"group{g}"),
-                                     model=self.models[g] or c.model,
+                                     model=self.models[g] or c.model, batch_size=min(c.batch_size, n),
                                      transforms=[*c.transforms, {"name": "users", "keep": keep}], **overrides)
         self.result = self.run_one(member)
         if self.result.final_dir is None:
@@ -178,15 +179,13 @@ class _EM:
     def spread(self) -> bool:
         """Round 0 of ``user_group_init=spread`` (k-means++'s farthest point): group 0 starts from a random user's
         pairs, group g from the pairs of the user whose pairs the models so far explain worst (the highest
-        per-pair log-likelihood under any of them is the lowest). These runs hold out nothing, and their batch is
-        at most the user's number of records."""
+        per-pair log-likelihood under any of them is the lowest). These runs hold out nothing."""
         seed = int(torch.randint(len(self.names), (1,), generator=torch.Generator().manual_seed(self.config.seed)))
         onehot = F.one_hot(self.users, len(self.names)).double()
         fit = torch.full((len(self.names),), -math.inf, dtype=torch.float64)
         for g in range(self.n_groups):
             fit[seed] = math.inf  # a user starts one group at most
-            n = sum(r.meta["user"] == self.names[seed] for r in self.records)
-            if not self.train(0, g, [self.names[seed]], eval_split=0.0, batch_size=min(self.config.batch_size, n)):
+            if not self.train(0, g, [self.names[seed]], eval_split=0.0):
                 return False
             if g == self.n_groups - 1:
                 return True

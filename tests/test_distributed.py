@@ -166,3 +166,28 @@ def test_ppo_under_ddp_keeps_policy_and_value_model_in_step(tiny_path, tmp_path)
     assert value and len(value) < len(r0["params"])
     assert r0["params"] == r1["params"]  # bit-equal: policy (DDP) and value model (averaged) in step
     assert any(abs(r0["params"][n][0] - r0["params"][n][2]) > 1e-6 for n in value)  # and the value model learned
+
+
+def test_pal_user_table_under_ddp_is_one_table_equal_to_one_process(tiny_path, tmp_path):
+    """pal's per-user weights are objective state that follows the data: each process steps the logits of the
+    users in its share of the batch, and the trainer merges the processes' tables after every micro-batch
+    (objectives.personal.merge_user_states). Both processes end with the same table, equal to the table of one
+    process with the global batch (without the merge each process held only its own users' steps)."""
+    from alignkit.worlds.plural import user_pairs
+
+    data = tmp_path / "users.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in user_pairs(48, users_per_group=3, seed=0)))
+    common = [f"model={tiny_path}", f"data={data}", "objective=pal", "max_steps=3", "lr=3e-3", "progress=false",
+              "seed=0", "eval_split=0"]
+    check = str(Path(__file__).resolve().parent / "ddp_user_table_check.py")
+    torchrun([check, str(tmp_path), *common, "batch_size=4", f"output_dir={tmp_path / 'ddp'}"])
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1  # bit-equal: one merged table on every process
+    single = train(TrainConfig(model=tiny_path, data=str(data), objective="pal", max_steps=3, lr=3e-3, progress=False,
+                               seed=0, eval_split=0, batch_size=8, output_dir=str(tmp_path / "one")))
+    one = json.loads((single.final_dir / "alignkit_reward.json").read_text())["users"]
+    saved = json.loads((tmp_path / "ddp" / "final" / "alignkit_reward.json").read_text())["users"]
+    assert saved == r0 and r0.keys() == one.keys() and len(one) == 7  # 6 users and the population mixture
+    for user, w in one.items():
+        assert r0[user] == pytest.approx(w, abs=1e-4), user
+    assert max(abs(a - b) for w in one.values() for a, b in zip(w, [0.5, 0.5])) > 0.1  # the weights moved

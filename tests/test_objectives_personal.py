@@ -162,3 +162,39 @@ def test_per_user_model_serves_both_groups_where_one_bt_head_cannot(review_world
     print("pal", pal, "bt", bt)
     assert min(pal.values()) >= 0.9
     assert min(bt.values()) <= 0.6
+
+
+def test_score_mixes_a_pal_models_outputs_with_each_records_users_weights(tiny_path, tmp_path, capsys):
+    """A two-output reward model with a known user table: `alignkit score` gives alice w = (1, 0), bob
+    (0.25, 0.75), and carol (never seen) and a record without a user the population mixture (0.5, 0.5),
+    said once; `eval-rm` compares the same per-user rewards."""
+    from alignkit import cli
+    from alignkit.executor.reward_model import load_reward_model
+    from alignkit.models.load import load_tokenizer
+    from alignkit.rewards.rm_scores import model_scores
+
+    path = tmp_path / "pal"
+    model, tok = load_reward_model(tiny_path, 2), load_tokenizer(tiny_path)
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))  # two different outputs
+    model.save_pretrained(path), tok.save_pretrained(path)
+    table = {str(user_id("alice")): [1.0, 0.0], str(user_id("bob")): [0.25, 0.75], "*": [0.5, 0.5]}
+    (path / "alignkit_reward.json").write_text(json.dumps({"objective": "pal", "num_outputs": 2, "users": table,
+                                                           "hparams": {"num_heads": 2, "mix": "reward"}}))
+    users = ["alice", "bob", "carol", None, "carol"]
+    rows = [{"prompt": f"Q{i}:", "chosen": [" good", " bad"][i % 2], "rejected": [" bad", " good"][i % 2],
+             **({"user": u} if u else {})} for i, u in enumerate(users)]
+    data = _write(tmp_path / "d.jsonl", rows)
+    assert cli.main(["score", "--reward-model", str(path), "--data", str(data), "--out", str(tmp_path / "s.jsonl")]) == 0
+    said = capsys.readouterr().out
+    assert said.count("population mixture") == 2 and "1 user(s) the model never saw (carol)" in said
+    assert "1 record(s) without a user column" in said
+    got = [json.loads(x)["scores"] for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    vectors = model_scores(load_reward_model(str(path)), tok, read_records(data).records, progress=False)
+    weights = [[1.0, 0.0], [0.25, 0.75], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]
+    for w, vec, scored in zip(weights, vectors, got, strict=True):
+        assert scored == pytest.approx([w[0] * v[0] + w[1] * v[1] for v in vec], abs=1e-6)
+    assert got[0] != pytest.approx(got[1])  # the users' rewards differ
+    assert cli.main(["eval-rm", "--reward-model", str(path), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["correct"] == sum(s_w > s_l for s_w, s_l in got) and 0 < report["correct"] < 5

@@ -349,7 +349,7 @@ def test_apply_transforms_spec_errors_suggest_names():
 
 def test_registry_lists_every_transform_with_options():
     assert sorted(TRANSFORMS) == sorted(["pairs", "weight_scores", "curriculum", "margin_weights", "reward_condition",
-                                         "condition_weights", "rso", "to_unpaired", "negatives_only", "fold", "udm"])  # fmt: skip
+                                         "condition_weights", "rso", "to_unpaired", "negatives_only", "fold", "users", "udm"])  # fmt: skip
     assert options_of("pairs") == {"strategy": "best_vs_worst", "min_margin": 0.0}
     assert options_of("negatives_only") == {}
 

@@ -111,6 +111,9 @@ class TrainConfig:
     seed: int = 0  # everything random: data order, eval_split, transforms, sampling, new heads
     ensemble: int = 1  # > 1: train this many members (reward models), see engine/ensemble.py
     ensemble_by: str = "seed"  # seed | fold (each member also leaves out one fold of the prompts)
+    user_groups: int = 0  # > 1: MaxMin-RLHF's EM over user groups, one reward model per group (engine/user_groups.py)
+    user_group_rounds: int = 4  # user_groups: at most this many EM rounds (M-step then E-step); stops when no user moves
+    user_group_init: str = "spread"  # user_groups' start: spread (group g from one user, the worst explained so far) | random
     # model and precision
     dtype: str = "float32"  # weights are loaded in float32 | bfloat16 | float16
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that supports it, else no) | no | bf16 | fp16
@@ -160,6 +163,7 @@ BOUNDS = [
     ("lora_r", lambda v: v >= 1, ">= 1"), ("log_every", lambda v: v >= 1, ">= 1"),
     ("max_steps", lambda v: v == -1 or v >= 1, ">= 1, or -1 to run `epochs` epochs"),
     ("ensemble", lambda v: v >= 1, ">= 1"), ("num_samples", lambda v: v >= 1, ">= 1"),
+    ("user_groups", lambda v: v >= 0, ">= 0"), ("user_group_rounds", lambda v: v >= 1, ">= 1"),
     ("updates_per_batch", lambda v: v >= 1, ">= 1"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
     ("value_lr", lambda v: v is None or v > 0, "> 0 or null"), ("kl_coef", lambda v: v >= 0, ">= 0"),
     ("gamma", lambda v: 0 <= v <= 1, "in [0, 1]"), ("gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -183,6 +187,7 @@ CHOICES: dict[str, tuple] = {
     "ref_cache": ("auto", "on", "off"),
     "scheduler": ("linear", "cosine", "constant"),
     "ensemble_by": ("seed", "fold"),
+    "user_group_init": ("spread", "random"),
     "mixed_precision": ("auto", "no", "bf16", "fp16"),
     "packing": ("auto", "shared_prompt", "padded"),
     "rollout_backend": ("ray", "local", "vllm"),
@@ -251,6 +256,9 @@ def _check_mode(config: TrainConfig, where: Callable[[str], str]) -> None:
         key = "rounds" if config.rounds > 0 else "prompts"
         raise ConfigError(f"{where(key)}: mode=online " + ("takes no rounds (mode=iterative runs rounds)"
                                                             if key == "rounds" else "needs prompts=FILE"))
+    if config.user_groups > 1 and run_mode(config) != "offline":
+        raise ConfigError(f"{where('user_groups')}: user_groups trains reward models on `data` (offline); drop it or "
+                          "the prompts / rounds keys")
     if mode == "iterative" and (config.rounds < 1 or not config.prompts):
         key = "rounds" if config.rounds < 1 else "prompts"
         raise ConfigError(f"{where(key)}: mode=iterative needs " + ("rounds >= 1" if key == "rounds" else "prompts=FILE"))

@@ -11,8 +11,8 @@ A config lists them in order; `apply_transforms` runs them::
         log.info(format_report(r))
 
 `TRANSFORMS` (name -> function): ``pairs``, ``weight_scores``, ``curriculum``, ``margin_weights``,
-``reward_condition``, ``condition_weights``, ``rso``, ``to_unpaired``, ``negatives_only``, ``fold``, ``udm``. Each
-function can also be called directly, e.g. ``pairs(records, strategy="all_pairs")``. Nothing is
+``reward_condition``, ``condition_weights``, ``rso``, ``to_unpaired``, ``negatives_only``, ``fold``, ``users``,
+``udm``. Each function can also be called directly, e.g. ``pairs(records, strategy="all_pairs")``. Nothing is
 dropped silently: every report counts what was dropped, by reason. Given the same input and seed the
 output is the same. Rules, options and examples: ``docs/data_transforms.md``.
 """
@@ -32,7 +32,7 @@ from alignkit.data.transforms_condition import (
     reward_condition,
     score_conditioned_prompt,
 )
-from alignkit.data.transforms_folds import fold
+from alignkit.data.transforms_folds import fold, users
 from alignkit.data.transforms_pairs import negatives_only, pairs, rejection_sample, rso, to_unpaired
 from alignkit.data.transforms_scores import curriculum, curriculum_order, margin_weights, weight_scores
 from alignkit.data.transforms_udm import udm
@@ -59,6 +59,7 @@ __all__ = [
     "score_conditioned_prompt",
     "to_unpaired",
     "udm",
+    "users",
     "weight_scores",
 ]
 

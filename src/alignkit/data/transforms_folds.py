@@ -1,4 +1,5 @@
-"""`fold`: keep or leave out one of k folds of the prompts — data folds for reward-model ensembles."""
+"""Parts of the data for reward models trained on a part each: `fold` keeps or leaves out one of k folds of the
+prompts (reward-model ensembles), `users` keeps the records of some users (MaxMin-RLHF's per-group models)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def fold(records: list[PreferenceRecord], *, k: int = 5, index: int = 0, keep: s
         raise ConfigError(f"fold: index={index} must be < k={k}")
     out = [r for r in records if (fold_of(r, k) == index) == (keep == "only")]
     return out, report("fold", len(records), out, Counter({"other_fold": len(records) - len(out)}))
+
+
+@transform
+def users(records: list[PreferenceRecord], *, keep: list | None = None) -> tuple[list[PreferenceRecord], dict[str, Any]]:
+    """Keep the records labelled by one of the users named in ``keep`` (their ``user`` column). Report
+    ``dropped``: ``other_user`` (labelled by someone else), ``no_user`` (no ``user`` column)."""
+    if not isinstance(keep, list) or not keep or not all(isinstance(u, (str, int)) for u in keep):
+        raise ConfigError(f"users: keep must be a non-empty list of user names, got {keep!r}")
+    wanted = {str(u) for u in keep}
+    out = [r for r in records if r.meta.get("user") in wanted]
+    dropped = Counter({"other_user": sum(1 for r in records if r.meta.get("user") not in (None, *wanted)),
+                       "no_user": sum(1 for r in records if r.meta.get("user") is None)})
+    return out, report("users", len(records), out, +dropped)

@@ -220,6 +220,17 @@ def mean_over_processes(accelerator, values: list[float]) -> list[float]:
                               reduction="mean").tolist()
 
 
+def merge_objective_state(accelerator, objective, before: dict[str, Any]) -> None:
+    """After a micro-batch: every process's objective state gathered and merged (`Objective.merge_states`, for
+    objectives whose state follows the data, e.g. pal's per-user weights), so that every process holds the state
+    one process would after the global micro-batch. Every process must call it; nothing to do on one process."""
+    if accelerator.num_processes == 1 or not objective.merges_state:
+        return
+    gathered: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(gathered, objective.state_dict())
+    objective.merge_states(before, gathered)
+
+
 def average_gradients(params, accelerator) -> None:
     """Average the gradients of ``params`` over the processes, for a module trained beside the DDP-wrapped
     scorer but not inside it (`Trainer.extra_modules`, e.g. a recipe's value model).

@@ -83,13 +83,18 @@ def prepare_data(config, tokenizer, objective, has_reference: bool):
             kind, k_min, k_max, dim = data_shape(records)
             objective.check_data(kind, k_min, k_max, has_reference, score_dim=dim)
             check_pairs(records, objective, split)
-    tok = TokenizeConfig(c.max_length, c.max_prompt_length, chat_template=c.chat_template,
-                         chat_template_kwargs=c.chat_template_kwargs)
+    tok = tokenize_config(c)
     build = TokenizedDataset.build
     train_data = build(train, tokenizer, tok, "train data", objective.extras, c.seed, on_bad_row=c.on_bad_row)
     eval_data = (build(evals, tokenizer, tok, "eval data", objective.extras, c.seed, on_bad_row=c.on_bad_row)
                  if evals else None)
     return train_data, eval_data
+
+
+def tokenize_config(config) -> TokenizeConfig:
+    """How a run tokenizes its records (lengths, chat template)."""
+    return TokenizeConfig(config.max_length, config.max_prompt_length, chat_template=config.chat_template,
+                          chat_template_kwargs=config.chat_template_kwargs)
 
 
 def check_pairs(records: list[PreferenceRecord], objective, split: str) -> Counter:

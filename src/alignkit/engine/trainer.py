@@ -199,8 +199,7 @@ class Trainer(StepLoop):
         if self.reward_model:
             with self.accelerator.autocast():
                 stats = rm.build_reward_stats(batch, *self.scorer(batch))
-            out = self.objective(stats) if train else _no_state_update(self.objective, stats)
-            return out, batch.num_tokens
+            return self._objective(stats, train), batch.num_tokens
         reference = self.reference if train or self.eval_reference is None else self.eval_reference
         with self.accelerator.autocast():
             if self.objective.needs_token_logps:
@@ -211,8 +210,19 @@ class Trainer(StepLoop):
         token_logps, token_extras = teacher(self.scorer, batch) if teacher else (self.scorer(batch), None)
         stats = build_stats(batch, token_logps, ref_tokens, with_token_logps=self.objective.needs_token_logps,
                             ref_logps=ref_seq, token_extras=token_extras)
-        out = self.objective(stats) if train else _no_state_update(self.objective, stats)
-        return out, batch.num_tokens
+        return self._objective(stats, train), batch.num_tokens
+
+    def _objective(self, stats, train: bool):
+        """The loss; in training the objective's state moves (merged over processes where the objective says how),
+        in evaluation it is left as it was."""
+        if not train:
+            return _no_state_update(self.objective, stats)
+        merge = self.accelerator.num_processes > 1 and self.objective.merges_state
+        before = self.objective.state_dict() if merge else None
+        out = self.objective(stats)
+        if merge:
+            dist.merge_objective_state(self.accelerator, self.objective, before)
+        return out
 
     def step(self) -> dict[str, Any]:
         c, acc = self.config, self.accelerator

@@ -87,12 +87,31 @@ def score_command(args: argparse.Namespace) -> int:
     else:
         scores, unc = score_records(models, tokenizer, records, args.batch_size, args.aggregate, args.lam, tokenize,
                                     infos=infos)
+    scores, note = _personal(scores, records, infos)
     with atomic_write(out) as f:  # a failure part-way leaves any earlier OUT as it was
         for i, r in enumerate(records):
             f.write(json.dumps(scored_record(r, scores[i], unc[i] if unc else None)) + "\n")
     n = sum(r.k for r in records)
-    tqdm.write(f"scored {n} responses of {len(records)} records with {len(args.reward_model)} reward model(s); wrote {out}")
+    tqdm.write(f"scored {n} responses of {len(records)} records with {len(args.reward_model)} reward model(s)"
+               f"{note}; wrote {out}")
     return 0
+
+
+def _personal(scores: list[list], records, infos: list[dict]) -> tuple[list[list], str]:
+    """One personalised model (``pal``): each record scored with its user's weights (`personal_scores`), and
+    what the command says about it once; other models' scores as they are and no note."""
+    from alignkit.rewards.rm_scores import personal_scores
+
+    if len(infos) != 1 or not infos[0].get("users"):
+        return scores, ""
+    scores, unseen, anonymous = personal_scores(scores, records, infos[0])
+    note = " (each record with its user's weights"
+    if unseen:
+        shown = ", ".join(sorted(unseen)[:3]) + (", ..." if len(unseen) > 3 else "")
+        note += f"; {len(unseen)} user(s) the model never saw ({shown}) got the population mixture"
+    if anonymous:
+        note += f"; {anonymous} record(s) without a user column got the population mixture"
+    return scores, note + ")"
 
 
 def eval_rm_command(args: argparse.Namespace) -> int:
@@ -109,6 +128,7 @@ def eval_rm_command(args: argparse.Namespace) -> int:
     pairs = [records[i] for i in keep]
     scores, _ = score_records(models, tokenizer, pairs, args.batch_size,
                               tokenize=TokenizeConfig(max_length=args.max_length), infos=infos)
+    scores, note = _personal(scores, pairs, infos)
     chosen = [scores[j][chosen_idx[i][0]] for j, i in enumerate(keep)]
     rejected = [scores[j][chosen_idx[i][1]] for j, i in enumerate(keep)]
     if isinstance(chosen[0], list):
@@ -124,7 +144,7 @@ def eval_rm_command(args: argparse.Namespace) -> int:
     acc = report.get("accuracy")
     print(f"eval-rm: {len(keep)} pairs, accuracy {acc:.4f} ({report['correct']} correct, {report['wrong']} wrong, "
           f"{report['ties']} ties at rtol {rtol:g}); {len(records) - len(keep)} records skipped "
-          f"(ties or fewer than 2 responses); report in {out}/report.md")
+          f"(ties or fewer than 2 responses){note}; report in {out}/report.md")
     return 0
 
 

@@ -15,6 +15,7 @@ mixture, the pair-count-weighted mean of the learned ``w_u`` (:func:`user_weight
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 
@@ -73,10 +74,28 @@ def _rows(state: dict, users: Tensor, num_heads: int, init_std: float) -> Tensor
     if new:
         init = torch.stack([torch.randn(num_heads, generator=torch.Generator().manual_seed(u % 2**62)) for u in new])
         state["users"] = torch.cat([known, torch.tensor(new, dtype=torch.long)])
-        state["logits"] = torch.cat([state["logits"], init_std * init])
+        state["logits"] = torch.cat([state["logits"], init_std * init])  # the same in every process and run
         state["counts"] = torch.cat([state["counts"], torch.zeros(len(new))])
     hit = users[:, None] == state["users"][None, :]
     return torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(users, -1))
+
+
+def merge_user_states(before: dict, after: list[dict], num_heads: int = 2, init_std: float = 3.0,
+                      **_hparams) -> dict:
+    """pal's ``merge_state``: processes that each stepped the user logits on their share of one batch, all from
+    ``before``, merged into the state one process reaches on the whole batch: the users any of them added (at
+    their seeded initial logits, as :func:`_rows` adds them) and the sum of every process's logit steps and pair
+    counts. (Each step is computed from the weights before the batch, so the sum is the one-process step.)"""
+    merged = copy.deepcopy(before)
+    for state in after:
+        if not state.get("users", torch.zeros(0)).numel():
+            continue
+        start = copy.deepcopy(before)  # where this process started, with its new users at their initial logits
+        rows_start = _rows(start, state["users"], num_heads, init_std)
+        rows = _rows(merged, state["users"], num_heads, init_std)
+        merged["logits"] = merged["logits"].index_add(0, rows, state["logits"] - start["logits"][rows_start])
+        merged["counts"] = merged["counts"].index_add(0, rows, state["counts"] - start["counts"][rows_start])
+    return merged
 
 
 MIXES = ("reward", "likelihood")
@@ -100,7 +119,7 @@ def personal_log_prob(w: Tensor, d: Tensor, mix: str = "reward") -> Tensor:
     return F.logsigmoid((w * d).sum(-1))
 
 
-@register("pal", extras=("user",), stateful=True, reward_outputs="num_heads", **PAIR)
+@register("pal", extras=("user",), stateful=True, reward_outputs="num_heads", merge_state=merge_user_states, **PAIR)
 def pal(stats: SequenceStats, state: dict, num_heads: int = 2, mix: str = "reward", user_lr: float = 10.0,
         init_std: float = 3.0, update: bool = True) -> LossOutput:
     """Personalised reward model: K prototype rewards mixed by per-user weights, PAL (Chen et al. 2024,
@@ -119,6 +138,8 @@ def pal(stats: SequenceStats, state: dict, num_heads: int = 2, mix: str = "rewar
     After the loss, the batch's users take one gradient step ``z_u ← z_u − user_lr·Σ_{pairs of u} ∂ℓ/∂z_u``
     (:func:`pal_logit_grad`; the head's gradient sees the weights before it). Pairs without a user train
     with the population mixture and move no z. One prototype is :func:`~alignkit.objectives.reward.bt`.
+    Under several processes the trainer merges their tables after every micro-batch
+    (:func:`merge_user_states`): every process holds the table one process would after the global batch.
 
     Args:
         num_heads: K ≥ 1 prototypes (the head's outputs).
@@ -172,3 +193,12 @@ def user_table(state: dict) -> dict[str, list[float]]:
     table = {str(int(u)): [float(x) for x in row] for u, row in zip(state["users"], w, strict=True)}
     table["*"] = user_weights(state, torch.tensor([NO_USER]), w.shape[1])[0].tolist()
     return table
+
+
+def table_weights(table: dict[str, list[float]], name: str | None) -> tuple[list[float], bool]:
+    """(w_u, whether the table knows the user) for user ``name`` from a saved :func:`user_table`: the user's
+    own weights, or the population mixture ``"*"`` for a user the model never saw (or ``None``, no user)."""
+    key = None if name is None else str(user_id(name))
+    if key is not None and key in table:
+        return table[key], True
+    return table["*"], False

@@ -8,6 +8,9 @@ registration declares what it needs, so data is checked before any compute:
 * ``min_responses`` / ``max_responses`` — the K it works with;
 * ``needs_token_logps`` — reads ``stats.token_logps``;
 * ``stateful`` — takes a ``state`` dict it may update (e.g. a running mean), saved by checkpoints;
+* ``merge_state`` — ``fn(before, [state after, per process], **hparams) -> state``: how the states of processes
+  that each saw a share of one batch become the state one process would hold after the whole batch (the
+  trainer merges after every micro-batch); without it each process keeps the state of its own share;
 * ``extras`` — names of ``stats.extra`` tensors the executor must compute for it (see `EXTRAS`).
 
 ``get_objective("dpo")(stats, beta=0.1)`` calls one objective with explicit hyper-parameters;
@@ -69,6 +72,7 @@ class ObjectiveSpec:
     score_shape: str = "scalar"  # scalar | vector: what `scores` records must carry when labelled by scores
     inputs: str = "logps"  # logps (policy log-probs) | rewards (a reward model's head) | rollout (online RL samples)
     reward_outputs: str = "1"  # rewards objectives: how many head outputs, "1" or the hparam naming it, e.g. "num_heads"
+    merge_state: Callable[..., dict] | None = None  # stateful objectives: merges processes' states (module docstring)
 
     def __call__(self, stats: SequenceStats, state: dict | None = None, **hparams: Any) -> LossOutput:
         unknown = set(hparams) - set(self.defaults)
@@ -132,6 +136,7 @@ def register(
     score_shape: str = "scalar",
     inputs: str = "logps",
     reward_outputs: str = "1",
+    merge_state: Callable[..., dict] | None = None,
 ) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
@@ -152,7 +157,7 @@ def register(
             raise TypeError(f"objective '{name}': hyper-parameters {missing} need defaults")
         _REGISTRY[name] = ObjectiveSpec(
             name, fn, needs_reference, tuple(label_kinds), min_responses, max_responses,
-            needs_token_logps, stateful, defaults, tuple(extras), score_shape, inputs, reward_outputs,
+            needs_token_logps, stateful, defaults, tuple(extras), score_shape, inputs, reward_outputs, merge_state,
         )
         return fn
 
@@ -234,6 +239,21 @@ class Objective:
     def state_dict(self) -> dict[str, Any]:
         """A deep copy: a later call that updates nested state (e.g. lcpo's per-record table) leaves it alone."""
         return {f"{i}:{t.spec.name}": copy.deepcopy(t.state) for i, t in enumerate(self.terms)}
+
+    @property
+    def merges_state(self) -> bool:
+        return any(t.spec.merge_state is not None for t in self.terms)
+
+    def merge_states(self, before: Mapping[str, Any], gathered: Sequence[Mapping[str, Any]]) -> None:
+        """Each term with a ``merge_state`` takes the merge of ``gathered`` (every process's `state_dict` after its
+        share of a batch) from ``before`` (the `state_dict` they all started it from); the others keep theirs."""
+        for i, t in enumerate(self.terms):
+            if t.spec.merge_state is not None:
+                key = f"{i}:{t.spec.name}"
+                merged = t.spec.merge_state(before.get(key, {}), [g.get(key, {}) for g in gathered],
+                                            **{**t.spec.defaults, **t.hparams})
+                t.state.clear()
+                t.state.update(merged)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for i, t in enumerate(self.terms):

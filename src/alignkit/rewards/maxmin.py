@@ -3,8 +3,9 @@ https://arxiv.org/abs/2402.08925): learn one reward per user group, then train t
 
 * :func:`em_user_groups` — the paper's first stage: the users' group memberships are unknown, so EM alternates
   a hard assignment of each user to the group whose Bradley–Terry reward explains that user's pairs best
-  (E-step) with refitting each group's reward on its users' pairs (M-step). Here the rewards are linear in
-  given pair features (``r_g(x, y) = θ_g·φ(x, y)``), a pure function of tensors.
+  (E-step, :func:`assign_users`) with refitting each group's reward on its users' pairs (M-step). Here the
+  rewards are linear in given pair features (``r_g(x, y) = θ_g·φ(x, y)``), a pure function of tensors; with
+  transformer reward models it is ``alignkit train objective=bt user_groups=G`` (`engine/user_groups.py`).
 * :class:`MaxMinReward` — the second stage as a reward spec, ``reward="maxmin(rm:A, rm:B)"``: every step
   scores the batch with each group's reward and hands the policy the reward of the group whose batch mean is
   lowest, ``max_π min_g E_π[r_g]`` by the paper's alternation (one policy step on the current worst group).
@@ -36,6 +37,15 @@ def _fit(theta: Tensor, diff: Tensor, weight: Tensor, steps: int, lr: float, l2:
     return theta.detach()
 
 
+def assign_users(pair_loglik: Tensor, users: Tensor, n_users: int) -> Tensor:
+    """The E-step: ``[U]`` each user's group ``argmax_g Σ_{n of u} pair_loglik[n, g]``, from ``pair_loglik``
+    [N, G] the log-likelihood ``logσ(r_g(x, y_w) − r_g(x, y_l))`` of each pair under each group's
+    Bradley–Terry reward and ``users`` [N] the labelling user of each pair (``0..n_users−1``). A user
+    without pairs joins group 0."""
+    onehot = F.one_hot(users.long(), n_users).to(pair_loglik.dtype)  # [N, U]
+    return (onehot.T @ pair_loglik).argmax(1)
+
+
 def em_user_groups(diff: Tensor, users: Tensor, num_groups: int, iters: int = 20, steps: int = 50,
                    lr: float = 1.0, l2: float = 1e-3, seed: int = 0) -> tuple[Tensor, Tensor]:
     """EM over user groups (MaxMin-RLHF, Algorithm 1, stage 1) for linear Bradley–Terry rewards.
@@ -64,8 +74,7 @@ def em_user_groups(diff: Tensor, users: Tensor, num_groups: int, iters: int = 20
     for _ in range(iters):
         member = onehot @ F.one_hot(group, num_groups).double()  # [N, G]: pair n belongs to group g
         theta = torch.stack([_fit(theta[g], diff, member[:, g], steps, lr, l2) for g in range(num_groups)])
-        loglik = onehot.T @ F.logsigmoid(diff @ theta.T)  # [U, G]
-        new = loglik.argmax(1)
+        new = assign_users(F.logsigmoid(diff @ theta.T), users, n_users)
         if torch.equal(new, group):
             break
         group = new

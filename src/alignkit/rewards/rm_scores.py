@@ -25,6 +25,7 @@ from alignkit.errors import ModelError
 from alignkit.executor.logprobs import supports_packing
 from alignkit.executor.reward_model import RewardScorer
 from alignkit.models.hub import resolve_model
+from alignkit.objectives.personal import table_weights
 from alignkit.objectives.reward_structured import prm_outcome
 from alignkit.rewards.aggregate import aggregate as combine
 
@@ -129,6 +130,26 @@ def score_records(models: list, tokenizer, records: list[PreferenceRecord], batc
         unc.append([float(x) for x in spread[pos:pos + r.k]])
         pos += r.k
     return scores, unc
+
+
+def personal_scores(scores: list[list], records: list[PreferenceRecord], info: dict
+                    ) -> tuple[list[list], set[str], int]:
+    """A personalised model's scores (``pal``: K prototype rewards per response, and a table of user weights in
+    its ``info``) as each record's user's reward ``Σ_k w_uk·r_k`` (the objective's reward). Returns (scores,
+    the users the model never saw, how many records have no user): both scored with the population mixture.
+    Any other model's scores come back as they are."""
+    table = info.get("users")
+    if not table:
+        return scores, set(), 0
+    out, unseen, anonymous = [], set(), 0
+    for record, row in zip(records, scores, strict=True):
+        name = record.meta.get("user")
+        w, known = table_weights(table, name)
+        if not known and name is not None:
+            unseen.add(name)
+        anonymous += name is None
+        out.append([float(sum(a * b for a, b in zip(w, s, strict=True))) if isinstance(s, list) else s for s in row])
+    return out, unseen, anonymous
 
 
 def scored_record(record: PreferenceRecord, scores: list, uncertainty: list | None = None) -> dict[str, Any]:

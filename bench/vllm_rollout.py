@@ -40,7 +40,7 @@ def ray_runs(args, model, tok, engine, rows) -> dict:
     pool = RayRollout(model, tok, engine.reward_fn, args.workers, args.threads, vllm=config)
 
     def colocated(n, seed):
-        engine.push_weights(force=True)
+        engine.push_weights()
         return engine.sample(rows, seed, args.k, max_new_tokens=n).num_tokens
 
     return {"vLLM rollout, colocated": colocated,

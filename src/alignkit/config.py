@@ -81,9 +81,9 @@ class TrainConfig:
     mixture_alpha: float = 0.5  # Nash-MD (reward=mixture:...): opponent from policy^(1-alpha) * reference^alpha
     # scale-out (rollout/ray_backend.py, pip install "alignkit[ray]"): rollouts on Ray actors
     rollout_workers: int = 0  # 0: in-process; W: prompts split into W chunks seeded per chunk, one Ray actor each
-    rollout_backend: str = "ray"  # ray | local (the same W chunks in-process: reproduces a Ray run without Ray) | vllm (one vLLM engine in-process, pip install "alignkit[vllm]": rollout/vllm_engine.py)
+    rollout_backend: str = "ray"  # ray | local (the same W chunks in-process: reproduces a Ray run without Ray) | vllm (pip install "alignkit[vllm]": one vLLM engine in-process, rollout/vllm_engine.py; with rollout_workers=W, one in each Ray actor)
     rollout_worker_cpus: int = 1  # CPUs (and torch threads) per actor
-    rollout_worker_gpus: float = 0.0  # GPUs per actor (transformers generation)
+    rollout_worker_gpus: float = 0.0  # GPUs per actor (its transformers generation, or its vLLM engine with rollout_backend=vllm)
     rollout_is: str = "none"  # rollout_backend=vllm: none | tis (each token's policy loss times min(pi_train/pi_vllm, rollout_is_cap))
     rollout_is_cap: float = 2.0  # the cap C of rollout_is=tis (rollout/correction.py)
     vllm_gpu_memory_utilization: float = 0.3  # GPU: vLLM's share of the GPU's memory (CPU: VLLM_CPU_KVCACHE_SPACE GiB, 1 by default)

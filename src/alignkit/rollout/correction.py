@@ -39,6 +39,12 @@ def dense_rollout_logps(per_sample: list[list[list[float]]]) -> Tensor:
     return out
 
 
+def join_rollout_logps(parts: list[Tensor]) -> Tensor:
+    """[B_i, K, L_i] engine log-probs of consecutive chunks of one rollout -> [ΣB_i, K, max L_i], NaN-padded."""
+    width = max(p.shape[-1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=float("nan")) for p in parts])
+
+
 class RolloutCorrection:
     """Per step: compares each batch's behaviour log-probs with the engine's and, with ``mode="tis"``,
     reweights the advantages. Metrics cover the first update of the step (the behaviour log-probs do

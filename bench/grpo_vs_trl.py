@@ -140,7 +140,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0: torch's default)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                    help="before each worker, wait up to S seconds for other processes to leave the CPUs idle")
-    p.add_argument("--only", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--only", default="trl,alignkit", help=f"comma-separated subset of {','.join(VARIANTS)} "
+                   "(alignkit-vllm is opt-in: it needs the vLLM environment)")
     p.add_argument("--world", choices=["arithmetic", "random"], default="arithmetic",
                    help="arithmetic: the pretrained arithmetic world (answers in ~4 tokens, reward ~0.3); random: "
                         "random weights (completions run to --max-new-tokens; reward ~0.05)")
@@ -162,6 +163,9 @@ def main() -> None:
     pythons = {n: python for n in names}
     if "alignkit-vllm" in names:
         pythons["alignkit-vllm"] = Path(os.environ.get("VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+        if not pythons["alignkit-vllm"].exists():
+            p.error(f"alignkit-vllm runs in the vLLM environment, but {pythons['alignkit-vllm']} does not exist: "
+                    "build it with `make test-vllm` or point VLLM_PYTHON at one")
     (work / "logs").mkdir(parents=True, exist_ok=True)
     print(f"[bench] building the {args.world} model and the prompts in {work}", flush=True)
     subprocess.run([str(python), __file__, "--prepare-only", "--work", str(work), "--rows", str(args.rows),

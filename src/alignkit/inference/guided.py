@@ -125,7 +125,7 @@ def _output(tokenizer, prompt, dec: Decoded, i: int, reward=None, kl=None, calls
                            calls=dec.calls[i] + calls, tokens=dec.tokens[i], kl=kl, extra=dict(extra or {}))
 
 
-def _scalar_rewards(values, n: int) -> list[float]:
+def scalar_rewards(values, n: int) -> list[float]:
     values = list(values)
     if len(values) != n or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
         raise ConfigError(f"the reward function must return {n} finite scalar rewards (one per text), got {values[:8]}")
@@ -135,7 +135,7 @@ def _scalar_rewards(values, n: int) -> list[float]:
 def _final_rewards(reward_fn, prompts, texts, rows) -> list[float | None]:
     if reward_fn is None:
         return [None] * len(texts)
-    return _scalar_rewards(reward_fn(prompts, texts, rows), len(texts))
+    return scalar_rewards(reward_fn(prompts, texts, rows), len(texts))
 
 
 class ArgsChooser:
@@ -158,7 +158,7 @@ class ArgsChooser:
         got = self.reward_fn([self.prompts[i] for i in live for _ in range(k)], texts,
                              [self.rows[i] for i in live for _ in range(k)])
         r = torch.zeros_like(values)
-        r[live] = torch.tensor(_scalar_rewards(got, len(texts)), dtype=r.dtype, device=r.device).view(len(live), k)
+        r[live] = torch.tensor(scalar_rewards(got, len(texts)), dtype=r.dtype, device=r.device).view(len(live), k)
         score = values + self.o.w * r
         if self.o.greedy:
             j = score.argmax(-1)

@@ -59,7 +59,7 @@ from alignkit.generation import eos_and_pad, prompt_ids
 from alignkit.generation.prefill import pick_token
 from alignkit.inference.base import InferenceOutput, InferenceSettings, register
 from alignkit.inference.blockwise import PrefixLM, per_prompt
-from alignkit.inference.guided import _scalar_rewards
+from alignkit.inference.guided import scalar_rewards
 
 
 @dataclass
@@ -121,7 +121,7 @@ def _one_prompt(target, draft, tokenizer, prompt, row, settings: InferenceSettin
             mark = small.mark()
             z, stop = draw_step(small, budget, final, settings, eos, gen, tokenizer, o.delimiter)
             text = tokenizer.decode(prefix + z, skip_special_tokens=True)
-            (reward,) = _scalar_rewards(reward_fn([prompt], [text], [row]), 1)
+            (reward,) = scalar_rewards(reward_fn([prompt], [text], [row]), 1)
             scored += 1
             w = acceptance_weight(reward, o.threshold, o.tau)
             keep = w == 1.0 or (w > 0.0 and float(torch.rand((), generator=gen, device=gen.device)) < w)
@@ -139,7 +139,7 @@ def _one_prompt(target, draft, tokenizer, prompt, row, settings: InferenceSettin
         prefix, finished = prefix + z, stop
     text = tokenizer.decode(prefix, skip_special_tokens=True)
     if reward is None:  # the target wrote the last step (or nothing was scored): report the text's reward
-        (reward,) = _scalar_rewards(reward_fn([prompt], [text], [row]), 1)
+        (reward,) = scalar_rewards(reward_fn([prompt], [text], [row]), 1)
     calls = sum(lm.calls for lm in (big, small) if lm is not None) + scored
     tokens = sum(lm.tokens for lm in (big, small) if lm is not None)
     return InferenceOutput(prompt=prompt, text=text, token_ids=prefix, finished=finished, reward=reward, calls=calls,

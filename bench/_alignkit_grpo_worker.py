@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from _grpo_common import grpo_parser, preload_model_code, summarize_steps, time_hf_generate
-from _worker_common import peak_memory_mb, run_and_write
+from _grpo_common import grpo_parser, summarize_steps, time_hf_generate
+from _worker_common import import_run_libraries, peak_memory_mb, run_and_write
 
 T_START = time.perf_counter()
 
@@ -53,7 +53,7 @@ def run(args) -> dict:
                          temperature=1.0, top_p=1.0, updates_per_batch=1, lr=args.lr, max_steps=total,
                          dtype="float32", seed=args.seed, output_dir=args.output_dir, progress=False,
                          rollout_backend=args.rollout_backend)
-    preload_model_code(args.model)
+    import_run_libraries(args.model)  # model code imported before the setup timer starts
     t_init = time.perf_counter()
     trainer = OnlineTrainer(config)
     setup = time.perf_counter() - t_init

@@ -15,14 +15,6 @@ def grpo_parser() -> argparse.ArgumentParser:
     return p
 
 
-def preload_model_code(model_path: str) -> None:
-    """Import the model's transformers classes before the setup timer starts, so that ``setup s``
-    measures trainer construction, not first-time imports (which TRL's worker pays when importing trl)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
-
-
 def time_hf_generate(log: list) -> None:
     """Record the seconds of every call of transformers' ``GenerationMixin.generate`` in ``log``: the sampling
     itself, without what each framework does around it (TRL's timed `_generate_single_turn` gets token ids and

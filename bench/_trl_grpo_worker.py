@@ -16,8 +16,15 @@ from __future__ import annotations
 import json
 import time
 
-from _grpo_common import grpo_parser, preload_model_code, summarize_steps, time_hf_generate
-from _worker_common import alignkit_order, peak_memory_mb, run_and_write, step_timer, sync
+from _grpo_common import grpo_parser, summarize_steps, time_hf_generate
+from _worker_common import (
+    alignkit_order,
+    import_run_libraries,
+    peak_memory_mb,
+    run_and_write,
+    step_timer,
+    sync,
+)
 
 T_START = time.perf_counter()
 
@@ -66,7 +73,7 @@ def run(args) -> dict:
     seen: list = []
     config, used = build_config(args)
     timer = step_timer(device)
-    preload_model_code(args.model)
+    import_run_libraries(args.model)  # model code imported before the setup timer starts
     t_init = time.perf_counter()
     trainer = GRPOTrainer(model=args.model, reward_funcs=reward_func(tokenizer, seen), args=config,
                           train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])

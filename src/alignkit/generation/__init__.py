@@ -145,15 +145,10 @@ def first_stop(text: str, stop: list[str]) -> tuple[int, str | None]:
     return min(hits, key=lambda h: (h[0], -len(h[1]))) if hits else (len(text), None)
 
 
-def split_sample(seq: list[int], eos: list[int], cut: int | None, tokenizer, stop: list[str]):
-    """One sampled row -> (token ids, text, stop token id, stop string). ``cut``: the number of tokens at
-    which the stop criterion fired (the token that completed the stop string is kept)."""
-    return split_samples([seq], eos, {0: cut} if cut is not None else {}, tokenizer, stop)[0]
-
-
 def split_samples(seqs: list[list[int]], eos: list[int], cuts: dict[int, int], tokenizer, stop: list[str]) -> list:
-    """`split_sample` of every row (``cuts``: row -> tokens at which the stop criterion fired), decoding all
-    rows in one batch call (the tokenizer's batch decode, not one call per sample)."""
+    """Sampled rows -> (token ids, text, stop token id, stop string) each. ``cuts``: row -> the number of tokens
+    at which the stop criterion fired (the token that completed the stop string is kept). All rows are decoded
+    in one batch call (the tokenizer's batch decode, not one call per sample)."""
     eos_set, parts = set(eos), []
     for r, seq in enumerate(seqs):
         end = next((t for t, tok in enumerate(seq) if tok in eos_set), None)

@@ -36,7 +36,7 @@ import numpy
 import torch
 
 from alignkit.errors import ConfigError
-from alignkit.generation import Generation, check_stop, eos_and_pad, first_stop, prompt_ids, split_sample
+from alignkit.generation import Generation, check_stop, eos_and_pad, first_stop, prompt_ids, split_samples
 from alignkit.rollout.correction import ROLLOUT_LOGPS, dense_rollout_logps
 from alignkit.rollout.experience import Experience, chunk_seed, experience_from
 
@@ -143,7 +143,7 @@ class VLLMRollout:
                     seed=None if greedy else chunk_seed(seed, b * k + j), stop=stop or None,
                     stop_token_ids=self.eos, logprobs=0, detokenize=bool(stop), skip_special_tokens=True))
         outputs = self.engine.generate(requests, params, use_tqdm=False)
-        rows = [self._sample(o.outputs[0], stop) for o in outputs]
+        rows = self._samples([o.outputs[0] for o in outputs], stop)
         rows = [row for row in rows for _ in range(k // copies)]
         gen = Generation(prompts=list(prompts), texts=[], token_ids=[], finished=[], stop_ids=[], stop_strings=[])
         logps = []
@@ -157,13 +157,18 @@ class VLLMRollout:
             logps.append([r[4] for r in mine])
         return gen, logps
 
-    def _sample(self, out, stop: list[str]):
-        """One engine sample -> (token ids, text, stop id, stop string, log-probs of its scored tokens)."""
-        seq = list(out.token_ids)
-        cut = _stop_cut(seq, self.eos, self.tokenizer, stop) if stop else None
-        ids, text, stop_id, hit = split_sample(seq, self.eos, cut, self.tokenizer, stop)
-        n = len(ids) + (stop_id is not None)
-        return ids, text, stop_id, hit, [_token_logprob(out.logprobs[t], seq[t]) for t in range(n)]
+    def _samples(self, outs: list, stop: list[str]) -> list:
+        """Engine samples -> (token ids, text, stop id, stop string, log-probs of its scored tokens) each, the
+        texts decoded in one batch call (`split_samples`)."""
+        seqs = [list(out.token_ids) for out in outs]
+        cuts = {r: _stop_cut(seq, self.eos, self.tokenizer, stop) for r, seq in enumerate(seqs)} if stop else {}
+        cuts = {r: c for r, c in cuts.items() if c is not None}
+        rows = []
+        for out, seq, (ids, text, stop_id, hit) in zip(outs, seqs, split_samples(seqs, self.eos, cuts, self.tokenizer,
+                                                                                   stop)):
+            n = len(ids) + (stop_id is not None)
+            rows.append((ids, text, stop_id, hit, [_token_logprob(out.logprobs[t], seq[t]) for t in range(n)]))
+        return rows
 
     def close(self) -> None:
         self.engine = None

@@ -233,7 +233,7 @@ def generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    texts, ids_out, finished, stops, hits = [], [], [], [], []
+    rows: list = []
     try:
         with seeded(device, seed):
             for start in range(0, len(prompts), batch_size):
@@ -246,20 +246,20 @@ def generate(
                                      generation_config=gen_config,
                                      **({"stopping_criteria": [criterion]} if criterion else {}))
                 cuts = criterion.cut if criterion else {}
-                rows = split_samples(out[:, width:].tolist(), eos, cuts, tokenizer, stop)
-                if greedy:
-                    rows = [row for row in rows for _ in range(k)]
-                for b in range(len(chunk)):
-                    mine = rows[b * k:(b + 1) * k]
-                    ids_out.append([r[0] for r in mine])
-                    texts.append([r[1] for r in mine])
-                    stops.append([r[2] for r in mine])
-                    hits.append([r[3] for r in mine])
-                    finished.append([r[2] is not None or r[3] is not None for r in mine])
+                got = split_samples(out[:, width:].tolist(), eos, cuts, tokenizer, stop)
+                rows += [row for row in got for _ in range(k)] if greedy else got
     finally:
         model.train(was_training)
-    return Generation(prompts=list(prompts), texts=texts, token_ids=ids_out, finished=finished, stop_ids=stops,
-                      stop_strings=hits)
+    return grouped(prompts, rows, k)
+
+
+def grouped(prompts: list[Text], rows: list, k: int) -> Generation:
+    """`split_samples`' rows (``k`` per prompt, in prompt order) as a `Generation`."""
+    per = [rows[b * k:(b + 1) * k] for b in range(len(prompts))]
+    return Generation(prompts=list(prompts), texts=[[r[1] for r in m] for m in per],
+                      token_ids=[[r[0] for r in m] for m in per],
+                      finished=[[r[2] is not None or r[3] is not None for r in m] for m in per],
+                      stop_ids=[[r[2] for r in m] for m in per], stop_strings=[[r[3] for r in m] for m in per])
 
 
 def sample(

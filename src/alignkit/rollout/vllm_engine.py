@@ -36,7 +36,15 @@ import numpy
 import torch
 
 from alignkit.errors import ConfigError
-from alignkit.generation import Generation, check_stop, eos_and_pad, first_stop, prompt_ids, split_samples
+from alignkit.generation import (
+    Generation,
+    check_stop,
+    eos_and_pad,
+    first_stop,
+    grouped,
+    prompt_ids,
+    split_samples,
+)
 from alignkit.rollout.correction import ROLLOUT_LOGPS, dense_rollout_logps
 from alignkit.rollout.experience import Experience, chunk_seed, experience_from
 
@@ -145,17 +153,8 @@ class VLLMRollout:
         outputs = self.engine.generate(requests, params, use_tqdm=False)
         rows = self._samples([o.outputs[0] for o in outputs], stop)
         rows = [row for row in rows for _ in range(k // copies)]
-        gen = Generation(prompts=list(prompts), texts=[], token_ids=[], finished=[], stop_ids=[], stop_strings=[])
-        logps = []
-        for b in range(len(prompts)):
-            mine = rows[b * k:(b + 1) * k]
-            gen.token_ids.append([r[0] for r in mine])
-            gen.texts.append([r[1] for r in mine])
-            gen.stop_ids.append([r[2] for r in mine])
-            gen.stop_strings.append([r[3] for r in mine])
-            gen.finished.append([r[2] is not None or r[3] is not None for r in mine])
-            logps.append([r[4] for r in mine])
-        return gen, logps
+        logps = [[r[4] for r in rows[b * k:(b + 1) * k]] for b in range(len(prompts))]
+        return grouped(prompts, rows, k), logps
 
     def _samples(self, outs: list, stop: list[str]) -> list:
         """Engine samples -> (token ids, text, stop id, stop string, log-probs of its scored tokens) each, the
